@@ -1,0 +1,436 @@
+//! An in-memory backend: users, groups and contacts in maps behind a mutex. The engine's tests
+//! and property tests run on it, with injected faults (one write fails, or every operation from
+//! the Nth on fails, as if the process died there). It must behave like a real provider where the
+//! engine can tell: etags change on every write, ids are never reused, a group with contacts in it
+//! cannot be deleted.
+
+use calcard::vcard::VCard;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Backend, BackendError, Contact, GroupRef, Result, User};
+use crate::card::{self, FieldSelection};
+
+/// Name of every user's default collection.
+pub const DEFAULT_GROUP: &str = "My Contacts";
+
+#[derive(Debug, Clone, Default)]
+struct MemGroup {
+    name: String,
+    contacts: BTreeMap<String, (String, VCard)>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct MemUser {
+    groups: BTreeMap<String, MemGroup>,
+}
+
+/// When writes fail. Counted over every write call (create, update, delete, move, group changes).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// The write with this number (0-based) fails once with a transient error.
+    pub fail_write: Option<u64>,
+    /// Every call, read or write, from the write with this number on fails: the run is cut there.
+    pub cut_at_write: Option<u64>,
+}
+
+/// The in-memory provider.
+#[derive(Debug, Default)]
+pub struct MemoryBackend {
+    users: Mutex<BTreeMap<String, MemUser>>,
+    next_id: AtomicU64,
+    writes: AtomicU64,
+    faults: Mutex<Faults>,
+}
+
+impl MemoryBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a user (with an empty default collection).
+    pub fn add_user(&self, name: &str) {
+        let mut users = self.users.lock().unwrap();
+        let user = users.entry(name.to_string()).or_default();
+        if !user.groups.values().any(|g| g.name == DEFAULT_GROUP) {
+            let id = self.fresh("g");
+            user.groups.insert(
+                id,
+                MemGroup {
+                    name: DEFAULT_GROUP.into(),
+                    ..Default::default()
+                },
+            );
+        }
+    }
+
+    fn fresh(&self, prefix: &str) -> String {
+        format!("{prefix}{}", self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Sets the faults for the next calls and resets the write counter.
+    pub fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().unwrap() = faults;
+        self.writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Number of writes since the last `set_faults`.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    fn check_read(&self) -> Result<()> {
+        let f = *self.faults.lock().unwrap();
+        if let Some(cut) = f.cut_at_write
+            && self.writes.load(Ordering::SeqCst) >= cut
+        {
+            return Err(BackendError::Transient("connection lost (injected)".into()));
+        }
+        Ok(())
+    }
+
+    fn check_write(&self) -> Result<()> {
+        let f = *self.faults.lock().unwrap();
+        let n = self.writes.fetch_add(1, Ordering::SeqCst);
+        if f.cut_at_write.is_some_and(|cut| n >= cut) {
+            return Err(BackendError::Transient("connection lost (injected)".into()));
+        }
+        if f.fail_write == Some(n) {
+            return Err(BackendError::Transient("server error (injected)".into()));
+        }
+        Ok(())
+    }
+
+    /// Test access: a group's id by name, creating it if asked.
+    pub fn group_id(&self, user: &str, name: &str, create: bool) -> Option<String> {
+        let mut users = self.users.lock().unwrap();
+        let u = users.get_mut(user)?;
+        if let Some((id, _)) = u.groups.iter().find(|(_, g)| g.name == name) {
+            return Some(id.clone());
+        }
+        if !create {
+            return None;
+        }
+        let id = self.fresh("g");
+        u.groups.insert(
+            id.clone(),
+            MemGroup {
+                name: name.into(),
+                ..Default::default()
+            },
+        );
+        Some(id)
+    }
+
+    /// Test access: puts a contact straight into a group (creating the group), returns its id.
+    pub fn put(&self, user: &str, group: &str, card: VCard) -> String {
+        let gid = self.group_id(user, group, true).expect("user exists");
+        let id = self.fresh("c");
+        let etag = self.fresh("e");
+        let mut users = self.users.lock().unwrap();
+        users
+            .get_mut(user)
+            .unwrap()
+            .groups
+            .get_mut(&gid)
+            .unwrap()
+            .contacts
+            .insert(id.clone(), (etag, card));
+        id
+    }
+
+    /// Test access: replaces a contact's card wherever it is. Returns false if it is gone.
+    pub fn replace(&self, user: &str, id: &str, card: VCard) -> bool {
+        let etag = self.fresh("e");
+        let mut users = self.users.lock().unwrap();
+        let Some(u) = users.get_mut(user) else {
+            return false;
+        };
+        for g in u.groups.values_mut() {
+            if let Some(slot) = g.contacts.get_mut(id) {
+                *slot = (etag, card);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Test access: removes a contact wherever it is.
+    pub fn remove(&self, user: &str, id: &str) -> bool {
+        let mut users = self.users.lock().unwrap();
+        let Some(u) = users.get_mut(user) else {
+            return false;
+        };
+        u.groups
+            .values_mut()
+            .any(|g| g.contacts.remove(id).is_some())
+    }
+
+    /// Test access: every (group name, contact id, card) of a user.
+    pub fn dump(&self, user: &str) -> Vec<(String, String, VCard)> {
+        let users = self.users.lock().unwrap();
+        let mut out = vec![];
+        if let Some(u) = users.get(user) {
+            for g in u.groups.values() {
+                for (id, (_, c)) in &g.contacts {
+                    out.push((g.name.clone(), id.clone(), c.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Test access: names of a user's groups.
+    pub fn group_names(&self, user: &str) -> Vec<String> {
+        let users = self.users.lock().unwrap();
+        users
+            .get(user)
+            .map(|u| u.groups.values().map(|g| g.name.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn with_group<T>(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        f: impl FnOnce(&mut MemGroup) -> Result<T>,
+    ) -> Result<T> {
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .get_mut(&user.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("user {}", user.name),
+            })?;
+        let g = u
+            .groups
+            .get_mut(&group.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("group {:?} of {}", group.name, user.name),
+            })?;
+        f(g)
+    }
+}
+
+impl Backend for MemoryBackend {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
+        self.check_read()?;
+        let users = self.users.lock().unwrap();
+        Ok(users.contains_key(name).then(|| User {
+            id: name.to_string(),
+            name: name.to_string(),
+        }))
+    }
+
+    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+        self.check_read()?;
+        let users = self.users.lock().unwrap();
+        let u = users.get(&user.id).ok_or_else(|| BackendError::NotFound {
+            what: format!("user {}", user.name),
+        })?;
+        Ok(u.groups
+            .iter()
+            .find(|(_, g)| g.name == name)
+            .map(|(id, g)| GroupRef {
+                id: id.clone(),
+                name: g.name.clone(),
+            }))
+    }
+
+    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
+        self.check_write()?;
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .get_mut(&user.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("user {}", user.name),
+            })?;
+        if u.groups.values().any(|g| g.name == name) {
+            return Err(BackendError::AlreadyExists {
+                what: format!("group {name:?} of {}", user.name),
+            });
+        }
+        let id = self.fresh("g");
+        u.groups.insert(
+            id.clone(),
+            MemGroup {
+                name: name.into(),
+                ..Default::default()
+            },
+        );
+        Ok(GroupRef {
+            id,
+            name: name.into(),
+        })
+    }
+
+    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
+        self.check_write()?;
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .get_mut(&user.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("user {}", user.name),
+            })?;
+        match u.groups.get(&group.id) {
+            None => Ok(()),
+            Some(g) if !g.contacts.is_empty() => Err(BackendError::NotEmpty {
+                what: format!("group {:?} of {}", group.name, user.name),
+            }),
+            Some(_) => {
+                u.groups.remove(&group.id);
+                Ok(())
+            }
+        }
+    }
+
+    async fn scan_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        self.check_read()?;
+        let contacts: Vec<Contact> = self.with_group(user, group, |g| {
+            Ok(g.contacts
+                .iter()
+                .map(|(id, (etag, card))| Contact {
+                    id: id.clone(),
+                    etag: etag.clone(),
+                    card: Ok(card.clone()),
+                })
+                .collect())
+        })?;
+        contacts.into_iter().for_each(sink);
+        Ok(())
+    }
+
+    async fn fetch_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[String],
+    ) -> Result<Vec<Contact>> {
+        self.check_read()?;
+        self.with_group(user, group, |g| {
+            Ok(ids
+                .iter()
+                .filter_map(|id| {
+                    g.contacts.get(id).map(|(etag, card)| Contact {
+                        id: id.clone(),
+                        etag: etag.clone(),
+                        card: Ok(card.clone()),
+                    })
+                })
+                .collect())
+        })
+    }
+
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<String> {
+        self.check_write()?;
+        let id = self.fresh("c");
+        let etag = self.fresh("e");
+        self.with_group(user, group, |g| {
+            g.contacts.insert(id.clone(), (etag, card.clone()));
+            Ok(id)
+        })
+    }
+
+    async fn update_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<()> {
+        self.check_write()?;
+        let new_etag = self.fresh("e");
+        self.with_group(user, group, |g| {
+            let slot = g
+                .contacts
+                .get_mut(id)
+                .ok_or_else(|| BackendError::NotFound {
+                    what: format!("contact {id}"),
+                })?;
+            if slot.0 != etag {
+                return Err(BackendError::Conflict {
+                    what: format!("contact {id}"),
+                });
+            }
+            let merged = card::merge_copy(&slot.1, card, fields);
+            *slot = (new_etag, merged);
+            Ok(())
+        })
+    }
+
+    async fn delete_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
+        self.check_write()?;
+        self.with_group(user, group, |g| {
+            match g.contacts.get(id) {
+                None => return Ok(()),
+                Some((e, _)) if e != etag => {
+                    return Err(BackendError::Conflict {
+                        what: format!("contact {id}"),
+                    });
+                }
+                _ => {}
+            }
+            g.contacts.remove(id);
+            Ok(())
+        })
+    }
+
+    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+        self.check_write()?;
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .get_mut(&user.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("user {}", user.name),
+            })?;
+        let default_id = match u.groups.iter().find(|(_, g)| g.name == DEFAULT_GROUP) {
+            Some((id, _)) => id.clone(),
+            None => {
+                let gid = self.fresh("g");
+                u.groups.insert(
+                    gid.clone(),
+                    MemGroup {
+                        name: DEFAULT_GROUP.into(),
+                        ..Default::default()
+                    },
+                );
+                gid
+            }
+        };
+        if default_id == group.id {
+            return Ok(());
+        }
+        let Some(entry) = u
+            .groups
+            .get_mut(&group.id)
+            .and_then(|g| g.contacts.remove(id))
+        else {
+            return Err(BackendError::NotFound {
+                what: format!("contact {id}"),
+            });
+        };
+        u.groups
+            .get_mut(&default_id)
+            .unwrap()
+            .contacts
+            .insert(id.to_string(), entry);
+        Ok(())
+    }
+}

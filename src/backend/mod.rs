@@ -1,0 +1,171 @@
+//! The backend trait: the only way the engine reaches contacts. A backend knows how one provider
+//! (a vdir tree, an in-memory store, later Google People, CardDAV, Microsoft Graph) stores users,
+//! contact groups and contacts; it knows nothing of jobs, plans, tags or the state database.
+//!
+//! Every write is conditional on the etag the engine saw when it read the contact, so a contact
+//! that changed under the engine is never overwritten blindly (`BackendError::Conflict`).
+
+pub mod memory;
+pub mod vdir;
+
+use calcard::vcard::VCard;
+use std::future::Future;
+
+use crate::card::FieldSelection;
+
+/// A user as the provider knows them: `id` is the provider's immutable id (the ledger's key),
+/// `name` is what the job file says (an address, a login, a folder name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct User {
+    pub id: String,
+    pub name: String,
+}
+
+/// A contact group of one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRef {
+    pub id: String,
+    pub name: String,
+}
+
+/// One contact as read from a group. `card` is `Err` when the provider's payload cannot be read
+/// as a contact; such a contact is never modified by the engine.
+#[derive(Debug, Clone)]
+pub struct Contact {
+    pub id: String,
+    pub etag: String,
+    pub card: std::result::Result<VCard, String>,
+}
+
+/// What can go wrong in a backend. Callers branch on it: `Conflict` means re-read and re-plan,
+/// retryable errors are tried again at the next run (or by the HTTP layer's own backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error("{what} changed since it was read")]
+    Conflict { what: String },
+    #[error("{what} already exists")]
+    AlreadyExists { what: String },
+    #[error("{what} is not empty")]
+    NotEmpty { what: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("temporary failure: {0}")]
+    Transient(String),
+}
+
+impl BackendError {
+    /// True when the same call may succeed later without anything else changing.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            BackendError::Transient(_) | BackendError::Conflict { .. } => true,
+            BackendError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted
+                    | std::io::ErrorKind::TimedOut
+                    | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
+    pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
+        BackendError::Io {
+            path: path.to_string(),
+            source,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, BackendError>;
+
+/// A contacts provider. Methods are async so HTTP backends fit; implementations must be safe to
+/// call for different users at once, and the engine never calls two writes for one user at once.
+pub trait Backend: Send + Sync {
+    /// Short name of the provider kind ("vdir", "memory", …) for logs and reports.
+    fn kind(&self) -> &'static str;
+
+    /// Looks a user up by the name used in job files. `Ok(None)` means no such user.
+    fn resolve_user(&self, name: &str) -> impl Future<Output = Result<Option<User>>> + Send;
+
+    /// Finds a user's contact group by its display name.
+    fn find_group(
+        &self,
+        user: &User,
+        name: &str,
+    ) -> impl Future<Output = Result<Option<GroupRef>>> + Send;
+
+    /// Creates a contact group; `AlreadyExists` if one of that name exists.
+    fn create_group(
+        &self,
+        user: &User,
+        name: &str,
+    ) -> impl Future<Output = Result<GroupRef>> + Send;
+
+    /// Deletes an empty contact group; `NotEmpty` if it still holds contacts (nothing is lost).
+    fn delete_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Reads every contact of a group, handing each to `sink` as it is read, so a caller can keep
+    /// a summary instead of the whole group in memory.
+    fn scan_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Reads the named contacts of a group (for the trash, before a delete). Missing ids are left out.
+    fn fetch_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Contact>>> + Send;
+
+    /// Creates a contact in a group and returns its id.
+    fn create_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        card: &VCard,
+    ) -> impl Future<Output = Result<String>> + Send;
+
+    /// Replaces the managed part of a contact (see `card::merge_copy`) if its etag is still `etag`.
+    fn update_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Deletes a contact if its etag is still `etag`.
+    fn delete_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Moves a contact out of `group` into the user's default collection ("My Contacts").
+    fn move_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+}

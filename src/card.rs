@@ -1,0 +1,415 @@
+//! vCard handling shared by every backend: parsing and writing through `calcard`, the job's tag
+//! properties, the managed/unmanaged split of a card, content digests and contact filters.
+//!
+//! This module owns the exact shape of a copy (which properties carry the tag and the source
+//! contact's id) and the rule that decides which properties of a copy the job manages. It must not
+//! do I/O: backends read and write bytes, this module only turns bytes into cards and back.
+
+use calcard::vcard::{VCard, VCardEntry, VCardProperty, VCardValue, VCardVersion};
+use calcard::{Entry, Parser};
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+/// Property that carries the job's tag (`gSync<digits>`) on every copy. It is what a user sees.
+pub const TAG_PROPERTY: &str = "X-GSYNC";
+/// Property that carries the id of the source contact a copy was made from.
+pub const SOURCE_PROPERTY: &str = "X-GSYNC-SOURCE";
+
+/// Properties that describe the card itself rather than the person: never copied, never compared.
+const STRUCTURAL: &[&str] = &[
+    "BEGIN",
+    "END",
+    "VERSION",
+    "UID",
+    "PRODID",
+    "REV",
+    TAG_PROPERTY,
+    SOURCE_PROPERTY,
+];
+
+/// Parses one vCard from text. Errors are short human sentences (the caller adds the file name).
+pub fn parse(text: &str) -> Result<VCard, String> {
+    let mut parser = Parser::new(text);
+    match parser.entry() {
+        Entry::VCard(_) if !text.to_ascii_uppercase().contains("END:VCARD") => {
+            Err("unterminated vCard (missing END:VCARD)".into())
+        }
+        Entry::VCard(card) => {
+            if card
+                .entries
+                .iter()
+                .any(|e| e.name == VCardProperty::Fn || e.name == VCardProperty::N)
+            {
+                Ok(card)
+            } else {
+                Err("vCard has neither FN nor N".into())
+            }
+        }
+        Entry::Eof => Err("no vCard in file".into()),
+        Entry::InvalidLine(line) => Err(format!("invalid line: {}", truncate(&line, 60))),
+        Entry::UnterminatedComponent(c) => Err(format!("unterminated {c} (missing END:VCARD)")),
+        Entry::ICalendar(_) => Err("expected a vCard, found an iCalendar object".into()),
+        other => Err(format!("not a vCard: {other:?}")
+            .chars()
+            .take(120)
+            .collect()),
+    }
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        s.chars().take(n).collect::<String>() + "…"
+    }
+}
+
+/// Writes a card in its own version (3.0 stays 3.0, 4.0 stays 4.0), CRLF line endings, folded.
+pub fn to_text(card: &VCard) -> String {
+    card.to_string()
+}
+
+/// The version a card declares, defaulting to 3.0 (what most servers and tools write).
+pub fn version(card: &VCard) -> VCardVersion {
+    card.version().unwrap_or(VCardVersion::V3_0)
+}
+
+fn upper_name(entry: &VCardEntry) -> String {
+    entry.name.as_str().to_ascii_uppercase()
+}
+
+fn first_text(card: &VCard, name: &str) -> Option<String> {
+    card.entries
+        .iter()
+        .find(|e| upper_name(e) == name)
+        .and_then(|e| e.values.first())
+        .and_then(|v| v.as_text().map(str::to_string))
+}
+
+/// The tag a card carries, if any.
+pub fn tag_of(card: &VCard) -> Option<String> {
+    first_text(card, TAG_PROPERTY).map(|s| s.trim().to_string())
+}
+
+/// The source contact id a copy carries, if any.
+pub fn source_of(card: &VCard) -> Option<String> {
+    first_text(card, SOURCE_PROPERTY)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// A name for people: FN, else the components of N, else "(no name)".
+pub fn display_name(card: &VCard) -> String {
+    if let Some(fnv) = first_text(card, "FN").filter(|s| !s.trim().is_empty()) {
+        return fnv;
+    }
+    if let Some(n) = card.entries.iter().find(|e| e.name == VCardProperty::N) {
+        let parts: Vec<String> = n
+            .values
+            .iter()
+            .filter_map(value_text)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !parts.is_empty() {
+            return parts.join(" ");
+        }
+    }
+    "(no name)".into()
+}
+
+fn value_text(v: &VCardValue) -> Option<String> {
+    match v {
+        VCardValue::Text(t) => Some(t.clone()),
+        VCardValue::Component(parts) => Some(parts.join(" ")),
+        _ => None,
+    }
+}
+
+fn entry_texts<'a>(card: &'a VCard, prop: VCardProperty) -> impl Iterator<Item = String> + 'a {
+    card.entries
+        .iter()
+        .filter(move |e| e.name == prop)
+        .flat_map(|e| e.values.iter().filter_map(value_text))
+}
+
+/// Which properties of a copy the job manages. Everything else on a copy is left as the
+/// destination has it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum FieldSelection {
+    /// Every property of the source card except the structural ones (VERSION, UID, PRODID, REV,
+    /// and the tag properties). Anything a user adds to a copy is removed on the next run.
+    #[default]
+    All,
+    /// Only these property names (upper case). FN and N are always included: a card needs a name.
+    Only(BTreeSet<String>),
+}
+
+impl FieldSelection {
+    /// Builds a selection from a job's `fields` list.
+    pub fn from_list(fields: Option<&[String]>) -> Self {
+        match fields {
+            None => FieldSelection::All,
+            Some(list) => {
+                let mut set: BTreeSet<String> =
+                    list.iter().map(|f| f.trim().to_ascii_uppercase()).collect();
+                set.insert("FN".into());
+                set.insert("N".into());
+                FieldSelection::Only(set)
+            }
+        }
+    }
+
+    /// True if the job manages this property name (already upper case).
+    pub fn manages(&self, name: &str) -> bool {
+        if STRUCTURAL.contains(&name) {
+            return false;
+        }
+        match self {
+            FieldSelection::All => true,
+            FieldSelection::Only(set) => set.contains(name),
+        }
+    }
+}
+
+/// The entries of `card` that the job manages, in card order.
+pub fn managed_entries<'a>(
+    card: &'a VCard,
+    fields: &'a FieldSelection,
+) -> impl Iterator<Item = &'a VCardEntry> + 'a {
+    card.entries
+        .iter()
+        .filter(move |e| fields.manages(&upper_name(e)))
+}
+
+/// A stable digest of what the job manages on a card: its version and managed entries, written
+/// the way the card would be written. Two cards with the same digest need no update.
+pub fn managed_digest(card: &VCard, fields: &FieldSelection) -> String {
+    let v = version(card);
+    let mut text = format!("{v}\n");
+    for e in managed_entries(card, fields) {
+        let _ = e.write_to(&mut text, v == VCardVersion::V4_0);
+    }
+    hex_digest(text.as_bytes())
+}
+
+/// Hex SHA-256 of bytes, shortened to 32 hex digits (128 bits: collisions are not a concern).
+pub fn hex_digest(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    let mut s = String::with_capacity(32);
+    for b in &d[..16] {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn text_entry(name: &str, value: &str) -> VCardEntry {
+    VCardEntry {
+        group: None,
+        name: VCardProperty::Other(name.to_string()),
+        params: vec![],
+        values: vec![VCardValue::Text(value.to_string())],
+    }
+}
+
+/// The copy of a source card a destination must hold: the source's managed entries, a UID of its
+/// own, and the tag properties.
+pub fn make_copy(
+    source: &VCard,
+    fields: &FieldSelection,
+    tag: &str,
+    source_id: &str,
+    uid: &str,
+) -> VCard {
+    let v = version(source);
+    let mut entries = Vec::with_capacity(source.entries.len() + 3);
+    entries.push(VCardEntry {
+        group: None,
+        name: VCardProperty::Version,
+        params: vec![],
+        values: vec![VCardValue::Text(v.to_string())],
+    });
+    entries.push(VCardEntry {
+        group: None,
+        name: VCardProperty::Uid,
+        params: vec![],
+        values: vec![VCardValue::Text(uid.to_string())],
+    });
+    entries.extend(managed_entries(source, fields).cloned());
+    entries.push(text_entry(TAG_PROPERTY, tag));
+    entries.push(text_entry(SOURCE_PROPERTY, source_id));
+    VCard { entries }
+}
+
+/// Updates an existing copy to `desired`: managed entries and the version come from `desired`;
+/// the copy's UID and every property the job does not manage stay as the destination has them.
+pub fn merge_copy(existing: &VCard, desired: &VCard, fields: &FieldSelection) -> VCard {
+    let mut entries: Vec<VCardEntry> = Vec::with_capacity(desired.entries.len() + 4);
+    for e in &desired.entries {
+        if e.name == VCardProperty::Version {
+            entries.push(e.clone());
+        }
+    }
+    let mut kept_uid = false;
+    for e in &existing.entries {
+        let name = upper_name(e);
+        if name == "UID" {
+            kept_uid = true;
+            entries.push(e.clone());
+        } else if !fields.manages(&name)
+            && !matches!(
+                name.as_str(),
+                "VERSION" | "BEGIN" | "END" | TAG_PROPERTY | SOURCE_PROPERTY
+            )
+        {
+            entries.push(e.clone());
+        }
+    }
+    for e in &desired.entries {
+        let name = upper_name(e);
+        if fields.manages(&name)
+            || name == TAG_PROPERTY
+            || name == SOURCE_PROPERTY
+            || (name == "UID" && !kept_uid)
+        {
+            entries.push(e.clone());
+        }
+    }
+    VCard { entries }
+}
+
+/// Removes the tag properties, turning a copy into an ordinary contact (used by `restore --untag`).
+pub fn untag(card: &VCard) -> VCard {
+    VCard {
+        entries: card
+            .entries
+            .iter()
+            .filter(|e| {
+                let n = upper_name(e);
+                n != TAG_PROPERTY && n != SOURCE_PROPERTY
+            })
+            .cloned()
+            .collect(),
+    }
+}
+
+/// A job's contact filter: every regex given must match at least one value of its property.
+#[derive(Debug, Clone, Default)]
+pub struct ContactFilter {
+    pub email: Option<Regex>,
+    pub name: Option<Regex>,
+    pub organization: Option<Regex>,
+}
+
+impl ContactFilter {
+    /// True if the filter keeps this source card.
+    pub fn keeps(&self, card: &VCard) -> bool {
+        if let Some(re) = &self.email
+            && !entry_texts(card, VCardProperty::Email).any(|v| re.is_match(&v))
+        {
+            return false;
+        }
+        if let Some(re) = &self.name {
+            let name = display_name(card);
+            if !re.is_match(&name) && !entry_texts(card, VCardProperty::N).any(|v| re.is_match(&v))
+            {
+                return false;
+            }
+        }
+        if let Some(re) = &self.organization
+            && !entry_texts(card, VCardProperty::Org).any(|v| re.is_match(&v))
+        {
+            return false;
+        }
+        true
+    }
+
+    /// True when the filter keeps everything.
+    pub fn is_empty(&self) -> bool {
+        self.email.is_none() && self.name.is_none() && self.organization.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:abc\r\nFN:Jane Doe\r\nN:Doe;Jane;;;\r\nEMAIL;TYPE=INTERNET,WORK:jane@example.com\r\nitem1.X-ABLabel:Other\r\nX-CUSTOM;FOO=bar:keep me\r\nORG:Example\\, Inc.;Sales\r\nEND:VCARD\r\n";
+
+    #[test]
+    fn v3_round_trips_with_params_and_unknown_properties() {
+        let card = parse(V3).unwrap();
+        let out = to_text(&card);
+        assert!(out.contains("VERSION:3.0"), "{out}");
+        assert!(
+            out.contains("EMAIL;TYPE=INTERNET,WORK:jane@example.com"),
+            "{out}"
+        );
+        assert!(out.contains("X-CUSTOM;FOO=bar:keep me"), "{out}");
+        assert!(out.contains("item1.X-ABLabel:Other"), "{out}");
+        assert!(out.contains("ORG:Example\\, Inc.;Sales"), "{out}");
+        assert_eq!(parse(&out).unwrap(), card);
+    }
+
+    #[test]
+    fn copy_carries_tag_and_source_and_keeps_version() {
+        let card = parse(V3).unwrap();
+        let copy = make_copy(&card, &FieldSelection::All, "gSync42", "src-1", "u1");
+        let text = to_text(&copy);
+        let back = parse(&text).unwrap();
+        assert_eq!(tag_of(&back).as_deref(), Some("gSync42"));
+        assert_eq!(source_of(&back).as_deref(), Some("src-1"));
+        assert_eq!(back.uid(), Some("u1"));
+        assert_eq!(version(&back), VCardVersion::V3_0);
+        assert_eq!(
+            managed_digest(&back, &FieldSelection::All),
+            managed_digest(&card, &FieldSelection::All)
+        );
+    }
+
+    #[test]
+    fn merge_keeps_unmanaged_and_replaces_managed() {
+        let src = parse(V3).unwrap();
+        let only = FieldSelection::from_list(Some(&["EMAIL".to_string()]));
+        let copy = make_copy(&src, &only, "gSync1", "s", "u");
+        let edited = parse(
+            &to_text(&copy)
+                .replace("jane@example.com", "x@y.z")
+                .replace("END:VCARD", "NOTE:mine\r\nEND:VCARD"),
+        )
+        .unwrap();
+        assert_ne!(managed_digest(&edited, &only), managed_digest(&src, &only));
+        let merged = merge_copy(&edited, &copy, &only);
+        assert_eq!(managed_digest(&merged, &only), managed_digest(&src, &only));
+        assert!(to_text(&merged).contains("NOTE:mine"));
+        assert_eq!(tag_of(&merged).as_deref(), Some("gSync1"));
+    }
+
+    #[test]
+    fn filter_matches_email_name_org() {
+        let card = parse(V3).unwrap();
+        let f = ContactFilter {
+            email: Some(Regex::new("@example\\.com$").unwrap()),
+            ..Default::default()
+        };
+        assert!(f.keeps(&card));
+        let f = ContactFilter {
+            organization: Some(Regex::new("^Acme").unwrap()),
+            ..Default::default()
+        };
+        assert!(!f.keeps(&card));
+        let f = ContactFilter {
+            name: Some(Regex::new("Jane").unwrap()),
+            ..Default::default()
+        };
+        assert!(f.keeps(&card));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse("hello").is_err());
+        assert!(parse("BEGIN:VCARD\r\nVERSION:3.0\r\nFN:x\r\n").is_err());
+    }
+}

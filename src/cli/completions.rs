@@ -1,0 +1,23 @@
+//! `groupsync completions SHELL` and `groupsync man`: generated from the same definitions as
+//! `--help`, so they never drift.
+
+use clap::CommandFactory;
+use std::io::Write;
+
+use super::{Cli, exit};
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// bash, zsh, fish, elvish or powershell
+    pub shell: clap_complete::Shell,
+}
+
+pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    clap_complete::generate(args.shell, &mut Cli::command(), "groupsync", out);
+    Ok(exit::OK)
+}
+
+pub fn man(out: &mut dyn Write) -> anyhow::Result<u8> {
+    clap_mangen::Man::new(Cli::command()).render(out)?;
+    Ok(exit::OK)
+}

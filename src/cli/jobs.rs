@@ -1,0 +1,457 @@
+//! `groupsync job …`: create, change, list, show and delete job files. Edits go through
+//! `toml_edit` (comments and layout kept) and are checked before they are written: an unknown
+//! user, a missing source group or a duplicate leaves the file exactly as it was.
+
+use clap::Subcommand;
+use std::collections::BTreeSet;
+use std::io::Write;
+
+use super::run::run_one;
+use super::{Ctx, exit, usage};
+use crate::backend::Backend;
+use crate::engine::RunOptions;
+use crate::job::{self, Job};
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Create a job file with a fresh tag, and run it at once (unless --no-run)
+    New {
+        /// Job name (the file is <jobs_dir>/NAME.toml)
+        name: String,
+        /// The user whose group is copied
+        #[arg(long)]
+        source: String,
+        /// The source user's contact group to copy
+        #[arg(long)]
+        group: String,
+        /// A destination user (repeat for several)
+        #[arg(long = "dest", required = true)]
+        dest: Vec<String>,
+        /// Name of the group at the destinations (default: same as --group)
+        #[arg(long)]
+        target_group: Option<String>,
+        /// Only write the job file; the first run happens with the next `groupsync run`
+        #[arg(long)]
+        no_run: bool,
+    },
+    /// Add destination users to a job (synced at the next run, or at once with --now)
+    AddDest {
+        name: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Sync the new destinations now
+        #[arg(long)]
+        now: bool,
+    },
+    /// Remove destination users: their copies and group are removed at once (or at the next run
+    /// with --defer); contacts they added themselves move to "My Contacts"
+    RemoveDest {
+        name: String,
+        #[arg(required = true)]
+        users: Vec<String>,
+        /// Leave the cleanup to the next run
+        #[arg(long)]
+        defer: bool,
+    },
+    /// List jobs
+    List,
+    /// Show one job and what the state database knows of it
+    Show { name: String },
+    /// Delete a job file; with --purge, first remove its copies and groups from every destination
+    Delete {
+        name: String,
+        /// Clean up every destination before deleting the job (without it, copies stay)
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+pub async fn job<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    cmd: &JobCommand,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    match cmd {
+        JobCommand::New {
+            name,
+            source,
+            group,
+            dest,
+            target_group,
+            no_run,
+        } => {
+            new(
+                ctx,
+                backend,
+                name,
+                source,
+                group,
+                dest,
+                target_group.as_deref(),
+                *no_run,
+                out,
+            )
+            .await
+        }
+        JobCommand::AddDest { name, users, now } => {
+            add_dest(ctx, backend, name, users, *now, out).await
+        }
+        JobCommand::RemoveDest { name, users, defer } => {
+            remove_dest(ctx, backend, name, users, *defer, out).await
+        }
+        JobCommand::List => list(ctx, out),
+        JobCommand::Show { name } => show(ctx, name, out),
+        JobCommand::Delete { name, purge } => delete(ctx, backend, name, *purge, out).await,
+    }
+}
+
+/// Fails with "invalid destination user" for the first user the backend does not know.
+async fn check_users<B: Backend>(backend: &B, users: &[String]) -> anyhow::Result<()> {
+    for u in users {
+        if backend.resolve_user(u).await?.is_none() {
+            return Err(usage(format!(
+                "invalid destination user: {u} (no such user in the {} backend)",
+                backend.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_unique(users: &[String]) -> anyhow::Result<()> {
+    let mut seen = BTreeSet::new();
+    for u in users {
+        if !seen.insert(u) {
+            return Err(usage(format!("duplicate destination {u:?}")));
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn new<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    name: &str,
+    source: &str,
+    group: &str,
+    dests: &[String],
+    target_group: Option<&str>,
+    no_run: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    job::check_name(name).map_err(usage)?;
+    let path = job::job_path(&ctx.config.jobs_dir, name);
+    if path.exists() {
+        return Err(usage(format!(
+            "job {name:?} already exists ({})",
+            path.display()
+        )));
+    }
+    check_unique(dests)?;
+    if dests.iter().any(|d| d == source) {
+        return Err(usage(format!(
+            "the source user {source:?} cannot be its own destination"
+        )));
+    }
+    let src = backend
+        .resolve_user(source)
+        .await?
+        .ok_or_else(|| usage(format!("invalid source user: {source} (no such user)")))?;
+    if backend.find_group(&src, group).await?.is_none() {
+        return Err(usage(format!(
+            "source group {group:?} not found for user {source}"
+        )));
+    }
+    check_users(backend, dests).await?;
+    // A fresh tag, unlike any job file's or any the state database remembers.
+    let mut taken: BTreeSet<String> = job::load_all(&ctx.config.jobs_dir)?
+        .into_iter()
+        .filter_map(|j| j.ok())
+        .map(|j| j.tag)
+        .collect();
+    let tag = loop {
+        let t = job::fresh_tag(&taken);
+        if ctx.store.lock().unwrap().job_with_tag(&t)?.is_none() {
+            break t;
+        }
+        taken.insert(t);
+    };
+    let text = job::new_job_text(&tag, source, group, dests, target_group);
+    let parsed = job::parse(&path, &text)?;
+    job::write_atomic(&path, &text)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+    eprintln!("created job {name} ({tag}) in {}", path.display());
+    if no_run {
+        return Ok(exit::OK);
+    }
+    let _lock = ctx.lock()?;
+    Ok(run_one(ctx, backend, &parsed, &ctx.run_options(), out)
+        .await?
+        .0)
+}
+
+async fn add_dest<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    name: &str,
+    users: &[String],
+    now: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let current = job::load_named(&ctx.config.jobs_dir, name)?;
+    check_unique(users)?;
+    for u in users {
+        if *u == current.source {
+            return Err(usage(format!(
+                "the source user {u:?} cannot be its own destination"
+            )));
+        }
+        if current.exclude.contains(u) {
+            return Err(usage(format!(
+                "{u:?} is in the exclude list of job {name}; remove it from `exclude` in {} first",
+                current.path.display()
+            )));
+        }
+    }
+    check_users(backend, users).await?;
+    let new_users: Vec<String> = users
+        .iter()
+        .filter(|u| !current.destinations.contains(u))
+        .cloned()
+        .collect();
+    for u in users.iter().filter(|u| current.destinations.contains(u)) {
+        eprintln!("{u} is already a destination of {name}");
+    }
+    let job = edit(&current, |t| job::add_destinations(t, &new_users))?;
+    eprintln!(
+        "job {name}: added {}",
+        if new_users.is_empty() {
+            "nothing".to_string()
+        } else {
+            new_users.join(", ")
+        }
+    );
+    if !now || new_users.is_empty() {
+        return Ok(exit::OK);
+    }
+    let _lock = ctx.lock()?;
+    let opts = RunOptions {
+        only: Some(new_users.into_iter().collect()),
+        ..ctx.run_options()
+    };
+    Ok(run_one(ctx, backend, &job, &opts, out).await?.0)
+}
+
+async fn remove_dest<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    name: &str,
+    users: &[String],
+    defer: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let current = job::load_named(&ctx.config.jobs_dir, name)?;
+    for u in users {
+        if !current.destinations.contains(u) {
+            return Err(usage(format!("{u:?} is not a destination of job {name}")));
+        }
+    }
+    let job = edit(&current, |t| job::remove_destinations(t, users))?;
+    eprintln!("job {name}: removed {}", users.join(", "));
+    if defer {
+        return Ok(exit::OK);
+    }
+    let _lock = ctx.lock()?;
+    // The user may never have been synced (no state yet): record them so the cleanup finds them.
+    for u in users {
+        if let Some(user) = backend.resolve_user(u).await? {
+            ctx.store.lock().unwrap().touch_destination(
+                &job.name,
+                &user.id,
+                &user.name,
+                &job.target_group,
+            )?;
+        }
+    }
+    let opts = RunOptions {
+        only: Some(users.iter().cloned().collect()),
+        removals_only: true,
+        ..ctx.run_options()
+    };
+    Ok(run_one(ctx, backend, &job, &opts, out).await?.0)
+}
+
+/// Applies a text edit to a job file, checks the result, writes it atomically.
+fn edit(current: &Job, f: impl FnOnce(&str) -> Result<String, String>) -> anyhow::Result<Job> {
+    let text = std::fs::read_to_string(&current.path)?;
+    let new_text = f(&text).map_err(|e| usage(format!("{}: {e}", current.path.display())))?;
+    let parsed = job::parse(&current.path, &new_text)?;
+    job::write_atomic(&current.path, &new_text)?;
+    Ok(parsed)
+}
+
+fn list(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let mut code = exit::OK;
+    let mut jobs = vec![];
+    for j in job::load_all(&ctx.config.jobs_dir)? {
+        match j {
+            Ok(j) => jobs.push(j),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::USAGE;
+            }
+        }
+    }
+    if ctx.json {
+        let v: Vec<_> = jobs.iter().map(job_json).collect();
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else {
+        for j in &jobs {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}/{}\t{} destinations",
+                j.name,
+                if j.enabled { "enabled" } else { "disabled" },
+                j.tag,
+                j.source,
+                j.group,
+                j.effective_destinations().len()
+            )?;
+        }
+    }
+    Ok(code)
+}
+
+fn job_json(j: &Job) -> serde_json::Value {
+    serde_json::json!({
+        "name": j.name,
+        "file": j.path.display().to_string(),
+        "tag": j.tag,
+        "enabled": j.enabled,
+        "source": j.source,
+        "group": j.group,
+        "target_group": j.target_group,
+        "destinations": j.destinations,
+        "exclude": j.exclude,
+        "fields": j.fields,
+        "filter": j.filter_text.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        "limits": j.limits,
+        "schedule": j.schedule,
+        "timezone": j.timezone,
+    })
+}
+
+fn show(ctx: &Ctx, name: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let j = job::load_named(&ctx.config.jobs_dir, name)?;
+    let store = ctx.store.lock().unwrap();
+    let dests = store.destinations(&j.name)?;
+    if ctx.json {
+        let mut v = job_json(&j);
+        v["synced_destinations"] = serde_json::to_value(&dests)?;
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+        return Ok(exit::OK);
+    }
+    writeln!(out, "job:          {}", j.name)?;
+    writeln!(out, "file:         {}", j.path.display())?;
+    writeln!(out, "tag:          {}", j.tag)?;
+    writeln!(out, "enabled:      {}", j.enabled)?;
+    writeln!(out, "source:       {} / {:?}", j.source, j.group)?;
+    writeln!(out, "target group: {:?}", j.target_group)?;
+    writeln!(out, "destinations: {}", j.destinations.join(", "))?;
+    if !j.exclude.is_empty() {
+        writeln!(out, "exclude:      {}", j.exclude.join(", "))?;
+    }
+    writeln!(
+        out,
+        "fields:       {}",
+        j.fields
+            .as_ref()
+            .map(|f| f.join(", "))
+            .unwrap_or_else(|| "all".into())
+    )?;
+    for (k, v) in &j.filter_text {
+        writeln!(out, "filter:       {k} =~ {v}")?;
+    }
+    writeln!(
+        out,
+        "limits:       max_delete = {}, max_delete_percent = {}",
+        j.limits.max_delete, j.limits.max_delete_percent
+    )?;
+    if let Some(s) = &j.schedule {
+        writeln!(
+            out,
+            "schedule:     {s} ({})",
+            j.timezone.as_deref().unwrap_or("UTC")
+        )?;
+    }
+    for d in &dests {
+        let pending = if j.effective_destinations().contains(&d.user) {
+            ""
+        } else {
+            " (removed; cleaned up at the next run)"
+        };
+        writeln!(
+            out,
+            "synced:       {}: {} copies, last {}{}",
+            d.user,
+            d.copies,
+            d.last_outcome.as_deref().unwrap_or("never"),
+            pending
+        )?;
+    }
+    Ok(exit::OK)
+}
+
+async fn delete<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    name: &str,
+    purge: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let j = job::load_named(&ctx.config.jobs_dir, name)?;
+    let _lock = ctx.lock()?;
+    let mut code = exit::OK;
+    if purge {
+        for u in &j.destinations {
+            if let Some(user) = backend.resolve_user(u).await? {
+                ctx.store.lock().unwrap().touch_destination(
+                    &j.name,
+                    &user.id,
+                    &user.name,
+                    &j.target_group,
+                )?;
+            }
+        }
+        let mut emptied = j.clone();
+        emptied.destinations.clear();
+        let opts = RunOptions {
+            removals_only: true,
+            ..ctx.run_options()
+        };
+        let (c, report) = run_one(ctx, backend, &emptied, &opts, out).await?;
+        code = c;
+        if report.destinations.iter().any(|d| d.error.is_some()) || report.message.is_some() {
+            eprintln!(
+                "job {name} kept: some destinations could not be cleaned up; run `groupsync job delete {name} --purge` again"
+            );
+            return Ok(super::run::worst(code, exit::FAILED));
+        }
+    }
+    std::fs::remove_file(&j.path)?;
+    ctx.store.lock().unwrap().forget_job(&j.name)?;
+    eprintln!(
+        "deleted job {name} ({}){}",
+        j.path.display(),
+        if purge {
+            ""
+        } else {
+            "; its copies stay at the destinations"
+        }
+    );
+    Ok(code)
+}

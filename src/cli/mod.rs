@@ -1,0 +1,216 @@
+//! The command line: argument definitions (their doc comments are the `--help` text) and one
+//! file per command. Commands print data on stdout (`--json` for machines) and talk to people on
+//! stderr. They return an exit code; errors are mapped to exit codes by `main`.
+//!
+//! This module must not hold sync logic: it loads configuration, opens the backend and the state
+//! database, takes the state lock where it writes, and calls the engine.
+
+mod check;
+mod completions;
+mod history;
+mod jobs;
+mod output;
+mod restore;
+mod run;
+mod status;
+
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::backend::Backend;
+use crate::backend::vdir::{DEFAULT_COLLECTION, VdirBackend};
+use crate::config::{BackendConfig, Config, ConfigError, config_path};
+use crate::engine::RunOptions;
+use crate::lock::{self, StateLock};
+use crate::store::Store;
+
+/// Exit codes (fixed: scripts and systemd units rely on them).
+pub mod exit {
+    /// Everything went well.
+    pub const OK: u8 = 0;
+    /// At least one destination (or job) failed; the others were synced.
+    pub const FAILED: u8 = 1;
+    /// Usage or configuration error; nothing was changed.
+    pub const USAGE: u8 = 2;
+    /// A safety limit stopped a job; nothing was changed at the destinations it guarded.
+    pub const STOPPED: u8 = 3;
+}
+
+/// Copies a source user's contact group to many destination users, and keeps the copies right.
+///
+/// Jobs live in TOML files under the configured jobs folder; the `job` commands edit those same
+/// files, keeping comments and layout. Exit codes: 0 ok, 1 a destination failed, 2 usage or
+/// configuration error, 3 stopped by a safety limit.
+#[derive(Debug, Parser)]
+#[command(name = "groupsync", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: /etc/groupsync/groupsync.toml]
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "GROUPSYNC_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Print data as JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// More log output on stderr (-v info, -vv debug); GROUPSYNC_LOG overrides
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Seconds to wait for another groupsync process working on the same state
+    #[arg(
+        long,
+        global = true,
+        default_value_t = 10,
+        value_name = "SECONDS",
+        env = "GROUPSYNC_LOCK_WAIT"
+    )]
+    pub lock_wait: u64,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, change, list, show and delete jobs (edits the job files)
+    #[command(subcommand)]
+    Job(jobs::JobCommand),
+    /// Show what a run would do, per destination, without writing anything
+    ///
+    /// Exit code is what the run would give: 3 if a safety limit would stop it.
+    Plan(run::PlanArgs),
+    /// Run jobs now (no names: every enabled job)
+    Run(run::RunArgs),
+    /// Last run, outcome and destinations of every job
+    Status,
+    /// Past runs with their counts and outcome, newest first
+    History(history::HistoryArgs),
+    /// List deleted contacts kept in the trash, or put them back
+    Restore(restore::RestoreArgs),
+    /// Check the configuration, every job file, and that users and groups exist
+    Check,
+    /// Print a shell completion script
+    Completions(completions::CompletionsArgs),
+    /// Print the man page (roff)
+    Man,
+}
+
+/// A mistake in how the command was called: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Shorthand for a usage error.
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Everything a command needs: the config, the state and the global flags.
+pub struct Ctx {
+    pub config: Config,
+    pub json: bool,
+    pub lock_wait: Duration,
+    pub store: Mutex<Store>,
+}
+
+impl Ctx {
+    /// Takes the state lock (for commands that write).
+    pub fn lock(&self) -> anyhow::Result<StateLock> {
+        Ok(lock::acquire(&self.config.state, self.lock_wait)?)
+    }
+
+    pub fn run_options(&self) -> RunOptions {
+        let concurrency = match &self.config.backend {
+            BackendConfig::Vdir { concurrency, .. } => *concurrency,
+        };
+        RunOptions {
+            concurrency,
+            default_group: DEFAULT_COLLECTION.to_string(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Parses nothing; runs a parsed command line and returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match &cli.command {
+        Command::Completions(args) => return completions::completions(args, &mut out),
+        Command::Man => return completions::man(&mut out),
+        _ => {}
+    }
+    let path = config_path(cli.config.as_deref());
+    let config = Config::load(&path)?;
+    let store = Store::open(&config.state)?;
+    let ctx = Ctx {
+        json: cli.json,
+        lock_wait: Duration::from_secs(cli.lock_wait),
+        store: Mutex::new(store),
+        config,
+    };
+    match ctx.config.backend.clone() {
+        BackendConfig::Vdir { root, .. } => {
+            check_root(&root, &ctx.config.path)?;
+            dispatch(&ctx, &VdirBackend::new(root), &cli.command, &mut out).await
+        }
+    }
+}
+
+fn check_root(root: &Path, config: &Path) -> Result<(), ConfigError> {
+    if root.is_dir() {
+        Ok(())
+    } else {
+        Err(ConfigError::file(
+            config,
+            format!("backend root {} is not a folder", root.display()),
+        ))
+    }
+}
+
+async fn dispatch<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    command: &Command,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u8> {
+    match command {
+        Command::Job(c) => jobs::job(ctx, backend, c, out).await,
+        Command::Plan(a) => run::plan(ctx, backend, a, out).await,
+        Command::Run(a) => run::run(ctx, backend, a, out).await,
+        Command::Status => status::status(ctx, out),
+        Command::History(a) => history::history(ctx, a, out),
+        Command::Restore(a) => restore::restore(ctx, backend, a, out).await,
+        Command::Check => check::check(ctx, backend, out).await,
+        Command::Completions(_) | Command::Man => {
+            unreachable!("handled before loading the configuration")
+        }
+    }
+}
+
+/// The exit code for an error that reached `main`: 2 for usage and configuration errors, else 1.
+pub fn exit_code_for(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<UsageError>().is_some()
+        || err.downcast_ref::<ConfigError>().is_some()
+        || err.downcast_ref::<clap::Error>().is_some()
+    {
+        exit::USAGE
+    } else {
+        exit::FAILED
+    }
+}
+
+/// True if the error is a closed stdout (`groupsync … | head`): not an error for a CLI.
+pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,119 @@
+//! `groupsync restore`: lists the trash (contacts deleted by groupsync, newest first) or puts
+//! entries back into the group they were deleted from.
+
+use std::io::Write;
+
+use super::{Ctx, exit, usage};
+use crate::backend::Backend;
+use crate::card;
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// Trash entries to restore (ids from the listing)
+    pub ids: Vec<i64>,
+    /// Only entries of this job
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only entries of this destination user
+    #[arg(long)]
+    pub dest: Option<String>,
+    /// Only entries deleted by this run
+    #[arg(long)]
+    pub run: Option<i64>,
+    /// Restore every entry the filters select (without it, the filters only narrow the listing)
+    #[arg(long)]
+    pub all: bool,
+    /// Remove the tag from restored contacts, so they become the user's own and are never
+    /// deleted again by the job (without it, a copy whose source is still gone is deleted again
+    /// at the next run)
+    #[arg(long)]
+    pub untag: bool,
+}
+
+pub async fn restore<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    args: &RestoreArgs,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let list = ctx.store.lock().unwrap().trash_list(
+        args.job.as_deref(),
+        args.dest.as_deref(),
+        args.run,
+    )?;
+    if args.ids.is_empty() && !args.all {
+        if ctx.json {
+            serde_json::to_writer_pretty(&mut *out, &list)?;
+            writeln!(out)?;
+        } else {
+            writeln!(out, "id\tdeleted\trun\tjob\tuser\tgroup\treason\tname")?;
+            for t in &list {
+                writeln!(
+                    out,
+                    "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+                    t.id, t.deleted_at, t.run_id, t.job, t.user, t.group, t.reason, t.name
+                )?;
+            }
+        }
+        return Ok(exit::OK);
+    }
+    let mut chosen = vec![];
+    if args.all {
+        chosen = list;
+    }
+    for id in &args.ids {
+        let t = ctx
+            .store
+            .lock()
+            .unwrap()
+            .trash_get(*id)?
+            .ok_or_else(|| usage(format!("no trash entry {id}")))?;
+        if t.restored_at.is_some() {
+            return Err(usage(format!(
+                "trash entry {id} was already restored at {}",
+                t.restored_at.unwrap_or_default()
+            )));
+        }
+        chosen.push(t);
+    }
+    let _lock = ctx.lock()?;
+    let mut code = exit::OK;
+    for t in chosen {
+        let result: anyhow::Result<String> = async {
+            let mut c = card::parse(&t.payload).map_err(|e| {
+                anyhow::anyhow!("trash entry {} is not a readable vCard: {e}", t.id)
+            })?;
+            if args.untag {
+                c = card::untag(&c);
+            }
+            let user = backend
+                .resolve_user(&t.user)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("user {} no longer exists", t.user))?;
+            let group = match backend.find_group(&user, &t.group).await? {
+                Some(g) => g,
+                None => backend.create_group(&user, &t.group).await?,
+            };
+            Ok(backend.create_contact(&user, &group, &c).await?)
+        }
+        .await;
+        match result {
+            Ok(id) => {
+                ctx.store.lock().unwrap().mark_restored(t.id)?;
+                writeln!(
+                    out,
+                    "restored {}\t{}\t{}/{}\t{id}",
+                    t.id, t.name, t.user, t.group
+                )?;
+            }
+            Err(e) => {
+                eprintln!(
+                    "error: restoring trash entry {} ({} of {}): {e}",
+                    t.id, t.name, t.user
+                );
+                code = exit::FAILED;
+            }
+        }
+    }
+    Ok(code)
+}

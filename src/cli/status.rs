@@ -1,0 +1,101 @@
+//! `groupsync status`: for every job, its last run and the state of each destination.
+
+use std::io::Write;
+
+use super::{Ctx, exit};
+use crate::job;
+
+pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let store = ctx.store.lock().unwrap();
+    let mut code = exit::OK;
+    let mut all = vec![];
+    for j in job::load_all(&ctx.config.jobs_dir)? {
+        let j = match j {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::USAGE;
+                continue;
+            }
+        };
+        let last = store.runs(Some(&j.name), 1)?.into_iter().next();
+        let last_ok = store
+            .runs(Some(&j.name), 50)?
+            .into_iter()
+            .find(|r| r.outcome == "ok");
+        let dests = store.destinations(&j.name)?;
+        let active = j.effective_destinations();
+        let never: Vec<&String> = active
+            .iter()
+            .filter(|u| !dests.iter().any(|d| &d.user == *u))
+            .collect();
+        if ctx.json {
+            all.push(serde_json::json!({
+                "job": j.name,
+                "tag": j.tag,
+                "enabled": j.enabled,
+                "last_run": last,
+                "last_success_at": last_ok.as_ref().and_then(|r| r.finished_at.clone()),
+                "destinations": dests.iter().map(|d| serde_json::json!({
+                    "user": d.user,
+                    "copies": d.copies,
+                    "last_outcome": d.last_outcome,
+                    "last_success_at": d.last_success_at,
+                    "last_error": d.last_error,
+                    "pending_removal": !active.contains(&d.user),
+                })).collect::<Vec<_>>(),
+                "never_synced": never,
+            }));
+            continue;
+        }
+        let state = if j.enabled { "" } else { " [disabled]" };
+        match &last {
+            Some(r) => writeln!(
+                out,
+                "{} ({}){state}: last run #{} at {}: {} (created {}, updated {}, deleted {}, moved {}, {} of {} destinations failed)",
+                j.name,
+                j.tag,
+                r.id,
+                r.started_at,
+                r.outcome,
+                r.created,
+                r.updated,
+                r.deleted,
+                r.moved,
+                r.failed,
+                r.destinations
+            )?,
+            None => writeln!(out, "{} ({}){state}: never run", j.name, j.tag)?,
+        }
+        if let Some(m) = last.as_ref().and_then(|r| r.message.as_ref()) {
+            writeln!(out, "  {m}")?;
+        }
+        for d in &dests {
+            let pending = if active.contains(&d.user) {
+                ""
+            } else {
+                " (removed from job; cleaned up at the next run)"
+            };
+            let err = d
+                .last_error
+                .as_ref()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            writeln!(
+                out,
+                "  {}: {} copies, last {}{err}{pending}",
+                d.user,
+                d.copies,
+                d.last_outcome.as_deref().unwrap_or("not finished")
+            )?;
+        }
+        for u in never {
+            writeln!(out, "  {u}: not synced yet")?;
+        }
+    }
+    if ctx.json {
+        serde_json::to_writer_pretty(&mut *out, &all)?;
+        writeln!(out)?;
+    }
+    Ok(code)
+}

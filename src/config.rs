@@ -1,0 +1,246 @@
+//! `groupsync.toml`: where the state database and the job files are, and which backend to use.
+//! Relative paths resolve against the config file's folder. Unknown keys are errors, and every
+//! error names the file, line and column. This module must not touch the backend or the state.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// Where `groupsync.toml` is looked for when neither `--config` nor `GROUPSYNC_CONFIG` is given.
+pub const DEFAULT_CONFIG: &str = "/etc/groupsync/groupsync.toml";
+
+/// A configuration or job-file error, pointing at the place at fault.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{file}{}: {message}", location(.line, .column))]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+fn location(line: &Option<usize>, column: &Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(":{l}:{c}"),
+        (Some(l), None) => format!(":{l}"),
+        _ => String::new(),
+    }
+}
+
+impl ConfigError {
+    /// An error about a whole file.
+    pub fn file(file: &Path, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            line: None,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    /// An error at a byte offset of a file's text.
+    pub fn at(file: &Path, text: &str, offset: usize, message: impl Into<String>) -> Self {
+        let (line, column) = line_col(text, offset);
+        ConfigError {
+            file: file.display().to_string(),
+            line: Some(line),
+            column: Some(column),
+            message: message.into(),
+        }
+    }
+
+    /// Turns a TOML parse or schema error into one with line and column.
+    pub fn from_toml(file: &Path, text: &str, e: &toml::de::Error) -> Self {
+        let msg = e.message().trim().to_string();
+        match e.span() {
+            Some(span) => Self::at(file, text, span.start, msg),
+            None => Self::file(file, msg),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state: Option<String>,
+    jobs_dir: Option<String>,
+    backend: toml::Spanned<RawBackend>,
+}
+
+/// Every key of every backend kind (DESIGN.md §6), so a typo is caught whatever the kind.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct RawBackend {
+    kind: toml::Spanned<String>,
+    root: Option<String>,
+    concurrency: Option<usize>,
+    default_collection: Option<String>,
+    key_file: Option<String>,
+    admin: Option<String>,
+    allowed_domains: Option<Vec<String>>,
+    people_url: Option<String>,
+    directory_url: Option<String>,
+    requests_per_minute: Option<u32>,
+    visible_tag: Option<bool>,
+    url: Option<String>,
+    home: Option<String>,
+    username: Option<String>,
+    password_file: Option<String>,
+    credentials_file: Option<String>,
+    tenant: Option<String>,
+    client_id: Option<String>,
+    client_secret_file: Option<String>,
+    graph_url: Option<String>,
+    login_url: Option<String>,
+}
+
+/// The backend to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// A local tree of vCard folders.
+    Vdir { root: PathBuf, concurrency: usize },
+}
+
+/// The loaded configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    pub state: PathBuf,
+    pub jobs_dir: PathBuf,
+    pub backend: BackendConfig,
+}
+
+/// Which config file to use: `--config`, else `GROUPSYNC_CONFIG` (clap fills both into `flag`),
+/// else the system default.
+pub fn config_path(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+}
+
+impl Config {
+    /// Loads and checks a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::NotFound {
+                " (pass --config FILE or set GROUPSYNC_CONFIG)"
+            } else {
+                ""
+            };
+            ConfigError::file(path, format!("cannot read configuration: {e}{hint}"))
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Checks config text as if it came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
+        let resolve = |p: &str| {
+            if Path::new(p).is_absolute() {
+                PathBuf::from(p)
+            } else {
+                base.join(p)
+            }
+        };
+        let b = raw.backend.get_ref();
+        let kind_span = b.kind.span();
+        let backend = match b.kind.get_ref().as_str() {
+            "vdir" => {
+                let root = b.root.as_deref().ok_or_else(|| {
+                    ConfigError::at(
+                        path,
+                        text,
+                        kind_span.start,
+                        "backend kind \"vdir\" needs `root` (the folder of user folders)",
+                    )
+                })?;
+                BackendConfig::Vdir {
+                    root: resolve(root),
+                    concurrency: b.concurrency.unwrap_or(4).max(1),
+                }
+            }
+            k @ ("google" | "carddav" | "graph") => {
+                return Err(ConfigError::at(
+                    path,
+                    text,
+                    kind_span.start,
+                    format!(
+                        "backend kind {k:?} is not available in this version yet (available: \"vdir\")"
+                    ),
+                ));
+            }
+            other => {
+                return Err(ConfigError::at(
+                    path,
+                    text,
+                    kind_span.start,
+                    format!(
+                        "unknown backend kind {other:?} (expected one of \"vdir\", \"google\", \"carddav\", \"graph\")"
+                    ),
+                ));
+            }
+        };
+        Ok(Config {
+            path: path.to_path_buf(),
+            state: resolve(raw.state.as_deref().unwrap_or("state.db")),
+            jobs_dir: resolve(raw.jobs_dir.as_deref().unwrap_or("jobs")),
+            backend,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths_resolve_against_the_file() {
+        let c = Config::parse(
+            Path::new("/etc/gs/groupsync.toml"),
+            "state = \"s.db\"\n[backend]\nkind = \"vdir\"\nroot = \"contacts\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.state, PathBuf::from("/etc/gs/s.db"));
+        assert_eq!(c.jobs_dir, PathBuf::from("/etc/gs/jobs"));
+        assert_eq!(
+            c.backend,
+            BackendConfig::Vdir {
+                root: PathBuf::from("/etc/gs/contacts"),
+                concurrency: 4
+            }
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let e = Config::parse(
+            Path::new("g.toml"),
+            "state = \"s.db\"\n[backend]\nkind = \"vdir\"\nrot = \"x\"\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(4), Some(1)), "{e}");
+        assert!(e.to_string().starts_with("g.toml:4:1: "), "{e}");
+        assert!(e.message.contains("rot"), "{e}");
+    }
+}

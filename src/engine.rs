@@ -1,0 +1,806 @@
+//! The executor: reads the source once, then for each destination reads its group, asks the
+//! planner for a plan, checks the safety limits and applies the plan through the backend,
+//! recording every change, every deleted payload and the outcome in the state database.
+//!
+//! It owns the order of a run (source, active destinations, then removed destinations), the
+//! safety stops (empty source, deletion limit), and failure isolation: one destination failing is
+//! recorded and counted and never stops the others. It must not decide *what* to change (that is
+//! the planner's job) nor know which provider it drives.
+
+use futures::StreamExt;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::backend::{Backend, BackendError, GroupRef, User};
+use crate::card;
+use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, Op, Plan, SourceSet};
+use crate::store::{Counts, Store, StoreError};
+
+/// A job as the engine runs it.
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    pub spec: JobSpec,
+    pub source: String,
+    pub group: String,
+    /// Destination user names, exclusions already applied, in job-file order.
+    pub destinations: Vec<String>,
+}
+
+/// How to run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Plan only: read everything, write nothing (not even history).
+    pub dry_run: bool,
+    /// Go past the safety limits.
+    pub force: bool,
+    /// Destinations processed at once (at least 1).
+    pub concurrency: usize,
+    /// Only sync these destination users (and clean up only these removed ones); `None` = all.
+    pub only: Option<BTreeSet<String>>,
+    /// Skip destinations still in the job (used by `remove-dest` to clean up at once).
+    pub removals_only: bool,
+    /// Name of the default collection (removed users' own contacts go there).
+    pub default_group: String,
+}
+
+/// Job-level failures: nothing was written to any destination.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("source user {0:?} not found")]
+    SourceUser(String),
+    #[error("source group {group:?} not found for user {user:?}")]
+    SourceGroup { user: String, group: String },
+    #[error("reading source group {group:?} of {user:?}: {source}")]
+    SourceRead {
+        user: String,
+        group: String,
+        #[source]
+        source: BackendError,
+    },
+    #[error(
+        "job {job:?} has tag {found} in its file but was created with tag {expected}; a job's tag must never be edited"
+    )]
+    TagChanged {
+        job: String,
+        expected: String,
+        found: String,
+    },
+    #[error(
+        "tag {tag} of job {job:?} already belongs to job {other:?}; every job needs its own tag"
+    )]
+    TagInUse {
+        job: String,
+        tag: String,
+        other: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl JobError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            JobError::SourceRead { source, .. } => source.is_retryable(),
+            JobError::Store(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+}
+
+/// How a job's run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Ok,
+    /// At least one destination failed; the others were synced.
+    Failed,
+    /// A safety limit stopped the job.
+    Stopped,
+    /// The job could not run at all (source missing, …).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Failed => "failed",
+            Outcome::Stopped => "stopped",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// What happened at one destination.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestReport {
+    pub user: String,
+    pub removal: bool,
+    /// The plan (for dry runs and reports).
+    pub plan: Option<Plan>,
+    /// Operations applied (equal to the plan's when it succeeded).
+    pub applied: Counts,
+    pub error: Option<String>,
+    /// Set when this destination was not applied because a safety limit stopped the job.
+    pub stopped: Option<String>,
+}
+
+/// What happened in one job's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub tag: String,
+    pub run_id: Option<i64>,
+    pub dry_run: bool,
+    pub outcome: Outcome,
+    /// False when the run only cleaned up removed destinations (the source was not read).
+    pub source_read: bool,
+    pub source_contacts: usize,
+    pub source_filtered_out: usize,
+    pub source_unreadable: Vec<String>,
+    pub destinations: Vec<DestReport>,
+    pub message: Option<String>,
+    pub counts: Counts,
+}
+
+impl JobReport {
+    /// Exit code contribution: 0 ok, 1 failed, 3 stopped by a safety limit.
+    pub fn exit_code(&self) -> u8 {
+        match self.outcome {
+            Outcome::Ok => 0,
+            Outcome::Failed | Outcome::Error => 1,
+            Outcome::Stopped => 3,
+        }
+    }
+}
+
+fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
+    store.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs one job. Never panics on provider errors: they end up in the report.
+pub async fn run_job<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    job: &JobRun,
+    opts: &RunOptions,
+) -> JobReport {
+    let mut report = JobReport {
+        job: job.spec.name.clone(),
+        tag: job.spec.tag.clone(),
+        run_id: None,
+        dry_run: opts.dry_run,
+        outcome: Outcome::Ok,
+        source_read: false,
+        source_contacts: 0,
+        source_filtered_out: 0,
+        source_unreadable: vec![],
+        destinations: vec![],
+        message: None,
+        counts: Counts::default(),
+    };
+    if !opts.dry_run {
+        match lock(store).start_run(&job.spec.name, false) {
+            Ok(id) => report.run_id = Some(id),
+            Err(e) => {
+                report.outcome = Outcome::Error;
+                report.message = Some(e.to_string());
+                return report;
+            }
+        }
+    }
+    if let Err(e) = run_inner(backend, store, job, opts, &mut report).await {
+        report.outcome = Outcome::Error;
+        report.message = Some(e.to_string());
+    }
+    for d in &report.destinations {
+        let a = d.applied;
+        report.counts.created += a.created;
+        report.counts.updated += a.updated;
+        report.counts.deleted += a.deleted;
+        report.counts.moved += a.moved;
+    }
+    report.counts.destinations = report.destinations.len() as i64;
+    report.counts.failed = report
+        .destinations
+        .iter()
+        .filter(|d| d.error.is_some())
+        .count() as i64;
+    if report.outcome == Outcome::Ok && report.counts.failed > 0 {
+        report.outcome = Outcome::Failed;
+    }
+    if let Some(run_id) = report.run_id
+        && let Err(e) = lock(store).finish_run(
+            run_id,
+            report.outcome.as_str(),
+            report.counts,
+            report.message.as_deref(),
+        )
+    {
+        tracing::error!(job = %job.spec.name, "could not record the run: {e}");
+    }
+    report
+}
+
+async fn run_inner<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    job: &JobRun,
+    opts: &RunOptions,
+    report: &mut JobReport,
+) -> Result<(), JobError> {
+    let spec = &job.spec;
+    {
+        let s = lock(store);
+        match s.job_tag(&spec.name)? {
+            Some(t) if t != spec.tag => {
+                return Err(JobError::TagChanged {
+                    job: spec.name.clone(),
+                    expected: t,
+                    found: spec.tag.clone(),
+                });
+            }
+            _ => {}
+        }
+        if let Some(other) = s.job_with_tag(&spec.tag)?
+            && other != spec.name
+        {
+            return Err(JobError::TagInUse {
+                job: spec.name.clone(),
+                tag: spec.tag.clone(),
+                other,
+            });
+        }
+        if !opts.dry_run {
+            s.remember_job(&spec.name, &spec.tag)?;
+        }
+    }
+
+    // Which destinations are in the job, and which were synced before but are no longer in it.
+    let mut active: Vec<User> = vec![];
+    let mut active_names: BTreeSet<&str> = BTreeSet::new();
+    for name in &job.destinations {
+        if opts.only.as_ref().is_some_and(|o| !o.contains(name)) {
+            active_names.insert(name);
+            continue;
+        }
+        active_names.insert(name);
+        match backend.resolve_user(name).await {
+            Ok(Some(u)) => active.push(u),
+            Ok(None) => report.destinations.push(failed_dest(
+                name,
+                false,
+                format!("invalid destination user: {name} (no such user)"),
+            )),
+            Err(e) => report.destinations.push(failed_dest(
+                name,
+                false,
+                format!("looking up {name}: {e}"),
+            )),
+        }
+    }
+    let active_ids: BTreeSet<String> = active.iter().map(|u| u.id.clone()).collect();
+    let removed: Vec<(User, String)> = lock(store)
+        .destinations(&spec.name)?
+        .into_iter()
+        .filter(|d| !active_ids.contains(&d.user_id) && !active_names.contains(d.user.as_str()))
+        .filter(|d| opts.only.as_ref().is_none_or(|o| o.contains(&d.user)))
+        .map(|d| {
+            (
+                User {
+                    id: d.user_id,
+                    name: d.user,
+                },
+                d.target_group,
+            )
+        })
+        .collect();
+    if opts.removals_only {
+        active.clear();
+        report.destinations.retain(|_| false);
+    }
+
+    // The source, read once for all destinations.
+    let mut source = SourceSet::default();
+    if !active.is_empty() {
+        let src_user =
+            backend
+                .resolve_user(&job.source)
+                .await
+                .map_err(|e| JobError::SourceRead {
+                    user: job.source.clone(),
+                    group: job.group.clone(),
+                    source: e,
+                })?;
+        let src_user = src_user.ok_or_else(|| JobError::SourceUser(job.source.clone()))?;
+        let read_err = |e| JobError::SourceRead {
+            user: job.source.clone(),
+            group: job.group.clone(),
+            source: e,
+        };
+        let group = backend
+            .find_group(&src_user, &job.group)
+            .await
+            .map_err(read_err)?
+            .ok_or_else(|| JobError::SourceGroup {
+                user: job.source.clone(),
+                group: job.group.clone(),
+            })?;
+        backend
+            .scan_group(&src_user, &group, &mut |c| source.add(spec, c.id, c.card))
+            .await
+            .map_err(read_err)?;
+        report.source_read = true;
+        report.source_contacts = source.items.len();
+        report.source_filtered_out = source.filtered_out;
+        report.source_unreadable = source
+            .unreadable
+            .iter()
+            .map(|(id, why)| format!("{id}: {why}"))
+            .collect();
+        for u in &report.source_unreadable {
+            tracing::warn!(job = %spec.name, "source contact left as it is, it cannot be read: {u}");
+        }
+
+        // Empty-source guard: a group that suddenly reads empty never wipes destinations.
+        if source.items.is_empty() && source.unreadable.is_empty() && !opts.force {
+            let s = lock(store);
+            let remembered = s.ledger_count(&spec.name)?;
+            let last = s.last_source_count(&spec.name)?.unwrap_or(0);
+            if remembered > 0 || last > 0 {
+                report.outcome = Outcome::Stopped;
+                report.message = Some(format!(
+                    "source group {:?} of {} reads empty (filtered out: {}) while {} copies exist; nothing was changed. Run with --force if this is intended",
+                    job.group, job.source, source.filtered_out, remembered
+                ));
+                return Ok(());
+            }
+        }
+        if !opts.dry_run {
+            lock(store).set_source_count(&spec.name, source.items.len())?;
+        }
+    }
+
+    // Active destinations, `concurrency` at a time.
+    let stopped = AtomicBool::new(false);
+    let concurrency = opts.concurrency.max(1);
+    let run_id = report.run_id.unwrap_or(0);
+    let results: Vec<DestReport> = futures::stream::iter(active.iter())
+        .map(|user| sync_destination(backend, store, job, opts, &source, user, run_id, &stopped))
+        .buffered(concurrency)
+        .collect()
+        .await;
+    report.destinations.extend(results);
+    if stopped.load(Ordering::SeqCst) {
+        report.outcome = Outcome::Stopped;
+        report.message = report
+            .destinations
+            .iter()
+            .find_map(|d| d.stopped.clone())
+            .or(report.message.take());
+        return Ok(());
+    }
+
+    // Removed destinations: copies deleted, users' own contacts kept, group removed.
+    for (user, target_group) in removed {
+        let r = remove_destination(backend, store, job, opts, &user, &target_group, run_id).await;
+        report.destinations.push(r);
+    }
+    Ok(())
+}
+
+fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {
+    DestReport {
+        user: user.to_string(),
+        removal,
+        plan: None,
+        applied: Counts::default(),
+        error: Some(error),
+        stopped: None,
+    }
+}
+
+/// Reads the destination group and summarises it for the planner.
+async fn snapshot<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group_name: &str,
+    default_group: &str,
+) -> Result<DestSnapshot, BackendError> {
+    let group = backend.find_group(user, group_name).await?;
+    let mut entries = vec![];
+    if let Some(g) = &group {
+        backend
+            .scan_group(user, g, &mut |c| {
+                entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card))
+            })
+            .await?;
+    }
+    Ok(DestSnapshot {
+        user: user.clone(),
+        group,
+        group_is_default: group_name == default_group,
+        entries,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sync_destination<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    job: &JobRun,
+    opts: &RunOptions,
+    source: &SourceSet,
+    user: &User,
+    run_id: i64,
+    stopped: &AtomicBool,
+) -> DestReport {
+    let spec = &job.spec;
+    let mut report = DestReport {
+        user: user.name.clone(),
+        removal: false,
+        plan: None,
+        applied: Counts::default(),
+        error: None,
+        stopped: None,
+    };
+    if stopped.load(Ordering::SeqCst) {
+        report.stopped = Some("not run: the job was stopped by a safety limit".into());
+        return report;
+    }
+    // A conflict (the contact changed between read and write) is settled by reading again.
+    for attempt in 0..3 {
+        let ledger = match lock(store).ledger(&spec.name, &user.id) {
+            Ok(l) => l,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                return report;
+            }
+        };
+        let snap =
+            match snapshot(backend, spec, user, &spec.target_group, &opts.default_group).await {
+                Ok(s) => s,
+                Err(e) => {
+                    report.error = Some(format!("reading {}: {e}", user.name));
+                    return report;
+                }
+            };
+        let plan = plan::plan_destination(source, &snap, spec, &ledger);
+        if let Some(why) = &plan.limit_exceeded
+            && !opts.force
+        {
+            stopped.store(true, Ordering::SeqCst);
+            report.stopped = Some(format!(
+                "deletion limit: {why}; nothing was changed at this destination. Run with --force if this is intended"
+            ));
+            report.plan = Some(plan);
+            return report;
+        }
+        if opts.dry_run {
+            report.plan = Some(plan);
+            return report;
+        }
+        if let Err(e) =
+            lock(store).touch_destination(&spec.name, &user.id, &user.name, &spec.target_group)
+        {
+            report.error = Some(e.to_string());
+            return report;
+        }
+        let result = apply(
+            backend,
+            store,
+            spec,
+            run_id,
+            user,
+            snap.group.clone(),
+            &plan,
+            Some(source),
+            &mut report.applied,
+        )
+        .await;
+        let conflict = matches!(
+            &result,
+            Err(ApplyError::Backend(BackendError::Conflict { .. }))
+        );
+        report.plan = Some(plan);
+        match result {
+            Ok(_) => {
+                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
+                return report;
+            }
+            Err(_) if conflict && attempt < 2 => {
+                tracing::info!(job = %spec.name, dest = %user.name, "a contact changed while syncing; reading again");
+                continue;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::warn!(job = %spec.name, dest = %user.name, "destination failed: {msg}");
+                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, Some(&msg));
+                report.error = Some(msg);
+                return report;
+            }
+        }
+    }
+    report
+}
+
+async fn remove_destination<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    job: &JobRun,
+    opts: &RunOptions,
+    user: &User,
+    target_group: &str,
+    run_id: i64,
+) -> DestReport {
+    let spec = &job.spec;
+    let mut report = DestReport {
+        user: user.name.clone(),
+        removal: true,
+        plan: None,
+        applied: Counts::default(),
+        error: None,
+        stopped: None,
+    };
+    for attempt in 0..3 {
+        // A user deleted from the provider has nothing left to clean up.
+        match backend.resolve_user(&user.name).await {
+            Ok(None) => {
+                if !opts.dry_run {
+                    let _ = lock(store).forget_destination(&spec.name, &user.id);
+                }
+                return report;
+            }
+            Ok(Some(_)) => {}
+            Err(e) => {
+                report.error = Some(format!("looking up {}: {e}", user.name));
+                return report;
+            }
+        }
+        let snap = match snapshot(backend, spec, user, target_group, &opts.default_group).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.error = Some(format!("reading {}: {e}", user.name));
+                return report;
+            }
+        };
+        let plan = plan::plan_removal(&snap);
+        if opts.dry_run {
+            report.plan = Some(plan);
+            return report;
+        }
+        let result = apply(
+            backend,
+            store,
+            spec,
+            run_id,
+            user,
+            snap.group.clone(),
+            &plan,
+            None,
+            &mut report.applied,
+        )
+        .await;
+        let conflict = matches!(
+            &result,
+            Err(ApplyError::Backend(BackendError::Conflict { .. }))
+        );
+        report.plan = Some(plan);
+        match result {
+            Ok(()) => {
+                if let Err(e) = lock(store).forget_destination(&spec.name, &user.id) {
+                    report.error = Some(e.to_string());
+                }
+                return report;
+            }
+            Err(_) if conflict && attempt < 2 => continue,
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, Some(&msg));
+                report.error = Some(msg);
+                return report;
+            }
+        }
+    }
+    report
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Applies a plan, in order, stopping at the first failure (the rest is retried next run).
+#[allow(clippy::too_many_arguments)]
+async fn apply<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    spec: &JobSpec,
+    run_id: i64,
+    user: &User,
+    mut group: Option<GroupRef>,
+    plan: &Plan,
+    source: Option<&SourceSet>,
+    applied: &mut Counts,
+) -> Result<(), ApplyError> {
+    let log = |action: &str,
+               source_id: Option<&str>,
+               contact_id: Option<&str>,
+               name: Option<&str>,
+               detail: Option<&str>| {
+        lock(store).log_change(
+            run_id, &spec.name, &user.id, &user.name, action, source_id, contact_id, name, detail,
+        )
+    };
+    let mut final_ledger: Vec<(String, String, String)> = vec![];
+    if let Some(src) = source {
+        // Copies that need no change, and copies held because their source is unreadable.
+        for e in &plan_keepers(plan, src) {
+            final_ledger.push(e.clone());
+        }
+    }
+    for op in &plan.ops {
+        let group_ref = || {
+            group.clone().ok_or_else(|| {
+                ApplyError::Other(format!(
+                    "group {:?} of {} is missing",
+                    spec.target_group, user.name
+                ))
+            })
+        };
+        match op {
+            Op::CreateGroup { name } => {
+                let g = match backend.create_group(user, name).await {
+                    Ok(g) => g,
+                    Err(BackendError::AlreadyExists { .. }) => {
+                        backend.find_group(user, name).await?.ok_or_else(|| {
+                            ApplyError::Other(format!("group {name:?} of {} vanished", user.name))
+                        })?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                log("create-group", None, Some(&g.id), Some(name), None)?;
+                group = Some(g);
+            }
+            Op::Create {
+                source_id,
+                name,
+                recreate,
+            } => {
+                let item = source.and_then(|s| s.items.get(source_id)).ok_or_else(|| {
+                    ApplyError::Other(format!("source contact {source_id} is gone"))
+                })?;
+                let g = group_ref()?;
+                let id = backend.create_contact(user, &g, &item.copy).await?;
+                lock(store).record_copy(&spec.name, &user.id, source_id, &id, &item.digest)?;
+                log(
+                    if *recreate { "recreate" } else { "create" },
+                    Some(source_id),
+                    Some(&id),
+                    Some(name),
+                    Some(&item.digest),
+                )?;
+                final_ledger.push((source_id.clone(), id, item.digest.clone()));
+                applied.created += 1;
+            }
+            Op::Update {
+                contact_id,
+                etag,
+                source_id,
+                name,
+            } => {
+                let item = source.and_then(|s| s.items.get(source_id)).ok_or_else(|| {
+                    ApplyError::Other(format!("source contact {source_id} is gone"))
+                })?;
+                let g = group_ref()?;
+                backend
+                    .update_contact(user, &g, contact_id, etag, &item.copy, &spec.fields)
+                    .await?;
+                log(
+                    "update",
+                    Some(source_id),
+                    Some(contact_id),
+                    Some(name),
+                    Some(&item.digest),
+                )?;
+                final_ledger.push((source_id.clone(), contact_id.clone(), item.digest.clone()));
+                applied.updated += 1;
+            }
+            Op::Delete {
+                contact_id,
+                etag,
+                source_id,
+                name,
+                reason,
+            } => {
+                let g = group_ref()?;
+                let found = backend
+                    .fetch_contacts(user, &g, std::slice::from_ref(contact_id))
+                    .await?;
+                let Some(current) = found.into_iter().next() else {
+                    continue;
+                };
+                if &current.etag != etag {
+                    return Err(BackendError::Conflict {
+                        what: format!("contact {contact_id} of {}", user.name),
+                    }
+                    .into());
+                }
+                let payload = match &current.card {
+                    Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                        card::to_text(c)
+                    }
+                    _ => {
+                        return Err(ApplyError::Other(format!(
+                            "contact {contact_id} of {} no longer carries tag {}; left alone",
+                            user.name, spec.tag
+                        )));
+                    }
+                };
+                let reason = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                lock(store).trash(
+                    run_id, &spec.name, &user.id, &user.name, &g.name, contact_id, name, &reason,
+                    &payload,
+                )?;
+                backend.delete_contact(user, &g, contact_id, etag).await?;
+                log(
+                    "delete",
+                    source_id.as_deref(),
+                    Some(contact_id),
+                    Some(name),
+                    Some(&reason),
+                )?;
+                applied.deleted += 1;
+            }
+            Op::MoveToDefault { contact_id } => {
+                let g = group_ref()?;
+                backend.move_to_default(user, &g, contact_id).await?;
+                log("move-to-default", None, Some(contact_id), None, None)?;
+                applied.moved += 1;
+            }
+            Op::DeleteGroup { name } => {
+                let g = group_ref()?;
+                match backend.delete_group(user, &g).await {
+                    Ok(()) => log("delete-group", None, Some(&g.id), Some(name), None)?,
+                    Err(BackendError::NotEmpty { what }) => {
+                        tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile?); it is kept");
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    if source.is_some() {
+        lock(store).replace_ledger(&spec.name, &user.id, &final_ledger)?;
+    }
+    Ok(())
+}
+
+/// The (source id, contact id, digest) of copies the plan keeps as they are.
+fn plan_keepers(plan: &Plan, source: &SourceSet) -> Vec<(String, String, String)> {
+    plan.kept
+        .iter()
+        .map(|(s, c)| {
+            (
+                s.clone(),
+                c.clone(),
+                source
+                    .items
+                    .get(s)
+                    .map(|i| i.digest.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect()
+}

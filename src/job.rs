@@ -1,0 +1,539 @@
+//! Job files: one `<jobs_dir>/<name>.toml` per job. This module parses and checks them (every
+//! error names file, line and column), creates new ones, and edits them with `toml_edit` so that
+//! comments and layout survive. It must not talk to the backend: checks that need the provider
+//! (does this user exist?) are the commands' job.
+
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+use crate::card::{ContactFilter, FieldSelection};
+use crate::config::ConfigError;
+use crate::engine::JobRun;
+use crate::plan::{JobSpec, Limits, is_tag};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJob {
+    tag: Spanned<String>,
+    source: Spanned<String>,
+    group: Spanned<String>,
+    #[serde(default)]
+    destinations: Vec<Spanned<String>>,
+    #[serde(default)]
+    exclude: Vec<Spanned<String>>,
+    target_group: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    enabled: bool,
+    fields: Option<Vec<Spanned<String>>>,
+    filter: Option<RawFilter>,
+    limits: Option<RawLimits>,
+    schedule: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    email: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    organization: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_delete: Option<usize>,
+    max_delete_percent: Option<Spanned<u32>>,
+}
+
+/// A checked job file.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub path: PathBuf,
+    pub tag: String,
+    pub source: String,
+    pub group: String,
+    pub target_group: String,
+    /// As written, in order.
+    pub destinations: Vec<String>,
+    pub exclude: Vec<String>,
+    pub enabled: bool,
+    pub fields: Option<Vec<String>>,
+    pub filter: ContactFilter,
+    pub filter_text: Vec<(String, String)>,
+    pub limits: Limits,
+    pub schedule: Option<String>,
+    pub timezone: Option<String>,
+}
+
+impl Job {
+    /// Destinations with exclusions applied.
+    pub fn effective_destinations(&self) -> Vec<String> {
+        let ex: BTreeSet<&str> = self.exclude.iter().map(String::as_str).collect();
+        self.destinations
+            .iter()
+            .filter(|d| !ex.contains(d.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// What the engine needs to run this job.
+    pub fn to_run(&self) -> JobRun {
+        JobRun {
+            spec: JobSpec {
+                name: self.name.clone(),
+                tag: self.tag.clone(),
+                target_group: self.target_group.clone(),
+                fields: FieldSelection::from_list(self.fields.as_deref()),
+                filter: self.filter.clone(),
+                limits: self.limits,
+            },
+            source: self.source.clone(),
+            group: self.group.clone(),
+            destinations: self.effective_destinations(),
+        }
+    }
+}
+
+/// Checks a job name: letters, digits, `.`, `_`, `-`, not starting with `.` or `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && !name.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid job name {name:?}: use letters, digits, '.', '_' and '-' (not first)"
+        ))
+    }
+}
+
+/// The file of a job.
+pub fn job_path(jobs_dir: &Path, name: &str) -> PathBuf {
+    jobs_dir.join(format!("{name}.toml"))
+}
+
+/// Parses and checks a job file's text.
+pub fn parse(path: &Path, text: &str) -> Result<Job, ConfigError> {
+    let name = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    check_name(&name).map_err(|m| ConfigError::file(path, m))?;
+    let raw: RawJob = toml::from_str(text).map_err(|e| ConfigError::from_toml(path, text, &e))?;
+    let at = |s: &std::ops::Range<usize>, m: String| ConfigError::at(path, text, s.start, m);
+    if !is_tag(raw.tag.get_ref()) {
+        return Err(at(
+            &raw.tag.span(),
+            format!(
+                "tag {:?} is not of the form gSync<digits>; tags are assigned by `groupsync job new` and never edited",
+                raw.tag.get_ref()
+            ),
+        ));
+    }
+    for (what, v) in [("source", &raw.source), ("group", &raw.group)] {
+        if v.get_ref().trim().is_empty() {
+            return Err(at(&v.span(), format!("`{what}` is empty")));
+        }
+    }
+    if let Some(t) = &raw.target_group
+        && t.get_ref().trim().is_empty()
+    {
+        return Err(at(&t.span(), "`target_group` is empty".into()));
+    }
+    let mut seen = BTreeSet::new();
+    for d in &raw.destinations {
+        let v = d.get_ref();
+        if v.trim().is_empty() {
+            return Err(at(&d.span(), "empty destination user".into()));
+        }
+        if v == raw.source.get_ref() {
+            return Err(at(
+                &d.span(),
+                format!("the source user {v:?} is listed as its own destination"),
+            ));
+        }
+        if !seen.insert(v.as_str()) {
+            return Err(at(&d.span(), format!("duplicate destination {v:?}")));
+        }
+    }
+    let mut filter = ContactFilter::default();
+    let mut filter_text = vec![];
+    if let Some(f) = &raw.filter {
+        for (key, val, slot) in [
+            ("email", &f.email, &mut filter.email),
+            ("name", &f.name, &mut filter.name),
+            ("organization", &f.organization, &mut filter.organization),
+        ] {
+            if let Some(v) = val {
+                let re = regex::Regex::new(v.get_ref()).map_err(|e| {
+                    at(
+                        &v.span(),
+                        format!("filter.{key} is not a valid regular expression: {e}"),
+                    )
+                })?;
+                *slot = Some(re);
+                filter_text.push((key.to_string(), v.get_ref().clone()));
+            }
+        }
+    }
+    let mut limits = Limits::default();
+    if let Some(l) = &raw.limits {
+        if let Some(n) = l.max_delete {
+            limits.max_delete = n;
+        }
+        if let Some(p) = &l.max_delete_percent {
+            if *p.get_ref() > 100 {
+                return Err(at(
+                    &p.span(),
+                    "limits.max_delete_percent must be between 0 and 100".into(),
+                ));
+            }
+            limits.max_delete_percent = *p.get_ref();
+        }
+    }
+    let fields = match &raw.fields {
+        None => None,
+        Some(list) => {
+            let mut out = vec![];
+            for f in list {
+                let v = f.get_ref();
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    return Err(at(
+                        &f.span(),
+                        format!(
+                            "{v:?} is not a vCard property name (e.g. \"EMAIL\", \"TEL\", \"ORG\")"
+                        ),
+                    ));
+                }
+                out.push(v.to_ascii_uppercase());
+            }
+            Some(out)
+        }
+    };
+    if let Some(s) = &raw.schedule {
+        let n = s.get_ref().split_whitespace().count();
+        if n != 5 && n != 6 {
+            return Err(at(
+                &s.span(),
+                format!(
+                    "schedule {:?} has {n} fields; cron needs 5 (minute hour day month weekday) or 6 (with seconds first)",
+                    s.get_ref()
+                ),
+            ));
+        }
+    }
+    if let Some(tz) = &raw.timezone
+        && (tz.get_ref().is_empty() || tz.get_ref().contains(char::is_whitespace))
+    {
+        return Err(at(
+            &tz.span(),
+            format!(
+                "timezone {:?} is not an IANA name such as \"Europe/Paris\" or \"UTC\"",
+                tz.get_ref()
+            ),
+        ));
+    }
+    Ok(Job {
+        name,
+        path: path.to_path_buf(),
+        tag: raw.tag.into_inner(),
+        target_group: raw
+            .target_group
+            .map(Spanned::into_inner)
+            .unwrap_or_else(|| raw.group.get_ref().clone()),
+        source: raw.source.into_inner(),
+        group: raw.group.into_inner(),
+        destinations: raw
+            .destinations
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
+        exclude: raw.exclude.into_iter().map(Spanned::into_inner).collect(),
+        enabled: raw.enabled,
+        fields,
+        filter,
+        filter_text,
+        limits,
+        schedule: raw.schedule.map(Spanned::into_inner),
+        timezone: raw.timezone.map(Spanned::into_inner),
+    })
+}
+
+/// Loads one job file.
+pub fn load(path: &Path) -> Result<Job, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::file(path, format!("cannot read job file: {e}")))?;
+    parse(path, &text)
+}
+
+/// Loads a job by name.
+pub fn load_named(jobs_dir: &Path, name: &str) -> Result<Job, ConfigError> {
+    check_name(name).map_err(|m| ConfigError::file(jobs_dir, m))?;
+    let path = job_path(jobs_dir, name);
+    if !path.exists() {
+        return Err(ConfigError::file(
+            &path,
+            format!("no job named {name:?} (no such file)"),
+        ));
+    }
+    load(&path)
+}
+
+/// Every `*.toml` file in the jobs folder, sorted, each loaded or with its error.
+pub fn load_all(jobs_dir: &Path) -> Result<Vec<Result<Job, ConfigError>>, ConfigError> {
+    let rd = match std::fs::read_dir(jobs_dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+        Err(e) => {
+            return Err(ConfigError::file(
+                jobs_dir,
+                format!("cannot read jobs folder: {e}"),
+            ));
+        }
+    };
+    let mut paths: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "toml")
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    paths.sort();
+    Ok(paths.iter().map(|p| load(p)).collect())
+}
+
+/// Makes a fresh tag, different from every tag in `taken`.
+pub fn fresh_tag(taken: &BTreeSet<String>) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut n = 0u64;
+    loop {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u64(n);
+        h.write_u32(std::process::id());
+        let tag = format!("gSync{:010}", h.finish() % 10_000_000_000);
+        if !taken.contains(&tag) {
+            return tag;
+        }
+        n += 1;
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    toml_edit::Value::from(s).to_string().trim().to_string()
+}
+
+fn toml_array(items: &[String]) -> String {
+    let parts: Vec<String> = items.iter().map(|s| toml_string(s)).collect();
+    format!("[{}]", parts.join(", "))
+}
+
+/// The text of a new job file.
+pub fn new_job_text(
+    tag: &str,
+    source: &str,
+    group: &str,
+    destinations: &[String],
+    target_group: Option<&str>,
+) -> String {
+    let mut t = String::new();
+    t.push_str("# groupsync job. Edit freely; `groupsync job add-dest/remove-dest` keep comments and layout.\n");
+    t.push_str("# The tag marks every copy this job makes. It is assigned once and must never be edited.\n");
+    t.push_str(&format!("tag = {}\n\n", toml_string(tag)));
+    t.push_str("# The user whose contact group is copied, and the group.\n");
+    t.push_str(&format!(
+        "source = {}\ngroup = {}\n",
+        toml_string(source),
+        toml_string(group)
+    ));
+    if let Some(tg) = target_group {
+        t.push_str(&format!("# Name of the group at each destination (default: the same as `group`).\ntarget_group = {}\n", toml_string(tg)));
+    }
+    t.push_str("\n# Users who receive a copy of the group, and users never to sync.\n");
+    t.push_str(&format!(
+        "destinations = {}\nexclude = []\n\n",
+        toml_array(destinations)
+    ));
+    t.push_str("enabled = true\n");
+    t.push_str("# When `groupsync serve` runs this job (cron, in `timezone`).\nschedule = \"0 3 * * *\"\ntimezone = \"UTC\"\n");
+    t
+}
+
+/// Adds users to a job file's `destinations`, keeping its layout. Returns the new text.
+pub fn add_destinations(text: &str, users: &[String]) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let item = doc
+        .entry("destinations")
+        .or_insert(toml_edit::value(toml_edit::Array::new()));
+    let arr = item
+        .as_array_mut()
+        .ok_or("`destinations` is not an array")?;
+    // In a one-per-line array, new entries go on lines of their own like the last one.
+    let line_prefix = arr
+        .iter()
+        .last()
+        .and_then(|v| v.decor().prefix())
+        .and_then(|p| p.as_str())
+        .filter(|p| p.contains('\n'))
+        .map(str::to_string);
+    for u in users {
+        if !arr.iter().any(|v| v.as_str() == Some(u)) {
+            let mut v = toml_edit::Value::from(u.as_str());
+            if let Some(p) = &line_prefix {
+                v.decor_mut().set_prefix(p.clone());
+            }
+            arr.push_formatted(v);
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Removes users from a job file's `destinations`, keeping its layout. Returns the new text.
+pub fn remove_destinations(text: &str, users: &[String]) -> Result<String, String> {
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
+    let Some(arr) = doc.get_mut("destinations").and_then(|i| i.as_array_mut()) else {
+        return Err("`destinations` is not an array".into());
+    };
+    // Remove from the end; a removed element's leading comments move to the element after it
+    // (or to the array's end), so a comment on the previous line is never lost.
+    let doomed: Vec<usize> = arr
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.as_str().is_some_and(|s| users.iter().any(|u| u == s)))
+        .map(|(i, _)| i)
+        .collect();
+    for &i in doomed.iter().rev() {
+        let prefix = arr
+            .get(i)
+            .and_then(|v| v.decor().prefix())
+            .and_then(|p| p.as_str())
+            .unwrap_or("")
+            .to_string();
+        arr.remove(i);
+        if i < arr.len() {
+            if let Some(next) = arr.get_mut(i) {
+                next.decor_mut().set_prefix(prefix);
+            }
+        } else if prefix.contains('#') {
+            let trailing = arr.trailing().as_str().unwrap_or("").to_string();
+            arr.set_trailing(format!("{prefix}{trailing}"));
+        }
+    }
+    Ok(doc.to_string())
+}
+
+/// Writes a file atomically (temporary file + rename) in its own folder.
+pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("job"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_job_parses_back() {
+        let text = new_job_text(
+            "gSync123",
+            "alice",
+            "Sales",
+            &["bob".into(), "carol".into()],
+            None,
+        );
+        let job = parse(Path::new("jobs/sales.toml"), &text).unwrap();
+        assert_eq!(job.name, "sales");
+        assert_eq!(job.target_group, "Sales");
+        assert_eq!(job.destinations, vec!["bob", "carol"]);
+    }
+
+    #[test]
+    fn edits_keep_comments() {
+        let text = "# top\ntag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ndestinations = [\n  \"b\", # bob\n  \"c\",\n]\n";
+        let added = add_destinations(text, &["d".into()]).unwrap();
+        assert!(
+            added.contains("# top") && added.contains("# bob") && added.contains("\"d\""),
+            "{added}"
+        );
+        let removed = remove_destinations(&added, &["c".into()]).unwrap();
+        assert!(
+            removed.contains("# bob") && !removed.contains("\"c\""),
+            "{removed}"
+        );
+        assert_eq!(
+            parse(Path::new("j.toml"), &removed).unwrap().destinations,
+            vec!["b", "d"]
+        );
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let text =
+            "tag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ndestinations = [\"b\",\n \"b\"]\n";
+        let e = parse(Path::new("j.toml"), text).unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+        assert!(e.message.contains("duplicate destination"), "{e}");
+        let e = parse(
+            Path::new("j.toml"),
+            "tag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ndestinations = [\"a\"]\n",
+        )
+        .unwrap_err();
+        assert!(e.message.contains("its own destination"), "{e}");
+        let e = parse(
+            Path::new("j.toml"),
+            "tag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ncolour = 1\n",
+        )
+        .unwrap_err();
+        assert_eq!((e.line, e.column), (Some(4), Some(1)), "{e}");
+        let e = parse(
+            Path::new("j.toml"),
+            "tag = \"x\"\nsource = \"a\"\ngroup = \"g\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(1), "{e}");
+        let e = parse(
+            Path::new("j.toml"),
+            "tag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\n[filter]\nemail = \"(\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.line, Some(5), "{e}");
+    }
+
+    #[test]
+    fn fresh_tags_differ() {
+        let mut taken = BTreeSet::new();
+        for _ in 0..100 {
+            let t = fresh_tag(&taken);
+            assert!(is_tag(&t));
+            assert!(taken.insert(t));
+        }
+    }
+}

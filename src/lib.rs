@@ -1,0 +1,22 @@
+//! groupsync copies a source user's contact group to many destination users and keeps the copies
+//! right. The library holds everything; the binary only parses the command line.
+//!
+//! # Layout
+//! - [`card`]: vCard parsing and writing, the tag properties, managed fields, digests, filters.
+//! - [`backend`]: the provider trait and its implementations (in-memory, vdir).
+//! - [`plan`]: the pure planner (snapshots + job + ledger → ordered plan).
+//! - [`engine`]: the executor that reads, plans, checks safety limits and applies.
+//! - [`store`]: the SQLite state database (ledger, history, change log, trash).
+//! - [`config`], [`job`]: `groupsync.toml` and the job files.
+//! - [`lock`]: the state lock that keeps two runs apart.
+//! - [`cli`]: the commands, one file each.
+
+pub mod backend;
+pub mod card;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod job;
+pub mod lock;
+pub mod plan;
+pub mod store;

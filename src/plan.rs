@@ -1,0 +1,439 @@
+//! The planner: a pure function from (source snapshot, destination snapshot, job, ledger) to an
+//! ordered `Plan` of operations for one destination. It has no I/O and no clock, so the same
+//! input always gives the same plan, and property tests can check it on generated inputs.
+//!
+//! Rules it enforces (DESIGN.md §2): only contacts carrying the job's tag are ever updated or
+//! deleted; after the plan is applied the tagged copies equal the source, one per source contact;
+//! copies of a source contact that could not be read are left alone (never deleted for a read
+//! error); deletions beyond the job's limit are flagged, not silently applied.
+
+use calcard::vcard::VCard;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::backend::{GroupRef, User};
+use crate::card::{self, ContactFilter, FieldSelection};
+
+/// What the planner needs of a job.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub name: String,
+    pub tag: String,
+    pub target_group: String,
+    pub fields: FieldSelection,
+    pub filter: ContactFilter,
+    pub limits: Limits,
+}
+
+/// Deletion limits for one destination in one run: more than `max(max_delete, max_percent% of
+/// its copies)` deletions stop the job unless forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Limits {
+    pub max_delete: usize,
+    pub max_delete_percent: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_delete: 10,
+            max_delete_percent: 10,
+        }
+    }
+}
+
+/// One contact of the source group, ready to be copied.
+#[derive(Debug, Clone)]
+pub struct SourceItem {
+    pub id: String,
+    pub name: String,
+    /// Digest of the managed part (see `card::managed_digest`).
+    pub digest: String,
+    /// The copy a destination must hold (its UID is used only when creating).
+    pub copy: VCard,
+}
+
+/// The source group as read in this run.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSet {
+    pub items: BTreeMap<String, SourceItem>,
+    /// Ids of source contacts that exist but could not be read, with the reason.
+    pub unreadable: BTreeMap<String, String>,
+    /// Source contacts the job's filter left out.
+    pub filtered_out: usize,
+}
+
+impl SourceSet {
+    /// Builds the source set from the contacts read from the source group.
+    pub fn add(&mut self, job: &JobSpec, id: String, card: Result<VCard, String>) {
+        match card {
+            Err(reason) => {
+                self.unreadable.insert(id, reason);
+            }
+            Ok(card) => {
+                if !job.filter.keeps(&card) {
+                    self.filtered_out += 1;
+                    return;
+                }
+                let uid = copy_uid(&job.tag, &id);
+                let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
+                let digest = card::managed_digest(&copy, &job.fields);
+                let name = card::display_name(&card);
+                self.items.insert(
+                    id.clone(),
+                    SourceItem {
+                        id,
+                        name,
+                        digest,
+                        copy,
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// The UID a new copy gets: derived from the tag and source id, so it is the same at every
+/// destination and on every retry.
+pub fn copy_uid(tag: &str, source_id: &str) -> String {
+    format!("{}-{}", tag, &card::hex_digest(source_id.as_bytes())[..16])
+}
+
+/// What the planner knows of one contact found in the destination group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DestKind {
+    /// Not carrying any gSync tag, or unreadable: the user's own. Never modified or deleted.
+    Own,
+    /// Carrying another job's tag: never touched by this job.
+    OtherJob,
+    /// A copy made by this job. `source` is `None` when the source id property was removed.
+    Copy {
+        source: Option<String>,
+        digest: String,
+        name: String,
+    },
+}
+
+/// One contact of the destination group.
+#[derive(Debug, Clone)]
+pub struct DestEntry {
+    pub id: String,
+    pub etag: String,
+    pub kind: DestKind,
+}
+
+impl DestEntry {
+    /// Summarises a contact read from a destination group for this job.
+    pub fn classify(job: &JobSpec, id: String, etag: String, card: &Result<VCard, String>) -> Self {
+        let kind = match card {
+            Err(_) => DestKind::Own,
+            Ok(c) => match card::tag_of(c) {
+                Some(t) if t == job.tag => DestKind::Copy {
+                    source: card::source_of(c),
+                    digest: card::managed_digest(c, &job.fields),
+                    name: card::display_name(c),
+                },
+                Some(t) if is_tag(&t) => DestKind::OtherJob,
+                _ => DestKind::Own,
+            },
+        };
+        DestEntry { id, etag, kind }
+    }
+}
+
+/// True for a well-formed tag: `gSync` followed by one or more digits.
+pub fn is_tag(s: &str) -> bool {
+    s.len() > 5 && s.starts_with("gSync") && s[5..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A destination as read in this run.
+#[derive(Debug, Clone)]
+pub struct DestSnapshot {
+    pub user: User,
+    /// The target group, if it exists.
+    pub group: Option<GroupRef>,
+    /// True when the target group is the user's default collection (never moved out of, never deleted).
+    pub group_is_default: bool,
+    pub entries: Vec<DestEntry>,
+}
+
+/// What the state database remembers of one destination.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerView {
+    /// Source ids this destination held copies of after the last run.
+    pub copies: BTreeSet<String>,
+}
+
+/// Why a copy is deleted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeleteReason {
+    /// Its source contact left the group (or the job's filter now leaves it out).
+    SourceGone,
+    /// A second copy of the same source contact (from an interrupted run or a user's duplicate).
+    Duplicate,
+    /// Tagged, but without the source id: cannot be matched to a source contact.
+    Orphan,
+    /// The destination was removed from the job.
+    DestinationRemoved,
+}
+
+/// One operation at one destination, in the order the executor applies them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Op {
+    CreateGroup {
+        name: String,
+    },
+    Create {
+        source_id: String,
+        name: String,
+        recreate: bool,
+    },
+    Update {
+        contact_id: String,
+        etag: String,
+        source_id: String,
+        name: String,
+    },
+    Delete {
+        contact_id: String,
+        etag: String,
+        source_id: Option<String>,
+        name: String,
+        reason: DeleteReason,
+    },
+    MoveToDefault {
+        contact_id: String,
+    },
+    DeleteGroup {
+        name: String,
+    },
+}
+
+impl Op {
+    /// A short verb for reports.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Op::CreateGroup { .. } => "create-group",
+            Op::Create {
+                recreate: false, ..
+            } => "create",
+            Op::Create { recreate: true, .. } => "recreate",
+            Op::Update { .. } => "update",
+            Op::Delete { .. } => "delete",
+            Op::MoveToDefault { .. } => "move-to-default",
+            Op::DeleteGroup { .. } => "delete-group",
+        }
+    }
+}
+
+/// Everything one destination needs in one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub user: String,
+    pub user_id: String,
+    pub removal: bool,
+    pub ops: Vec<Op>,
+    /// Copies already equal to their source.
+    pub unchanged: usize,
+    /// Contacts in the group that are not this job's copies (left alone).
+    pub untouched: usize,
+    /// Copies left alone because their source contact could not be read.
+    pub held: usize,
+    /// Set when the plan deletes more than the job's limit allows.
+    pub limit_exceeded: Option<String>,
+    /// (source id, contact id) of the copies kept as they are (for the ledger).
+    #[serde(skip)]
+    pub kept: Vec<(String, String)>,
+}
+
+impl Plan {
+    pub fn count(&self, verb: &str) -> usize {
+        self.ops.iter().filter(|o| o.verb() == verb).count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// Plans one active destination: after these operations its tagged copies equal the source.
+pub fn plan_destination(
+    source: &SourceSet,
+    dest: &DestSnapshot,
+    job: &JobSpec,
+    ledger: &LedgerView,
+) -> Plan {
+    let mut plan = Plan {
+        user: dest.user.name.clone(),
+        user_id: dest.user.id.clone(),
+        removal: false,
+        ops: vec![],
+        unchanged: 0,
+        untouched: 0,
+        held: 0,
+        limit_exceeded: None,
+        kept: vec![],
+    };
+    if dest.group.is_none() {
+        plan.ops.push(Op::CreateGroup {
+            name: job.target_group.clone(),
+        });
+    }
+    let mut by_source: BTreeMap<&str, Vec<&DestEntry>> = BTreeMap::new();
+    let mut deletes = vec![];
+    let mut updates = vec![];
+    let mut copies_total = 0usize;
+    for e in &dest.entries {
+        match &e.kind {
+            DestKind::Own | DestKind::OtherJob => plan.untouched += 1,
+            DestKind::Copy {
+                source: Some(s), ..
+            } => {
+                copies_total += 1;
+                by_source.entry(s.as_str()).or_default().push(e);
+            }
+            DestKind::Copy {
+                source: None, name, ..
+            } => {
+                copies_total += 1;
+                deletes.push(Op::Delete {
+                    contact_id: e.id.clone(),
+                    etag: e.etag.clone(),
+                    source_id: None,
+                    name: name.clone(),
+                    reason: DeleteReason::Orphan,
+                });
+            }
+        }
+    }
+    for (sid, copies) in &by_source {
+        if source.unreadable.contains_key(*sid) {
+            plan.held += copies.len();
+            plan.kept
+                .extend(copies.iter().map(|c| (sid.to_string(), c.id.clone())));
+            continue;
+        }
+        match source.items.get(*sid) {
+            None => {
+                for c in copies {
+                    deletes.push(delete_op(c, DeleteReason::SourceGone));
+                }
+            }
+            Some(item) => {
+                let keeper = copies
+                    .iter()
+                    .min_by_key(|c| (!matches!(&c.kind, DestKind::Copy { digest, .. } if *digest == item.digest), c.id.as_str()))
+                    .expect("non-empty");
+                for c in copies.iter().filter(|c| c.id != keeper.id) {
+                    deletes.push(delete_op(c, DeleteReason::Duplicate));
+                }
+                match &keeper.kind {
+                    DestKind::Copy { digest, .. } if *digest == item.digest => {
+                        plan.unchanged += 1;
+                        plan.kept.push((item.id.clone(), keeper.id.clone()));
+                    }
+                    _ => updates.push(Op::Update {
+                        contact_id: keeper.id.clone(),
+                        etag: keeper.etag.clone(),
+                        source_id: item.id.clone(),
+                        name: item.name.clone(),
+                    }),
+                }
+            }
+        }
+    }
+    for (sid, item) in &source.items {
+        if !by_source.contains_key(sid.as_str()) {
+            plan.ops.push(Op::Create {
+                source_id: sid.clone(),
+                name: item.name.clone(),
+                recreate: ledger.copies.contains(sid),
+            });
+        }
+    }
+    plan.ops.extend(updates);
+    plan.ops.extend(deletes);
+    let counted = plan
+        .ops
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Op::Delete {
+                    reason: DeleteReason::SourceGone | DeleteReason::Orphan,
+                    ..
+                }
+            )
+        })
+        .count();
+    let base = copies_total.max(ledger.copies.len());
+    let allowed = job
+        .limits
+        .max_delete
+        .max((base * job.limits.max_delete_percent as usize).div_ceil(100));
+    if counted > allowed {
+        plan.limit_exceeded = Some(format!(
+            "{} would lose {counted} of its {base} copies in one run (limit {allowed}: max_delete = {}, max_delete_percent = {})",
+            dest.user.name, job.limits.max_delete, job.limits.max_delete_percent
+        ));
+    }
+    plan
+}
+
+fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
+    let (source_id, name) = match &e.kind {
+        DestKind::Copy { source, name, .. } => (source.clone(), name.clone()),
+        _ => (None, String::new()),
+    };
+    Op::Delete {
+        contact_id: e.id.clone(),
+        etag: e.etag.clone(),
+        source_id,
+        name,
+        reason,
+    }
+}
+
+/// Plans the removal of a destination from the job: every tagged copy is deleted, the user's own
+/// contacts in the group move to the default collection, and the group is deleted when nothing
+/// else (another job's copies) remains in it.
+pub fn plan_removal(dest: &DestSnapshot) -> Plan {
+    let mut plan = Plan {
+        user: dest.user.name.clone(),
+        user_id: dest.user.id.clone(),
+        removal: true,
+        ops: vec![],
+        unchanged: 0,
+        untouched: 0,
+        held: 0,
+        limit_exceeded: None,
+        kept: vec![],
+    };
+    let Some(group) = &dest.group else {
+        return plan;
+    };
+    let mut moves = vec![];
+    let mut deletes = vec![];
+    let mut other_jobs = 0;
+    for e in &dest.entries {
+        match &e.kind {
+            DestKind::Copy { .. } => deletes.push(delete_op(e, DeleteReason::DestinationRemoved)),
+            DestKind::Own if !dest.group_is_default => moves.push(Op::MoveToDefault {
+                contact_id: e.id.clone(),
+            }),
+            DestKind::Own => plan.untouched += 1,
+            DestKind::OtherJob => other_jobs += 1,
+        }
+    }
+    plan.untouched += other_jobs;
+    plan.ops.extend(moves);
+    plan.ops.extend(deletes);
+    if other_jobs == 0 && !dest.group_is_default {
+        plan.ops.push(Op::DeleteGroup {
+            name: group.name.clone(),
+        });
+    }
+    plan
+}

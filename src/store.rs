@@ -1,0 +1,671 @@
+//! The state database (SQLite, WAL, append-only migrations): the ledger of copies, every
+//! destination ever synced, run history, the per-contact change log and the trash of deleted
+//! payloads. The tags on the copies stay the source of truth: this database is a cache and a
+//! history, and losing it costs a full re-read, never data. This module must not decide anything
+//! about a sync; it stores what the engine tells it and answers questions about the past.
+
+use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite_migration::{M, Migrations};
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::plan::LedgerView;
+
+const MIGRATION_SLICE: &[M] = &[M::up(
+    "CREATE TABLE jobs (
+        name TEXT PRIMARY KEY,
+        tag TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_source_count INTEGER
+    );
+    CREATE TABLE runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        dry_run INTEGER NOT NULL DEFAULT 0,
+        outcome TEXT NOT NULL DEFAULT 'running',
+        destinations INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        created INTEGER NOT NULL DEFAULT 0,
+        updated INTEGER NOT NULL DEFAULT 0,
+        deleted INTEGER NOT NULL DEFAULT 0,
+        moved INTEGER NOT NULL DEFAULT 0,
+        message TEXT
+    );
+    CREATE INDEX runs_job ON runs(job, id);
+    CREATE TABLE destinations (
+        job TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        target_group TEXT NOT NULL,
+        first_synced_at TEXT NOT NULL,
+        last_run_id INTEGER,
+        last_attempt_at TEXT,
+        last_success_at TEXT,
+        last_outcome TEXT,
+        last_error TEXT,
+        PRIMARY KEY (job, user_id)
+    );
+    CREATE TABLE copies (
+        job TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        PRIMARY KEY (job, user_id, source_id)
+    );
+    CREATE TABLE changes (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL,
+        at TEXT NOT NULL,
+        job TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        action TEXT NOT NULL,
+        source_id TEXT,
+        contact_id TEXT,
+        name TEXT,
+        detail TEXT
+    );
+    CREATE INDEX changes_job ON changes(job, user_id, id);
+    CREATE TABLE trash (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER NOT NULL,
+        deleted_at TEXT NOT NULL,
+        job TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        user_name TEXT NOT NULL,
+        group_name TEXT NOT NULL,
+        contact_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        restored_at TEXT
+    );",
+)];
+const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
+
+/// Errors of the state database; all of them stop the command (exit 1 or 2 at the edge).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state database {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("state database {path}: migration failed: {source}")]
+    Migration {
+        path: String,
+        #[source]
+        source: rusqlite_migration::Error,
+    },
+}
+
+impl StoreError {
+    /// True when a retry might work (the database was busy).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Sqlite { source: rusqlite::Error::SqliteFailure(e, _), .. } if e.code == rusqlite::ErrorCode::DatabaseBusy)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// One run of one job.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    pub id: i64,
+    pub job: String,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub dry_run: bool,
+    pub outcome: String,
+    pub destinations: i64,
+    pub failed: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub moved: i64,
+    pub message: Option<String>,
+}
+
+/// A destination the job has synced at least once.
+#[derive(Debug, Clone, Serialize)]
+pub struct DestRecord {
+    pub job: String,
+    pub user_id: String,
+    pub user: String,
+    pub target_group: String,
+    pub first_synced_at: String,
+    pub last_attempt_at: Option<String>,
+    pub last_success_at: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub copies: i64,
+}
+
+/// A deleted contact kept for `restore`.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrashRecord {
+    pub id: i64,
+    pub run_id: i64,
+    pub deleted_at: String,
+    pub job: String,
+    pub user_id: String,
+    pub user: String,
+    pub group: String,
+    pub contact_id: String,
+    pub name: String,
+    pub reason: String,
+    #[serde(skip)]
+    pub payload: String,
+    pub restored_at: Option<String>,
+}
+
+/// Totals of a run, as recorded.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Counts {
+    pub destinations: i64,
+    pub failed: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub moved: i64,
+}
+
+/// The state database.
+pub struct Store {
+    conn: Connection,
+    path: String,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings it to the latest schema.
+    pub fn open(path: &Path) -> Result<Store> {
+        let p = path.display().to_string();
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
+            path: p.clone(),
+            source,
+        })?;
+        Self::setup(conn, p, true)
+    }
+
+    /// An in-memory database (tests).
+    pub fn open_in_memory() -> Result<Store> {
+        let conn = Connection::open_in_memory().map_err(|source| StoreError::Sqlite {
+            path: ":memory:".into(),
+            source,
+        })?;
+        Self::setup(conn, ":memory:".into(), false)
+    }
+
+    fn setup(mut conn: Connection, path: String, wal: bool) -> Result<Store> {
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+        if wal {
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0))
+                .map_err(e)?;
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(e)?;
+        conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
+        MIGRATIONS
+            .to_latest(&mut conn)
+            .map_err(|source| StoreError::Migration {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Store { conn, path })
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
+        move |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// The tag the database remembers for a job, if any.
+    pub fn job_tag(&self, job: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT tag FROM jobs WHERE name = ?1", [job], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// The job a tag belongs to, if any.
+    pub fn job_with_tag(&self, tag: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT name FROM jobs WHERE tag = ?1", [tag], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    /// Remembers a job's tag (first run).
+    pub fn remember_job(&self, job: &str, tag: &str) -> Result<()> {
+        self.conn
+            .execute("INSERT INTO jobs (name, tag, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO NOTHING", params![job, tag, now()])
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Forgets everything about a job but its history (after `job delete`).
+    pub fn forget_job(&self, job: &str) -> Result<()> {
+        self.conn
+            .execute_batch(&format!(
+                "DELETE FROM jobs WHERE name = {q}; DELETE FROM destinations WHERE job = {q}; DELETE FROM copies WHERE job = {q};",
+                q = sql_quote(job)
+            ))
+            .map_err(self.err())
+    }
+
+    pub fn set_source_count(&self, job: &str, n: usize) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE jobs SET last_source_count = ?2 WHERE name = ?1",
+                params![job, n as i64],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Starts a run record and returns its id.
+    pub fn start_run(&self, job: &str, dry_run: bool) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO runs (job, started_at, dry_run) VALUES (?1, ?2, ?3)",
+                params![job, now(), dry_run],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Closes a run record.
+    pub fn finish_run(
+        &self,
+        run_id: i64,
+        outcome: &str,
+        c: Counts,
+        message: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE runs SET finished_at = ?2, outcome = ?3, destinations = ?4, failed = ?5, created = ?6, updated = ?7,
+                 deleted = ?8, moved = ?9, message = ?10 WHERE id = ?1",
+                params![run_id, now(), outcome, c.destinations, c.failed, c.created, c.updated, c.deleted, c.moved, message],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Every destination this job has synced and not yet cleaned up.
+    pub fn destinations(&self, job: &str) -> Result<Vec<DestRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT d.job, d.user_id, d.user_name, d.target_group, d.first_synced_at, d.last_attempt_at, d.last_success_at,
+                        d.last_outcome, d.last_error,
+                        (SELECT COUNT(*) FROM copies c WHERE c.job = d.job AND c.user_id = d.user_id)
+                 FROM destinations d WHERE d.job = ?1 ORDER BY d.user_name",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([job], |r| {
+                Ok(DestRecord {
+                    job: r.get(0)?,
+                    user_id: r.get(1)?,
+                    user: r.get(2)?,
+                    target_group: r.get(3)?,
+                    first_synced_at: r.get(4)?,
+                    last_attempt_at: r.get(5)?,
+                    last_success_at: r.get(6)?,
+                    last_outcome: r.get(7)?,
+                    last_error: r.get(8)?,
+                    copies: r.get(9)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Records that a destination is part of the job (before anything is written to it).
+    pub fn touch_destination(
+        &self,
+        job: &str,
+        user_id: &str,
+        user: &str,
+        target_group: &str,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO destinations (job, user_id, user_name, target_group, first_synced_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(job, user_id) DO UPDATE SET user_name = excluded.user_name, target_group = excluded.target_group",
+                params![job, user_id, user, target_group, now()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Records the outcome of a destination in a run.
+    pub fn destination_outcome(
+        &self,
+        job: &str,
+        user_id: &str,
+        run_id: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let t = now();
+        let outcome = if error.is_some() { "failed" } else { "ok" };
+        self.conn
+            .execute(
+                "UPDATE destinations SET last_run_id = ?3, last_attempt_at = ?4, last_outcome = ?5, last_error = ?6,
+                 last_success_at = CASE WHEN ?6 IS NULL THEN ?4 ELSE last_success_at END WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id, run_id, t, outcome, error],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Forgets a destination that was cleaned up.
+    pub fn forget_destination(&self, job: &str, user_id: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM destinations WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id],
+            )
+            .map_err(self.err())?;
+        self.conn
+            .execute(
+                "DELETE FROM copies WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// What the ledger remembers of one destination.
+    pub fn ledger(&self, job: &str, user_id: &str) -> Result<LedgerView> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT source_id FROM copies WHERE job = ?1 AND user_id = ?2")
+            .map_err(self.err())?;
+        let copies: BTreeSet<String> = st
+            .query_map(params![job, user_id], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?;
+        Ok(LedgerView { copies })
+    }
+
+    /// Number of copies the ledger remembers for a job, all destinations together.
+    pub fn ledger_count(&self, job: &str) -> Result<i64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM copies WHERE job = ?1", [job], |r| {
+                r.get(0)
+            })
+            .map_err(self.err())
+    }
+
+    /// The source count of the job's last successful read, if any.
+    pub fn last_source_count(&self, job: &str) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last_source_count FROM jobs WHERE name = ?1",
+                [job],
+                |r| r.get::<_, Option<i64>>(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .flatten())
+    }
+
+    /// Records one copy.
+    pub fn record_copy(
+        &self,
+        job: &str,
+        user_id: &str,
+        source_id: &str,
+        contact_id: &str,
+        digest: &str,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO copies (job, user_id, source_id, contact_id, digest) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest",
+            )
+            .and_then(|mut st| st.execute(params![job, user_id, source_id, contact_id, digest]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Replaces the ledger of one destination with what it now holds.
+    pub fn replace_ledger(
+        &mut self,
+        job: &str,
+        user_id: &str,
+        copies: &[(String, String, String)],
+    ) -> Result<()> {
+        let path = self.path.clone();
+        let e = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(e)?;
+        tx.execute(
+            "DELETE FROM copies WHERE job = ?1 AND user_id = ?2",
+            params![job, user_id],
+        )
+        .map_err(e)?;
+        {
+            let mut st = tx.prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest) VALUES (?1, ?2, ?3, ?4, ?5)").map_err(e)?;
+            for (s, c, d) in copies {
+                st.execute(params![job, user_id, s, c, d]).map_err(e)?;
+            }
+        }
+        tx.commit().map_err(e)
+    }
+
+    /// Appends one line to the change log.
+    #[allow(clippy::too_many_arguments)]
+    pub fn log_change(
+        &self,
+        run_id: i64,
+        job: &str,
+        user_id: &str,
+        user: &str,
+        action: &str,
+        source_id: Option<&str>,
+        contact_id: Option<&str>,
+        name: Option<&str>,
+        detail: Option<&str>,
+    ) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO changes (run_id, at, job, user_id, user_name, action, source_id, contact_id, name, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut st| st.execute(params![run_id, now(), job, user_id, user, action, source_id, contact_id, name, detail]))
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Keeps a deleted contact's payload; returns the trash id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn trash(
+        &self,
+        run_id: i64,
+        job: &str,
+        user_id: &str,
+        user: &str,
+        group: &str,
+        contact_id: &str,
+        name: &str,
+        reason: &str,
+        payload: &str,
+    ) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO trash (run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![run_id, now(), job, user_id, user, group, contact_id, name, reason, payload],
+            )
+            .map_err(self.err())?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Trash entries not yet restored, newest first, optionally narrowed.
+    pub fn trash_list(
+        &self,
+        job: Option<&str>,
+        user: Option<&str>,
+        run: Option<i64>,
+    ) -> Result<Vec<TrashRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload, restored_at
+                 FROM trash WHERE restored_at IS NULL AND (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR user_name = ?2 OR user_id = ?2)
+                 AND (?3 IS NULL OR run_id = ?3) ORDER BY id DESC",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![job, user, run], trash_row)
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// One trash entry by id.
+    pub fn trash_get(&self, id: i64) -> Result<Option<TrashRecord>> {
+        self.conn
+            .query_row(
+                "SELECT id, run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload, restored_at FROM trash WHERE id = ?1",
+                [id],
+                trash_row,
+            )
+            .optional()
+            .map_err(self.err())
+    }
+
+    pub fn mark_restored(&self, id: i64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE trash SET restored_at = ?2 WHERE id = ?1",
+                params![id, now()],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// Runs, newest first.
+    pub fn runs(&self, job: Option<&str>, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, job, started_at, finished_at, dry_run, outcome, destinations, failed, created, updated, deleted, moved, message
+                 FROM runs WHERE (?1 IS NULL OR job = ?1) ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![job, limit as i64], |r| {
+                Ok(RunRecord {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    started_at: r.get(2)?,
+                    finished_at: r.get(3)?,
+                    dry_run: r.get(4)?,
+                    outcome: r.get(5)?,
+                    destinations: r.get(6)?,
+                    failed: r.get(7)?,
+                    created: r.get(8)?,
+                    updated: r.get(9)?,
+                    deleted: r.get(10)?,
+                    moved: r.get(11)?,
+                    message: r.get(12)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Number of change-log lines of a run (tests and reports).
+    pub fn change_count(&self, run_id: i64) -> Result<i64> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM changes WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .map_err(self.err())
+    }
+}
+
+fn trash_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrashRecord> {
+    Ok(TrashRecord {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        deleted_at: r.get(2)?,
+        job: r.get(3)?,
+        user_id: r.get(4)?,
+        user: r.get(5)?,
+        group: r.get(6)?,
+        contact_id: r.get(7)?,
+        name: r.get(8)?,
+        reason: r.get(9)?,
+        payload: r.get(10)?,
+        restored_at: r.get(11)?,
+    })
+}
+
+fn sql_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_valid() {
+        MIGRATIONS.validate().unwrap();
+    }
+
+    #[test]
+    fn ledger_round_trip() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.remember_job("j", "gSync1").unwrap();
+        s.record_copy("j", "u", "s1", "c1", "d").unwrap();
+        assert_eq!(s.ledger_count("j").unwrap(), 1);
+        s.replace_ledger("j", "u", &[("s2".into(), "c2".into(), "d".into())])
+            .unwrap();
+        assert_eq!(
+            s.ledger("j", "u")
+                .unwrap()
+                .copies
+                .into_iter()
+                .collect::<Vec<_>>(),
+            vec!["s2".to_string()]
+        );
+        s.forget_job("j").unwrap();
+        assert_eq!(s.ledger_count("j").unwrap(), 0);
+        assert_eq!(s.job_tag("j").unwrap(), None);
+    }
+}

@@ -1,0 +1,574 @@
+//! A state-machine property test of the engine over the in-memory backend: random source edits,
+//! destination tampering, destinations added and removed, injected faults and cut runs, lost
+//! state databases. After every run it checks the rules of DESIGN.md §2:
+//!
+//! - nothing without the job's tag is ever modified or deleted (after every run, faulty or not);
+//! - after a successful run each active destination holds exactly one tagged copy per (filtered)
+//!   source contact, equal to it in every managed field;
+//! - a removed destination (known to the state) ends with no tagged copy and its own contacts in
+//!   "My Contacts";
+//! - a safety stop changes nothing at the destination it guards;
+//! - after faults stop, one run converges.
+//!
+//! Cases: 10,000 by default (`PROPTEST_CASES` overrides).
+
+use calcard::vcard::VCard;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+
+use groupsync::backend::memory::{DEFAULT_GROUP, Faults, MemoryBackend};
+use groupsync::card::{self, ContactFilter, FieldSelection};
+use groupsync::engine::{self, JobRun, Outcome, RunOptions};
+use groupsync::plan::{JobSpec, Limits};
+use groupsync::store::Store;
+
+const TAG: &str = "gSync77";
+const SOURCE: &str = "src";
+const USERS: [&str; 3] = ["u0", "u1", "u2"];
+
+#[derive(Debug, Clone)]
+enum Action {
+    SrcAdd(u16),
+    SrcEdit(usize, u16),
+    SrcRemove(usize),
+    DestEdit(usize, usize, u16),
+    DestDelete(usize, usize),
+    DestDuplicate(usize, usize),
+    DestStripTag(usize, usize),
+    DestAddOwn(usize, u16),
+    DestDropSourceId(usize, usize),
+    AddDest(usize),
+    RemoveDest(usize),
+    Run {
+        fail_write: Option<u64>,
+        cut_at: Option<u64>,
+        force: bool,
+    },
+    LoseState,
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => any::<u16>().prop_map(Action::SrcAdd),
+        2 => (any::<usize>(), any::<u16>()).prop_map(|(k, s)| Action::SrcEdit(k, s)),
+        2 => any::<usize>().prop_map(Action::SrcRemove),
+        2 => (0..3usize, any::<usize>(), any::<u16>()).prop_map(|(u, k, s)| Action::DestEdit(u, k, s)),
+        1 => (0..3usize, any::<usize>()).prop_map(|(u, k)| Action::DestDelete(u, k)),
+        1 => (0..3usize, any::<usize>()).prop_map(|(u, k)| Action::DestDuplicate(u, k)),
+        1 => (0..3usize, any::<usize>()).prop_map(|(u, k)| Action::DestStripTag(u, k)),
+        2 => (0..3usize, any::<u16>()).prop_map(|(u, s)| Action::DestAddOwn(u, s)),
+        1 => (0..3usize, any::<usize>()).prop_map(|(u, k)| Action::DestDropSourceId(u, k)),
+        2 => (0..3usize).prop_map(Action::AddDest),
+        2 => (0..3usize).prop_map(Action::RemoveDest),
+        4 => (proptest::option::weighted(0.3, 0..12u64), proptest::option::weighted(0.3, 0..12u64), proptest::bool::weighted(0.2))
+            .prop_map(|(fail_write, cut_at, force)| Action::Run { fail_write, cut_at, force }),
+        1 => Just(Action::LoseState),
+    ]
+}
+
+#[derive(Debug, Clone)]
+struct Params {
+    target_group: String,
+    only_email: bool,
+    filter_even: bool,
+    tight_limit: bool,
+}
+
+fn params() -> impl Strategy<Value = Params> {
+    (
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+        proptest::bool::weighted(0.25),
+    )
+        .prop_map(|(same, only_email, filter_even, tight_limit)| Params {
+            target_group: if same { "G".into() } else { "Copied".into() },
+            only_email,
+            filter_even,
+            tight_limit,
+        })
+}
+
+fn make_card(seed: u16, version4: bool) -> VCard {
+    let v = if version4 { "4.0" } else { "3.0" };
+    let text = format!(
+        "BEGIN:VCARD\r\nVERSION:{v}\r\nUID:uid-{seed}\r\nFN:Person {seed}\r\nN:{seed};Person;;;\r\nEMAIL;TYPE=work:p{seed}@{}.example.com\r\nNOTE:note {seed}\r\nX-EXTRA:x{seed}\r\nEND:VCARD\r\n",
+        if seed % 2 == 0 { "even" } else { "odd" }
+    );
+    card::parse(&text).unwrap()
+}
+
+/// Replaces a property's text value (used to tamper with copies).
+fn with_prop(card: &VCard, name: &str, value: &str) -> VCard {
+    let text = card::to_text(card);
+    let mut out = String::new();
+    let mut done = false;
+    for line in text.split("\r\n") {
+        if line.to_ascii_uppercase().starts_with(&format!("{name}:")) && !done {
+            out.push_str(&format!("{name}:{value}\r\n"));
+            done = true;
+        } else if line == "END:VCARD" && !done {
+            out.push_str(&format!("{name}:{value}\r\nEND:VCARD\r\n"));
+            done = true;
+        } else if !line.is_empty() {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    card::parse(&out).unwrap()
+}
+
+fn without_prop(card: &VCard, name: &str) -> VCard {
+    let text = card::to_text(card);
+    let out: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| !l.to_ascii_uppercase().starts_with(&format!("{name}:")))
+        .collect();
+    card::parse(&out.join("\r\n")).unwrap()
+}
+
+struct World {
+    backend: MemoryBackend,
+    store: Mutex<Store>,
+    job: JobRun,
+    fields: FieldSelection,
+    filter: ContactFilter,
+    source_ids: Vec<String>,
+    dests: BTreeSet<usize>,
+    /// Users the state database has seen in this job since it was last lost.
+    known: BTreeSet<usize>,
+    /// Removed users the state still has to clean up.
+    removed_pending: BTreeSet<usize>,
+    /// Contacts the users own: (user, id) → card. Never to be modified or deleted.
+    own: BTreeMap<(usize, String), VCard>,
+    /// Users removed while the state database did not know them (it was lost): copies may stay.
+    unknown_leftovers: BTreeSet<usize>,
+}
+
+impl World {
+    fn new(p: &Params) -> World {
+        let backend = MemoryBackend::new();
+        backend.add_user(SOURCE);
+        for u in USERS {
+            backend.add_user(u);
+        }
+        backend.group_id(SOURCE, "G", true);
+        let fields = if p.only_email {
+            FieldSelection::from_list(Some(&["EMAIL".to_string()]))
+        } else {
+            FieldSelection::All
+        };
+        let filter = if p.filter_even {
+            ContactFilter {
+                email: Some(regex::Regex::new(r"@even\.").unwrap()),
+                ..Default::default()
+            }
+        } else {
+            ContactFilter::default()
+        };
+        let limits = if p.tight_limit {
+            Limits {
+                max_delete: 1,
+                max_delete_percent: 0,
+            }
+        } else {
+            Limits::default()
+        };
+        let mut own = BTreeMap::new();
+        // Every user starts with a contact of their own in "My Contacts".
+        for (i, u) in USERS.iter().enumerate() {
+            let c = make_card(60000 + i as u16, false);
+            let id = backend.put(u, DEFAULT_GROUP, c.clone());
+            own.insert((i, id), c);
+        }
+        World {
+            backend,
+            store: Mutex::new(Store::open_in_memory().unwrap()),
+            job: JobRun {
+                spec: JobSpec {
+                    name: "job".into(),
+                    tag: TAG.into(),
+                    target_group: p.target_group.clone(),
+                    fields: fields.clone(),
+                    filter: filter.clone(),
+                    limits,
+                },
+                source: SOURCE.into(),
+                group: "G".into(),
+                destinations: vec![],
+            },
+            fields,
+            filter,
+            source_ids: vec![],
+            dests: BTreeSet::new(),
+            known: BTreeSet::new(),
+            removed_pending: BTreeSet::new(),
+            own: own.into_iter().collect(),
+            unknown_leftovers: BTreeSet::new(),
+        }
+    }
+
+    fn tagged(&self, u: usize) -> Vec<(String, String, VCard)> {
+        self.backend
+            .dump(USERS[u])
+            .into_iter()
+            .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
+            .collect()
+    }
+
+    fn run(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        faults: Faults,
+        force: bool,
+    ) -> engine::JobReport {
+        self.job.destinations = self.dests.iter().map(|u| USERS[*u].to_string()).collect();
+        self.backend.set_faults(faults);
+        let opts = RunOptions {
+            force,
+            concurrency: 1,
+            default_group: DEFAULT_GROUP.into(),
+            ..Default::default()
+        };
+        let report = rt.block_on(engine::run_job(
+            &self.backend,
+            &self.store,
+            &self.job,
+            &opts,
+        ));
+        self.backend.set_faults(Faults::default());
+        // The engine records a destination before writing to it.
+        for d in &report.destinations {
+            let u = USERS.iter().position(|x| *x == d.user).unwrap();
+            if d.removal && d.error.is_none() && d.stopped.is_none() {
+                self.removed_pending.remove(&u);
+                self.known.remove(&u);
+            } else if !d.removal && d.plan.is_some() && d.stopped.is_none() {
+                self.known.insert(u);
+            }
+        }
+        report
+    }
+
+    /// Nothing the users own was modified or deleted.
+    fn check_own(&self) -> Result<(), TestCaseError> {
+        for ((u, id), c) in &self.own {
+            let found = self
+                .backend
+                .dump(USERS[*u])
+                .into_iter()
+                .find(|(_, i, _)| i == id);
+            prop_assert!(
+                found.is_some(),
+                "own contact {id} of {} was deleted",
+                USERS[*u]
+            );
+            prop_assert_eq!(
+                &found.unwrap().2,
+                c,
+                "own contact {} of {} was modified",
+                id,
+                USERS[*u]
+            );
+        }
+        Ok(())
+    }
+
+    /// The state after a successful run.
+    fn check_converged(&self) -> Result<(), TestCaseError> {
+        self.check_own()?;
+        let mut expected: BTreeMap<String, String> = BTreeMap::new();
+        for (gname, id, c) in self.backend.dump(SOURCE) {
+            if gname == "G" && self.filter.keeps(&c) {
+                expected.insert(id, card::managed_digest(&c, &self.fields));
+            }
+        }
+        for u in 0..USERS.len() {
+            let tagged = self.tagged(u);
+            if self.dests.contains(&u) {
+                prop_assert!(
+                    self.backend
+                        .group_names(USERS[u])
+                        .contains(&self.job.spec.target_group),
+                    "group missing at {}",
+                    USERS[u]
+                );
+                let mut got: BTreeMap<String, String> = BTreeMap::new();
+                for (g, id, c) in &tagged {
+                    prop_assert_eq!(
+                        g,
+                        &self.job.spec.target_group,
+                        "copy {} of {} outside the target group",
+                        id,
+                        USERS[u]
+                    );
+                    let src = card::source_of(c);
+                    prop_assert!(
+                        src.is_some(),
+                        "copy {} of {} has no source id",
+                        id,
+                        USERS[u]
+                    );
+                    let prev = got.insert(src.unwrap(), card::managed_digest(c, &self.fields));
+                    prop_assert!(
+                        prev.is_none(),
+                        "two copies of one source contact at {}",
+                        USERS[u]
+                    );
+                }
+                prop_assert_eq!(
+                    &got,
+                    &expected,
+                    "copies at {} differ from the source",
+                    USERS[u]
+                );
+                // Own contacts added to the group are still in it.
+                for ((ou, id), _) in &self.own {
+                    if *ou == u
+                        && let Some((g, _, _)) = self
+                            .backend
+                            .dump(USERS[u])
+                            .into_iter()
+                            .find(|(_, i, _)| i == id)
+                    {
+                        prop_assert!(
+                            g == self.job.spec.target_group || g == DEFAULT_GROUP,
+                            "own contact moved to {g}"
+                        );
+                    }
+                }
+            } else if !self.removed_pending.contains(&u) && self.known_was_cleaned(u) {
+                prop_assert!(
+                    tagged.is_empty(),
+                    "removed destination {} still has {} copies",
+                    USERS[u],
+                    tagged.len()
+                );
+                if self.job.spec.target_group != DEFAULT_GROUP {
+                    prop_assert!(
+                        !self
+                            .backend
+                            .group_names(USERS[u])
+                            .contains(&self.job.spec.target_group),
+                        "group left at removed {}",
+                        USERS[u]
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn known_was_cleaned(&self, u: usize) -> bool {
+        !self.unknown_leftovers.contains(&u)
+    }
+}
+
+fn run_case(
+    p: Params,
+    actions: Vec<Action>,
+    rt: &tokio::runtime::Runtime,
+) -> Result<(), TestCaseError> {
+    let mut w = World::new(&p);
+    let mut leftovers: BTreeSet<usize> = BTreeSet::new();
+    let mut seed_counter = 0u16;
+    for a in actions {
+        match a {
+            Action::SrcAdd(s) => {
+                seed_counter = seed_counter.wrapping_add(1);
+                let id = w.backend.put(SOURCE, "G", make_card(s, s % 3 == 0));
+                w.source_ids.push(id);
+            }
+            Action::SrcEdit(k, s) if !w.source_ids.is_empty() => {
+                let id = w.source_ids[k % w.source_ids.len()].clone();
+                w.backend.replace(SOURCE, &id, make_card(s, s % 3 == 0));
+            }
+            Action::SrcRemove(k) if !w.source_ids.is_empty() => {
+                let id = w.source_ids.remove(k % w.source_ids.len());
+                w.backend.remove(SOURCE, &id);
+            }
+            Action::DestEdit(u, k, s) => {
+                let t = w.tagged(u);
+                if !t.is_empty() {
+                    let (_, id, c) = &t[k % t.len()];
+                    let edited = with_prop(
+                        &with_prop(c, "NOTE", &format!("edited {s}")),
+                        "EMAIL",
+                        &format!("x{s}@tampered.example"),
+                    );
+                    w.backend.replace(USERS[u], id, edited);
+                }
+            }
+            Action::DestDelete(u, k) => {
+                let t = w.tagged(u);
+                if !t.is_empty() {
+                    w.backend.remove(USERS[u], &t[k % t.len()].1);
+                }
+            }
+            Action::DestDuplicate(u, k) => {
+                let t = w.tagged(u);
+                if !t.is_empty() {
+                    let (g, _, c) = &t[k % t.len()];
+                    w.backend.put(USERS[u], g, c.clone());
+                }
+            }
+            Action::DestDropSourceId(u, k) => {
+                let t = w.tagged(u);
+                if !t.is_empty() {
+                    let (_, id, c) = &t[k % t.len()];
+                    w.backend
+                        .replace(USERS[u], id, without_prop(c, card::SOURCE_PROPERTY));
+                }
+            }
+            Action::DestStripTag(u, k) => {
+                let t = w.tagged(u);
+                if !t.is_empty() {
+                    let (_, id, c) = &t[k % t.len()];
+                    let mine = with_prop(&without_prop(c, card::TAG_PROPERTY), "NOTE", "mine now");
+                    w.backend.replace(USERS[u], id, mine.clone());
+                    w.own.insert((u, id.clone()), mine);
+                }
+            }
+            Action::DestAddOwn(u, s) => {
+                let g = w.job.spec.target_group.clone();
+                if w.backend.group_names(USERS[u]).contains(&g) {
+                    let c = make_card(s, false);
+                    let id = w.backend.put(USERS[u], &g, c.clone());
+                    w.own.insert((u, id), c);
+                }
+            }
+            Action::AddDest(u) => {
+                w.dests.insert(u);
+                w.removed_pending.remove(&u);
+                leftovers.remove(&u);
+            }
+            Action::RemoveDest(u) => {
+                if w.dests.remove(&u) {
+                    if w.known.contains(&u) {
+                        w.removed_pending.insert(u);
+                    } else {
+                        leftovers.insert(u);
+                    }
+                }
+            }
+            Action::LoseState => {
+                *w.store.lock().unwrap() = Store::open_in_memory().unwrap();
+                for u in std::mem::take(&mut w.removed_pending) {
+                    leftovers.insert(u);
+                }
+                w.known.clear();
+            }
+            Action::Run {
+                fail_write,
+                cut_at,
+                force,
+            } => {
+                w.unknown_leftovers = leftovers.clone();
+                let faulty = fail_write.is_some() || cut_at.is_some();
+                let before: Vec<_> = USERS.iter().map(|u| w.backend.dump(u)).collect();
+                let report = w.run(
+                    rt,
+                    Faults {
+                        fail_write,
+                        cut_at_write: cut_at,
+                    },
+                    force,
+                );
+                w.check_own()?;
+                if faulty {
+                    continue;
+                }
+                match report.outcome {
+                    Outcome::Ok => w.check_converged()?,
+                    Outcome::Stopped => {
+                        check_stop_is_legit(&w, &report, &before)?;
+                        let report = w.run(rt, Faults::default(), true);
+                        prop_assert_eq!(
+                            report.outcome,
+                            Outcome::Ok,
+                            "forced run after a stop: {:?}",
+                            report
+                        );
+                        w.check_converged()?;
+                    }
+                    other => {
+                        prop_assert!(false, "a run without faults ended {other:?}: {report:?}")
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // After the faults stop, one run converges.
+    w.unknown_leftovers = leftovers.clone();
+    let report = w.run(rt, Faults::default(), true);
+    prop_assert_eq!(report.outcome, Outcome::Ok, "final run: {:?}", report);
+    w.check_converged()?;
+    // And a second run changes nothing.
+    let report = w.run(rt, Faults::default(), false);
+    prop_assert_eq!(report.outcome, Outcome::Ok, "idempotent run: {:?}", report);
+    prop_assert_eq!(
+        report.counts.created + report.counts.updated + report.counts.deleted + report.counts.moved,
+        0,
+        "second run changed something: {:?}",
+        report
+    );
+    Ok(())
+}
+
+fn check_stop_is_legit(
+    w: &World,
+    report: &engine::JobReport,
+    before: &[Vec<(String, String, VCard)>],
+) -> Result<(), TestCaseError> {
+    let stopped: Vec<_> = report
+        .destinations
+        .iter()
+        .filter(|d| d.stopped.is_some())
+        .collect();
+    if stopped.is_empty() {
+        // The empty-source guard: nothing may have been written anywhere.
+        prop_assert_eq!(
+            report.source_contacts,
+            0,
+            "stop without a stopped destination: {:?}",
+            report
+        );
+        prop_assert_eq!(w.backend.writes(), 0);
+        return Ok(());
+    }
+    for d in stopped {
+        let u = USERS.iter().position(|x| *x == d.user).unwrap();
+        prop_assert_eq!(
+            &w.backend.dump(USERS[u]),
+            &before[u],
+            "stopped destination {} was changed",
+            d.user
+        );
+        if let Some(p) = &d.plan {
+            prop_assert!(
+                p.limit_exceeded.is_some()
+                    || d.stopped.as_deref().unwrap_or("").starts_with("not run")
+            );
+        }
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), max_shrink_iters: 2000, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn engine_keeps_the_rules(p in params(), actions in proptest::collection::vec(action(), 1..40)) {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        run_case(p, actions, &rt)?;
+    }
+}
