@@ -380,7 +380,30 @@ pub fn new_job_text(
     t
 }
 
-/// Adds users to a job file's `destinations`, keeping its layout. Returns the new text.
+/// In a one-value-per-line array, the comment after a value (`"bob", # sales`) is stored by
+/// toml_edit at the start of the *next* value's prefix (or the array's trailing text). These
+/// helpers keep such a comment with its value when values are added or removed.
+fn upto_last_newline(s: &str) -> &str {
+    s.rfind('\n').map_or("", |i| &s[..=i])
+}
+
+fn after_first_newline(s: &str) -> Option<&str> {
+    s.find('\n').map(|i| &s[i + 1..])
+}
+
+fn after_last_newline(s: &str) -> &str {
+    s.rfind('\n').map_or(s, |i| &s[i + 1..])
+}
+
+fn prefix_of(v: &toml_edit::Value) -> String {
+    v.decor()
+        .prefix()
+        .and_then(|p| p.as_str())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// Adds users to a job file's `destinations`, keeping its layout and comments.
 pub fn add_destinations(text: &str, users: &[String]) -> Result<String, String> {
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
     let item = doc
@@ -389,34 +412,39 @@ pub fn add_destinations(text: &str, users: &[String]) -> Result<String, String> 
     let arr = item
         .as_array_mut()
         .ok_or("`destinations` is not an array")?;
-    // In a one-per-line array, new entries go on lines of their own like the last one.
-    let line_prefix = arr
-        .iter()
-        .last()
-        .and_then(|v| v.decor().prefix())
-        .and_then(|p| p.as_str())
-        .filter(|p| p.contains('\n'))
-        .map(str::to_string);
     for u in users {
-        if !arr.iter().any(|v| v.as_str() == Some(u)) {
-            let mut v = toml_edit::Value::from(u.as_str());
-            if let Some(p) = &line_prefix {
-                v.decor_mut().set_prefix(p.clone());
-            }
-            arr.push_formatted(v);
+        if arr.iter().any(|v| v.as_str() == Some(u)) {
+            continue;
         }
+        let last_prefix = arr.iter().last().map(prefix_of).unwrap_or_default();
+        let mut v = toml_edit::Value::from(u.as_str());
+        if last_prefix.contains('\n') {
+            // One per line: the new value takes the last line's place, its comment stays above.
+            let indent = after_last_newline(&last_prefix).to_string();
+            let trailing = arr.trailing().as_str().unwrap_or("").to_string();
+            let head = if trailing.contains('\n') {
+                upto_last_newline(&trailing).to_string()
+            } else {
+                "\n".to_string()
+            };
+            v.decor_mut().set_prefix(format!("{head}{indent}"));
+            arr.set_trailing(format!("\n{}", after_last_newline(&trailing)));
+            arr.set_trailing_comma(true);
+        } else if !arr.is_empty() {
+            v.decor_mut().set_prefix(" ");
+        }
+        arr.push_formatted(v);
     }
     Ok(doc.to_string())
 }
 
-/// Removes users from a job file's `destinations`, keeping its layout. Returns the new text.
+/// Removes users from a job file's `destinations`, keeping its layout and the comments of the
+/// values that stay.
 pub fn remove_destinations(text: &str, users: &[String]) -> Result<String, String> {
     let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e| format!("{e}"))?;
     let Some(arr) = doc.get_mut("destinations").and_then(|i| i.as_array_mut()) else {
         return Err("`destinations` is not an array".into());
     };
-    // Remove from the end; a removed element's leading comments move to the element after it
-    // (or to the array's end), so a comment on the previous line is never lost.
     let doomed: Vec<usize> = arr
         .iter()
         .enumerate()
@@ -424,20 +452,31 @@ pub fn remove_destinations(text: &str, users: &[String]) -> Result<String, Strin
         .map(|(i, _)| i)
         .collect();
     for &i in doomed.iter().rev() {
-        let prefix = arr
-            .get(i)
-            .and_then(|v| v.decor().prefix())
-            .and_then(|p| p.as_str())
-            .unwrap_or("")
-            .to_string();
+        let prefix = arr.get(i).map(prefix_of).unwrap_or_default();
         arr.remove(i);
-        if i < arr.len() {
-            if let Some(next) = arr.get_mut(i) {
-                next.decor_mut().set_prefix(prefix);
-            }
-        } else if prefix.contains('#') {
+        if let Some(next) = arr.get_mut(i) {
+            let next_prefix = prefix_of(next);
+            let joined = match after_first_newline(&next_prefix) {
+                Some(rest) if prefix.contains('\n') => {
+                    format!("{}{rest}", upto_last_newline(&prefix))
+                }
+                _ => prefix,
+            };
+            next.decor_mut()
+                .set_prefix(if i == 0 && !joined.contains('\n') {
+                    joined.trim_start().to_string()
+                } else {
+                    joined
+                });
+        } else {
             let trailing = arr.trailing().as_str().unwrap_or("").to_string();
-            arr.set_trailing(format!("{prefix}{trailing}"));
+            if prefix.contains('\n') {
+                let rest = after_first_newline(&trailing).unwrap_or(&trailing);
+                arr.set_trailing(format!("{}{rest}", upto_last_newline(&prefix)));
+            }
+            if arr.is_empty() {
+                arr.set_trailing_comma(false);
+            }
         }
     }
     Ok(doc.to_string())
@@ -478,6 +517,15 @@ mod tests {
     #[test]
     fn edits_keep_comments() {
         let text = "# top\ntag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ndestinations = [\n  \"b\", # bob\n  \"c\",\n]\n";
+        let one_line = "tag = \"gSync1\"\nsource = \"a\"\ngroup = \"g\"\ndestinations = [\"b\", \"c\"] # both\n";
+        assert_eq!(
+            remove_destinations(
+                &add_destinations(one_line, &["d".into()]).unwrap(),
+                &["b".into()]
+            )
+            .unwrap(),
+            one_line.replace("[\"b\", \"c\"]", "[\"c\", \"d\"]")
+        );
         let added = add_destinations(text, &["d".into()]).unwrap();
         assert!(
             added.contains("# top") && added.contains("# bob") && added.contains("\"d\""),

@@ -13,7 +13,10 @@ pub struct CompletionsArgs {
 }
 
 pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    clap_complete::generate(args.shell, &mut Cli::command(), "groupsync", out);
+    // Generated into memory first: clap_complete panics on a write error (a closed pipe).
+    let mut buf = Vec::new();
+    clap_complete::generate(args.shell, &mut Cli::command(), "groupsync", &mut buf);
+    out.write_all(&buf)?;
     Ok(exit::OK)
 }
 

@@ -1,0 +1,124 @@
+//! Shared helpers for the CLI tests: a temporary vdir tree with a config file.
+#![allow(dead_code)]
+
+use assert_cmd::Command;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+pub struct Tree {
+    pub dir: tempfile::TempDir,
+}
+
+pub const TAG: &str = "gSync1234567890";
+
+pub fn card(uid: &str, name: &str, email: &str) -> String {
+    format!(
+        "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:{uid}\r\nFN:{name}\r\nN:{name};;;;\r\nEMAIL;TYPE=INTERNET:{email}\r\nX-UNKNOWN;X-PARAM=1:survives\r\nEND:VCARD\r\n"
+    )
+}
+
+impl Tree {
+    /// alice (source, group "Team" with `n` contacts), bob, carol, dave; no job yet.
+    pub fn new(n: usize) -> Tree {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tree { dir };
+        fs::write(t.path().join("groupsync.toml"), "state = \"state.db\"\njobs_dir = \"jobs\"\n\n[backend]\nkind = \"vdir\"\nroot = \"contacts\"\n").unwrap();
+        fs::create_dir_all(t.path().join("jobs")).unwrap();
+        for u in ["alice", "bob", "carol", "dave"] {
+            fs::create_dir_all(t.user(u).join("My Contacts")).unwrap();
+        }
+        fs::create_dir_all(t.group("alice", "Team")).unwrap();
+        for i in 0..n {
+            t.put_source(i, &format!("Person {i:03}"));
+        }
+        t
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn user(&self, u: &str) -> PathBuf {
+        self.path().join("contacts").join(u)
+    }
+
+    pub fn group(&self, u: &str, g: &str) -> PathBuf {
+        self.user(u).join(g)
+    }
+
+    pub fn put_source(&self, i: usize, name: &str) {
+        fs::write(
+            self.group("alice", "Team").join(format!("p{i:03}.vcf")),
+            card(&format!("p{i:03}"), name, &format!("p{i}@example.com")),
+        )
+        .unwrap();
+    }
+
+    /// A job file with a fixed tag (for snapshots).
+    pub fn write_job(&self, name: &str, dests: &[&str], extra: &str) {
+        let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
+        fs::write(
+            self.path().join("jobs").join(format!("{name}.toml")),
+            format!("# the team job\ntag = \"{TAG}\"\nsource = \"alice\"\ngroup = \"Team\"\ndestinations = [{}]\n{extra}", d.join(", ")),
+        )
+        .unwrap();
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_groupsync"));
+        c.env("GROUPSYNC_CONFIG", self.path().join("groupsync.toml"))
+            .env_remove("GROUPSYNC_LOG")
+            .env("GROUPSYNC_LOCK_WAIT", "1")
+            .current_dir(self.path());
+        c
+    }
+
+    /// (file name, content) of every .vcf in a folder, sorted.
+    pub fn cards(&self, u: &str, g: &str) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = match fs::read_dir(self.group(u, g)) {
+            Err(_) => vec![],
+            Ok(rd) => rd
+                .filter_map(|e| e.ok())
+                .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
+                .filter(|(n, _)| n.ends_with(".vcf"))
+                .map(|(n, p)| (n, fs::read_to_string(p).unwrap()))
+                .collect(),
+        };
+        v.sort();
+        v
+    }
+
+    /// Copies (cards with the tag) in a folder.
+    pub fn copies(&self, u: &str, g: &str) -> Vec<(String, String)> {
+        self.cards(u, g)
+            .into_iter()
+            .filter(|(_, c)| c.contains("X-GSYNC:gSync"))
+            .collect()
+    }
+
+    pub fn read_job(&self, name: &str) -> String {
+        fs::read_to_string(self.path().join("jobs").join(format!("{name}.toml"))).unwrap()
+    }
+}
+
+/// Every source id carried by the copies in a folder, sorted (duplicates kept).
+pub fn source_ids(copies: &[(String, String)]) -> Vec<String> {
+    let mut v: Vec<String> = copies
+        .iter()
+        .filter_map(|(_, c)| {
+            c.lines()
+                .find(|l| l.starts_with("X-GSYNC-SOURCE:"))
+                .map(|l| l["X-GSYNC-SOURCE:".len()..].trim().to_string())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Replaces timestamps and run-dependent numbers so output can be snapshotted.
+pub fn redact(s: &str) -> String {
+    let ts = regex::Regex::new(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").unwrap();
+    let tmp = regex::Regex::new(r"/tmp/\.tmp[A-Za-z0-9]+").unwrap();
+    tmp.replace_all(&ts.replace_all(s, "[time]"), "[tmp]")
+        .to_string()
+}
