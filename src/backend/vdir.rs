@@ -225,14 +225,30 @@ impl Backend for VdirBackend {
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<()> {
         let dir = self.group_dir(user, group);
-        let mut names: Vec<String> = fs::read_dir(&dir)
+        let mut names: Vec<String> = vec![];
+        for entry in fs::read_dir(&dir)
             .map_err(|e| BackendError::io(dir.display(), e))?
             .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| {
-                !n.starts_with('.') && n.len() > 4 && n.to_ascii_lowercase().ends_with(".vcf")
-            })
-            .collect();
+        {
+            let Ok(n) = entry.file_name().into_string() else {
+                continue;
+            };
+            if n.starts_with(".groupsync-") && n.ends_with(".tmp") {
+                // Left by a process killed mid-write; an hour old means no live run owns it.
+                let stale = entry
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > 3600);
+                if stale {
+                    let _ = fs::remove_file(entry.path());
+                }
+            } else if !n.starts_with('.') && n.len() > 4 && n.to_ascii_lowercase().ends_with(".vcf")
+            {
+                names.push(n);
+            }
+        }
         names.sort();
         for name in names {
             let id = &name[..name.len() - 4];

@@ -1,0 +1,184 @@
+//! A backend wrapper that counts calls by method (and contacts read), for benchmarks and for
+//! tests that bound the number of provider calls. It changes nothing it passes on.
+
+use calcard::vcard::VCard;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Backend, Contact, GroupRef, Result, User};
+use crate::card::FieldSelection;
+
+/// Call counts of a `Counting` backend.
+#[derive(Debug, Default)]
+pub struct Calls {
+    pub resolve_user: AtomicU64,
+    pub find_group: AtomicU64,
+    pub create_group: AtomicU64,
+    pub delete_group: AtomicU64,
+    pub scan_group: AtomicU64,
+    pub contacts_read: AtomicU64,
+    pub fetch_contacts: AtomicU64,
+    pub create_contact: AtomicU64,
+    pub update_contact: AtomicU64,
+    pub delete_contact: AtomicU64,
+    pub move_to_default: AtomicU64,
+}
+
+/// A plain copy of the counts.
+#[derive(Debug, Default, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CallCounts {
+    pub resolve_user: u64,
+    pub find_group: u64,
+    pub create_group: u64,
+    pub delete_group: u64,
+    pub scan_group: u64,
+    pub contacts_read: u64,
+    pub fetch_contacts: u64,
+    pub create_contact: u64,
+    pub update_contact: u64,
+    pub delete_contact: u64,
+    pub move_to_default: u64,
+}
+
+impl CallCounts {
+    /// Calls that change something at the provider.
+    pub fn writes(&self) -> u64 {
+        self.create_group
+            + self.delete_group
+            + self.create_contact
+            + self.update_contact
+            + self.delete_contact
+            + self.move_to_default
+    }
+
+    /// Calls that only read.
+    pub fn reads(&self) -> u64 {
+        self.resolve_user + self.find_group + self.scan_group + self.fetch_contacts
+    }
+}
+
+/// Wraps a backend and counts its calls.
+#[derive(Debug)]
+pub struct Counting<B> {
+    pub inner: B,
+    pub calls: Calls,
+}
+
+impl<B> Counting<B> {
+    pub fn new(inner: B) -> Self {
+        Counting {
+            inner,
+            calls: Calls::default(),
+        }
+    }
+
+    pub fn counts(&self) -> CallCounts {
+        let c = &self.calls;
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CallCounts {
+            resolve_user: g(&c.resolve_user),
+            find_group: g(&c.find_group),
+            create_group: g(&c.create_group),
+            delete_group: g(&c.delete_group),
+            scan_group: g(&c.scan_group),
+            contacts_read: g(&c.contacts_read),
+            fetch_contacts: g(&c.fetch_contacts),
+            create_contact: g(&c.create_contact),
+            update_contact: g(&c.update_contact),
+            delete_contact: g(&c.delete_contact),
+            move_to_default: g(&c.move_to_default),
+        }
+    }
+}
+
+fn bump(a: &AtomicU64) {
+    a.fetch_add(1, Ordering::Relaxed);
+}
+
+impl<B: Backend> Backend for Counting<B> {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+
+    async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
+        bump(&self.calls.resolve_user);
+        self.inner.resolve_user(name).await
+    }
+
+    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+        bump(&self.calls.find_group);
+        self.inner.find_group(user, name).await
+    }
+
+    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
+        bump(&self.calls.create_group);
+        self.inner.create_group(user, name).await
+    }
+
+    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
+        bump(&self.calls.delete_group);
+        self.inner.delete_group(user, group).await
+    }
+
+    async fn scan_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        bump(&self.calls.scan_group);
+        let counter = &self.calls.contacts_read;
+        self.inner
+            .scan_group(user, group, &mut |c| {
+                bump(counter);
+                sink(c)
+            })
+            .await
+    }
+
+    async fn fetch_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[String],
+    ) -> Result<Vec<Contact>> {
+        bump(&self.calls.fetch_contacts);
+        self.inner.fetch_contacts(user, group, ids).await
+    }
+
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<String> {
+        bump(&self.calls.create_contact);
+        self.inner.create_contact(user, group, card).await
+    }
+
+    async fn update_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<()> {
+        bump(&self.calls.update_contact);
+        self.inner
+            .update_contact(user, group, id, etag, card, fields)
+            .await
+    }
+
+    async fn delete_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
+        bump(&self.calls.delete_contact);
+        self.inner.delete_contact(user, group, id, etag).await
+    }
+
+    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+        bump(&self.calls.move_to_default);
+        self.inner.move_to_default(user, group, id).await
+    }
+}
