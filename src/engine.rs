@@ -505,7 +505,7 @@ async fn sync_destination<B: Backend>(
             &result,
             Err(ApplyError::Backend(BackendError::Conflict { .. }))
         );
-        report.plan = Some(plan);
+        report.plan = Some(plan.into_summary());
         match result {
             Ok(_) => {
                 let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
@@ -588,7 +588,7 @@ async fn remove_destination<B: Backend>(
             &result,
             Err(ApplyError::Backend(BackendError::Conflict { .. }))
         );
-        report.plan = Some(plan);
+        report.plan = Some(plan.into_summary());
         match result {
             Ok(()) => {
                 if let Err(e) = lock(store).forget_destination(&spec.name, &user.id) {
@@ -618,9 +618,32 @@ enum ApplyError {
     Other(String),
 }
 
-/// Applies a plan, in order, stopping at the first failure (the rest is retried next run).
+/// Applies a plan, in order, stopping at the first failure (the rest is retried next run). The
+/// state writes of one destination are batched into few transactions.
 #[allow(clippy::too_many_arguments)]
 async fn apply<B: Backend>(
+    backend: &B,
+    store: &Mutex<Store>,
+    spec: &JobSpec,
+    run_id: i64,
+    user: &User,
+    group: Option<GroupRef>,
+    plan: &Plan,
+    source: Option<&SourceSet>,
+    applied: &mut Counts,
+) -> Result<(), ApplyError> {
+    lock(store).batch_begin()?;
+    let result = apply_ops(
+        backend, store, spec, run_id, user, group, plan, source, applied,
+    )
+    .await;
+    let committed = lock(store).batch_end();
+    result?;
+    Ok(committed?)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_ops<B: Backend>(
     backend: &B,
     store: &Mutex<Store>,
     spec: &JobSpec,

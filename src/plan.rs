@@ -234,6 +234,8 @@ pub struct Plan {
     pub user: String,
     pub user_id: String,
     pub removal: bool,
+    /// The operations, in order (emptied in a real run's report once applied).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<Op>,
     /// Copies already equal to their source.
     pub unchanged: usize,
@@ -251,6 +253,14 @@ pub struct Plan {
 impl Plan {
     pub fn count(&self, verb: &str) -> usize {
         self.ops.iter().filter(|o| o.verb() == verb).count()
+    }
+
+    /// The plan without its per-contact operations, once they are applied: a run's report keeps
+    /// only this, so memory does not grow with the number of destinations.
+    pub fn into_summary(mut self) -> Plan {
+        self.ops = vec![];
+        self.kept = vec![];
+        self
     }
 
     pub fn is_empty(&self) -> bool {

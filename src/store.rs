@@ -180,7 +180,12 @@ pub struct Counts {
 pub struct Store {
     conn: Connection,
     path: String,
+    /// Writes since the open batch began (see `batch_begin`); `None` when no batch is open.
+    batch: std::cell::Cell<Option<usize>>,
 }
+
+/// Writes per transaction while a batch is open.
+const BATCH: usize = 500;
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -230,7 +235,11 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
-        Ok(Store { conn, path })
+        Ok(Store {
+            conn,
+            path,
+            batch: std::cell::Cell::new(None),
+        })
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
@@ -238,6 +247,40 @@ impl Store {
             path: self.path.clone(),
             source,
         }
+    }
+
+    /// Groups the log and ledger writes that follow into transactions of up to `BATCH` writes,
+    /// until `batch_end`. A trash entry is always committed at once, because the delete that
+    /// follows it must never happen without it. A crash loses at most the last batch's log lines;
+    /// the copies themselves are found again from their tags.
+    pub fn batch_begin(&self) -> Result<()> {
+        if self.batch.get().is_none() {
+            self.conn.execute_batch("BEGIN").map_err(self.err())?;
+            self.batch.set(Some(0));
+        }
+        Ok(())
+    }
+
+    /// Commits the open batch, if any.
+    pub fn batch_end(&self) -> Result<()> {
+        if self.batch.take().is_some() {
+            self.conn.execute_batch("COMMIT").map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn batch_tick(&self, force_commit: bool) -> Result<()> {
+        if let Some(n) = self.batch.get() {
+            if force_commit || n + 1 >= BATCH {
+                self.conn
+                    .execute_batch("COMMIT; BEGIN")
+                    .map_err(self.err())?;
+                self.batch.set(Some(0));
+            } else {
+                self.batch.set(Some(n + 1));
+            }
+        }
+        Ok(())
     }
 
     /// The tag the database remembers for a job, if any.
@@ -451,8 +494,8 @@ impl Store {
                  ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest",
             )
             .and_then(|mut st| st.execute(params![job, user_id, source_id, contact_id, digest]))
-            .map(|_| ())
-            .map_err(self.err())
+            .map_err(self.err())?;
+        self.batch_tick(false)
     }
 
     /// Replaces the ledger of one destination with what it now holds.
@@ -462,6 +505,7 @@ impl Store {
         user_id: &str,
         copies: &[(String, String, String)],
     ) -> Result<()> {
+        self.batch_end()?;
         let path = self.path.clone();
         let e = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -502,8 +546,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut st| st.execute(params![run_id, now(), job, user_id, user, action, source_id, contact_id, name, detail]))
-            .map(|_| ())
-            .map_err(self.err())
+            .map_err(self.err())?;
+        self.batch_tick(false)
     }
 
     /// Keeps a deleted contact's payload; returns the trash id.
@@ -527,7 +571,9 @@ impl Store {
                 params![run_id, now(), job, user_id, user, group, contact_id, name, reason, payload],
             )
             .map_err(self.err())?;
-        Ok(self.conn.last_insert_rowid())
+        let id = self.conn.last_insert_rowid();
+        self.batch_tick(true)?;
+        Ok(id)
     }
 
     /// Trash entries not yet restored, newest first, optionally narrowed.

@@ -94,7 +94,11 @@ fn make_card(seed: u16, version4: bool) -> VCard {
     let v = if version4 { "4.0" } else { "3.0" };
     let text = format!(
         "BEGIN:VCARD\r\nVERSION:{v}\r\nUID:uid-{seed}\r\nFN:Person {seed}\r\nN:{seed};Person;;;\r\nEMAIL;TYPE=work:p{seed}@{}.example.com\r\nNOTE:note {seed}\r\nX-EXTRA:x{seed}\r\nEND:VCARD\r\n",
-        if seed % 2 == 0 { "even" } else { "odd" }
+        if seed.is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        }
     );
     card::parse(&text).unwrap()
 }
@@ -284,15 +288,15 @@ impl World {
                 expected.insert(id, card::managed_digest(&c, &self.fields));
             }
         }
-        for u in 0..USERS.len() {
+        for (u, name) in USERS.iter().enumerate() {
             let tagged = self.tagged(u);
             if self.dests.contains(&u) {
                 prop_assert!(
                     self.backend
-                        .group_names(USERS[u])
+                        .group_names(name)
                         .contains(&self.job.spec.target_group),
                     "group missing at {}",
-                    USERS[u]
+                    *name
                 );
                 let mut got: BTreeMap<String, String> = BTreeMap::new();
                 for (g, id, c) in &tagged {
@@ -301,34 +305,29 @@ impl World {
                         &self.job.spec.target_group,
                         "copy {} of {} outside the target group",
                         id,
-                        USERS[u]
+                        *name
                     );
                     let src = card::source_of(c);
-                    prop_assert!(
-                        src.is_some(),
-                        "copy {} of {} has no source id",
-                        id,
-                        USERS[u]
-                    );
+                    prop_assert!(src.is_some(), "copy {} of {} has no source id", id, *name);
                     let prev = got.insert(src.unwrap(), card::managed_digest(c, &self.fields));
                     prop_assert!(
                         prev.is_none(),
                         "two copies of one source contact at {}",
-                        USERS[u]
+                        *name
                     );
                 }
                 prop_assert_eq!(
                     &got,
                     &expected,
                     "copies at {} differ from the source",
-                    USERS[u]
+                    *name
                 );
                 // Own contacts added to the group are still in it.
-                for ((ou, id), _) in &self.own {
+                for (ou, id) in self.own.keys() {
                     if *ou == u
                         && let Some((g, _, _)) = self
                             .backend
-                            .dump(USERS[u])
+                            .dump(name)
                             .into_iter()
                             .find(|(_, i, _)| i == id)
                     {
@@ -342,17 +341,17 @@ impl World {
                 prop_assert!(
                     tagged.is_empty(),
                     "removed destination {} still has {} copies",
-                    USERS[u],
+                    *name,
                     tagged.len()
                 );
                 if self.job.spec.target_group != DEFAULT_GROUP {
                     prop_assert!(
                         !self
                             .backend
-                            .group_names(USERS[u])
+                            .group_names(name)
                             .contains(&self.job.spec.target_group),
                         "group left at removed {}",
-                        USERS[u]
+                        *name
                     );
                 }
             }
@@ -443,13 +442,11 @@ fn run_case(
                 w.removed_pending.remove(&u);
                 leftovers.remove(&u);
             }
-            Action::RemoveDest(u) => {
-                if w.dests.remove(&u) {
-                    if w.known.contains(&u) {
-                        w.removed_pending.insert(u);
-                    } else {
-                        leftovers.insert(u);
-                    }
+            Action::RemoveDest(u) if w.dests.remove(&u) => {
+                if w.known.contains(&u) {
+                    w.removed_pending.insert(u);
+                } else {
+                    leftovers.insert(u);
                 }
             }
             Action::LoseState => {

@@ -111,11 +111,7 @@ fn dest_line(d: &DestReport, job: &Job, dry_run: bool) -> String {
         .unwrap_or_default();
     match (&d.error, dry_run) {
         (Some(e), _) if d.plan.is_none() => format!("  {who}: FAILED: {e}"),
-        (Some(e), _) => format!(
-            "  {who}: FAILED after {} of {} changes: {e}",
-            total(d),
-            d.plan.as_ref().map_or(0, |p| p.ops.len())
-        ),
+        (Some(e), _) => format!("  {who}: FAILED after {} changes: {e}", total(d)),
         (None, true) => format!("  {who}: {planned}"),
         (None, false) => {
             let a = d.applied;
