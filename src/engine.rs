@@ -373,6 +373,14 @@ async fn run_inner<B: Backend>(
         .collect()
         .await;
     report.destinations.extend(results);
+    // Report destinations in job-file order, whatever order they finished in.
+    let order = |u: &str| {
+        job.destinations
+            .iter()
+            .position(|d| d == u)
+            .unwrap_or(usize::MAX)
+    };
+    report.destinations.sort_by_key(|d| order(&d.user));
     if stopped.load(Ordering::SeqCst) {
         report.outcome = Outcome::Stopped;
         report.message = report
