@@ -368,7 +368,21 @@ async fn run_inner<B: Backend>(
     let concurrency = opts.concurrency.max(1);
     let run_id = report.run_id.unwrap_or(0);
     let results: Vec<DestReport> = futures::stream::iter(active.iter())
-        .map(|user| sync_destination(backend, store, job, opts, &source, user, run_id, &stopped))
+        .map(|user| {
+            process_destination(
+                backend,
+                store,
+                job,
+                opts,
+                user,
+                &spec.target_group,
+                run_id,
+                Mode::Active {
+                    source: &source,
+                    stopped: &stopped,
+                },
+            )
+        })
         .buffered(concurrency)
         .collect()
         .await;
@@ -393,7 +407,17 @@ async fn run_inner<B: Backend>(
 
     // Removed destinations: copies deleted, users' own contacts kept, group removed.
     for (user, target_group) in removed {
-        let r = remove_destination(backend, store, job, opts, &user, &target_group, run_id).await;
+        let r = process_destination(
+            backend,
+            store,
+            job,
+            opts,
+            &user,
+            &target_group,
+            run_id,
+            Mode::Removal,
+        )
+        .await;
         report.destinations.push(r);
     }
     Ok(())
@@ -435,64 +459,100 @@ async fn snapshot<B: Backend>(
     })
 }
 
+/// Which kind of work a destination gets in this run.
+enum Mode<'a> {
+    /// In the job: bring its copies in line with the source.
+    Active {
+        source: &'a SourceSet,
+        stopped: &'a AtomicBool,
+    },
+    /// Dropped from the job: remove the copies and the group, keep the user's own contacts.
+    Removal,
+}
+
+/// Snapshots one destination, plans, checks the limits and applies; a conflict (a contact changed
+/// between read and write) is settled by reading and planning again, up to three times.
 #[allow(clippy::too_many_arguments)]
-async fn sync_destination<B: Backend>(
+async fn process_destination<B: Backend>(
     backend: &B,
     store: &Mutex<Store>,
     job: &JobRun,
     opts: &RunOptions,
-    source: &SourceSet,
     user: &User,
+    target_group: &str,
     run_id: i64,
-    stopped: &AtomicBool,
+    mode: Mode<'_>,
 ) -> DestReport {
     let spec = &job.spec;
+    let removal = matches!(mode, Mode::Removal);
     let mut report = DestReport {
         user: user.name.clone(),
-        removal: false,
+        removal,
         plan: None,
         applied: Counts::default(),
         error: None,
         stopped: None,
     };
-    if stopped.load(Ordering::SeqCst) {
-        report.stopped = Some("not run: the job was stopped by a safety limit".into());
-        return report;
-    }
-    // A conflict (the contact changed between read and write) is settled by reading again.
-    for attempt in 0..3 {
-        let ledger = match lock(store).ledger(&spec.name, &user.id) {
-            Ok(l) => l,
+    match &mode {
+        Mode::Active { stopped, .. } if stopped.load(Ordering::SeqCst) => {
+            report.stopped = Some("not run: the job was stopped by a safety limit".into());
+            return report;
+        }
+        Mode::Active { .. } => {}
+        // A user deleted from the provider has nothing left to clean up.
+        Mode::Removal => match backend.resolve_user(&user.name).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                if !opts.dry_run {
+                    let _ = lock(store).forget_destination(&spec.name, &user.id);
+                }
+                return report;
+            }
             Err(e) => {
-                report.error = Some(e.to_string());
+                report.error = Some(format!("looking up {}: {e}", user.name));
+                return report;
+            }
+        },
+    }
+    for attempt in 0..3 {
+        let snap = match snapshot(backend, spec, user, target_group, &opts.default_group).await {
+            Ok(s) => s,
+            Err(e) => {
+                report.error = Some(format!("reading {}: {e}", user.name));
                 return report;
             }
         };
-        let snap =
-            match snapshot(backend, spec, user, &spec.target_group, &opts.default_group).await {
-                Ok(s) => s,
-                Err(e) => {
-                    report.error = Some(format!("reading {}: {e}", user.name));
+        let (plan, source) = match &mode {
+            Mode::Active { source, stopped } => {
+                let ledger = match lock(store).ledger(&spec.name, &user.id) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        report.error = Some(e.to_string());
+                        return report;
+                    }
+                };
+                let plan = plan::plan_destination(source, &snap, spec, &ledger);
+                if let Some(why) = &plan.limit_exceeded
+                    && !opts.force
+                {
+                    stopped.store(true, Ordering::SeqCst);
+                    report.stopped = Some(format!(
+                        "deletion limit: {why}; nothing was changed at this destination. Run with --force if this is intended"
+                    ));
+                    report.plan = Some(plan);
                     return report;
                 }
-            };
-        let plan = plan::plan_destination(source, &snap, spec, &ledger);
-        if let Some(why) = &plan.limit_exceeded
-            && !opts.force
-        {
-            stopped.store(true, Ordering::SeqCst);
-            report.stopped = Some(format!(
-                "deletion limit: {why}; nothing was changed at this destination. Run with --force if this is intended"
-            ));
-            report.plan = Some(plan);
-            return report;
-        }
+                (plan, Some(*source))
+            }
+            Mode::Removal => (plan::plan_removal(&snap), None),
+        };
         if opts.dry_run {
             report.plan = Some(plan);
             return report;
         }
-        if let Err(e) =
-            lock(store).touch_destination(&spec.name, &user.id, &user.name, &spec.target_group)
+        if !removal
+            && let Err(e) =
+                lock(store).touch_destination(&spec.name, &user.id, &user.name, &spec.target_group)
         {
             report.error = Some(e.to_string());
             return report;
@@ -505,108 +565,29 @@ async fn sync_destination<B: Backend>(
             user,
             snap.group.clone(),
             &plan,
-            Some(source),
+            source,
             &mut report.applied,
         )
         .await;
-        let conflict = matches!(
-            &result,
-            Err(ApplyError::Backend(BackendError::Conflict { .. }))
-        );
-        report.plan = Some(plan.into_summary());
-        match result {
-            Ok(_) => {
-                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
-                return report;
-            }
-            Err(_) if conflict && attempt < 2 => {
-                tracing::info!(job = %spec.name, dest = %user.name, "a contact changed while syncing; reading again");
-                continue;
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                tracing::warn!(job = %spec.name, dest = %user.name, "destination failed: {msg}");
-                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, Some(&msg));
-                report.error = Some(msg);
-                return report;
-            }
-        }
-    }
-    report
-}
-
-async fn remove_destination<B: Backend>(
-    backend: &B,
-    store: &Mutex<Store>,
-    job: &JobRun,
-    opts: &RunOptions,
-    user: &User,
-    target_group: &str,
-    run_id: i64,
-) -> DestReport {
-    let spec = &job.spec;
-    let mut report = DestReport {
-        user: user.name.clone(),
-        removal: true,
-        plan: None,
-        applied: Counts::default(),
-        error: None,
-        stopped: None,
-    };
-    for attempt in 0..3 {
-        // A user deleted from the provider has nothing left to clean up.
-        match backend.resolve_user(&user.name).await {
-            Ok(None) => {
-                if !opts.dry_run {
-                    let _ = lock(store).forget_destination(&spec.name, &user.id);
-                }
-                return report;
-            }
-            Ok(Some(_)) => {}
-            Err(e) => {
-                report.error = Some(format!("looking up {}: {e}", user.name));
-                return report;
-            }
-        }
-        let snap = match snapshot(backend, spec, user, target_group, &opts.default_group).await {
-            Ok(s) => s,
-            Err(e) => {
-                report.error = Some(format!("reading {}: {e}", user.name));
-                return report;
-            }
-        };
-        let plan = plan::plan_removal(&snap);
-        if opts.dry_run {
-            report.plan = Some(plan);
-            return report;
-        }
-        let result = apply(
-            backend,
-            store,
-            spec,
-            run_id,
-            user,
-            snap.group.clone(),
-            &plan,
-            None,
-            &mut report.applied,
-        )
-        .await;
-        let conflict = matches!(
-            &result,
-            Err(ApplyError::Backend(BackendError::Conflict { .. }))
-        );
         report.plan = Some(plan.into_summary());
         match result {
             Ok(()) => {
-                if let Err(e) = lock(store).forget_destination(&spec.name, &user.id) {
+                let recorded = if removal {
+                    lock(store).forget_destination(&spec.name, &user.id)
+                } else {
+                    lock(store).destination_outcome(&spec.name, &user.id, run_id, None)
+                };
+                if let Err(e) = recorded {
                     report.error = Some(e.to_string());
                 }
                 return report;
             }
-            Err(_) if conflict && attempt < 2 => continue,
+            Err(ApplyError::Backend(BackendError::Conflict { .. })) if attempt < 2 => {
+                tracing::info!(job = %spec.name, dest = %user.name, "a contact changed while syncing; reading again");
+            }
             Err(e) => {
                 let msg = e.to_string();
+                tracing::warn!(job = %spec.name, dest = %user.name, "destination failed: {msg}");
                 let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, Some(&msg));
                 report.error = Some(msg);
                 return report;
