@@ -68,8 +68,31 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 /// Writes a card in its own version (3.0 stays 3.0, 4.0 stays 4.0), CRLF line endings, folded.
+///
+/// calcard 0.3.14 writes a 4.0 inline photo as `data:image/jpeg;base64\,…`: the escaped comma
+/// breaks the data URI for other readers (RFC 6350 does not escape URI values), so it is written
+/// unescaped here. calcard reads both forms.
 pub fn to_text(card: &VCard) -> String {
-    card.to_string()
+    let v = version(card);
+    let is_v4 = v == VCardVersion::V4_0;
+    let mut out = format!("BEGIN:VCARD\r\nVERSION:{v}\r\n");
+    for e in &card.entries {
+        if matches!(
+            e.name,
+            VCardProperty::Begin | VCardProperty::End | VCardProperty::Version
+        ) {
+            continue;
+        }
+        let mut line = String::new();
+        let _ = e.write_to(&mut line, is_v4);
+        if is_v4 && e.values.iter().any(|v| matches!(v, VCardValue::Binary(_))) {
+            // "base64\\," is written in one piece, so folding never splits it.
+            line = line.replacen("base64\\,", "base64,", 1);
+        }
+        out.push_str(&line);
+    }
+    out.push_str("END:VCARD\r\n");
+    out
 }
 
 /// The version a card declares, defaulting to 3.0 (what most servers and tools write).
@@ -405,6 +428,20 @@ mod tests {
             ..Default::default()
         };
         assert!(f.keeps(&card));
+    }
+
+    #[test]
+    fn v4_inline_photo_keeps_a_valid_data_uri() {
+        let text = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:x\r\nPHOTO:data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAUDBAQEAwUEBAQFBQUGBwwIBwcHBw8LCwkMEQ8SEhEPERETFhwXExQaFRERGCEYGhwdHx8fExciJCIeJBweHx7/\r\nEND:VCARD\r\n";
+        let card = parse(text).unwrap();
+        let out = to_text(&card);
+        let unfolded = out.replace("\r\n ", "");
+        assert!(
+            unfolded.contains("PHOTO:data:image/jpeg;base64,/9j/4AAQ"),
+            "{out}"
+        );
+        assert!(out.lines().all(|l| l.len() <= 76), "{out}");
+        assert_eq!(parse(&out).unwrap(), card);
     }
 
     #[test]
