@@ -218,6 +218,36 @@ pub fn managed_digest(card: &VCard, fields: &FieldSelection) -> String {
     hex_digest(text.as_bytes())
 }
 
+/// A short digest of each managed property (all entries of one name together), sorted by name,
+/// to tell which properties differ between two cards (the change log's "fields").
+pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(String, u64)> {
+    use std::hash::{Hash, Hasher};
+    let is_v4 = version(card) == VCardVersion::V4_0;
+    let mut by_name: std::collections::BTreeMap<String, std::collections::hash_map::DefaultHasher> =
+        Default::default();
+    for e in managed_entries(card, fields) {
+        let mut text = String::new();
+        let _ = e.write_to(&mut text, is_v4);
+        text.hash(by_name.entry(upper_name(e)).or_default());
+    }
+    by_name.into_iter().map(|(k, h)| (k, h.finish())).collect()
+}
+
+/// Names of the properties whose digests differ between two `field_digests` lists.
+pub fn changed_fields(a: &[(String, u64)], b: &[(String, u64)]) -> Vec<String> {
+    let ma: std::collections::BTreeMap<&str, u64> =
+        a.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let mb: std::collections::BTreeMap<&str, u64> =
+        b.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    let mut names: BTreeSet<&str> = ma.keys().copied().collect();
+    names.extend(mb.keys().copied());
+    names
+        .into_iter()
+        .filter(|n| ma.get(n) != mb.get(n))
+        .map(str::to_string)
+        .collect()
+}
+
 /// Hex SHA-256 of bytes, shortened to 32 hex digits (128 bits: collisions are not a concern).
 pub fn hex_digest(bytes: &[u8]) -> String {
     let d = Sha256::digest(bytes);

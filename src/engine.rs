@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
 use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, Op, Plan, SourceSet};
-use crate::store::{Counts, Store, StoreError};
+use crate::store::{Change, Counts, Store, StoreError};
 
 /// A job as the engine runs it.
 #[derive(Debug, Clone)]
@@ -643,15 +643,14 @@ async fn apply_ops<B: Backend>(
     source: Option<&SourceSet>,
     applied: &mut Counts,
 ) -> Result<(), ApplyError> {
-    let log = |action: &str,
-               source_id: Option<&str>,
-               contact_id: Option<&str>,
-               name: Option<&str>,
-               detail: Option<&str>| {
-        lock(store).log_change(
-            run_id, &spec.name, &user.id, &user.name, action, source_id, contact_id, name, detail,
-        )
+    let base = Change {
+        run_id,
+        job: &spec.name,
+        user_id: &user.id,
+        user: &user.name,
+        ..Default::default()
     };
+    let log = |c: Change<'_>| lock(store).log_change(&c);
     let mut final_ledger: Vec<(String, String, String)> = vec![];
     if let Some(src) = source {
         // Copies that need no change, and copies held because their source is unreadable.
@@ -679,7 +678,12 @@ async fn apply_ops<B: Backend>(
                     }
                     Err(e) => return Err(e.into()),
                 };
-                log("create-group", None, Some(&g.id), Some(name), None)?;
+                log(Change {
+                    action: "create-group",
+                    contact_id: Some(&g.id),
+                    name: Some(name),
+                    ..base.clone()
+                })?;
                 group = Some(g);
             }
             Op::Create {
@@ -693,13 +697,14 @@ async fn apply_ops<B: Backend>(
                 let g = group_ref()?;
                 let id = backend.create_contact(user, &g, &item.copy).await?;
                 lock(store).record_copy(&spec.name, &user.id, source_id, &id, &item.digest)?;
-                log(
-                    if *recreate { "recreate" } else { "create" },
-                    Some(source_id),
-                    Some(&id),
-                    Some(name),
-                    Some(&item.digest),
-                )?;
+                log(Change {
+                    action: if *recreate { "recreate" } else { "create" },
+                    source_id: Some(source_id),
+                    contact_id: Some(&id),
+                    name: Some(name),
+                    after: Some(&item.digest),
+                    ..base.clone()
+                })?;
                 final_ledger.push((source_id.clone(), id, item.digest.clone()));
                 applied.created += 1;
             }
@@ -708,6 +713,8 @@ async fn apply_ops<B: Backend>(
                 etag,
                 source_id,
                 name,
+                fields,
+                before,
             } => {
                 let item = source.and_then(|s| s.items.get(source_id)).ok_or_else(|| {
                     ApplyError::Other(format!("source contact {source_id} is gone"))
@@ -716,13 +723,17 @@ async fn apply_ops<B: Backend>(
                 backend
                     .update_contact(user, &g, contact_id, etag, &item.copy, &spec.fields)
                     .await?;
-                log(
-                    "update",
-                    Some(source_id),
-                    Some(contact_id),
-                    Some(name),
-                    Some(&item.digest),
-                )?;
+                let fields = fields.join(",");
+                log(Change {
+                    action: "update",
+                    source_id: Some(source_id),
+                    contact_id: Some(contact_id),
+                    name: Some(name),
+                    fields: Some(&fields),
+                    before: Some(before),
+                    after: Some(&item.digest),
+                    ..base.clone()
+                })?;
                 final_ledger.push((source_id.clone(), contact_id.clone(), item.digest.clone()));
                 applied.updated += 1;
             }
@@ -732,6 +743,7 @@ async fn apply_ops<B: Backend>(
                 source_id,
                 name,
                 reason,
+                before,
             } => {
                 let g = group_ref()?;
                 let found = backend
@@ -766,25 +778,36 @@ async fn apply_ops<B: Backend>(
                     &payload,
                 )?;
                 backend.delete_contact(user, &g, contact_id, etag).await?;
-                log(
-                    "delete",
-                    source_id.as_deref(),
-                    Some(contact_id),
-                    Some(name),
-                    Some(&reason),
-                )?;
+                log(Change {
+                    action: "delete",
+                    source_id: source_id.as_deref(),
+                    contact_id: Some(contact_id),
+                    name: Some(name),
+                    detail: Some(&reason),
+                    before: Some(before),
+                    ..base.clone()
+                })?;
                 applied.deleted += 1;
             }
             Op::MoveToDefault { contact_id } => {
                 let g = group_ref()?;
                 backend.move_to_default(user, &g, contact_id).await?;
-                log("move-to-default", None, Some(contact_id), None, None)?;
+                log(Change {
+                    action: "move-to-default",
+                    contact_id: Some(contact_id),
+                    ..base.clone()
+                })?;
                 applied.moved += 1;
             }
             Op::DeleteGroup { name } => {
                 let g = group_ref()?;
                 match backend.delete_group(user, &g).await {
-                    Ok(()) => log("delete-group", None, Some(&g.id), Some(name), None)?,
+                    Ok(()) => log(Change {
+                        action: "delete-group",
+                        contact_id: Some(&g.id),
+                        name: Some(name),
+                        ..base.clone()
+                    })?,
                     Err(BackendError::NotEmpty { what }) => {
                         tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile?); it is kept");
                     }

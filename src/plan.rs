@@ -49,6 +49,8 @@ pub struct SourceItem {
     pub name: String,
     /// Digest of the managed part (see `card::managed_digest`).
     pub digest: String,
+    /// Digest of each managed property (see `card::field_digests`).
+    pub fields: Vec<(String, u64)>,
     /// The copy a destination must hold (its UID is used only when creating).
     pub copy: VCard,
 }
@@ -78,6 +80,7 @@ impl SourceSet {
                 let uid = copy_uid(&job.tag, &id);
                 let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
                 let digest = card::managed_digest(&copy, &job.fields);
+                let fields = card::field_digests(&copy, &job.fields);
                 let name = card::display_name(&card);
                 self.items.insert(
                     id.clone(),
@@ -85,6 +88,7 @@ impl SourceSet {
                         id,
                         name,
                         digest,
+                        fields,
                         copy,
                     },
                 );
@@ -111,6 +115,8 @@ pub enum DestKind {
         source: Option<String>,
         digest: String,
         name: String,
+        /// Digest of each managed property (see `card::field_digests`).
+        fields: Vec<(String, u64)>,
     },
 }
 
@@ -132,6 +138,7 @@ impl DestEntry {
                     source: card::source_of(c),
                     digest: card::managed_digest(c, &job.fields),
                     name: card::display_name(c),
+                    fields: card::field_digests(c, &job.fields),
                 },
                 Some(t) if is_tag(&t) => DestKind::OtherJob,
                 _ => DestKind::Own,
@@ -195,6 +202,10 @@ pub enum Op {
         etag: String,
         source_id: String,
         name: String,
+        /// Managed properties that differ from the source.
+        fields: Vec<String>,
+        /// Digest of the copy's managed content before the update.
+        before: String,
     },
     Delete {
         contact_id: String,
@@ -202,6 +213,8 @@ pub enum Op {
         source_id: Option<String>,
         name: String,
         reason: DeleteReason,
+        /// Digest of the copy's managed content.
+        before: String,
     },
     MoveToDefault {
         contact_id: String,
@@ -304,17 +317,9 @@ pub fn plan_destination(
                 copies_total += 1;
                 by_source.entry(s.as_str()).or_default().push(e);
             }
-            DestKind::Copy {
-                source: None, name, ..
-            } => {
+            DestKind::Copy { source: None, .. } => {
                 copies_total += 1;
-                deletes.push(Op::Delete {
-                    contact_id: e.id.clone(),
-                    etag: e.etag.clone(),
-                    source_id: None,
-                    name: name.clone(),
-                    reason: DeleteReason::Orphan,
-                });
+                deletes.push(delete_op(e, DeleteReason::Orphan));
             }
         }
     }
@@ -344,12 +349,17 @@ pub fn plan_destination(
                         plan.unchanged += 1;
                         plan.kept.push((item.id.clone(), keeper.id.clone()));
                     }
-                    _ => updates.push(Op::Update {
+                    DestKind::Copy { digest, fields, .. } => updates.push(Op::Update {
                         contact_id: keeper.id.clone(),
                         etag: keeper.etag.clone(),
                         source_id: item.id.clone(),
                         name: item.name.clone(),
+                        fields: card::changed_fields(fields, &item.fields),
+                        before: digest.clone(),
                     }),
+                    DestKind::Own | DestKind::OtherJob => {
+                        unreachable!("only copies are grouped by source")
+                    }
                 }
             }
         }
@@ -393,9 +403,14 @@ pub fn plan_destination(
 }
 
 fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
-    let (source_id, name) = match &e.kind {
-        DestKind::Copy { source, name, .. } => (source.clone(), name.clone()),
-        _ => (None, String::new()),
+    let (source_id, name, before) = match &e.kind {
+        DestKind::Copy {
+            source,
+            name,
+            digest,
+            ..
+        } => (source.clone(), name.clone(), digest.clone()),
+        _ => (None, String::new(), String::new()),
     };
     Op::Delete {
         contact_id: e.id.clone(),
@@ -403,6 +418,7 @@ fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
         source_id,
         name,
         reason,
+        before,
     }
 }
 

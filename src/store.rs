@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use crate::plan::LedgerView;
 
-const MIGRATION_SLICE: &[M] = &[M::up(
-    "CREATE TABLE jobs (
+const MIGRATION_SLICE: &[M] = &[
+    M::up(
+        "CREATE TABLE jobs (
         name TEXT PRIMARY KEY,
         tag TEXT NOT NULL UNIQUE,
         created_at TEXT NOT NULL,
@@ -85,7 +86,24 @@ const MIGRATION_SLICE: &[M] = &[M::up(
         payload TEXT NOT NULL,
         restored_at TEXT
     );",
-)];
+    ),
+    M::up(
+        "ALTER TABLE changes ADD COLUMN fields TEXT;
+    ALTER TABLE changes ADD COLUMN before_digest TEXT;
+    ALTER TABLE changes ADD COLUMN after_digest TEXT;
+    CREATE TABLE run_calls (
+        run_id INTEGER NOT NULL,
+        method TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        PRIMARY KEY (run_id, method)
+    );
+    CREATE TABLE schedule (
+        job TEXT PRIMARY KEY,
+        last_run_at TEXT,
+        next_run_at TEXT
+    );",
+    ),
+];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
 /// Errors of the state database; all of them stop the command (exit 1 or 2 at the edge).
@@ -163,6 +181,58 @@ pub struct TrashRecord {
     #[serde(skip)]
     pub payload: String,
     pub restored_at: Option<String>,
+}
+
+/// One line to append to the change log.
+#[derive(Debug, Clone, Default)]
+pub struct Change<'a> {
+    pub run_id: i64,
+    pub job: &'a str,
+    pub user_id: &'a str,
+    pub user: &'a str,
+    pub action: &'a str,
+    pub source_id: Option<&'a str>,
+    pub contact_id: Option<&'a str>,
+    pub name: Option<&'a str>,
+    pub detail: Option<&'a str>,
+    /// Comma-separated property names that changed (updates).
+    pub fields: Option<&'a str>,
+    /// Digest of the managed content before and after.
+    pub before: Option<&'a str>,
+    pub after: Option<&'a str>,
+}
+
+/// One line of the change log, as read back.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeRecord {
+    pub id: i64,
+    pub run_id: i64,
+    pub at: String,
+    pub job: String,
+    pub user_id: String,
+    pub user: String,
+    pub action: String,
+    pub source_id: Option<String>,
+    pub contact_id: Option<String>,
+    pub name: Option<String>,
+    pub detail: Option<String>,
+    pub fields: Vec<String>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+/// Per job and outcome, sums over the run history (for metrics).
+#[derive(Debug, Clone, Serialize)]
+pub struct RunTotals {
+    pub job: String,
+    pub outcome: String,
+    pub runs: i64,
+    pub failed: i64,
+    pub created: i64,
+    pub updated: i64,
+    pub deleted: i64,
+    pub moved: i64,
+    pub last_finished_at: Option<String>,
 }
 
 /// Totals of a run, as recorded.
@@ -527,27 +597,151 @@ impl Store {
     }
 
     /// Appends one line to the change log.
-    #[allow(clippy::too_many_arguments)]
-    pub fn log_change(
-        &self,
-        run_id: i64,
-        job: &str,
-        user_id: &str,
-        user: &str,
-        action: &str,
-        source_id: Option<&str>,
-        contact_id: Option<&str>,
-        name: Option<&str>,
-        detail: Option<&str>,
-    ) -> Result<()> {
+    pub fn log_change(&self, c: &Change<'_>) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO changes (run_id, at, job, user_id, user_name, action, source_id, contact_id, name, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO changes (run_id, at, job, user_id, user_name, action, source_id, contact_id, name, detail, fields, before_digest, after_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
-            .and_then(|mut st| st.execute(params![run_id, now(), job, user_id, user, action, source_id, contact_id, name, detail]))
+            .and_then(|mut st| {
+                st.execute(params![
+                    c.run_id, now(), c.job, c.user_id, c.user, c.action, c.source_id, c.contact_id, c.name, c.detail, c.fields, c.before, c.after
+                ])
+            })
             .map_err(self.err())?;
         self.batch_tick(false)
+    }
+
+    /// Change-log lines of a job, newest first, optionally narrowed to a destination (name or
+    /// id) and to contacts whose name contains `contact` (case-insensitive).
+    pub fn changes(
+        &self,
+        job: &str,
+        dest: Option<&str>,
+        contact: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ChangeRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, run_id, at, job, user_id, user_name, action, source_id, contact_id, name, detail, fields, before_digest, after_digest
+                 FROM changes WHERE job = ?1 AND (?2 IS NULL OR user_name = ?2 OR user_id = ?2)
+                 AND (?3 IS NULL OR instr(lower(coalesce(name, '')), lower(?3)) > 0) ORDER BY id DESC LIMIT ?4",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(params![job, dest, contact, limit as i64], |r| {
+                Ok(ChangeRecord {
+                    id: r.get(0)?,
+                    run_id: r.get(1)?,
+                    at: r.get(2)?,
+                    job: r.get(3)?,
+                    user_id: r.get(4)?,
+                    user: r.get(5)?,
+                    action: r.get(6)?,
+                    source_id: r.get(7)?,
+                    contact_id: r.get(8)?,
+                    name: r.get(9)?,
+                    detail: r.get(10)?,
+                    fields: r
+                        .get::<_, Option<String>>(11)?
+                        .map(|f| {
+                            f.split(',')
+                                .filter(|x| !x.is_empty())
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    before: r.get(12)?,
+                    after: r.get(13)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Records the provider calls of a run, by method.
+    pub fn record_calls(&self, run_id: i64, calls: &[(&str, u64)]) -> Result<()> {
+        for (method, n) in calls {
+            self.conn
+                .execute(
+                    "INSERT INTO run_calls (run_id, method, count) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(run_id, method) DO UPDATE SET count = count + excluded.count",
+                    params![run_id, method, *n as i64],
+                )
+                .map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    /// Provider calls of every run, by method.
+    pub fn call_totals(&self) -> Result<Vec<(String, i64)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT method, SUM(count) FROM run_calls GROUP BY method ORDER BY method")
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Totals per job and outcome over every recorded (non-dry) run:
+    /// (job, outcome, runs, failed destinations, created, updated, deleted, moved).
+    pub fn run_totals(&self) -> Result<Vec<RunTotals>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT job, outcome, COUNT(*), SUM(failed), SUM(created), SUM(updated), SUM(deleted), SUM(moved),
+                        MAX(CASE WHEN outcome = 'ok' THEN finished_at END)
+                 FROM runs WHERE dry_run = 0 AND outcome != 'running' GROUP BY job, outcome ORDER BY job, outcome",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RunTotals {
+                    job: r.get(0)?,
+                    outcome: r.get(1)?,
+                    runs: r.get(2)?,
+                    failed: r.get(3)?,
+                    created: r.get(4)?,
+                    updated: r.get(5)?,
+                    deleted: r.get(6)?,
+                    moved: r.get(7)?,
+                    last_finished_at: r.get(8)?,
+                })
+            })
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// When a job last ran and is next due, as the daemon recorded them.
+    pub fn schedule_get(&self, job: &str) -> Result<(Option<String>, Option<String>)> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT last_run_at, next_run_at FROM schedule WHERE job = ?1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err())?
+            .unwrap_or((None, None)))
+    }
+
+    /// Records a job's last and next run (RFC 3339, UTC).
+    pub fn schedule_set(&self, job: &str, last: Option<&str>, next: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO schedule (job, last_run_at, next_run_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(job) DO UPDATE SET last_run_at = coalesce(excluded.last_run_at, last_run_at), next_run_at = excluded.next_run_at",
+                params![job, last, next],
+            )
+            .map(|_| ())
+            .map_err(self.err())
     }
 
     /// Keeps a deleted contact's payload; returns the trash id.

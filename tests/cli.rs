@@ -690,3 +690,62 @@ fn completions_man_and_broken_pipe() {
     );
     t.cmd().arg("frobnicate").assert().code(2);
 }
+
+#[test]
+fn log_shows_each_change_with_fields_and_digests() {
+    let t = Tree::new(3);
+    t.write_job("team", &["bob", "carol"], "");
+    t.cmd().arg("run").assert().success();
+    // The source renames one contact; bob tampers with another's email; a third leaves the source.
+    t.put_source(1, "Person One Renamed");
+    let (name, text) = t
+        .copies("bob", "Team")
+        .into_iter()
+        .find(|(_, c)| c.contains("FN:Person 002"))
+        .unwrap();
+    fs::write(
+        t.group("bob", "Team").join(name),
+        text.replace("p2@example.com", "p2@tampered.example"),
+    )
+    .unwrap();
+    fs::remove_file(t.group("alice", "Team").join("p000.vcf")).unwrap();
+    t.cmd().arg("run").assert().success();
+    t.cmd()
+        .args(["job", "remove-dest", "team", "carol"])
+        .assert()
+        .success();
+    let out = t
+        .cmd()
+        .args(["log", "team"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    insta::assert_snapshot!("log_output", redact(&String::from_utf8(out).unwrap()));
+    let only = t
+        .cmd()
+        .args(["log", "team", "--dest", "bob", "--contact", "person 002"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let only = String::from_utf8(only).unwrap();
+    assert_eq!(
+        only.lines().count(),
+        3,
+        "header, the update and the create: {only}"
+    );
+    assert!(only.contains("update\tPerson 002\tEMAIL\t"), "{only}");
+    let json = t
+        .cmd()
+        .args(["log", "team", "--json", "--limit", "1"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+}

@@ -9,6 +9,7 @@ mod check;
 mod completions;
 mod history;
 mod jobs;
+mod log;
 mod output;
 mod restore;
 mod run;
@@ -93,6 +94,8 @@ pub enum Command {
     Status,
     /// Past runs with their counts and outcome, newest first
     History(history::HistoryArgs),
+    /// The change log of a job: each change to each contact, newest first
+    Log(log::LogArgs),
     /// List deleted contacts kept in the trash, or put them back
     Restore(restore::RestoreArgs),
     /// Check the configuration, every job file, and that users and groups exist
@@ -187,6 +190,7 @@ async fn dispatch<B: Backend>(
         Command::Run(a) => run::run(ctx, backend, a, out).await,
         Command::Status => status::status(ctx, out),
         Command::History(a) => history::history(ctx, a, out),
+        Command::Log(a) => log::log(ctx, a, out),
         Command::Restore(a) => restore::restore(ctx, backend, a, out).await,
         Command::Check => check::check(ctx, backend, out).await,
         Command::Completions(_) | Command::Man => {
