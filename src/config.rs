@@ -78,6 +78,57 @@ struct RawConfig {
     state: Option<String>,
     jobs_dir: Option<String>,
     backend: toml::Spanned<RawBackend>,
+    metrics: Option<RawMetrics>,
+    notify: Option<RawNotify>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    textfile: Option<String>,
+    listen: Option<toml::Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    on: Option<toml::Spanned<String>>,
+    webhook: Option<toml::Spanned<String>>,
+    email_to: Option<Vec<toml::Spanned<String>>>,
+    email_from: Option<toml::Spanned<String>>,
+    smtp: Option<toml::Spanned<String>>,
+    sendmail: Option<String>,
+}
+
+/// `[metrics]`: a node_exporter textfile written after each run, and an HTTP listener for
+/// `groupsync serve`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub textfile: Option<PathBuf>,
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// When to notify.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NotifyOn {
+    /// A run that failed, could not run, or was stopped by a safety limit.
+    #[default]
+    Failure,
+    /// Every run (a summary), failures included.
+    Always,
+}
+
+/// `[notify]`: a webhook (JSON POST) and/or email (SMTP or the local sendmail).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NotifyConfig {
+    pub on: NotifyOn,
+    pub webhook: Option<String>,
+    pub email_to: Vec<String>,
+    pub email_from: Option<String>,
+    /// `smtp://host[:port]` (STARTTLS when offered is not attempted) or `smtps://host[:port]` (TLS).
+    pub smtp: Option<String>,
+    /// Path of a sendmail-compatible program, used when `smtp` is not set.
+    pub sendmail: Option<PathBuf>,
 }
 
 /// Every key of every backend kind (DESIGN.md §6), so a typo is caught whatever the kind.
@@ -123,6 +174,8 @@ pub struct Config {
     pub state: PathBuf,
     pub jobs_dir: PathBuf,
     pub backend: BackendConfig,
+    pub metrics: MetricsConfig,
+    pub notify: NotifyConfig,
 }
 
 /// Which config file to use: `--config`, else `GROUPSYNC_CONFIG` (clap fills both into `flag`),
@@ -201,11 +254,88 @@ impl Config {
                 ));
             }
         };
+        let at = |sp: std::ops::Range<usize>, m: String| ConfigError::at(path, text, sp.start, m);
+        let mut metrics = MetricsConfig::default();
+        if let Some(m) = &raw.metrics {
+            metrics.textfile = m.textfile.as_deref().map(resolve);
+            if let Some(l) = &m.listen {
+                metrics.listen = Some(l.get_ref().parse().map_err(|_| {
+                    at(
+                        l.span(),
+                        format!(
+                            "metrics.listen {:?} is not an address:port such as \"127.0.0.1:9477\"",
+                            l.get_ref()
+                        ),
+                    )
+                })?);
+            }
+        }
+        let mut notify = NotifyConfig::default();
+        if let Some(n) = &raw.notify {
+            if let Some(on) = &n.on {
+                notify.on = match on.get_ref().as_str() {
+                    "failure" => NotifyOn::Failure,
+                    "always" => NotifyOn::Always,
+                    other => {
+                        return Err(at(
+                            on.span(),
+                            format!("notify.on {other:?} must be \"failure\" or \"always\""),
+                        ));
+                    }
+                };
+            }
+            if let Some(w) = &n.webhook {
+                let u = w.get_ref();
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(at(
+                        w.span(),
+                        format!("notify.webhook {u:?} must be an http:// or https:// URL"),
+                    ));
+                }
+                notify.webhook = Some(u.clone());
+            }
+            for to in n.email_to.iter().flatten() {
+                if !to.get_ref().contains('@') {
+                    return Err(at(
+                        to.span(),
+                        format!("notify.email_to {:?} is not an email address", to.get_ref()),
+                    ));
+                }
+                notify.email_to.push(to.get_ref().clone());
+            }
+            notify.email_from = n.email_from.as_ref().map(|f| f.get_ref().clone());
+            if let Some(smtp) = &n.smtp {
+                let u = smtp.get_ref();
+                if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
+                    return Err(at(
+                        smtp.span(),
+                        format!(
+                            "notify.smtp {u:?} must look like smtp://host:25 or smtps://host:465"
+                        ),
+                    ));
+                }
+                notify.smtp = Some(u.clone());
+            }
+            notify.sendmail = n.sendmail.as_deref().map(PathBuf::from);
+            if !notify.email_to.is_empty() {
+                if notify.email_from.is_none() {
+                    return Err(ConfigError::file(
+                        path,
+                        "[notify] email_to needs email_from (the sender address)",
+                    ));
+                }
+                if notify.smtp.is_none() && notify.sendmail.is_none() {
+                    notify.sendmail = Some(PathBuf::from("/usr/sbin/sendmail"));
+                }
+            }
+        }
         Ok(Config {
             path: path.to_path_buf(),
             state: resolve(raw.state.as_deref().unwrap_or("state.db")),
             jobs_dir: resolve(raw.jobs_dir.as_deref().unwrap_or("jobs")),
             backend,
+            metrics,
+            notify,
         })
     }
 }

@@ -10,8 +10,8 @@
 use futures::StreamExt;
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
@@ -43,6 +43,16 @@ pub struct RunOptions {
     pub removals_only: bool,
     /// Name of the default collection (removed users' own contacts go there).
     pub default_group: String,
+    /// Set by the daemon on shutdown: the destination in progress finishes, no other starts.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl RunOptions {
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::SeqCst))
+    }
 }
 
 /// Job-level failures: nothing was written to any destination.
@@ -100,6 +110,8 @@ pub enum Outcome {
     Stopped,
     /// The job could not run at all (source missing, …).
     Error,
+    /// Shutdown came during the run: the destination in progress finished, the rest did not run.
+    Interrupted,
 }
 
 impl Outcome {
@@ -109,6 +121,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Stopped => "stopped",
             Outcome::Error => "error",
+            Outcome::Interrupted => "interrupted",
         }
     }
 }
@@ -150,7 +163,7 @@ impl JobReport {
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Outcome::Ok => 0,
-            Outcome::Failed | Outcome::Error => 1,
+            Outcome::Failed | Outcome::Error | Outcome::Interrupted => 1,
             Outcome::Stopped => 3,
         }
     }
@@ -191,6 +204,7 @@ pub async fn run_job<B: Backend>(
             }
         }
     }
+    let calls_before = backend.call_counts();
     if let Err(e) = run_inner(backend, store, job, opts, &mut report).await {
         report.outcome = Outcome::Error;
         report.message = Some(e.to_string());
@@ -210,6 +224,19 @@ pub async fn run_job<B: Backend>(
         .count() as i64;
     if report.outcome == Outcome::Ok && report.counts.failed > 0 {
         report.outcome = Outcome::Failed;
+    }
+    if let (Some(run_id), Some(before), Some(after)) =
+        (report.run_id, calls_before, backend.call_counts())
+    {
+        let calls = after.since(&before);
+        let nonzero: Vec<(&str, u64)> = calls
+            .by_method()
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        if let Err(e) = lock(store).record_calls(run_id, &nonzero) {
+            tracing::warn!(job = %job.spec.name, "could not record provider calls: {e}");
+        }
     }
     if let Some(run_id) = report.run_id
         && let Err(e) = lock(store).finish_run(
@@ -395,6 +422,18 @@ async fn run_inner<B: Backend>(
             .unwrap_or(usize::MAX)
     };
     report.destinations.sort_by_key(|d| order(&d.user));
+    if opts.cancelled() {
+        let skipped = report
+            .destinations
+            .iter()
+            .filter(|d| d.stopped.is_some())
+            .count();
+        report.outcome = Outcome::Interrupted;
+        report.message = Some(format!(
+            "interrupted by shutdown: {skipped} destinations not run; they run next time"
+        ));
+        return Ok(());
+    }
     if stopped.load(Ordering::SeqCst) {
         report.outcome = Outcome::Stopped;
         report.message = report
@@ -493,6 +532,10 @@ async fn process_destination<B: Backend>(
         error: None,
         stopped: None,
     };
+    if opts.cancelled() {
+        report.stopped = Some("not run: groupsync is shutting down".into());
+        return report;
+    }
     match &mode {
         Mode::Active { stopped, .. } if stopped.load(Ordering::SeqCst) => {
             report.stopped = Some("not run: the job was stopped by a safety limit".into());

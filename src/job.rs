@@ -12,6 +12,7 @@ use crate::card::{ContactFilter, FieldSelection};
 use crate::config::ConfigError;
 use crate::engine::JobRun;
 use crate::plan::{JobSpec, Limits, is_tag};
+use crate::schedule::Schedule;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -31,6 +32,7 @@ struct RawJob {
     limits: Option<RawLimits>,
     schedule: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
 }
 
 fn yes() -> bool {
@@ -71,6 +73,7 @@ pub struct Job {
     pub limits: Limits,
     pub schedule: Option<String>,
     pub timezone: Option<String>,
+    pub window: Option<String>,
 }
 
 impl Job {
@@ -82,6 +85,16 @@ impl Job {
             .filter(|d| !ex.contains(d.as_str()))
             .cloned()
             .collect()
+    }
+
+    /// When `groupsync serve` runs this job (checked when the file was parsed).
+    pub fn schedule(&self) -> Schedule {
+        Schedule::new(
+            self.schedule.as_deref(),
+            self.timezone.as_deref(),
+            self.window.as_deref(),
+        )
+        .expect("checked at parse time")
     }
 
     /// What the engine needs to run this job.
@@ -223,28 +236,23 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, ConfigError> {
             Some(out)
         }
     };
-    if let Some(s) = &raw.schedule {
-        let n = s.get_ref().split_whitespace().count();
-        if n != 5 && n != 6 {
-            return Err(at(
-                &s.span(),
-                format!(
-                    "schedule {:?} has {n} fields; cron needs 5 (minute hour day month weekday) or 6 (with seconds first)",
-                    s.get_ref()
-                ),
-            ));
-        }
-    }
-    if let Some(tz) = &raw.timezone
-        && (tz.get_ref().is_empty() || tz.get_ref().contains(char::is_whitespace))
-    {
-        return Err(at(
-            &tz.span(),
-            format!(
-                "timezone {:?} is not an IANA name such as \"Europe/Paris\" or \"UTC\"",
-                tz.get_ref()
-            ),
-        ));
+    // Schedule, time zone and window are checked together; the error points at the key at fault.
+    if let Err(m) = Schedule::new(
+        raw.schedule.as_ref().map(|s| s.get_ref().as_str()),
+        raw.timezone.as_ref().map(|s| s.get_ref().as_str()),
+        raw.window.as_ref().map(|s| s.get_ref().as_str()),
+    ) {
+        let span = if m.starts_with("timezone") {
+            raw.timezone.as_ref().map(|s| s.span())
+        } else if m.starts_with("window") {
+            raw.window.as_ref().map(|s| s.span())
+        } else {
+            raw.schedule.as_ref().map(|s| s.span())
+        };
+        return Err(match span {
+            Some(sp) => at(&sp, m),
+            None => ConfigError::file(path, m),
+        });
     }
     Ok(Job {
         name,
@@ -269,6 +277,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, ConfigError> {
         limits,
         schedule: raw.schedule.map(Spanned::into_inner),
         timezone: raw.timezone.map(Spanned::into_inner),
+        window: raw.window.map(Spanned::into_inner),
     })
 }
 

@@ -41,6 +41,42 @@ pub struct CallCounts {
 }
 
 impl CallCounts {
+    /// (method, count) pairs, for the state database and metrics.
+    pub fn by_method(&self) -> [(&'static str, u64); 11] {
+        [
+            ("resolve_user", self.resolve_user),
+            ("find_group", self.find_group),
+            ("create_group", self.create_group),
+            ("delete_group", self.delete_group),
+            ("scan_group", self.scan_group),
+            ("contacts_read", self.contacts_read),
+            ("fetch_contacts", self.fetch_contacts),
+            ("create_contact", self.create_contact),
+            ("update_contact", self.update_contact),
+            ("delete_contact", self.delete_contact),
+            ("move_to_default", self.move_to_default),
+        ]
+    }
+
+    /// Counts since `earlier`.
+    pub fn since(&self, earlier: &CallCounts) -> CallCounts {
+        let (a, b) = (self.by_method(), earlier.by_method());
+        let d = |i: usize| a[i].1.saturating_sub(b[i].1);
+        CallCounts {
+            resolve_user: d(0),
+            find_group: d(1),
+            create_group: d(2),
+            delete_group: d(3),
+            scan_group: d(4),
+            contacts_read: d(5),
+            fetch_contacts: d(6),
+            create_contact: d(7),
+            update_contact: d(8),
+            delete_contact: d(9),
+            move_to_default: d(10),
+        }
+    }
+
     /// Calls that change something at the provider.
     pub fn writes(&self) -> u64 {
         self.create_group
@@ -98,6 +134,10 @@ fn bump(a: &AtomicU64) {
 impl<B: Backend> Backend for Counting<B> {
     fn kind(&self) -> &'static str {
         self.inner.kind()
+    }
+
+    fn call_counts(&self) -> Option<CallCounts> {
+        Some(self.counts())
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {

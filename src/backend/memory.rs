@@ -42,6 +42,8 @@ pub struct MemoryBackend {
     next_id: AtomicU64,
     writes: AtomicU64,
     faults: Mutex<Faults>,
+    /// Added to every group scan (tokio time: tests run it paused).
+    latency: Mutex<std::time::Duration>,
 }
 
 impl MemoryBackend {
@@ -73,6 +75,11 @@ impl MemoryBackend {
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.lock().unwrap() = faults;
         self.writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes every group scan take this long (tokio time), like a slow provider.
+    pub fn set_latency(&self, d: std::time::Duration) {
+        *self.latency.lock().unwrap() = d;
     }
 
     /// Number of writes since the last `set_faults`.
@@ -295,6 +302,10 @@ impl Backend for MemoryBackend {
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<()> {
         self.check_read()?;
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
         let contacts: Vec<Contact> = self.with_group(user, group, |g| {
             Ok(g.contacts
                 .iter()

@@ -93,6 +93,11 @@ pub trait Backend: Send + Sync {
     /// Short name of the provider kind ("vdir", "memory", …) for logs and reports.
     fn kind(&self) -> &'static str;
 
+    /// Calls made so far, by method, when the backend counts them (see `counting::Counting`).
+    fn call_counts(&self) -> Option<counting::CallCounts> {
+        None
+    }
+
     /// Looks a user up by the name used in job files. `Ok(None)` means no such user.
     fn resolve_user(&self, name: &str) -> impl Future<Output = Result<Option<User>>> + Send;
 

@@ -13,6 +13,7 @@ mod log;
 mod output;
 mod restore;
 mod run;
+mod serve;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -21,10 +22,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::backend::counting::Counting;
 use crate::backend::vdir::{DEFAULT_COLLECTION, VdirBackend};
 use crate::config::{BackendConfig, Config, ConfigError, config_path};
-use crate::engine::RunOptions;
+use crate::engine::{JobReport, RunOptions};
 use crate::lock::{self, StateLock};
+use crate::notify::Notifier;
+use crate::serve::AfterRun;
 use crate::store::Store;
 
 /// Exit codes (fixed: scripts and systemd units rely on them).
@@ -100,6 +104,11 @@ pub enum Command {
     Restore(restore::RestoreArgs),
     /// Check the configuration, every job file, and that users and groups exist
     Check,
+    /// Run as a daemon: every enabled job on its schedule, until SIGTERM
+    ///
+    /// Job files are re-read every minute; a run missed while the daemon was down runs once at
+    /// start; a job's `window` delays its runs; `[metrics] listen` serves /metrics.
+    Serve,
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
     /// Print the man page (roff)
@@ -130,6 +139,15 @@ impl Ctx {
         Ok(lock::acquire(&self.config.state, self.lock_wait)?)
     }
 
+    /// What follows every run: the metrics textfile and notifications.
+    pub fn hooks(&self) -> Hooks {
+        Hooks {
+            textfile: self.config.metrics.textfile.clone(),
+            state: self.config.state.clone(),
+            notifier: Notifier::new(&self.config.notify),
+        }
+    }
+
     pub fn run_options(&self) -> RunOptions {
         let concurrency = match &self.config.backend {
             BackendConfig::Vdir { concurrency, .. } => *concurrency,
@@ -139,6 +157,34 @@ impl Ctx {
             default_group: DEFAULT_COLLECTION.to_string(),
             ..Default::default()
         }
+    }
+}
+
+/// After-run work shared by `run`, the `job` commands and `serve`.
+pub struct Hooks {
+    textfile: Option<PathBuf>,
+    state: PathBuf,
+    notifier: Option<Notifier>,
+}
+
+impl AfterRun for Hooks {
+    fn after_run<'a>(&'a self, report: &'a JobReport) -> futures::future::BoxFuture<'a, ()> {
+        Box::pin(async move {
+            if let Some(path) = &self.textfile {
+                let written = Store::open(&self.state)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| crate::metrics::render(&s).map_err(|e| e.to_string()))
+                    .and_then(|text| {
+                        crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())
+                    });
+                if let Err(e) = written {
+                    tracing::warn!("metrics textfile {}: {e}", path.display());
+                }
+            }
+            if let Some(n) = &self.notifier {
+                n.notify(report).await;
+            }
+        })
     }
 }
 
@@ -162,7 +208,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     match ctx.config.backend.clone() {
         BackendConfig::Vdir { root, .. } => {
             check_root(&root, &ctx.config.path)?;
-            dispatch(&ctx, &VdirBackend::new(root), &cli.command, &mut out).await
+            dispatch(
+                &ctx,
+                &Counting::new(VdirBackend::new(root)),
+                &cli.command,
+                &mut out,
+            )
+            .await
         }
     }
 }
@@ -193,6 +245,7 @@ async fn dispatch<B: Backend>(
         Command::Log(a) => log::log(ctx, a, out),
         Command::Restore(a) => restore::restore(ctx, backend, a, out).await,
         Command::Check => check::check(ctx, backend, out).await,
+        Command::Serve => serve::serve(ctx, backend).await,
         Command::Completions(_) | Command::Man => {
             unreachable!("handled before loading the configuration")
         }

@@ -139,6 +139,7 @@ pub fn print_report(r: &JobReport, job: &Job, out: &mut dyn Write) -> std::io::R
         Outcome::Failed => "some destinations failed",
         Outcome::Stopped => "stopped by a safety limit",
         Outcome::Error => "error",
+        Outcome::Interrupted => "interrupted",
     };
     let mut src = format!(
         "source {}/{:?}: {}",

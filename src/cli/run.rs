@@ -7,6 +7,7 @@ use super::{Ctx, exit, output, usage};
 use crate::backend::Backend;
 use crate::engine::{self, JobReport, RunOptions};
 use crate::job::{self, Job};
+use crate::serve::AfterRun;
 
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
@@ -61,8 +62,12 @@ pub async fn run_jobs<B: Backend>(
 ) -> anyhow::Result<u8> {
     let mut code = exit::OK;
     let mut reports = vec![];
+    let hooks = ctx.hooks();
     for j in jobs {
         let report = engine::run_job(backend, &ctx.store, &j.to_run(), opts).await;
+        if !opts.dry_run {
+            hooks.after_run(&report).await;
+        }
         code = worst(code, report.exit_code());
         if !ctx.json {
             output::print_report(&report, j, out)?;
@@ -163,6 +168,9 @@ pub async fn run_one<B: Backend>(
     out: &mut dyn Write,
 ) -> anyhow::Result<(u8, JobReport)> {
     let report = engine::run_job(backend, &ctx.store, &job.to_run(), opts).await;
+    if !opts.dry_run {
+        ctx.hooks().after_run(&report).await;
+    }
     if ctx.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;

@@ -1,0 +1,193 @@
+//! Prometheus metrics in the text exposition format (version 0.0.4), computed from the state
+//! database so that counters only ever grow and survive restarts: runs by job and outcome,
+//! failed destinations, contacts created/updated/deleted/moved, provider calls by method, and the
+//! time of the last successful run of each job.
+//!
+//! Written as a node_exporter textfile after each run (atomically: temporary file + rename), and
+//! served over HTTP by `groupsync serve` when `[metrics] listen` is set. The HTTP side answers
+//! `GET /metrics` and nothing else; it is a few lines on tokio's TcpListener, because one
+//! read-only endpoint does not justify an HTTP server framework in the binary.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::store::{Store, StoreError};
+
+fn esc(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics text for everything the state database holds.
+pub fn render(store: &Store) -> Result<String, StoreError> {
+    let totals = store.run_totals()?;
+    let calls = store.call_totals()?;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "# HELP groupsync_runs_total Runs of each job, by outcome (ok, failed, stopped, error, interrupted)."
+    );
+    let _ = writeln!(s, "# TYPE groupsync_runs_total counter");
+    for t in &totals {
+        let _ = writeln!(
+            s,
+            "groupsync_runs_total{{job=\"{}\",outcome=\"{}\"}} {}",
+            esc(&t.job),
+            esc(&t.outcome),
+            t.runs
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP groupsync_destination_failures_total Destinations that failed in a run, by job."
+    );
+    let _ = writeln!(s, "# TYPE groupsync_destination_failures_total counter");
+    let mut jobs: std::collections::BTreeMap<&str, [i64; 5]> = Default::default();
+    for t in &totals {
+        let e = jobs.entry(t.job.as_str()).or_default();
+        e[0] += t.failed;
+        e[1] += t.created;
+        e[2] += t.updated;
+        e[3] += t.deleted;
+        e[4] += t.moved;
+    }
+    for (job, v) in &jobs {
+        let _ = writeln!(
+            s,
+            "groupsync_destination_failures_total{{job=\"{}\"}} {}",
+            esc(job),
+            v[0]
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP groupsync_contacts_changed_total Contacts changed at destinations, by job and action."
+    );
+    let _ = writeln!(s, "# TYPE groupsync_contacts_changed_total counter");
+    for (job, v) in &jobs {
+        for (i, action) in ["created", "updated", "deleted", "moved"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                s,
+                "groupsync_contacts_changed_total{{job=\"{}\",action=\"{action}\"}} {}",
+                esc(job),
+                v[i + 1]
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "# HELP groupsync_api_calls_total Provider calls, by method."
+    );
+    let _ = writeln!(s, "# TYPE groupsync_api_calls_total counter");
+    for (method, n) in &calls {
+        let _ = writeln!(
+            s,
+            "groupsync_api_calls_total{{method=\"{}\"}} {n}",
+            esc(method)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "# HELP groupsync_last_success_timestamp_seconds Unix time of the end of the last successful run, by job."
+    );
+    let _ = writeln!(s, "# TYPE groupsync_last_success_timestamp_seconds gauge");
+    let mut last: std::collections::BTreeMap<&str, i64> = Default::default();
+    for t in &totals {
+        if let Some(ts) = t
+            .last_finished_at
+            .as_deref()
+            .and_then(|x| chrono::DateTime::parse_from_rfc3339(x).ok())
+        {
+            let e = last.entry(t.job.as_str()).or_default();
+            *e = (*e).max(ts.timestamp());
+        }
+    }
+    for (job, ts) in &last {
+        let _ = writeln!(
+            s,
+            "groupsync_last_success_timestamp_seconds{{job=\"{}\"}} {ts}",
+            esc(job)
+        );
+    }
+    Ok(s)
+}
+
+/// Writes the textfile atomically, so node_exporter never reads half a file.
+pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("groupsync.prom"),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped, reading a fresh state
+/// connection for each scrape.
+pub async fn serve_http(listener: tokio::net::TcpListener, state: PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut n = 0;
+            // Read the request head (up to the blank line), bounded.
+            while n < buf.len() {
+                match tokio::time::timeout(
+                    std::time::Duration::from_secs(5),
+                    sock.read(&mut buf[n..]),
+                )
+                .await
+                {
+                    Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+                    Ok(Ok(k)) => {
+                        n += k;
+                        if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                            break;
+                        }
+                    }
+                }
+            }
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let line = head.lines().next().unwrap_or("");
+            let (status, body, ctype) = if line.starts_with("GET /metrics ")
+                || line == "GET /metrics"
+            {
+                match tokio::task::spawn_blocking(move || {
+                    Store::open(&state).and_then(|s| render(&s))
+                })
+                .await
+                {
+                    Ok(Ok(text)) => ("200 OK", text, "text/plain; version=0.0.4; charset=utf-8"),
+                    _ => (
+                        "500 Internal Server Error",
+                        "state database unavailable\n".to_string(),
+                        "text/plain",
+                    ),
+                }
+            } else {
+                ("404 Not Found", "try /metrics\n".to_string(), "text/plain")
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = sock.write_all(resp.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
