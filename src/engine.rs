@@ -12,6 +12,7 @@ use serde::Serialize;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
@@ -45,6 +46,18 @@ pub struct RunOptions {
     pub default_group: String,
     /// Set by the daemon on shutdown: the destination in progress finishes, no other starts.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Called as each destination finishes (the CLI's progress bar).
+    pub progress: Option<Progress>,
+}
+
+/// A callback for each finished destination.
+#[derive(Clone)]
+pub struct Progress(pub Arc<dyn Fn(&DestReport) + Send + Sync>);
+
+impl std::fmt::Debug for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Progress")
+    }
 }
 
 impl RunOptions {
@@ -205,7 +218,11 @@ pub async fn run_job<B: Backend>(
         }
     }
     let calls_before = backend.call_counts();
-    if let Err(e) = run_inner(backend, store, job, opts, &mut report).await {
+    let span = tracing::info_span!("run", job = %job.spec.name);
+    if let Err(e) = run_inner(backend, store, job, opts, &mut report)
+        .instrument(span)
+        .await
+    {
         report.outcome = Outcome::Error;
         report.message = Some(e.to_string());
     }
@@ -294,19 +311,20 @@ async fn run_inner<B: Backend>(
             continue;
         }
         active_names.insert(name);
-        match backend.resolve_user(name).await {
-            Ok(Some(u)) => active.push(u),
-            Ok(None) => report.destinations.push(failed_dest(
+        let failed = match backend.resolve_user(name).await {
+            Ok(Some(u)) => {
+                active.push(u);
+                continue;
+            }
+            Ok(None) => failed_dest(
                 name,
                 false,
                 format!("invalid destination user: {name} (no such user)"),
-            )),
-            Err(e) => report.destinations.push(failed_dest(
-                name,
-                false,
-                format!("looking up {name}: {e}"),
-            )),
-        }
+            ),
+            Err(e) => failed_dest(name, false, format!("looking up {name}: {e}")),
+        };
+        report_progress(opts, &failed);
+        report.destinations.push(failed);
     }
     let active_ids: BTreeSet<String> = active.iter().map(|u| u.id.clone()).collect();
     let removed: Vec<(User, String)> = lock(store)
@@ -409,8 +427,10 @@ async fn run_inner<B: Backend>(
                     stopped: &stopped,
                 },
             )
+            .instrument(tracing::info_span!("dest", dest = %user.name))
         })
         .buffered(concurrency)
+        .inspect(|r| report_progress(opts, r))
         .collect()
         .await;
     report.destinations.extend(results);
@@ -456,10 +476,28 @@ async fn run_inner<B: Backend>(
             run_id,
             Mode::Removal,
         )
+        .instrument(tracing::info_span!("dest", dest = %user.name, removal = true))
         .await;
+        report_progress(opts, &r);
         report.destinations.push(r);
     }
     Ok(())
+}
+
+/// Logs a finished destination and tells the progress callback.
+fn report_progress(opts: &RunOptions, r: &DestReport) {
+    let a = r.applied;
+    match (&r.error, &r.stopped) {
+        (Some(e), _) => tracing::warn!(dest = %r.user, "destination failed: {e}"),
+        (None, Some(s)) => tracing::warn!(dest = %r.user, "destination not synced: {s}"),
+        (None, None) if !opts.dry_run => {
+            tracing::info!(dest = %r.user, created = a.created, updated = a.updated, deleted = a.deleted, moved = a.moved, "destination synced")
+        }
+        _ => {}
+    }
+    if let Some(p) = &opts.progress {
+        (p.0)(r);
+    }
 }
 
 fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {

@@ -3,8 +3,11 @@
 //! configuration error, 3 stopped by a safety limit). A closed stdout exits 0.
 
 use clap::Parser;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use groupsync::cli::{self, Cli};
 
@@ -26,13 +29,7 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    let filter =
-        EnvFilter::try_from_env("GROUPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    init_logging(default, cli.log_json);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -52,5 +49,38 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(cli::exit_code_for(&e))
         }
+    }
+}
+
+/// Logs go to journald when systemd started us (JOURNAL_STREAM is set), as JSON lines on stderr
+/// with `--log-json`, else as text on stderr (coloured only on a terminal). `GROUPSYNC_LOG`
+/// overrides the level (e.g. `GROUPSYNC_LOG=debug`).
+fn init_logging(default: &str, json: bool) {
+    let filter =
+        || EnvFilter::try_from_env("GROUPSYNC_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    if !json
+        && std::env::var_os("JOURNAL_STREAM").is_some()
+        && let Ok(journald) = tracing_journald::layer()
+    {
+        tracing_subscriber::registry()
+            .with(filter())
+            .with(journald.with_syslog_identifier("groupsync".into()))
+            .init();
+        return;
+    }
+    if json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_current_span(true)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::stderr().is_terminal())
+            .init();
     }
 }

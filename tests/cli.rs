@@ -749,3 +749,37 @@ fn log_shows_each_change_with_fields_and_digests() {
     let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn log_json_lines_carry_job_and_destination() {
+    let t = Tree::new(2);
+    t.write_job("team", &["bob", "ghost"], "");
+    let out = t
+        .cmd()
+        .args(["--log-json", "-v", "run"])
+        .assert()
+        .code(1)
+        .get_output()
+        .stderr
+        .clone();
+    let text = String::from_utf8(out).unwrap();
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let dest_events: Vec<_> = events
+        .iter()
+        .filter(|e| e["fields"]["dest"].is_string())
+        .collect();
+    assert!(dest_events.len() >= 2, "{text}");
+    for e in dest_events {
+        assert_eq!(e["span"]["job"], "team", "{e}");
+    }
+    assert!(
+        events
+            .iter()
+            .any(|e| e["fields"]["dest"] == "ghost" && e["level"] == "WARN"),
+        "{text}"
+    );
+}

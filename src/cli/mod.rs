@@ -69,6 +69,14 @@ pub struct Cli {
     #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// Logs as JSON lines on stderr (default: text, or journald under systemd)
+    #[arg(long, global = true)]
+    pub log_json: bool,
+
+    /// No progress bar (it is only ever shown on a terminal)
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+
     /// Seconds to wait for another groupsync process working on the same state
     #[arg(
         long,
@@ -129,6 +137,8 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
 pub struct Ctx {
     pub config: Config,
     pub json: bool,
+    /// Show a progress bar for runs (on a terminal only, never with --json).
+    pub progress: bool,
     pub lock_wait: Duration,
     pub store: Mutex<Store>,
 }
@@ -199,8 +209,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let path = config_path(cli.config.as_deref());
     let config = Config::load(&path)?;
     let store = Store::open(&config.state)?;
+    let progress =
+        !cli.no_progress && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let ctx = Ctx {
         json: cli.json,
+        progress,
         lock_wait: Duration::from_secs(cli.lock_wait),
         store: Mutex::new(store),
         config,

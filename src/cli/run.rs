@@ -64,7 +64,15 @@ pub async fn run_jobs<B: Backend>(
     let mut reports = vec![];
     let hooks = ctx.hooks();
     for j in jobs {
+        let bar = progress_bar(ctx, j);
+        let opts = &RunOptions {
+            progress: bar.as_ref().map(|b| tick(b.clone())),
+            ..opts.clone()
+        };
         let report = engine::run_job(backend, &ctx.store, &j.to_run(), opts).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
         if !opts.dry_run {
             hooks.after_run(&report).await;
         }
@@ -92,6 +100,26 @@ pub async fn run_jobs<B: Backend>(
         }
     }
     Ok(code)
+}
+
+/// A bar on stderr for a job's destinations, only on a terminal and only for real work.
+fn progress_bar(ctx: &Ctx, job: &Job) -> Option<indicatif::ProgressBar> {
+    let n = job.effective_destinations().len() as u64;
+    if !ctx.progress || n < 2 {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(n);
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} destinations ({eta})")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(job.name.clone());
+    Some(bar)
+}
+
+fn tick(bar: indicatif::ProgressBar) -> engine::Progress {
+    engine::Progress(std::sync::Arc::new(move |_| bar.inc(1)))
 }
 
 /// Combines exit codes: a safety stop (3) outranks a failure (1), which outranks success.
