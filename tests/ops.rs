@@ -293,3 +293,18 @@ fn bad_notify_and_metrics_settings_are_named() {
         .code(2)
         .stderr(predicates::str::contains("email_to needs email_from"));
 }
+
+#[test]
+fn the_packaged_config_is_valid() {
+    let text = include_str!("../packaging/groupsync.toml");
+    let c = groupsync::config::Config::parse(
+        std::path::Path::new("/etc/groupsync/groupsync.toml"),
+        text,
+    )
+    .unwrap();
+    assert_eq!(
+        c.state,
+        std::path::PathBuf::from("/var/lib/groupsync/state.db")
+    );
+    assert_eq!(c.jobs_dir, std::path::PathBuf::from("/etc/groupsync/jobs"));
+}

@@ -24,6 +24,18 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
             .into_iter()
             .find(|r| r.outcome == "ok");
         let dests = store.destinations(&j.name)?;
+        // When `groupsync serve` runs the job next: from its last run and its schedule.
+        let last_start = match store.schedule_get(&j.name)? {
+            (Some(t), _) => Some(t),
+            _ => last.as_ref().map(|r| r.started_at.clone()),
+        };
+        let last_start = last_start
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        let sched = j.schedule();
+        let next = sched
+            .due(last_start, chrono::Utc::now())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let active = j.effective_destinations();
         let never: Vec<&String> = active
             .iter()
@@ -36,6 +48,9 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
                 "enabled": j.enabled,
                 "last_run": last,
                 "last_success_at": last_ok.as_ref().and_then(|r| r.finished_at.clone()),
+                "next_run_at": next,
+                "schedule": sched.pattern,
+                "timezone": sched.tz.name(),
                 "destinations": dests.iter().map(|d| serde_json::json!({
                     "user": d.user,
                     "copies": d.copies,
@@ -69,6 +84,14 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
         }
         if let Some(m) = last.as_ref().and_then(|r| r.message.as_ref()) {
             writeln!(out, "  {m}")?;
+        }
+        if j.enabled {
+            writeln!(
+                out,
+                "  next run (groupsync serve): {next} ({} {})",
+                sched.pattern,
+                sched.tz.name()
+            )?;
         }
         for d in &dests {
             let pending = if active.contains(&d.user) {
