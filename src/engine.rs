@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
-use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, Op, Plan, SourceSet};
+use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, LedgerCopy, Op, Plan, SourceSet};
 use crate::store::{Change, Counts, Store, StoreError};
 
 /// A job as the engine runs it.
@@ -732,13 +732,8 @@ async fn apply_ops<B: Backend>(
         ..Default::default()
     };
     let log = |c: Change<'_>| lock(store).log_change(&c);
-    let mut final_ledger: Vec<(String, String, String)> = vec![];
-    if let Some(src) = source {
-        // Copies that need no change, and copies held because their source is unreadable.
-        for e in &plan_keepers(plan, src) {
-            final_ledger.push(e.clone());
-        }
-    }
+    // Copies that need no change, and copies held because their source is unreadable.
+    let mut final_ledger: Vec<(String, LedgerCopy)> = plan.kept.clone();
     for op in &plan.ops {
         let group_ref = || {
             group.clone().ok_or_else(|| {
@@ -776,8 +771,16 @@ async fn apply_ops<B: Backend>(
                     ApplyError::Other(format!("source contact {source_id} is gone"))
                 })?;
                 let g = group_ref()?;
-                let id = backend.create_contact(user, &g, &item.copy).await?;
-                lock(store).record_copy(&spec.name, &user.id, source_id, &id, &item.digest)?;
+                let written = backend.create_contact(user, &g, &item.copy).await?;
+                let id = written.id;
+                lock(store).record_copy(
+                    &spec.name,
+                    &user.id,
+                    source_id,
+                    &id,
+                    &item.digest,
+                    &written.etag,
+                )?;
                 log(Change {
                     action: if *recreate { "recreate" } else { "create" },
                     source_id: Some(source_id),
@@ -786,7 +789,14 @@ async fn apply_ops<B: Backend>(
                     after: Some(&item.digest),
                     ..base.clone()
                 })?;
-                final_ledger.push((source_id.clone(), id, item.digest.clone()));
+                final_ledger.push((
+                    source_id.clone(),
+                    LedgerCopy {
+                        contact_id: id,
+                        digest: item.digest.clone(),
+                        etag: written.etag,
+                    },
+                ));
                 applied.created += 1;
             }
             Op::Update {
@@ -801,7 +811,7 @@ async fn apply_ops<B: Backend>(
                     ApplyError::Other(format!("source contact {source_id} is gone"))
                 })?;
                 let g = group_ref()?;
-                backend
+                let new_etag = backend
                     .update_contact(user, &g, contact_id, etag, &item.copy, &spec.fields)
                     .await?;
                 let fields = fields.join(",");
@@ -815,7 +825,14 @@ async fn apply_ops<B: Backend>(
                     after: Some(&item.digest),
                     ..base.clone()
                 })?;
-                final_ledger.push((source_id.clone(), contact_id.clone(), item.digest.clone()));
+                final_ledger.push((
+                    source_id.clone(),
+                    LedgerCopy {
+                        contact_id: contact_id.clone(),
+                        digest: item.digest.clone(),
+                        etag: new_etag,
+                    },
+                ));
                 applied.updated += 1;
             }
             Op::Delete {
@@ -901,22 +918,4 @@ async fn apply_ops<B: Backend>(
         lock(store).replace_ledger(&spec.name, &user.id, &final_ledger)?;
     }
     Ok(())
-}
-
-/// The (source id, contact id, digest) of copies the plan keeps as they are.
-fn plan_keepers(plan: &Plan, source: &SourceSet) -> Vec<(String, String, String)> {
-    plan.kept
-        .iter()
-        .map(|(s, c)| {
-            (
-                s.clone(),
-                c.clone(),
-                source
-                    .items
-                    .get(s)
-                    .map(|i| i.digest.clone())
-                    .unwrap_or_default(),
-            )
-        })
-        .collect()
 }

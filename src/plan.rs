@@ -9,7 +9,7 @@
 
 use calcard::vcard::VCard;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use crate::backend::{GroupRef, User};
 use crate::card::{self, ContactFilter, FieldSelection};
@@ -164,11 +164,33 @@ pub struct DestSnapshot {
     pub entries: Vec<DestEntry>,
 }
 
-/// What the state database remembers of one destination.
+/// What the state database remembers of one copy: its id, the source digest it was written
+/// from, and the etag the provider gave back for that write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LedgerCopy {
+    pub contact_id: String,
+    pub digest: String,
+    pub etag: String,
+}
+
+/// What the state database remembers of one destination: source id → copy.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerView {
-    /// Source ids this destination held copies of after the last run.
-    pub copies: BTreeSet<String>,
+    pub copies: BTreeMap<String, LedgerCopy>,
+}
+
+impl LedgerView {
+    /// True if `entry` is exactly what this job last wrote for `item`: same contact, same etag
+    /// (nobody changed it since), written from the same source content. Such a copy is in sync
+    /// even when the provider stores it in its own form (reordered, normalised).
+    fn written_as(&self, item: &SourceItem, entry: &DestEntry) -> bool {
+        self.copies.get(&item.id).is_some_and(|l| {
+            l.contact_id == entry.id
+                && l.etag == entry.etag
+                && !l.etag.is_empty()
+                && l.digest == item.digest
+        })
+    }
 }
 
 /// Why a copy is deleted.
@@ -258,9 +280,9 @@ pub struct Plan {
     pub held: usize,
     /// Set when the plan deletes more than the job's limit allows.
     pub limit_exceeded: Option<String>,
-    /// (source id, contact id) of the copies kept as they are (for the ledger).
+    /// The copies kept as they are, by source id (for the ledger).
     #[serde(skip)]
-    pub kept: Vec<(String, String)>,
+    pub kept: Vec<(String, LedgerCopy)>,
 }
 
 impl Plan {
@@ -326,8 +348,20 @@ pub fn plan_destination(
     for (sid, copies) in &by_source {
         if source.unreadable.contains_key(*sid) {
             plan.held += copies.len();
-            plan.kept
-                .extend(copies.iter().map(|c| (sid.to_string(), c.id.clone())));
+            plan.kept.extend(copies.iter().map(|c| {
+                let remembered = ledger
+                    .copies
+                    .get(*sid)
+                    .filter(|l| l.contact_id == c.id)
+                    .cloned();
+                (
+                    sid.to_string(),
+                    remembered.unwrap_or_else(|| LedgerCopy {
+                        contact_id: c.id.clone(),
+                        ..Default::default()
+                    }),
+                )
+            }));
             continue;
         }
         match source.items.get(*sid) {
@@ -337,17 +371,30 @@ pub fn plan_destination(
                 }
             }
             Some(item) => {
+                // A copy is in sync if it has the source's content, or is exactly what this job
+                // last wrote from this content (the provider may store it in its own form).
+                let in_sync = |c: &DestEntry| {
+                    matches!(&c.kind, DestKind::Copy { digest, .. } if *digest == item.digest)
+                        || ledger.written_as(item, c)
+                };
                 let keeper = copies
                     .iter()
-                    .min_by_key(|c| (!matches!(&c.kind, DestKind::Copy { digest, .. } if *digest == item.digest), c.id.as_str()))
+                    .min_by_key(|c| (!in_sync(c), c.id.as_str()))
                     .expect("non-empty");
                 for c in copies.iter().filter(|c| c.id != keeper.id) {
                     deletes.push(delete_op(c, DeleteReason::Duplicate));
                 }
                 match &keeper.kind {
-                    DestKind::Copy { digest, .. } if *digest == item.digest => {
+                    DestKind::Copy { .. } if in_sync(keeper) => {
                         plan.unchanged += 1;
-                        plan.kept.push((item.id.clone(), keeper.id.clone()));
+                        plan.kept.push((
+                            item.id.clone(),
+                            LedgerCopy {
+                                contact_id: keeper.id.clone(),
+                                digest: item.digest.clone(),
+                                etag: keeper.etag.clone(),
+                            },
+                        ));
                     }
                     DestKind::Copy { digest, fields, .. } => updates.push(Op::Update {
                         contact_id: keeper.id.clone(),
@@ -369,7 +416,7 @@ pub fn plan_destination(
             plan.ops.push(Op::Create {
                 source_id: sid.clone(),
                 name: item.name.clone(),
-                recreate: ledger.copies.contains(sid),
+                recreate: ledger.copies.contains_key(sid),
             });
         }
     }

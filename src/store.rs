@@ -7,11 +7,11 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::plan::LedgerView;
+use crate::plan::{LedgerCopy, LedgerView};
 
 const MIGRATION_SLICE: &[M] = &[
     M::up(
@@ -103,6 +103,7 @@ const MIGRATION_SLICE: &[M] = &[
         next_run_at TEXT
     );",
     ),
+    M::up("ALTER TABLE copies ADD COLUMN etag TEXT;"),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
@@ -516,10 +517,19 @@ impl Store {
     pub fn ledger(&self, job: &str, user_id: &str) -> Result<LedgerView> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT source_id FROM copies WHERE job = ?1 AND user_id = ?2")
+            .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
             .map_err(self.err())?;
-        let copies: BTreeSet<String> = st
-            .query_map(params![job, user_id], |r| r.get(0))
+        let copies: BTreeMap<String, LedgerCopy> = st
+            .query_map(params![job, user_id], |r| {
+                Ok((
+                    r.get(0)?,
+                    LedgerCopy {
+                        contact_id: r.get(1)?,
+                        digest: r.get(2)?,
+                        etag: r.get(3)?,
+                    },
+                ))
+            })
             .map_err(self.err())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.err())?;
@@ -557,23 +567,24 @@ impl Store {
         source_id: &str,
         contact_id: &str,
         digest: &str,
+        etag: &str,
     ) -> Result<()> {
         self.conn
             .prepare_cached(
-                "INSERT INTO copies (job, user_id, source_id, contact_id, digest) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest",
+                "INSERT INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest, etag = excluded.etag",
             )
-            .and_then(|mut st| st.execute(params![job, user_id, source_id, contact_id, digest]))
+            .and_then(|mut st| st.execute(params![job, user_id, source_id, contact_id, digest, etag]))
             .map_err(self.err())?;
         self.batch_tick(false)
     }
 
-    /// Replaces the ledger of one destination with what it now holds.
+    /// Replaces the ledger of one destination with what it now holds: source id → copy.
     pub fn replace_ledger(
         &mut self,
         job: &str,
         user_id: &str,
-        copies: &[(String, String, String)],
+        copies: &[(String, LedgerCopy)],
     ) -> Result<()> {
         self.batch_end()?;
         let path = self.path.clone();
@@ -588,9 +599,12 @@ impl Store {
         )
         .map_err(e)?;
         {
-            let mut st = tx.prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest) VALUES (?1, ?2, ?3, ?4, ?5)").map_err(e)?;
-            for (s, c, d) in copies {
-                st.execute(params![job, user_id, s, c, d]).map_err(e)?;
+            let mut st = tx
+                .prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
+                .map_err(e)?;
+            for (s, c) in copies {
+                st.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
+                    .map_err(e)?;
             }
         }
         tx.commit().map_err(e)
@@ -892,17 +906,29 @@ mod tests {
     fn ledger_round_trip() {
         let mut s = Store::open_in_memory().unwrap();
         s.remember_job("j", "gSync1").unwrap();
-        s.record_copy("j", "u", "s1", "c1", "d").unwrap();
+        s.record_copy("j", "u", "s1", "c1", "d", "e1").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 1);
-        s.replace_ledger("j", "u", &[("s2".into(), "c2".into(), "d".into())])
-            .unwrap();
+        s.replace_ledger(
+            "j",
+            "u",
+            &[(
+                "s2".into(),
+                LedgerCopy {
+                    contact_id: "c2".into(),
+                    digest: "d".into(),
+                    etag: "e2".into(),
+                },
+            )],
+        )
+        .unwrap();
         assert_eq!(
             s.ledger("j", "u")
                 .unwrap()
                 .copies
                 .into_iter()
+                .map(|(k, v)| (k, v.etag))
                 .collect::<Vec<_>>(),
-            vec!["s2".to_string()]
+            vec![("s2".to_string(), "e2".to_string())]
         );
         s.forget_job("j").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 0);

@@ -5,7 +5,7 @@ use calcard::vcard::VCard;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, Contact, GroupRef, Result, User};
+use super::{Backend, Contact, GroupRef, Result, User, Written};
 use crate::card::FieldSelection;
 
 /// Call counts of a `Counting` backend.
@@ -186,7 +186,7 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.fetch_contacts(user, group, ids).await
     }
 
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<String> {
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
         bump(&self.calls.create_contact);
         self.inner.create_contact(user, group, card).await
     }
@@ -199,7 +199,7 @@ impl<B: Backend> Backend for Counting<B> {
         etag: &str,
         card: &VCard,
         fields: &FieldSelection,
-    ) -> Result<()> {
+    ) -> Result<String> {
         bump(&self.calls.update_contact);
         self.inner
             .update_contact(user, group, id, etag, card, fields)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User};
+use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
 /// Name of every user's default collection.
@@ -42,6 +42,7 @@ pub struct MemoryBackend {
     next_id: AtomicU64,
     writes: AtomicU64,
     faults: Mutex<Faults>,
+    normalize: std::sync::atomic::AtomicBool,
     /// Added to every group scan (tokio time: tests run it paused).
     latency: Mutex<std::time::Duration>,
 }
@@ -75,6 +76,25 @@ impl MemoryBackend {
     pub fn set_faults(&self, faults: Faults) {
         *self.faults.lock().unwrap() = faults;
         self.writes.store(0, Ordering::SeqCst);
+    }
+
+    /// Makes the provider store cards in its own form (properties sorted by name, as some
+    /// servers re-serialise them), so a copy never reads back exactly as it was written.
+    pub fn set_normalize(&self, on: bool) {
+        self.normalize.store(on, Ordering::SeqCst);
+    }
+
+    fn stored_form(&self, mut card: VCard) -> VCard {
+        if self.normalize.load(Ordering::SeqCst) {
+            card.entries.sort_by_key(|e| {
+                if e.name == calcard::vcard::VCardProperty::Version {
+                    String::new()
+                } else {
+                    e.name.as_str().to_ascii_uppercase()
+                }
+            });
+        }
+        card
     }
 
     /// Makes every group scan take this long (tokio time), like a slow provider.
@@ -341,13 +361,14 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<String> {
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
         self.check_write()?;
         let id = self.fresh("c");
         let etag = self.fresh("e");
+        let stored = self.stored_form(card.clone());
         self.with_group(user, group, |g| {
-            g.contacts.insert(id.clone(), (etag, card.clone()));
-            Ok(id)
+            g.contacts.insert(id.clone(), (etag.clone(), stored));
+            Ok(Written { id, etag })
         })
     }
 
@@ -359,7 +380,7 @@ impl Backend for MemoryBackend {
         etag: &str,
         card: &VCard,
         fields: &FieldSelection,
-    ) -> Result<()> {
+    ) -> Result<String> {
         self.check_write()?;
         let new_etag = self.fresh("e");
         self.with_group(user, group, |g| {
@@ -374,9 +395,9 @@ impl Backend for MemoryBackend {
                     what: format!("contact {id}"),
                 });
             }
-            let merged = card::merge_copy(&slot.1, card, fields);
-            *slot = (new_etag, merged);
-            Ok(())
+            let merged = self.stored_form(card::merge_copy(&slot.1, card, fields));
+            *slot = (new_etag.clone(), merged);
+            Ok(new_etag)
         })
     }
 

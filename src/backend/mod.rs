@@ -38,6 +38,13 @@ pub struct Contact {
     pub card: std::result::Result<VCard, String>,
 }
 
+/// A contact as stored by a write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub id: String,
+    pub etag: String,
+}
+
 /// What can go wrong in a backend. Callers branch on it: `Conflict` means re-read and re-plan,
 /// retryable errors are tried again at the next run (or by the HTTP layer's own backoff).
 #[derive(Debug, thiserror::Error)]
@@ -139,15 +146,18 @@ pub trait Backend: Send + Sync {
         ids: &[String],
     ) -> impl Future<Output = Result<Vec<Contact>>> + Send;
 
-    /// Creates a contact in a group and returns its id.
+    /// Creates a contact in a group and returns what was stored: its id and etag. A provider may
+    /// store the card differently from how it was sent (reorder, normalise); the etag is of what
+    /// it stored, so the engine can tell "as we wrote it" from "edited since".
     fn create_contact(
         &self,
         user: &User,
         group: &GroupRef,
         card: &VCard,
-    ) -> impl Future<Output = Result<String>> + Send;
+    ) -> impl Future<Output = Result<Written>> + Send;
 
-    /// Replaces the managed part of a contact (see `card::merge_copy`) if its etag is still `etag`.
+    /// Replaces the managed part of a contact (see `card::merge_copy`) if its etag is still
+    /// `etag`; returns the new etag.
     fn update_contact(
         &self,
         user: &User,
@@ -156,7 +166,7 @@ pub trait Backend: Send + Sync {
         etag: &str,
         card: &VCard,
         fields: &FieldSelection,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<String>> + Send;
 
     /// Deletes a contact if its etag is still `etag`.
     fn delete_contact(

@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User};
+use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
 /// Name of the default collection in every user's folder.
@@ -274,10 +274,15 @@ impl Backend for VdirBackend {
         Ok(out)
     }
 
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<String> {
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
         let dir = self.group_dir(user, group);
-        let tmp = self.write_temp(&dir, card::to_text(card).as_bytes())?;
-        self.link_new(&dir, &stem_for(card), &tmp)
+        let text = card::to_text(card);
+        let tmp = self.write_temp(&dir, text.as_bytes())?;
+        let id = self.link_new(&dir, &stem_for(card), &tmp)?;
+        Ok(Written {
+            id,
+            etag: card::hex_digest(text.as_bytes()),
+        })
     }
 
     async fn update_contact(
@@ -288,7 +293,7 @@ impl Backend for VdirBackend {
         etag: &str,
         card: &VCard,
         fields: &FieldSelection,
-    ) -> Result<()> {
+    ) -> Result<String> {
         let path = self.contact_path(user, group, id)?;
         let existing =
             self.expect_etag(&path, id, etag)?
@@ -298,15 +303,13 @@ impl Backend for VdirBackend {
         let existing = existing
             .card
             .map_err(|e| BackendError::Invalid(format!("{}: {e}", path.display())))?;
-        let merged = card::merge_copy(&existing, card, fields);
-        let tmp = self.write_temp(
-            &self.group_dir(user, group),
-            card::to_text(&merged).as_bytes(),
-        )?;
+        let merged = card::to_text(&card::merge_copy(&existing, card, fields));
+        let tmp = self.write_temp(&self.group_dir(user, group), merged.as_bytes())?;
         fs::rename(&tmp, &path).map_err(|e| {
             let _ = fs::remove_file(&tmp);
             BackendError::io(path.display(), e)
-        })
+        })?;
+        Ok(card::hex_digest(merged.as_bytes()))
     }
 
     async fn delete_contact(

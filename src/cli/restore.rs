@@ -94,7 +94,7 @@ pub async fn restore<B: Backend>(
                 Some(g) => g,
                 None => backend.create_group(&user, &t.group).await?,
             };
-            Ok(backend.create_contact(&user, &group, &c).await?)
+            Ok(backend.create_contact(&user, &group, &c).await?.id)
         }
         .await;
         match result {
