@@ -164,6 +164,40 @@ struct RawBackend {
 pub enum BackendConfig {
     /// A local tree of vCard folders.
     Vdir { root: PathBuf, concurrency: usize },
+    /// A CardDAV server; the password is read from `password_file` (mode 0600) at load time.
+    Carddav {
+        url: String,
+        home: String,
+        username: String,
+        password_file: PathBuf,
+        default_collection: String,
+        concurrency: usize,
+    },
+}
+
+/// Reads a secret file, refusing one that others can read. The secret never enters an error.
+pub fn read_secret(path: &Path, key: &str) -> Result<String, String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{key} {} is readable by group or others (mode {mode:o}); run: chmod 600 {}",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    let _ = meta;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+    let secret = text.trim_end_matches(['\r', '\n']).to_string();
+    if secret.is_empty() {
+        return Err(format!("{key} {} is empty", path.display()));
+    }
+    Ok(secret)
 }
 
 /// The loaded configuration.
@@ -233,13 +267,45 @@ impl Config {
                     concurrency: b.concurrency.unwrap_or(4).max(1),
                 }
             }
-            k @ ("google" | "carddav" | "graph") => {
+            "carddav" => {
+                let need = |v: &Option<String>, key: &str| {
+                    v.clone().ok_or_else(|| {
+                        ConfigError::at(
+                            path,
+                            text,
+                            kind_span.start,
+                            format!("backend kind \"carddav\" needs `{key}`"),
+                        )
+                    })
+                };
+                let url = need(&b.url, "url")?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError::at(
+                        path,
+                        text,
+                        kind_span.start,
+                        format!("backend url {url:?} must start with http:// or https://"),
+                    ));
+                }
+                BackendConfig::Carddav {
+                    url,
+                    home: b.home.clone().unwrap_or_else(|| "/{user}/".into()),
+                    username: need(&b.username, "username")?,
+                    password_file: resolve(&need(&b.password_file, "password_file")?),
+                    default_collection: b
+                        .default_collection
+                        .clone()
+                        .unwrap_or_else(|| "contacts".into()),
+                    concurrency: b.concurrency.unwrap_or(4).max(1),
+                }
+            }
+            k @ ("google" | "graph") => {
                 return Err(ConfigError::at(
                     path,
                     text,
                     kind_span.start,
                     format!(
-                        "backend kind {k:?} is not available in this version yet (available: \"vdir\")"
+                        "backend kind {k:?} is not available in this version yet (available: \"vdir\", \"carddav\")"
                     ),
                 ));
             }

@@ -5,6 +5,7 @@
 //! Every write is conditional on the etag the engine saw when it read the contact, so a contact
 //! that changed under the engine is never overwritten blindly (`BackendError::Conflict`).
 
+pub mod carddav;
 pub mod counting;
 pub mod memory;
 pub mod vdir;

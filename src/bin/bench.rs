@@ -298,7 +298,9 @@ fn peak_rss_kb() -> u64 {
 
 fn run_phase(phase: &str, dir: &Path) -> anyhow::Result<()> {
     let config = Config::load(&dir.join("groupsync.toml"))?;
-    let BackendConfig::Vdir { root, concurrency } = &config.backend;
+    let BackendConfig::Vdir { root, concurrency } = &config.backend else {
+        anyhow::bail!("the benchmark builds a vdir tree; its config must use kind = \"vdir\"");
+    };
     let backend = Counting::new(VdirBackend::new(root));
     let store = Mutex::new(Store::open(&config.state)?);
     let job = groupsync::job::load_named(&config.jobs_dir, "bench")?;

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::Backend;
+use crate::backend::carddav::{CarddavBackend, CarddavConfig};
 use crate::backend::counting::Counting;
 use crate::backend::vdir::{DEFAULT_COLLECTION, VdirBackend};
 use crate::config::{BackendConfig, Config, ConfigError, config_path};
@@ -159,12 +160,19 @@ impl Ctx {
     }
 
     pub fn run_options(&self) -> RunOptions {
-        let concurrency = match &self.config.backend {
-            BackendConfig::Vdir { concurrency, .. } => *concurrency,
+        let (concurrency, default_group) = match &self.config.backend {
+            BackendConfig::Vdir { concurrency, .. } => {
+                (*concurrency, DEFAULT_COLLECTION.to_string())
+            }
+            BackendConfig::Carddav {
+                concurrency,
+                default_collection,
+                ..
+            } => (*concurrency, default_collection.clone()),
         };
         RunOptions {
             concurrency,
-            default_group: DEFAULT_COLLECTION.to_string(),
+            default_group,
             ..Default::default()
         }
     }
@@ -228,6 +236,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 &mut out,
             )
             .await
+        }
+        BackendConfig::Carddav {
+            url,
+            home,
+            username,
+            password_file,
+            default_collection,
+            ..
+        } => {
+            let password = crate::config::read_secret(&password_file, "password_file")
+                .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
+            let backend = CarddavBackend::new(CarddavConfig {
+                url,
+                home,
+                username,
+                password,
+                default_collection,
+            })
+            .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
+            dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
         }
     }
 }

@@ -1,0 +1,584 @@
+//! The CardDAV backend (RFC 6352 over WebDAV, RFC 4918): a user is an address-book home
+//! (`home`, default `/{user}/`, must exist on the server), a contact group is an address book in
+//! it whose display name is the group name, and a contact is a vCard resource. One account
+//! (`username` + `password_file`) must be allowed to read and write every user's address books.
+//!
+//! Discovery with PROPFIND, creation with extended MKCOL, reads with PROPFIND (etags) plus
+//! addressbook-multiget, writes with PUT `If-None-Match: *` / `If-Match` and DELETE `If-Match`
+//! (412 → `Conflict`: the engine reads again and re-plans). 5xx, 429 and connection errors are
+//! retried with backoff, honouring Retry-After. This module must not decide what to write.
+
+pub mod xml;
+
+use backon::{ExponentialBuilder, Retryable};
+use calcard::vcard::VCard;
+use reqwest::header::{HeaderMap, HeaderValue};
+use reqwest::{Method, StatusCode};
+use std::time::Duration;
+
+use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use crate::card::{self, FieldSelection};
+
+/// Connection settings.
+#[derive(Debug, Clone)]
+pub struct CarddavConfig {
+    /// Server base URL, e.g. `https://dav.example.com`.
+    pub url: String,
+    /// Path template of a user's address-book home; `{user}` is replaced.
+    pub home: String,
+    pub username: String,
+    pub password: String,
+    /// Display name of the address book that receives a removed user's own contacts.
+    pub default_collection: String,
+}
+
+/// A CardDAV server.
+pub struct CarddavBackend {
+    cfg: CarddavConfig,
+    http: reqwest::Client,
+    base: String,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Transient(format!("{what}: {e}"))
+}
+
+/// A URL-safe path segment for a new collection or resource.
+fn slug(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(100)
+        .collect();
+    if out.is_empty() || out.starts_with('.') {
+        out.insert(0, 'x');
+    }
+    out
+}
+
+/// The last path segment of an href, without a trailing slash.
+fn last_segment(href: &str) -> &str {
+    href.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or(href)
+}
+
+impl CarddavBackend {
+    pub fn new(cfg: CarddavConfig) -> std::result::Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .user_agent(concat!("groupsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let base = cfg.url.trim_end_matches('/').to_string();
+        Ok(CarddavBackend { cfg, http, base })
+    }
+
+    fn home(&self, user: &str) -> String {
+        let mut h = self.cfg.home.replace("{user}", user);
+        if !h.starts_with('/') {
+            h.insert(0, '/');
+        }
+        if !h.ends_with('/') {
+            h.push('/');
+        }
+        h
+    }
+
+    /// Sends one request, retrying transient failures. Returns status, headers and body.
+    async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Option<String>,
+    ) -> Result<(StatusCode, HeaderMap, String)> {
+        let url = format!("{}{}", self.base, path);
+        let method = Method::from_bytes(method.as_bytes())
+            .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let attempt = || async {
+            let mut req = self
+                .http
+                .request(method.clone(), &url)
+                .basic_auth(&self.cfg.username, Some(&self.cfg.password));
+            for (k, v) in headers {
+                req = req.header(
+                    *k,
+                    HeaderValue::from_str(v).map_err(|e| (None, io_err("header", e)))?,
+                );
+            }
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            let resp = req
+                .send()
+                .await
+                .map_err(|e| (None, io_err(&format!("{method} {url}"), e)))?;
+            let status = resp.status();
+            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                let after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map(Duration::from_secs);
+                return Err((
+                    after,
+                    BackendError::Transient(format!("{method} {url}: HTTP {status}")),
+                ));
+            }
+            let headers = resp.headers().clone();
+            let text = resp
+                .text()
+                .await
+                .map_err(|e| (None, io_err(&format!("{method} {url}"), e)))?;
+            Ok((status, headers, text))
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(30))
+                    .with_max_times(4)
+                    .with_jitter(),
+            )
+            .adjust(|(after, _): &(Option<Duration>, BackendError), d| {
+                after.map(|a| a.min(Duration::from_secs(120))).or(d)
+            })
+            .notify(|(_, e), after| tracing::info!("{e}; retrying in {after:?}"))
+            .await
+            .map_err(|(_, e)| e)
+    }
+
+    fn unexpected(what: &str, status: StatusCode, body: &str) -> BackendError {
+        let snippet: String = body.chars().take(200).collect();
+        match status {
+            StatusCode::UNAUTHORIZED => BackendError::Invalid(format!(
+                "{what}: HTTP 401: the server refused the credentials of `username`"
+            )),
+            StatusCode::FORBIDDEN => BackendError::Invalid(format!(
+                "{what}: HTTP 403: `username` may not do this; give it write access to every user's address books"
+            )),
+            _ => BackendError::Invalid(format!("{what}: unexpected HTTP {status}: {snippet}")),
+        }
+    }
+
+    async fn propfind(
+        &self,
+        path: &str,
+        depth: &str,
+        body: &str,
+    ) -> Result<Option<Vec<xml::Response>>> {
+        let (status, _, text) = self
+            .send(
+                "PROPFIND",
+                path,
+                &[
+                    ("Depth", depth.to_string()),
+                    ("Content-Type", "application/xml; charset=utf-8".into()),
+                ],
+                Some(body.to_string()),
+            )
+            .await?;
+        match status.as_u16() {
+            207 => xml::parse_multistatus(&text)
+                .map(Some)
+                .map_err(|e| BackendError::Invalid(format!("PROPFIND {path}: {e}"))),
+            404 => Ok(None),
+            _ => Err(Self::unexpected(&format!("PROPFIND {path}"), status, &text)),
+        }
+    }
+
+    /// Address books in a user's home: (href, display name).
+    async fn addressbooks(&self, user: &User) -> Result<Vec<(String, String)>> {
+        let home = self.home(&user.id);
+        let list = self
+            .propfind(&home, "1", xml::PROPFIND_COLLECTIONS)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("address-book home {home}"),
+            })?;
+        Ok(list
+            .into_iter()
+            .filter(|r| {
+                r.is_addressbook && r.href.trim_end_matches('/') != home.trim_end_matches('/')
+            })
+            .map(|r| {
+                let name = r
+                    .displayname
+                    .clone()
+                    .filter(|d| !d.is_empty())
+                    .unwrap_or_else(|| last_segment(&r.href).to_string());
+                (r.href, name)
+            })
+            .collect())
+    }
+
+    async fn multiget(&self, group: &GroupRef, hrefs: &[String]) -> Result<Vec<Contact>> {
+        let mut out = Vec::with_capacity(hrefs.len());
+        for chunk in hrefs.chunks(200) {
+            let (status, _, text) = self
+                .send(
+                    "REPORT",
+                    &group.id,
+                    &[
+                        ("Depth", "1".into()),
+                        ("Content-Type", "application/xml; charset=utf-8".into()),
+                    ],
+                    Some(xml::multiget(chunk)),
+                )
+                .await?;
+            if status.as_u16() != 207 {
+                return Err(Self::unexpected(
+                    &format!("REPORT {}", group.id),
+                    status,
+                    &text,
+                ));
+            }
+            for r in xml::parse_multistatus(&text)
+                .map_err(|e| BackendError::Invalid(format!("REPORT {}: {e}", group.id)))?
+            {
+                let (Some(etag), Some(data)) = (r.etag, r.address_data) else {
+                    continue;
+                };
+                out.push(Contact {
+                    id: last_segment(&r.href).to_string(),
+                    etag,
+                    card: card::parse(&data),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn href(group: &GroupRef, id: &str) -> String {
+        format!("{}{}", group.id, id)
+    }
+
+    async fn etag_of(&self, href: &str) -> Result<String> {
+        let list = self
+            .propfind(href, "0", xml::PROPFIND_ETAGS)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: href.to_string(),
+            })?;
+        list.into_iter()
+            .find_map(|r| r.etag)
+            .ok_or_else(|| BackendError::Invalid(format!("{href}: the server gave no etag")))
+    }
+
+    async fn get(&self, group: &GroupRef, id: &str) -> Result<Option<Contact>> {
+        Ok(self
+            .multiget(group, &[Self::href(group, id)])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    async fn put(
+        &self,
+        href: &str,
+        card: &VCard,
+        condition: (&str, String),
+    ) -> Result<std::result::Result<String, StatusCode>> {
+        let (status, headers, text) = self
+            .send(
+                "PUT",
+                href,
+                &[
+                    ("Content-Type", "text/vcard; charset=utf-8".into()),
+                    (condition.0, condition.1),
+                ],
+                Some(card::to_text(card)),
+            )
+            .await?;
+        match status.as_u16() {
+            200..=299 => match headers.get("etag").and_then(|v| v.to_str().ok()) {
+                Some(e) => Ok(Ok(e.to_string())),
+                None => Ok(Ok(self.etag_of(href).await?)),
+            },
+            409 | 412 => Ok(Err(status)),
+            _ => Err(Self::unexpected(&format!("PUT {href}"), status, &text)),
+        }
+    }
+
+    async fn create_in(&self, group: &GroupRef, card: &VCard) -> Result<Written> {
+        let stem = slug(card.uid().unwrap_or("contact"));
+        for n in 0..100 {
+            let id = if n == 0 {
+                format!("{stem}.vcf")
+            } else {
+                format!("{stem}-{n}.vcf")
+            };
+            let href = Self::href(group, &id);
+            match self.put(&href, card, ("If-None-Match", "*".into())).await? {
+                Ok(etag) => return Ok(Written { id, etag }),
+                Err(StatusCode::PRECONDITION_FAILED) => {
+                    // The name is taken. If it is this very card (a retried create that had
+                    // succeeded), it is ours; otherwise try another name.
+                    if let Some(existing) = self.get(group, &id).await?
+                        && let Ok(c) = &existing.card
+                        && card::tag_of(c).is_some()
+                        && card::tag_of(c) == card::tag_of(card)
+                        && card::source_of(c) == card::source_of(card)
+                        && card::source_of(c).is_some()
+                    {
+                        return Ok(Written {
+                            id,
+                            etag: existing.etag,
+                        });
+                    }
+                }
+                // A card with the same UID under another name (RFC 6352 no-uid-conflict).
+                Err(_) => {
+                    return Err(BackendError::AlreadyExists {
+                        what: format!(
+                            "a contact with UID {} in {}",
+                            card.uid().unwrap_or("?"),
+                            group.id
+                        ),
+                    });
+                }
+            }
+        }
+        Err(BackendError::AlreadyExists {
+            what: format!("{stem}.vcf in {}", group.id),
+        })
+    }
+}
+
+impl Backend for CarddavBackend {
+    fn kind(&self) -> &'static str {
+        "carddav"
+    }
+
+    async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
+        if name.is_empty() || name.contains('/') {
+            return Ok(None);
+        }
+        let home = self.home(name);
+        Ok(self
+            .propfind(&home, "0", xml::PROPFIND_COLLECTIONS)
+            .await?
+            .map(|_| User {
+                id: name.to_string(),
+                name: name.to_string(),
+            }))
+    }
+
+    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+        let books = self.addressbooks(user).await?;
+        Ok(books
+            .iter()
+            .find(|(_, n)| n == name)
+            .or_else(|| books.iter().find(|(h, _)| last_segment(h) == name))
+            .map(|(h, n)| GroupRef {
+                id: if h.ends_with('/') {
+                    h.clone()
+                } else {
+                    format!("{h}/")
+                },
+                name: n.clone(),
+            }))
+    }
+
+    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
+        let home = self.home(&user.id);
+        let base = slug(name);
+        for n in 0..20 {
+            let seg = if n == 0 {
+                base.clone()
+            } else {
+                format!("{base}-{n}")
+            };
+            let href = format!("{home}{seg}/");
+            let (status, _, text) = self
+                .send(
+                    "MKCOL",
+                    &href,
+                    &[("Content-Type", "application/xml; charset=utf-8".into())],
+                    Some(xml::mkcol_addressbook(name)),
+                )
+                .await?;
+            match status.as_u16() {
+                200..=299 => {
+                    return Ok(GroupRef {
+                        id: href,
+                        name: name.to_string(),
+                    });
+                }
+                // The path is taken (by another collection or a resource): try the next name.
+                405 => continue,
+                _ => return Err(Self::unexpected(&format!("MKCOL {href}"), status, &text)),
+            }
+        }
+        Err(BackendError::AlreadyExists {
+            what: format!("address book {name:?} of {}", user.name),
+        })
+    }
+
+    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
+        let members = self.propfind(&group.id, "1", xml::PROPFIND_ETAGS).await?;
+        let Some(members) = members else {
+            return Ok(());
+        };
+        if members
+            .iter()
+            .any(|r| r.href.trim_end_matches('/') != group.id.trim_end_matches('/'))
+        {
+            return Err(BackendError::NotEmpty {
+                what: format!("address book {:?} of {}", group.name, user.name),
+            });
+        }
+        let (status, _, text) = self.send("DELETE", &group.id, &[], None).await?;
+        match status.as_u16() {
+            200..=299 | 404 => Ok(()),
+            _ => Err(Self::unexpected(
+                &format!("DELETE {}", group.id),
+                status,
+                &text,
+            )),
+        }
+    }
+
+    async fn scan_group(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        let members = self
+            .propfind(&group.id, "1", xml::PROPFIND_ETAGS)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: group.id.clone(),
+            })?;
+        let hrefs: Vec<String> = members
+            .into_iter()
+            .filter(|r| {
+                !r.is_collection && r.href.trim_end_matches('/') != group.id.trim_end_matches('/')
+            })
+            .map(|r| r.href)
+            .collect();
+        for chunk in hrefs.chunks(200) {
+            for c in self.multiget(group, chunk).await? {
+                sink(c);
+            }
+        }
+        Ok(())
+    }
+
+    async fn fetch_contacts(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        ids: &[String],
+    ) -> Result<Vec<Contact>> {
+        let hrefs: Vec<String> = ids.iter().map(|id| Self::href(group, id)).collect();
+        self.multiget(group, &hrefs).await
+    }
+
+    async fn create_contact(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        card: &VCard,
+    ) -> Result<Written> {
+        self.create_in(group, card).await
+    }
+
+    async fn update_contact(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<String> {
+        let existing = self
+            .get(group, id)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: Self::href(group, id),
+            })?;
+        if existing.etag != etag {
+            return Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            });
+        }
+        let existing = existing
+            .card
+            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
+        let merged = card::merge_copy(&existing, card, fields);
+        match self
+            .put(
+                &Self::href(group, id),
+                &merged,
+                ("If-Match", etag.to_string()),
+            )
+            .await?
+        {
+            Ok(new_etag) => Ok(new_etag),
+            Err(_) => Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            }),
+        }
+    }
+
+    async fn delete_contact(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
+        let href = Self::href(group, id);
+        let (status, _, text) = self
+            .send("DELETE", &href, &[("If-Match", etag.to_string())], None)
+            .await?;
+        match status.as_u16() {
+            200..=299 | 404 => Ok(()),
+            412 => Err(BackendError::Conflict { what: href }),
+            _ => Err(Self::unexpected(&format!("DELETE {href}"), status, &text)),
+        }
+    }
+
+    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+        let default = match self.find_group(user, &self.cfg.default_collection).await? {
+            Some(g) => g,
+            None => {
+                self.create_group(user, &self.cfg.default_collection)
+                    .await?
+            }
+        };
+        if default.id == group.id {
+            return Ok(());
+        }
+        let contact = self
+            .get(group, id)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: Self::href(group, id),
+            })?;
+        let card = contact
+            .card
+            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
+        // Copy first, then delete: a failure in between leaves the contact twice, never nowhere.
+        match self.create_in(&default, &card).await {
+            Ok(_) => {}
+            // Its UID is already in the default book (a previous attempt got this far).
+            Err(BackendError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        self.delete_contact(user, group, id, &contact.etag).await
+    }
+}
