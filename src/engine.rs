@@ -408,6 +408,7 @@ async fn run_inner<B: Backend>(
         }
     }
 
+    let source_fingerprint = source.fingerprint(spec);
     // Active destinations, `concurrency` at a time.
     let stopped = AtomicBool::new(false);
     let concurrency = opts.concurrency.max(1);
@@ -425,6 +426,7 @@ async fn run_inner<B: Backend>(
                 Mode::Active {
                     source: &source,
                     stopped: &stopped,
+                    fingerprint: &source_fingerprint,
                 },
             )
             .instrument(tracing::info_span!("dest", dest = %user.name))
@@ -516,10 +518,10 @@ async fn snapshot<B: Backend>(
     backend: &B,
     spec: &JobSpec,
     user: &User,
+    group: Option<GroupRef>,
     group_name: &str,
     default_group: &str,
 ) -> Result<DestSnapshot, BackendError> {
-    let group = backend.find_group(user, group_name).await?;
     let mut entries = vec![];
     if let Some(g) = &group {
         backend
@@ -536,12 +538,19 @@ async fn snapshot<B: Backend>(
     })
 }
 
+/// What a destination converged to: this run's source and the group's version.
+fn destination_mark(source_fingerprint: &str, group_version: &str) -> String {
+    card::hex_digest(format!("{source_fingerprint}|{group_version}").as_bytes())
+}
+
 /// Which kind of work a destination gets in this run.
 enum Mode<'a> {
     /// In the job: bring its copies in line with the source.
     Active {
         source: &'a SourceSet,
         stopped: &'a AtomicBool,
+        /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
+        fingerprint: &'a str,
     },
     /// Dropped from the job: remove the copies and the group, keep the user's own contacts.
     Removal,
@@ -596,7 +605,44 @@ async fn process_destination<B: Backend>(
         },
     }
     for attempt in 0..3 {
-        let snap = match snapshot(backend, spec, user, target_group, &opts.default_group).await {
+        let group = match backend.find_group(user, target_group).await {
+            Ok(g) => g,
+            Err(e) => {
+                report.error = Some(format!("reading {}: {e}", user.name));
+                return report;
+            }
+        };
+        // Nothing changed at the source nor in the group since this destination last
+        // converged: no need to read the group (one request instead of a full read).
+        if let (Mode::Active { fingerprint, .. }, Some(version)) =
+            (&mode, group.as_ref().and_then(|g| g.version.as_deref()))
+            && attempt == 0
+            && !opts.force
+        {
+            let mark = destination_mark(fingerprint, version);
+            let known = lock(store).fingerprint(&spec.name, &user.id).ok().flatten();
+            if known.as_deref() == Some(mark.as_str()) {
+                let copies = lock(store)
+                    .ledger(&spec.name, &user.id)
+                    .map(|l| l.copies.len())
+                    .unwrap_or(0);
+                if !opts.dry_run {
+                    let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
+                }
+                report.plan = Some(Plan::up_to_date(user, copies));
+                return report;
+            }
+        }
+        let snap = match snapshot(
+            backend,
+            spec,
+            user,
+            group,
+            target_group,
+            &opts.default_group,
+        )
+        .await
+        {
             Ok(s) => s,
             Err(e) => {
                 report.error = Some(format!("reading {}: {e}", user.name));
@@ -604,7 +650,9 @@ async fn process_destination<B: Backend>(
             }
         };
         let (plan, source) = match &mode {
-            Mode::Active { source, stopped } => {
+            Mode::Active {
+                source, stopped, ..
+            } => {
                 let ledger = match lock(store).ledger(&spec.name, &user.id) {
                     Ok(l) => l,
                     Err(e) => {
@@ -650,7 +698,26 @@ async fn process_destination<B: Backend>(
             &mut report.applied,
         )
         .await;
+        let wrote = !plan.ops.is_empty();
         report.plan = Some(plan.into_summary());
+        if let Mode::Active { fingerprint, .. } = &mode {
+            // Remember what this destination converged to, or forget it if it did not.
+            let mark = match (&result, wrote) {
+                (Ok(()), false) => snap.group.as_ref().and_then(|g| g.version.clone()),
+                (Ok(()), true) => backend
+                    .find_group(user, target_group)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|g| g.version),
+                (Err(_), _) => None,
+            };
+            let _ = lock(store).set_fingerprint(
+                &spec.name,
+                &user.id,
+                mark.map(|v| destination_mark(fingerprint, &v)).as_deref(),
+            );
+        }
         match result {
             Ok(()) => {
                 let recorded = if removal {

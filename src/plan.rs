@@ -97,6 +97,25 @@ impl SourceSet {
     }
 }
 
+impl SourceSet {
+    /// A digest of everything a run copies for this job: the tag, the target group, and each
+    /// source contact's id and managed content. Equal fingerprints mean equal desired copies.
+    pub fn fingerprint(&self, job: &JobSpec) -> String {
+        let mut text = format!("{}|{}|", job.tag, job.target_group);
+        for (id, item) in &self.items {
+            text.push_str(id);
+            text.push('=');
+            text.push_str(&item.digest);
+            text.push(';');
+        }
+        for id in self.unreadable.keys() {
+            text.push_str(id);
+            text.push_str("=?;");
+        }
+        card::hex_digest(text.as_bytes())
+    }
+}
+
 /// The UID a new copy gets: derived from the tag and source id, so it is the same at every
 /// destination and on every retry.
 pub fn copy_uid(tag: &str, source_id: &str) -> String {
@@ -288,6 +307,21 @@ pub struct Plan {
 impl Plan {
     pub fn count(&self, verb: &str) -> usize {
         self.ops.iter().filter(|o| o.verb() == verb).count()
+    }
+
+    /// A destination known to be in sync without reading it.
+    pub fn up_to_date(user: &User, copies: usize) -> Plan {
+        Plan {
+            user: user.name.clone(),
+            user_id: user.id.clone(),
+            removal: false,
+            ops: vec![],
+            unchanged: copies,
+            untouched: 0,
+            held: 0,
+            limit_exceeded: None,
+            kept: vec![],
+        }
     }
 
     /// The plan without its per-contact operations, once they are applied: a run's report keeps

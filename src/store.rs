@@ -104,6 +104,7 @@ const MIGRATION_SLICE: &[M] = &[
     );",
     ),
     M::up("ALTER TABLE copies ADD COLUMN etag TEXT;"),
+    M::up("ALTER TABLE destinations ADD COLUMN fingerprint TEXT;"),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
@@ -491,6 +492,30 @@ impl Store {
                 "UPDATE destinations SET last_run_id = ?3, last_attempt_at = ?4, last_outcome = ?5, last_error = ?6,
                  last_success_at = CASE WHEN ?6 IS NULL THEN ?4 ELSE last_success_at END WHERE job = ?1 AND user_id = ?2",
                 params![job, user_id, run_id, t, outcome, error],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// What a destination converged to after its last successful sync (see the engine).
+    pub fn fingerprint(&self, job: &str, user_id: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT fingerprint FROM destinations WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .flatten())
+    }
+
+    pub fn set_fingerprint(&self, job: &str, user_id: &str, mark: Option<&str>) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE destinations SET fingerprint = ?3 WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id, mark],
             )
             .map(|_| ())
             .map_err(self.err())

@@ -380,6 +380,7 @@ fn stale_etags_are_conflicts_not_overwrites() {
     let group = GroupRef {
         id: "/bob/Team/".into(),
         name: "Team".into(),
+        version: None,
     };
     let update = rt.block_on(b.update_contact(
         &user,
@@ -469,4 +470,52 @@ fn a_server_stopped_mid_way_fails_the_run_and_the_rerun_converges() {
         .assert()
         .success()
         .stdout(predicate::str::contains("bob: up to date (60 copies)"));
+}
+
+fn scans(t: &tempfile::TempDir) -> u64 {
+    let text = fs::read_to_string(t.path().join("metrics.prom")).unwrap();
+    text.lines()
+        .find(|l| l.starts_with("groupsync_api_calls_total{method=\"scan_group\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_no_change_rerun_does_not_read_the_destinations() {
+    let (s, t) = setup(5, &["bob", "carol", "dave"]);
+    let cfg = fs::read_to_string(t.path().join("groupsync.toml")).unwrap();
+    fs::write(
+        t.path().join("groupsync.toml"),
+        format!("{cfg}[metrics]\ntextfile = \"metrics.prom\"\n"),
+    )
+    .unwrap();
+    gs(&t).arg("run").assert().success();
+    let first = scans(&t);
+    gs(&t)
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("dave: up to date (5 copies)"));
+    assert_eq!(
+        scans(&t) - first,
+        1,
+        "only the source group is read; the destinations' collection etags are unchanged"
+    );
+    // A change inside one destination's book is seen through its collection etag.
+    let (id, _, c) = s.copies("carol", "Team").remove(0);
+    assert_eq!(
+        s.put(
+            &format!("/carol/Team/{id}"),
+            &card::to_text(&c).replace("Person", "Tampered")
+        ),
+        204
+    );
+    let before = scans(&t);
+    gs(&t)
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("carol: created 0, updated 1"));
+    assert_eq!(scans(&t) - before, 2, "the source and carol only");
 }

@@ -21,6 +21,20 @@ struct MemGroup {
     contacts: BTreeMap<String, (String, VCard)>,
 }
 
+impl MemGroup {
+    /// Like a CardDAV ctag: changes with every change inside the group (etags never repeat).
+    fn version(&self) -> String {
+        let mut text = String::new();
+        for (id, (etag, _)) in &self.contacts {
+            text.push_str(id);
+            text.push(':');
+            text.push_str(etag);
+            text.push(';');
+        }
+        card::hex_digest(text.as_bytes())
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 struct MemUser {
     groups: BTreeMap<String, MemGroup>,
@@ -265,6 +279,7 @@ impl Backend for MemoryBackend {
             .map(|(id, g)| GroupRef {
                 id: id.clone(),
                 name: g.name.clone(),
+                version: Some(g.version()),
             }))
     }
 
@@ -292,6 +307,7 @@ impl Backend for MemoryBackend {
         Ok(GroupRef {
             id,
             name: name.into(),
+            version: None,
         })
     }
 

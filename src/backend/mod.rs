@@ -24,10 +24,14 @@ pub struct User {
 }
 
 /// A contact group of one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct GroupRef {
     pub id: String,
     pub name: String,
+    /// The provider's version of the whole group (CardDAV getctag / collection etag), when it
+    /// has one that changes with every change inside the group. Lets a rerun skip reading a
+    /// group nobody touched.
+    pub version: Option<String>,
 }
 
 /// One contact as read from a group. `card` is `Err` when the provider's payload cannot be read

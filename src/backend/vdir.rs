@@ -184,6 +184,7 @@ impl Backend for VdirBackend {
             Ok(m) if m.is_dir() => Ok(Some(GroupRef {
                 id: name.to_string(),
                 name: name.to_string(),
+                version: None,
             })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -198,6 +199,7 @@ impl Backend for VdirBackend {
             Ok(()) => Ok(GroupRef {
                 id: name.to_string(),
                 name: name.to_string(),
+                version: None,
             }),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(BackendError::AlreadyExists {
                 what: dir.display().to_string(),

@@ -197,8 +197,8 @@ impl CarddavBackend {
         }
     }
 
-    /// Address books in a user's home: (href, display name).
-    async fn addressbooks(&self, user: &User) -> Result<Vec<(String, String)>> {
+    /// Address books in a user's home, with their collection etag (the version of their content).
+    async fn addressbooks(&self, user: &User) -> Result<Vec<GroupRef>> {
         let home = self.home(&user.id);
         let list = self
             .propfind(&home, "1", xml::PROPFIND_COLLECTIONS)
@@ -217,7 +217,16 @@ impl CarddavBackend {
                     .clone()
                     .filter(|d| !d.is_empty())
                     .unwrap_or_else(|| last_segment(&r.href).to_string());
-                (r.href, name)
+                let id = if r.href.ends_with('/') {
+                    r.href.clone()
+                } else {
+                    format!("{}/", r.href)
+                };
+                GroupRef {
+                    id,
+                    name,
+                    version: r.etag,
+                }
             })
             .collect())
     }
@@ -376,18 +385,11 @@ impl Backend for CarddavBackend {
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         let books = self.addressbooks(user).await?;
-        Ok(books
+        let by_name = books
             .iter()
-            .find(|(_, n)| n == name)
-            .or_else(|| books.iter().find(|(h, _)| last_segment(h) == name))
-            .map(|(h, n)| GroupRef {
-                id: if h.ends_with('/') {
-                    h.clone()
-                } else {
-                    format!("{h}/")
-                },
-                name: n.clone(),
-            }))
+            .position(|g| g.name == name)
+            .or_else(|| books.iter().position(|g| last_segment(&g.id) == name));
+        Ok(by_name.map(|i| books[i].clone()))
     }
 
     async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
@@ -413,6 +415,7 @@ impl Backend for CarddavBackend {
                     return Ok(GroupRef {
                         id: href,
                         name: name.to_string(),
+                        version: None,
                     });
                 }
                 // The path is taken (by another collection or a resource): try the next name.
