@@ -62,18 +62,19 @@ impl Server {
         fs::write(
             p.join("config"),
             format!(
-                "[server]\nhosts = 127.0.0.1:{port}\n[auth]\ntype = htpasswd\nhtpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n[rights]\ntype = from_file\nfile = {}\n[storage]\nfilesystem_folder = {}\n[logging]\nlevel = warning\n",
+                "[server]\nhosts = 127.0.0.1:{port}\n[auth]\ntype = htpasswd\nhtpasswd_filename = {}\nhtpasswd_encryption = plain\ndelay = 0\n[rights]\ntype = from_file\nfile = {}\n[storage]\nfilesystem_folder = {}\n[logging]\nlevel = info\n",
                 p.join("users").display(),
                 p.join("rights").display(),
                 p.join("collections").display()
             ),
         )
         .unwrap();
+        let log = fs::File::create(p.join("radicale.log")).unwrap();
         let child = Command::new(radicale_bin())
             .arg("--config")
             .arg(p.join("config"))
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("radicale starts");
         let start = Instant::now();
@@ -85,6 +86,15 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
         Server { child, port, dir }
+    }
+
+    /// Requests the server has logged so far.
+    fn requests(&self) -> usize {
+        fs::read_to_string(self.dir.path().join("radicale.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" request for "))
+            .count()
     }
 
     fn url(&self) -> String {
@@ -492,6 +502,8 @@ fn a_no_change_rerun_does_not_read_the_destinations() {
     .unwrap();
     gs(&t).arg("run").assert().success();
     let first = scans(&t);
+    let requests = s.requests();
+    assert!(requests > 0, "the server log counts requests");
     gs(&t)
         .arg("run")
         .assert()
@@ -501,6 +513,11 @@ fn a_no_change_rerun_does_not_read_the_destinations() {
         scans(&t) - first,
         1,
         "only the source group is read; the destinations' collection etags are unchanged"
+    );
+    assert_eq!(
+        s.requests() - requests,
+        3 + 3,
+        "source: home, book, multiget; then one PROPFIND per destination"
     );
     // A change inside one destination's book is seen through its collection etag.
     let (id, _, c) = s.copies("carol", "Team").remove(0);

@@ -37,6 +37,10 @@ pub struct CarddavBackend {
     cfg: CarddavConfig,
     http: reqwest::Client,
     base: String,
+    /// Address books read by `resolve_user` (one PROPFIND serves both the user check and the
+    /// next `find_group` for that user), taken by that `find_group` if under a minute old.
+    listings:
+        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<GroupRef>)>>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -79,7 +83,12 @@ impl CarddavBackend {
             .build()
             .map_err(|e| e.to_string())?;
         let base = cfg.url.trim_end_matches('/').to_string();
-        Ok(CarddavBackend { cfg, http, base })
+        Ok(CarddavBackend {
+            cfg,
+            http,
+            base,
+            listings: Default::default(),
+        })
     }
 
     fn home(&self, user: &str) -> String {
@@ -373,18 +382,33 @@ impl Backend for CarddavBackend {
         if name.is_empty() || name.contains('/') {
             return Ok(None);
         }
-        let home = self.home(name);
-        Ok(self
-            .propfind(&home, "0", xml::PROPFIND_COLLECTIONS)
-            .await?
-            .map(|_| User {
-                id: name.to_string(),
-                name: name.to_string(),
-            }))
+        let user = User {
+            id: name.to_string(),
+            name: name.to_string(),
+        };
+        match self.addressbooks(&user).await {
+            Ok(books) => {
+                self.listings
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(name.to_string(), (std::time::Instant::now(), books));
+                Ok(Some(user))
+            }
+            Err(BackendError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        let books = self.addressbooks(user).await?;
+        let cached = self
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&user.id);
+        let books = match cached {
+            Some((at, books)) if at.elapsed() < Duration::from_secs(60) => books,
+            _ => self.addressbooks(user).await?,
+        };
         let by_name = books
             .iter()
             .position(|g| g.name == name)
