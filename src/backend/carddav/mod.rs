@@ -66,6 +66,17 @@ fn slug(s: &str) -> String {
     out
 }
 
+/// The path of an href that may be an absolute URL (`http://host:port/a/b/` → `/a/b/`).
+fn href_path(href: &str) -> String {
+    match href.split_once("://") {
+        Some((_, rest)) => rest
+            .find('/')
+            .map(|i| rest[i..].to_string())
+            .unwrap_or_else(|| "/".into()),
+        None => href.to_string(),
+    }
+}
+
 /// The last path segment of an href, without a trailing slash.
 fn last_segment(href: &str) -> &str {
     href.trim_end_matches('/')
@@ -132,7 +143,11 @@ impl CarddavBackend {
                 .await
                 .map_err(|e| (None, io_err(&format!("{method} {url}"), e)))?;
             let status = resp.status();
-            if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            // 423 Locked (a server busy with the resource) is worth retrying too.
+            if status.is_server_error()
+                || status == StatusCode::TOO_MANY_REQUESTS
+                || status == StatusCode::LOCKED
+            {
                 let after = resp
                     .headers()
                     .get("retry-after")
@@ -198,9 +213,23 @@ impl CarddavBackend {
             )
             .await?;
         match status.as_u16() {
-            207 => xml::parse_multistatus(&text)
-                .map(Some)
-                .map_err(|e| BackendError::Invalid(format!("PROPFIND {path}: {e}"))),
+            207 => {
+                let mut list = xml::parse_multistatus(&text)
+                    .map_err(|e| BackendError::Invalid(format!("PROPFIND {path}: {e}")))?;
+                // Some servers (Xandikos) answer absolute URLs, and a missing resource with a
+                // 207 whose only response is a 404.
+                for r in &mut list {
+                    r.href = href_path(&r.href);
+                }
+                let me = path.trim_end_matches('/');
+                if list
+                    .iter()
+                    .any(|r| r.href.trim_end_matches('/') == me && r.status == Some(404))
+                {
+                    return Ok(None);
+                }
+                Ok(Some(list))
+            }
             404 => Ok(None),
             _ => Err(Self::unexpected(&format!("PROPFIND {path}"), status, &text)),
         }
