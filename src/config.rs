@@ -164,15 +164,57 @@ struct RawBackend {
 pub enum BackendConfig {
     /// A local tree of vCard folders.
     Vdir { root: PathBuf, concurrency: usize },
-    /// A CardDAV server; the password is read from `password_file` (mode 0600) at load time.
+    /// A CardDAV server. Secrets are read from `password_file` / `credentials_file` (mode
+    /// 0600) when the backend is opened.
     Carddav {
         url: String,
         home: String,
-        username: String,
-        password_file: PathBuf,
+        /// The admin account and its password file, if one is configured.
+        admin: Option<(String, PathBuf)>,
+        /// Per-user `user = password` lines.
+        credentials_file: Option<PathBuf>,
         default_collection: String,
         concurrency: usize,
     },
+}
+
+/// Reads a per-user credentials file: `user = password` lines, `#` comments. Refused unless
+/// mode 0600; a bad line is named by number, never by content.
+pub fn read_credentials(path: &Path) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let text = read_secret(path, "credentials_file")?;
+    let mut users = std::collections::BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((user, password)) = line.split_once('=') else {
+            return Err(format!(
+                "credentials_file {}:{}: expected `user = password`",
+                path.display(),
+                i + 1
+            ));
+        };
+        let (user, password) = (user.trim(), password.trim());
+        if user.is_empty() || password.is_empty() {
+            return Err(format!(
+                "credentials_file {}:{}: empty user or password",
+                path.display(),
+                i + 1
+            ));
+        }
+        if users
+            .insert(user.to_string(), password.to_string())
+            .is_some()
+        {
+            return Err(format!(
+                "credentials_file {}:{}: user {user:?} is listed twice",
+                path.display(),
+                i + 1
+            ));
+        }
+    }
+    Ok(users)
 }
 
 /// Reads a secret file, refusing one that others can read. The secret never enters an error.
@@ -287,11 +329,38 @@ impl Config {
                         format!("backend url {url:?} must start with http:// or https://"),
                     ));
                 }
+                if b.username.is_none() && b.credentials_file.is_none() {
+                    return Err(ConfigError::at(
+                        path,
+                        text,
+                        kind_span.start,
+                        "backend kind \"carddav\" needs `username` + `password_file` (one account for every user) or `credentials_file` (per-user passwords)",
+                    ));
+                }
                 BackendConfig::Carddav {
                     url,
                     home: b.home.clone().unwrap_or_else(|| "/{user}/".into()),
-                    username: need(&b.username, "username")?,
-                    password_file: resolve(&need(&b.password_file, "password_file")?),
+                    admin: match (&b.username, &b.password_file) {
+                        (Some(u), Some(p)) => Some((u.clone(), resolve(p))),
+                        (None, None) => None,
+                        (Some(_), None) => {
+                            return Err(ConfigError::at(
+                                path,
+                                text,
+                                kind_span.start,
+                                "backend `username` needs `password_file`",
+                            ));
+                        }
+                        (None, Some(_)) => {
+                            return Err(ConfigError::at(
+                                path,
+                                text,
+                                kind_span.start,
+                                "backend `password_file` needs `username`",
+                            ));
+                        }
+                    },
+                    credentials_file: b.credentials_file.as_deref().map(resolve),
                     default_collection: b
                         .default_collection
                         .clone()
@@ -426,6 +495,55 @@ mod tests {
                 concurrency: 4
             }
         );
+    }
+
+    #[test]
+    fn carddav_needs_an_account_or_per_user_credentials() {
+        let base = "[backend]\nkind = \"carddav\"\nurl = \"https://dav.example.com\"\n";
+        let e = Config::parse(Path::new("g.toml"), base).unwrap_err();
+        assert!(e.message.contains("credentials_file"), "{e}");
+        let e = Config::parse(
+            Path::new("g.toml"),
+            &format!("{base}username = \"admin\"\n"),
+        )
+        .unwrap_err();
+        assert!(e.message.contains("needs `password_file`"), "{e}");
+        let c = Config::parse(
+            Path::new("/etc/gs/g.toml"),
+            &format!("{base}credentials_file = \"users.secret\"\n"),
+        )
+        .unwrap();
+        match c.backend {
+            BackendConfig::Carddav {
+                admin,
+                credentials_file,
+                ..
+            } => {
+                assert!(admin.is_none());
+                assert_eq!(
+                    credentials_file,
+                    Some(PathBuf::from("/etc/gs/users.secret"))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn credentials_file_errors_name_the_line_not_the_secret() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("gs-cred-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("users.secret");
+        std::fs::write(&f, "alice = s3cret\nbob s3cret2\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let e = read_credentials(&f).unwrap_err();
+        assert!(e.contains(":2:") && !e.contains("s3cret"), "{e}");
+        std::fs::write(&f, "alice = s3cret\n").unwrap();
+        assert_eq!(read_credentials(&f).unwrap()["alice"], "s3cret");
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(read_credentials(&f).unwrap_err().contains("chmod 600"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

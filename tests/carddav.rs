@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use groupsync::backend::carddav::{CarddavBackend, CarddavConfig};
+use groupsync::backend::carddav::{CarddavBackend, CarddavConfig, Credentials};
 use groupsync::backend::{Backend, BackendError, GroupRef, User};
 use groupsync::card;
 
@@ -68,7 +68,7 @@ impl Server {
             .port();
         let p = dir.path();
         if kind == Kind::Radicale {
-            fs::write(p.join("users"), "admin:adminpw\n").unwrap();
+            fs::write(p.join("users"), "admin:adminpw\nalice:alicepw\nbob:bobpw\n").unwrap();
             fs::write(
                 p.join("rights"),
                 "[admin-all]\nuser: admin\ncollection: .*\npermissions: RrWw\n\n[root]\nuser: .+\ncollection:\npermissions: R\n\n[principal]\nuser: .+\ncollection: {user}\npermissions: RW\n\n[own]\nuser: .+\ncollection: {user}/[^/]+\npermissions: rw\n",
@@ -170,8 +170,11 @@ impl Server {
         CarddavBackend::new(CarddavConfig {
             url: self.url(),
             home: "/{user}/".into(),
-            username: "admin".into(),
-            password: "adminpw".into(),
+            admin: Some(Credentials {
+                username: "admin".into(),
+                password: "adminpw".into(),
+            }),
+            users: Default::default(),
             default_collection: "contacts".into(),
         })
         .unwrap()
@@ -729,4 +732,39 @@ fn realistic_cards_round_trip_radicale() {
 #[test]
 fn realistic_cards_round_trip_xandikos() {
     realistic_cards_round_trip(Kind::Xandikos);
+}
+
+#[test]
+fn per_user_credentials_radicale() {
+    let (s, t) = setup(Kind::Radicale, 2, &["bob", "carol"]);
+    fs::write(
+        t.path().join("users.secret"),
+        "# user = password\nalice = alicepw\nbob = bobpw\n",
+    )
+    .unwrap();
+    set_mode(&t.path().join("users.secret"), 0o600);
+    fs::write(
+        t.path().join("groupsync.toml"),
+        format!("state = \"state.db\"\n[backend]\nkind = \"carddav\"\nurl = \"{}\"\ncredentials_file = \"users.secret\"\n", s.url()),
+    )
+    .unwrap();
+    // bob's own account writes bob's book; carol has no credentials: only her destination fails.
+    gs(&t)
+        .arg("run")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("bob: created 2"))
+        .stdout(predicate::str::contains("carol: FAILED"));
+    assert_eq!(s.copies("bob", "Team").len(), 2);
+    gs(&t)
+        .arg("run")
+        .assert()
+        .code(1)
+        .stdout(predicate::str::contains("bob: up to date (2 copies)"));
+    set_mode(&t.path().join("users.secret"), 0o640);
+    gs(&t).arg("status").assert().code(2).stderr(
+        predicate::str::contains("credentials_file")
+            .and(predicate::str::contains("chmod 600"))
+            .and(predicate::str::contains("bobpw").not()),
+    );
 }

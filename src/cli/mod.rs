@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::backend::carddav::{CarddavBackend, CarddavConfig};
+use crate::backend::carddav::{CarddavBackend, CarddavConfig, Credentials};
 use crate::backend::counting::Counting;
 use crate::backend::vdir::{DEFAULT_COLLECTION, VdirBackend};
 use crate::config::{BackendConfig, Config, ConfigError, config_path};
@@ -240,21 +240,32 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         BackendConfig::Carddav {
             url,
             home,
-            username,
-            password_file,
+            admin,
+            credentials_file,
             default_collection,
             ..
         } => {
-            let password = crate::config::read_secret(&password_file, "password_file")
-                .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
+            let cfg_err = |m: String| ConfigError::file(&ctx.config.path, m);
+            let admin = match admin {
+                Some((username, file)) => Some(Credentials {
+                    username,
+                    password: crate::config::read_secret(&file, "password_file")
+                        .map_err(cfg_err)?,
+                }),
+                None => None,
+            };
+            let users = match credentials_file {
+                Some(file) => crate::config::read_credentials(&file).map_err(cfg_err)?,
+                None => Default::default(),
+            };
             let backend = CarddavBackend::new(CarddavConfig {
                 url,
                 home,
-                username,
-                password,
+                admin,
+                users,
                 default_collection,
             })
-            .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
+            .map_err(cfg_err)?;
             dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
         }
     }

@@ -26,10 +26,25 @@ pub struct CarddavConfig {
     pub url: String,
     /// Path template of a user's address-book home; `{user}` is replaced.
     pub home: String,
-    pub username: String,
-    pub password: String,
+    /// One account that may read and write every user's address books, if any.
+    pub admin: Option<Credentials>,
+    /// Per-user credentials (user → password), used for paths under that user's home.
+    pub users: std::collections::BTreeMap<String, String>,
     /// Display name of the address book that receives a removed user's own contacts.
     pub default_collection: String,
+}
+
+/// A user name and password for HTTP Basic authentication.
+#[derive(Clone)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, <password>)", self.username)
+    }
 }
 
 /// A CardDAV server.
@@ -102,6 +117,22 @@ impl CarddavBackend {
         })
     }
 
+    /// The credentials for a path: the user's own when the path is under a home listed in
+    /// `credentials_file`, else the admin account's.
+    fn credentials_for(&self, path: &str) -> Result<(&str, &str)> {
+        for (user, password) in &self.cfg.users {
+            if path.starts_with(&self.home(user)) {
+                return Ok((user.as_str(), password.as_str()));
+            }
+        }
+        match &self.cfg.admin {
+            Some(c) => Ok((c.username.as_str(), c.password.as_str())),
+            None => Err(BackendError::Invalid(format!(
+                "no credentials for {path}: the user is not in credentials_file and no admin account (username, password_file) is configured"
+            ))),
+        }
+    }
+
     fn home(&self, user: &str) -> String {
         let mut h = self.cfg.home.replace("{user}", user);
         if !h.starts_with('/') {
@@ -124,11 +155,12 @@ impl CarddavBackend {
         let url = format!("{}{}", self.base, path);
         let method = Method::from_bytes(method.as_bytes())
             .map_err(|e| BackendError::Invalid(e.to_string()))?;
+        let (username, password) = self.credentials_for(path)?;
         let attempt = || async {
             let mut req = self
                 .http
                 .request(method.clone(), &url)
-                .basic_auth(&self.cfg.username, Some(&self.cfg.password));
+                .basic_auth(username, Some(password));
             for (k, v) in headers {
                 req = req.header(
                     *k,
