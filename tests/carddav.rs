@@ -245,6 +245,19 @@ impl Server {
         })
     }
 
+    fn has_book(&self, user: &str, group: &str) -> bool {
+        let b = self.backend();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let u = User {
+            id: user.into(),
+            name: user.into(),
+        };
+        rt.block_on(b.find_group(&u, group)).unwrap().is_some()
+    }
+
     fn copies(&self, user: &str, group: &str) -> Vec<(String, String, calcard::vcard::VCard)> {
         self.cards(user, group)
             .into_iter()
@@ -405,6 +418,7 @@ fn every_semantic(kind: Kind) {
         .assert()
         .success();
     assert!(s.cards("bob", "Team").is_empty());
+    assert!(!s.has_book("bob", "Team"), "the book itself is deleted");
     let mine = s.cards("bob", "contacts");
     assert_eq!(mine.len(), 1);
     assert_eq!(card::display_name(&mine[0].2), "Bob Own");

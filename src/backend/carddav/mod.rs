@@ -526,9 +526,23 @@ impl Backend for CarddavBackend {
                 what: format!("address book {:?} of {}", group.name, user.name),
             });
         }
-        let (status, _, text) = self.send("DELETE", &group.id, &[], None).await?;
+        // Deleting a collection deletes what is in it: make the DELETE conditional on the
+        // collection's etag just read empty, so a card added in between is never lost.
+        let me = group.id.trim_end_matches('/');
+        let etag = members
+            .iter()
+            .find(|r| r.href.trim_end_matches('/') == me)
+            .and_then(|r| r.etag.clone());
+        let headers: Vec<(&str, String)> = etag.into_iter().map(|e| ("If-Match", e)).collect();
+        let (status, _, text) = self.send("DELETE", &group.id, &headers, None).await?;
         match status.as_u16() {
             200..=299 | 404 => Ok(()),
+            412 => Err(BackendError::NotEmpty {
+                what: format!(
+                    "address book {:?} of {} (changed while being removed)",
+                    group.name, user.name
+                ),
+            }),
             _ => Err(Self::unexpected(
                 &format!("DELETE {}", group.id),
                 status,
