@@ -801,6 +801,22 @@ async fn apply_ops<B: Backend>(
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Copies that need no change, and copies held because their source is unreadable.
     let mut final_ledger: Vec<(String, LedgerCopy)> = plan.kept.clone();
+    // Payloads of the copies to delete, read in batches (one provider read per 200 deletes,
+    // not one per delete) just before they are needed.
+    let delete_ids: Vec<&String> = plan
+        .ops
+        .iter()
+        .filter_map(|op| {
+            if let Op::Delete { contact_id, .. } = op {
+                Some(contact_id)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
+        Default::default();
+    let mut next_fetch = 0usize;
     for op in &plan.ops {
         let group_ref = || {
             group.clone().ok_or_else(|| {
@@ -911,10 +927,22 @@ async fn apply_ops<B: Backend>(
                 before,
             } => {
                 let g = group_ref()?;
-                let found = backend
-                    .fetch_contacts(user, &g, std::slice::from_ref(contact_id))
-                    .await?;
-                let Some(current) = found.into_iter().next() else {
+                if next_fetch < delete_ids.len() && delete_ids[next_fetch] == contact_id {
+                    let batch: Vec<String> = delete_ids
+                        [next_fetch..(next_fetch + 200).min(delete_ids.len())]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    next_fetch += batch.len();
+                    fetched.extend(
+                        backend
+                            .fetch_contacts(user, &g, &batch)
+                            .await?
+                            .into_iter()
+                            .map(|c| (c.id.clone(), c)),
+                    );
+                }
+                let Some(current) = fetched.remove(contact_id) else {
                     continue;
                 };
                 if &current.etag != etag {

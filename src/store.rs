@@ -381,12 +381,14 @@ impl Store {
 
     /// Forgets everything about a job but its history (after `job delete`).
     pub fn forget_job(&self, job: &str) -> Result<()> {
-        self.conn
-            .execute_batch(&format!(
-                "DELETE FROM jobs WHERE name = {q}; DELETE FROM destinations WHERE job = {q}; DELETE FROM copies WHERE job = {q};",
-                q = sql_quote(job)
-            ))
-            .map_err(self.err())
+        for sql in [
+            "DELETE FROM jobs WHERE name = ?1",
+            "DELETE FROM destinations WHERE job = ?1",
+            "DELETE FROM copies WHERE job = ?1",
+        ] {
+            self.conn.execute(sql, [job]).map_err(self.err())?;
+        }
+        Ok(())
     }
 
     pub fn set_source_count(&self, job: &str, n: usize) -> Result<()> {
@@ -884,17 +886,6 @@ impl Store {
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.err())
     }
-
-    /// Number of change-log lines of a run (tests and reports).
-    pub fn change_count(&self, run_id: i64) -> Result<i64> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM changes WHERE run_id = ?1",
-                [run_id],
-                |r| r.get(0),
-            )
-            .map_err(self.err())
-    }
 }
 
 fn trash_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrashRecord> {
@@ -912,10 +903,6 @@ fn trash_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrashRecord> {
         payload: r.get(10)?,
         restored_at: r.get(11)?,
     })
-}
-
-fn sql_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
 }
 
 #[cfg(test)]

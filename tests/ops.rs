@@ -308,3 +308,30 @@ fn the_packaged_config_is_valid() {
     );
     assert_eq!(c.jobs_dir, std::path::PathBuf::from("/etc/groupsync/jobs"));
 }
+
+#[test]
+fn deleted_payloads_are_read_in_one_batch_per_destination() {
+    let t = Tree::new(6);
+    fs::write(
+        t.path().join("groupsync.toml"),
+        "state = \"state.db\"\n[backend]\nkind = \"vdir\"\nroot = \"contacts\"\n[metrics]\ntextfile = \"m.prom\"\n",
+    )
+    .unwrap();
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
+    for i in 0..3 {
+        fs::remove_file(t.group("alice", "Team").join(format!("p{i:03}.vcf"))).unwrap();
+    }
+    t.cmd().arg("run").assert().success();
+    let m = samples(&fs::read_to_string(t.path().join("m.prom")).unwrap());
+    assert_eq!(m["groupsync_api_calls_total{method=delete_contact}"], 3.0);
+    assert_eq!(
+        m["groupsync_api_calls_total{method=fetch_contacts}"], 1.0,
+        "one read for the three trash payloads"
+    );
+    t.cmd()
+        .arg("restore")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("Person 002"));
+}
