@@ -180,6 +180,13 @@ impl FieldSelection {
                     list.iter().map(|f| f.trim().to_ascii_uppercase()).collect();
                 set.insert("FN".into());
                 set.insert("N".into());
+                // Google keeps each Person field in an X-GOOGLE-* property: `TEL` or
+                // `phoneNumbers` in a job file stands for X-GOOGLE-PHONENUMBERS too.
+                for f in list.iter().chain(["names".to_string()].iter()) {
+                    set.extend(crate::backend::google::person::expand_field_names(f.trim()));
+                }
+                // The repair marker of a Google copy is always managed.
+                set.insert(crate::backend::google::person::REPAIR_PROPERTY.into());
                 FieldSelection::Only(set)
             }
         }

@@ -157,6 +157,7 @@ struct RawBackend {
     client_secret_file: Option<String>,
     graph_url: Option<String>,
     login_url: Option<String>,
+    token_url: Option<String>,
 }
 
 /// The backend to use.
@@ -176,6 +177,9 @@ pub enum BackendConfig {
         default_collection: String,
         concurrency: usize,
     },
+    /// Google Workspace (People API + Directory) with a service account. The key is read (mode
+    /// 0600) when the backend is opened.
+    Google(crate::backend::google::GoogleConfig),
 }
 
 /// Reads a per-user credentials file: `user = password` lines, `#` comments. Refused unless
@@ -368,13 +372,63 @@ impl Config {
                     concurrency: b.concurrency.unwrap_or(4).max(1),
                 }
             }
-            k @ ("google" | "graph") => {
+            "google" => {
+                let need = |v: &Option<String>, key: &str, why: &str| {
+                    v.clone().ok_or_else(|| {
+                        ConfigError::at(
+                            path,
+                            text,
+                            kind_span.start,
+                            format!("backend kind \"google\" needs `{key}` ({why})"),
+                        )
+                    })
+                };
+                let key_file = need(&b.key_file, "key_file", "the service account's JSON key")?;
+                let admin = need(
+                    &b.admin,
+                    "admin",
+                    "an administrator impersonated for Directory calls",
+                )?;
+                let mut g =
+                    crate::backend::google::GoogleConfig::with_defaults(resolve(&key_file), admin);
+                for (v, slot, key) in [
+                    (&b.people_url, &mut g.people_url, "people_url"),
+                    (&b.directory_url, &mut g.directory_url, "directory_url"),
+                ] {
+                    if let Some(u) = v {
+                        if !(u.starts_with("http://") || u.starts_with("https://")) {
+                            return Err(ConfigError::at(
+                                path,
+                                text,
+                                kind_span.start,
+                                format!(
+                                    "backend `{key}` {u:?} must start with http:// or https://"
+                                ),
+                            ));
+                        }
+                        *slot = u.clone();
+                    }
+                }
+                g.token_url = b.token_url.clone();
+                g.allowed_domains = b.allowed_domains.clone();
+                if let Some(c) = b.concurrency {
+                    g.concurrency = c.max(1);
+                }
+                if let Some(r) = b.requests_per_minute {
+                    g.requests_per_minute = r.max(1);
+                }
+                if let Some(v) = b.visible_tag {
+                    g.visible_tag = v;
+                }
+                BackendConfig::Google(g)
+            }
+            k @ "graph" => {
                 return Err(ConfigError::at(
                     path,
                     text,
                     kind_span.start,
                     format!(
-                        "backend kind {k:?} is not available in this version yet (available: \"vdir\", \"carddav\")"
+                        "backend kind {k:?} is not available in this version yet (available: \"vdir\", \"carddav\", \"google\")"
                     ),
                 ));
             }

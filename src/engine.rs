@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
+use calcard::vcard::VCard;
+
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
 use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, LedgerCopy, Op, Plan, SourceSet};
@@ -321,6 +323,11 @@ async fn run_inner<B: Backend>(
                 false,
                 format!("invalid destination user: {name} (no such user)"),
             ),
+            Err(BackendError::Skipped(why)) => DestReport {
+                stopped: Some(format!("skipped: {why}")),
+                error: None,
+                ..failed_dest(name, false, String::new())
+            },
             Err(e) => failed_dest(name, false, format!("looking up {name}: {e}")),
         };
         report_progress(opts, &failed);
@@ -801,23 +808,16 @@ async fn apply_ops<B: Backend>(
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Copies that need no change, and copies held because their source is unreadable.
     let mut final_ledger: Vec<(String, LedgerCopy)> = plan.kept.clone();
-    // Payloads of the copies to delete, read in batches (one provider read per 200 deletes,
-    // not one per delete) just before they are needed.
-    let delete_ids: Vec<&String> = plan
-        .ops
-        .iter()
-        .filter_map(|op| {
-            if let Op::Delete { contact_id, .. } = op {
-                Some(contact_id)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
-        Default::default();
-    let mut next_fetch = 0usize;
-    for op in &plan.ops {
+    // Consecutive operations of one kind go to the provider in batches (one call per batch on a
+    // provider with batch endpoints). Deletes are also read in batches first, for the trash.
+    let batch = backend.batch_size().clamp(1, 200);
+    let item_of = |source_id: &str| {
+        source
+            .and_then(|s| s.items.get(source_id))
+            .ok_or_else(|| ApplyError::Other(format!("source contact {source_id} is gone")))
+    };
+    let mut i = 0;
+    while i < plan.ops.len() {
         let group_ref = || {
             group.clone().ok_or_else(|| {
                 ApplyError::Other(format!(
@@ -826,7 +826,19 @@ async fn apply_ops<B: Backend>(
                 ))
             })
         };
-        match op {
+        // The run of operations of the same kind as ops[i], at most `batch` (or 200 for reads).
+        let same_kind = |limit: usize| {
+            let kind = std::mem::discriminant(&plan.ops[i]);
+            let mut j = i;
+            while j < plan.ops.len()
+                && j - i < limit
+                && std::mem::discriminant(&plan.ops[j]) == kind
+            {
+                j += 1;
+            }
+            &plan.ops[i..j]
+        };
+        match &plan.ops[i] {
             Op::CreateGroup { name } => {
                 let g = match backend.create_group(user, name).await {
                     Ok(g) => g,
@@ -844,155 +856,260 @@ async fn apply_ops<B: Backend>(
                     ..base.clone()
                 })?;
                 group = Some(g);
+                i += 1;
             }
-            Op::Create {
-                source_id,
-                name,
-                recreate,
-            } => {
-                let item = source.and_then(|s| s.items.get(source_id)).ok_or_else(|| {
-                    ApplyError::Other(format!("source contact {source_id} is gone"))
-                })?;
+            Op::Create { .. } => {
+                let ops = same_kind(batch);
+                i += ops.len();
                 let g = group_ref()?;
-                let written = backend.create_contact(user, &g, &item.copy).await?;
-                let id = written.id;
-                lock(store).record_copy(
-                    &spec.name,
-                    &user.id,
-                    source_id,
-                    &id,
-                    &item.digest,
-                    &written.etag,
-                )?;
-                log(Change {
-                    action: if *recreate { "recreate" } else { "create" },
-                    source_id: Some(source_id),
-                    contact_id: Some(&id),
-                    name: Some(name),
-                    after: Some(&item.digest),
-                    ..base.clone()
-                })?;
-                final_ledger.push((
-                    source_id.clone(),
-                    LedgerCopy {
-                        contact_id: id,
-                        digest: item.digest.clone(),
-                        etag: written.etag,
-                    },
-                ));
-                applied.created += 1;
+                let mut items = Vec::with_capacity(ops.len());
+                for op in ops {
+                    if let Op::Create {
+                        source_id,
+                        name,
+                        recreate,
+                    } = op
+                    {
+                        items.push((source_id, name, *recreate, item_of(source_id)?));
+                    }
+                }
+                let cards: Vec<&VCard> = items.iter().map(|(_, _, _, it)| &it.copy).collect();
+                let results = backend.create_contacts(user, &g, &cards).await;
+                let mut first_err = None;
+                for ((source_id, name, recreate, item), result) in items.iter().zip(results) {
+                    let written = match result {
+                        Ok(w) => w,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            continue;
+                        }
+                    };
+                    lock(store).record_copy(
+                        &spec.name,
+                        &user.id,
+                        source_id,
+                        &written.id,
+                        &item.digest,
+                        &written.etag,
+                    )?;
+                    log(Change {
+                        action: if *recreate { "recreate" } else { "create" },
+                        source_id: Some(source_id),
+                        contact_id: Some(&written.id),
+                        name: Some(name),
+                        after: Some(&item.digest),
+                        ..base.clone()
+                    })?;
+                    final_ledger.push((
+                        source_id.to_string(),
+                        LedgerCopy {
+                            contact_id: written.id,
+                            digest: item.digest.clone(),
+                            etag: written.etag,
+                        },
+                    ));
+                    applied.created += 1;
+                }
+                if let Some(e) = first_err {
+                    return Err(e.into());
+                }
             }
-            Op::Update {
-                contact_id,
-                etag,
-                source_id,
-                name,
-                fields,
-                before,
-            } => {
-                let item = source.and_then(|s| s.items.get(source_id)).ok_or_else(|| {
-                    ApplyError::Other(format!("source contact {source_id} is gone"))
-                })?;
+            Op::Update { .. } => {
+                let ops = same_kind(batch);
+                i += ops.len();
                 let g = group_ref()?;
-                let new_etag = backend
-                    .update_contact(user, &g, contact_id, etag, &item.copy, &spec.fields)
-                    .await?;
-                let fields = fields.join(",");
-                log(Change {
-                    action: "update",
-                    source_id: Some(source_id),
-                    contact_id: Some(contact_id),
-                    name: Some(name),
-                    fields: Some(&fields),
-                    before: Some(before),
-                    after: Some(&item.digest),
-                    ..base.clone()
-                })?;
-                final_ledger.push((
-                    source_id.clone(),
-                    LedgerCopy {
-                        contact_id: contact_id.clone(),
-                        digest: item.digest.clone(),
-                        etag: new_etag,
-                    },
-                ));
-                applied.updated += 1;
+                let mut items = Vec::with_capacity(ops.len());
+                for op in ops {
+                    if let Op::Update {
+                        contact_id,
+                        etag,
+                        source_id,
+                        name,
+                        fields,
+                        before,
+                    } = op
+                    {
+                        items.push((
+                            contact_id,
+                            etag,
+                            source_id,
+                            name,
+                            fields,
+                            before,
+                            item_of(source_id)?,
+                        ));
+                    }
+                }
+                let calls: Vec<(&str, &str, &VCard)> = items
+                    .iter()
+                    .map(|(id, etag, .., item)| (id.as_str(), etag.as_str(), &item.copy))
+                    .collect();
+                let results = backend
+                    .update_contacts(user, &g, &calls, &spec.fields)
+                    .await;
+                let mut first_err = None;
+                for ((contact_id, _, source_id, name, fields, before, item), result) in
+                    items.iter().zip(results)
+                {
+                    let new_etag = match result {
+                        Ok(e) => e,
+                        Err(e) => {
+                            first_err.get_or_insert(e);
+                            continue;
+                        }
+                    };
+                    let fields = fields.join(",");
+                    log(Change {
+                        action: "update",
+                        source_id: Some(source_id),
+                        contact_id: Some(contact_id),
+                        name: Some(name),
+                        fields: Some(&fields),
+                        before: Some(before),
+                        after: Some(&item.digest),
+                        ..base.clone()
+                    })?;
+                    final_ledger.push((
+                        source_id.to_string(),
+                        LedgerCopy {
+                            contact_id: contact_id.to_string(),
+                            digest: item.digest.clone(),
+                            etag: new_etag,
+                        },
+                    ));
+                    applied.updated += 1;
+                }
+                if let Some(e) = first_err {
+                    return Err(e.into());
+                }
             }
-            Op::Delete {
-                contact_id,
-                etag,
-                source_id,
-                name,
-                reason,
-                before,
-            } => {
+            Op::Delete { .. } => {
+                let ops = same_kind(200);
+                i += ops.len();
                 let g = group_ref()?;
-                if next_fetch < delete_ids.len() && delete_ids[next_fetch] == contact_id {
-                    let batch: Vec<String> = delete_ids
-                        [next_fetch..(next_fetch + 200).min(delete_ids.len())]
-                        .iter()
-                        .map(|s| s.to_string())
+                let ids: Vec<String> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Delete { contact_id, .. } => Some(contact_id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                // Read the payloads for the trash: one provider read per batch.
+                let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
+                    backend
+                        .fetch_contacts(user, &g, &ids)
+                        .await?
+                        .into_iter()
+                        .map(|c| (c.id.clone(), c))
                         .collect();
-                    next_fetch += batch.len();
-                    fetched.extend(
-                        backend
-                            .fetch_contacts(user, &g, &batch)
-                            .await?
-                            .into_iter()
-                            .map(|c| (c.id.clone(), c)),
-                    );
+                let mut doomed = vec![];
+                for op in ops {
+                    let Op::Delete {
+                        contact_id,
+                        etag,
+                        source_id,
+                        name,
+                        reason,
+                        before,
+                    } = op
+                    else {
+                        continue;
+                    };
+                    // Already gone: nothing to delete.
+                    let Some(current) = fetched.remove(contact_id) else {
+                        continue;
+                    };
+                    if &current.etag != etag {
+                        return Err(BackendError::Conflict {
+                            what: format!("contact {contact_id} of {}", user.name),
+                        }
+                        .into());
+                    }
+                    let payload = match &current.card {
+                        Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                            card::to_text(c)
+                        }
+                        _ => {
+                            return Err(ApplyError::Other(format!(
+                                "contact {contact_id} of {} no longer carries tag {}; left alone",
+                                user.name, spec.tag
+                            )));
+                        }
+                    };
+                    let reason = serde_json::to_value(reason)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default();
+                    doomed.push((contact_id, etag, source_id, name, reason, before, payload));
                 }
-                let Some(current) = fetched.remove(contact_id) else {
-                    continue;
-                };
-                if &current.etag != etag {
-                    return Err(BackendError::Conflict {
-                        what: format!("contact {contact_id} of {}", user.name),
-                    }
-                    .into());
+                // Every payload is checked before any is trashed or deleted.
+                for (contact_id, _, _, name, reason, _, payload) in &doomed {
+                    lock(store).trash(
+                        run_id, &spec.name, &user.id, &user.name, &g.name, contact_id, name,
+                        reason, payload,
+                    )?;
                 }
-                let payload = match &current.card {
-                    Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
-                        card::to_text(c)
+                for chunk in doomed.chunks(batch) {
+                    let calls: Vec<(&str, &str)> = chunk
+                        .iter()
+                        .map(|(id, etag, ..)| (id.as_str(), etag.as_str()))
+                        .collect();
+                    let results = backend.delete_contacts(user, &g, &calls).await;
+                    let mut first_err = None;
+                    for ((contact_id, _, source_id, name, reason, before, _), result) in
+                        chunk.iter().zip(results)
+                    {
+                        if let Err(e) = result {
+                            first_err.get_or_insert(e);
+                            continue;
+                        }
+                        log(Change {
+                            action: "delete",
+                            source_id: source_id.as_deref(),
+                            contact_id: Some(contact_id),
+                            name: Some(name),
+                            detail: Some(reason),
+                            before: Some(before),
+                            ..base.clone()
+                        })?;
+                        applied.deleted += 1;
                     }
-                    _ => {
-                        return Err(ApplyError::Other(format!(
-                            "contact {contact_id} of {} no longer carries tag {}; left alone",
-                            user.name, spec.tag
-                        )));
+                    if let Some(e) = first_err {
+                        return Err(e.into());
                     }
-                };
-                let reason = serde_json::to_value(reason)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                lock(store).trash(
-                    run_id, &spec.name, &user.id, &user.name, &g.name, contact_id, name, &reason,
-                    &payload,
-                )?;
-                backend.delete_contact(user, &g, contact_id, etag).await?;
-                log(Change {
-                    action: "delete",
-                    source_id: source_id.as_deref(),
-                    contact_id: Some(contact_id),
-                    name: Some(name),
-                    detail: Some(&reason),
-                    before: Some(before),
-                    ..base.clone()
-                })?;
-                applied.deleted += 1;
+                }
             }
-            Op::MoveToDefault { contact_id } => {
+            Op::MoveToDefault { .. } => {
+                let ops = same_kind(batch);
+                i += ops.len();
                 let g = group_ref()?;
-                backend.move_to_default(user, &g, contact_id).await?;
-                log(Change {
-                    action: "move-to-default",
-                    contact_id: Some(contact_id),
-                    ..base.clone()
-                })?;
-                applied.moved += 1;
+                let ids: Vec<&str> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::MoveToDefault { contact_id } => Some(contact_id.as_str()),
+                        _ => None,
+                    })
+                    .collect();
+                let results = backend.move_contacts_to_default(user, &g, &ids).await;
+                let mut first_err = None;
+                for (contact_id, result) in ids.iter().zip(results) {
+                    if let Err(e) = result {
+                        first_err.get_or_insert(e);
+                        continue;
+                    }
+                    log(Change {
+                        action: "move-to-default",
+                        contact_id: Some(contact_id),
+                        ..base.clone()
+                    })?;
+                    applied.moved += 1;
+                }
+                if let Some(e) = first_err {
+                    return Err(e.into());
+                }
             }
             Op::DeleteGroup { name } => {
+                i += 1;
                 let g = group_ref()?;
                 match backend.delete_group(user, &g).await {
                     Ok(()) => log(Change {

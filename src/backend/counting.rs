@@ -221,4 +221,53 @@ impl<B: Backend> Backend for Counting<B> {
         bump(&self.calls.move_to_default);
         self.inner.move_to_default(user, group, id).await
     }
+
+    fn batch_size(&self) -> usize {
+        self.inner.batch_size()
+    }
+
+    async fn create_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        cards: &[&VCard],
+    ) -> Vec<Result<Written>> {
+        add(&self.calls.create_contact, cards.len());
+        self.inner.create_contacts(user, group, cards).await
+    }
+
+    async fn update_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        items: &[(&str, &str, &VCard)],
+        fields: &FieldSelection,
+    ) -> Vec<Result<String>> {
+        add(&self.calls.update_contact, items.len());
+        self.inner.update_contacts(user, group, items, fields).await
+    }
+
+    async fn delete_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        items: &[(&str, &str)],
+    ) -> Vec<Result<()>> {
+        add(&self.calls.delete_contact, items.len());
+        self.inner.delete_contacts(user, group, items).await
+    }
+
+    async fn move_contacts_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[&str],
+    ) -> Vec<Result<()>> {
+        add(&self.calls.move_to_default, ids.len());
+        self.inner.move_contacts_to_default(user, group, ids).await
+    }
+}
+
+fn add(a: &AtomicU64, n: usize) {
+    a.fetch_add(n as u64, Ordering::Relaxed);
 }

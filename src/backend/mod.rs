@@ -7,6 +7,7 @@
 
 pub mod carddav;
 pub mod counting;
+pub mod google;
 pub mod memory;
 pub mod vdir;
 
@@ -72,6 +73,9 @@ pub enum BackendError {
     Invalid(String),
     #[error("temporary failure: {0}")]
     Transient(String),
+    /// The user exists but must not be synced now (suspended, archived): a note, not a failure.
+    #[error("{0}")]
+    Skipped(String),
 }
 
 impl BackendError {
@@ -181,6 +185,103 @@ pub trait Backend: Send + Sync {
         id: &str,
         etag: &str,
     ) -> impl Future<Output = Result<()>> + Send;
+
+    /// How many contacts one batch call takes (1: the provider has no batch endpoint). The engine
+    /// hands the batch methods below at most this many items at a time.
+    fn batch_size(&self) -> usize {
+        1
+    }
+
+    /// Creates several contacts in one group. One result per card, in order; a provider without
+    /// batch endpoints creates them one by one and stops at the first failure (the results then
+    /// end early). Every `Ok` is a contact that exists, even when a later one failed.
+    fn create_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        cards: &[&VCard],
+    ) -> impl Future<Output = Vec<Result<Written>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(cards.len());
+            for card in cards {
+                let r = self.create_contact(user, group, card).await;
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+    }
+
+    /// Updates several contacts (`(id, etag, desired card)`), as `update_contact` does. One result
+    /// per item, in order, ending early after a failure when done one by one.
+    fn update_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        items: &[(&str, &str, &VCard)],
+        fields: &FieldSelection,
+    ) -> impl Future<Output = Vec<Result<String>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (id, etag, card) in items {
+                let r = self
+                    .update_contact(user, group, id, etag, card, fields)
+                    .await;
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+    }
+
+    /// Deletes several contacts (`(id, etag)`), each only if its etag is unchanged. One result
+    /// per item, in order, ending early after a failure when done one by one.
+    fn delete_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        items: &[(&str, &str)],
+    ) -> impl Future<Output = Vec<Result<()>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(items.len());
+            for (id, etag) in items {
+                let r = self.delete_contact(user, group, id, etag).await;
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+    }
+
+    /// Moves several contacts to the default collection, as `move_to_default` does.
+    fn move_contacts_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[&str],
+    ) -> impl Future<Output = Vec<Result<()>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                let r = self.move_to_default(user, group, id).await;
+                let failed = r.is_err();
+                out.push(r);
+                if failed {
+                    break;
+                }
+            }
+            out
+        }
+    }
 
     /// Moves a contact out of `group` into the user's default collection ("My Contacts").
     fn move_to_default(

@@ -169,6 +169,7 @@ impl Ctx {
                 default_collection,
                 ..
             } => (*concurrency, default_collection.clone()),
+            BackendConfig::Google(g) => (g.concurrency, "My Contacts".to_string()),
         };
         RunOptions {
             concurrency,
@@ -266,6 +267,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 default_collection,
             })
             .map_err(cfg_err)?;
+            dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
+        }
+        BackendConfig::Google(g) => {
+            let backend = crate::backend::google::GoogleBackend::new(g)
+                .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
             dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
         }
     }

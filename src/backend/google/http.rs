@@ -1,0 +1,277 @@
+//! One Google API call: a bearer token for the impersonated user, the global rate limit, retries
+//! with exponential backoff and jitter honouring Retry-After (429, 500, 502, 503, 504 and 403
+//! rate-limit reasons), and Google's error body (`google.rpc.Status`, plus the legacy
+//! `errors[].reason`) read into `ApiError`.
+//!
+//! It must not retry a call that may have changed something unless the caller says the call is
+//! safe to repeat: a create that timed out is settled by re-reading, not by sending it again.
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::auth::TokenSource;
+
+/// A call that did not succeed.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status, 0 when no answer came.
+    pub status: u16,
+    /// `error.status` (`FAILED_PRECONDITION`, …) or empty.
+    pub code: String,
+    /// Reasons from `details[].reason` and `errors[].reason`.
+    pub reasons: Vec<String>,
+    pub message: String,
+    /// The whole `error` object, for batch error details.
+    pub body: Value,
+    /// True when the request may have reached the server and been applied.
+    pub ambiguous: bool,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.status == 0 {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "HTTP {} {}: {}", self.status, self.code, self.message)?;
+            if !self.reasons.is_empty() {
+                write!(f, " ({})", self.reasons.join(", "))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+impl ApiError {
+    pub fn has_reason(&self, r: &str) -> bool {
+        self.reasons.iter().any(|x| x == r)
+    }
+
+    /// Worth trying again later without changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.status, 0 | 429 | 500 | 502 | 503 | 504)
+            || (self.status == 403
+                && self.reasons.iter().any(|r| {
+                    matches!(
+                        r.as_str(),
+                        "rateLimitExceeded"
+                            | "userRateLimitExceeded"
+                            | "quotaExceeded"
+                            | "RATE_LIMIT_EXCEEDED"
+                    )
+                }))
+    }
+
+    fn parse(status: StatusCode, text: &str) -> Self {
+        let v: Value = serde_json::from_str(text).unwrap_or(Value::Null);
+        let e = v.get("error").cloned().unwrap_or(Value::Null);
+        let mut reasons = vec![];
+        for list in ["details", "errors"] {
+            if let Some(a) = e.get(list).and_then(Value::as_array) {
+                reasons.extend(
+                    a.iter()
+                        .filter_map(|d| d.get("reason").and_then(Value::as_str))
+                        .map(str::to_string),
+                );
+            }
+        }
+        let message = e
+            .get("message")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        ApiError {
+            status: status.as_u16(),
+            code: e
+                .get("status")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+            reasons,
+            message,
+            body: e,
+            ambiguous: status.is_server_error(),
+        }
+    }
+}
+
+/// Per API method call counts (for `check`, benchmarks and logs).
+#[derive(Debug, Default)]
+pub struct MethodCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>);
+
+impl MethodCounts {
+    fn bump(&self, m: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(m)
+            .or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// The HTTP client shared by every call.
+pub struct Client {
+    pub http: reqwest::Client,
+    pub tokens: TokenSource,
+    limiter: governor::DefaultDirectRateLimiter,
+    pub counts: MethodCounts,
+    pub retries: AtomicU64,
+}
+
+/// What one call is.
+pub struct Call<'a> {
+    /// API method name, e.g. `people.batchCreateContacts` (for counts and logs).
+    pub name: &'static str,
+    pub method: Method,
+    pub url: String,
+    pub query: Vec<(&'a str, String)>,
+    pub body: Option<&'a Value>,
+    /// Impersonated user (email) and scopes.
+    pub user: &'a str,
+    pub scopes: &'a str,
+    /// Safe to send again after a 5xx or a lost answer.
+    pub idempotent: bool,
+}
+
+impl Client {
+    pub fn new(http: reqwest::Client, tokens: TokenSource, requests_per_minute: u32) -> Self {
+        let rpm = std::num::NonZeroU32::new(requests_per_minute.max(1)).expect("non-zero");
+        let burst = std::num::NonZeroU32::new((requests_per_minute / 60).max(1)).expect("non-zero");
+        Client {
+            http,
+            tokens,
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_minute(rpm).allow_burst(burst),
+            ),
+            counts: Default::default(),
+            retries: Default::default(),
+        }
+    }
+
+    /// Sends a call, retrying what is safe to retry; returns the JSON body (`Null` if empty).
+    pub async fn send(&self, call: &Call<'_>) -> Result<Value, ApiError> {
+        let attempt = || async {
+            let token = self
+                .tokens
+                .token(call.user, call.scopes)
+                .await
+                .map_err(|e| {
+                    let retry = e.is_retryable();
+                    (
+                        None,
+                        ApiError {
+                            status: if retry { 0 } else { 401 },
+                            code: "UNAUTHENTICATED".into(),
+                            reasons: vec![if retry { "token" } else { "auth" }.into()],
+                            message: e.to_string(),
+                            body: Value::Null,
+                            ambiguous: false,
+                        },
+                    )
+                })?;
+            self.limiter.until_ready().await;
+            self.counts.bump(call.name);
+            let mut req = self
+                .http
+                .request(call.method.clone(), &call.url)
+                .header("authorization", token.bearer())
+                .query(&call.query);
+            if let Some(b) = call.body {
+                req = req.json(b);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    let connect = e.is_connect();
+                    return Err((
+                        None,
+                        ApiError {
+                            status: 0,
+                            code: String::new(),
+                            reasons: vec![],
+                            message: format!("{} {}: {}", call.name, call.url, e.without_url()),
+                            body: Value::Null,
+                            // A connection that was never made sent nothing.
+                            ambiguous: !connect,
+                        },
+                    ));
+                }
+            };
+            let status = resp.status();
+            let after = resp
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let text = resp.text().await.map_err(|e| {
+                (
+                    None,
+                    ApiError {
+                        status: 0,
+                        code: String::new(),
+                        reasons: vec![],
+                        message: format!("{} {}: {}", call.name, call.url, e.without_url()),
+                        body: Value::Null,
+                        ambiguous: true,
+                    },
+                )
+            })?;
+            if status.is_success() {
+                return Ok(if text.trim().is_empty() {
+                    Value::Null
+                } else {
+                    serde_json::from_str(&text).map_err(|_| {
+                        (
+                            None,
+                            ApiError {
+                                status: status.as_u16(),
+                                code: "BAD_RESPONSE".into(),
+                                reasons: vec![],
+                                message: format!(
+                                    "{} answered {status} with a body that is not JSON",
+                                    call.name
+                                ),
+                                body: Value::Null,
+                                ambiguous: true,
+                            },
+                        )
+                    })?
+                });
+            }
+            if status == StatusCode::UNAUTHORIZED {
+                self.tokens.forget(call.user).await;
+            }
+            Err((after, ApiError::parse(status, &text)))
+        };
+        let retryable = |(_, e): &(Option<Duration>, ApiError)| {
+            (e.is_retryable() || e.status == 401 && e.reasons.is_empty())
+                && (call.idempotent || !e.ambiguous)
+        };
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(250))
+                    .with_max_delay(Duration::from_secs(32))
+                    .with_max_times(6)
+                    .with_jitter(),
+            )
+            .when(retryable)
+            .adjust(|(after, _): &(Option<Duration>, ApiError), d| {
+                after.map(|a| a.min(Duration::from_secs(120))).or(d)
+            })
+            .notify(|(_, e), after| {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{}: {e}; retrying in {after:?}", call.name)
+            })
+            .await
+            .map_err(|(_, e)| e)
+    }
+}

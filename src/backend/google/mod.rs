@@ -1,0 +1,1054 @@
+//! The Google Workspace backend: People API v1 for contacts and contact groups, Admin SDK
+//! Directory for users and domains, a service account with domain-wide delegation for both.
+//!
+//! - A user is a Directory user, keyed by its immutable id (an email rename keeps the ledger);
+//!   People calls impersonate their primary email, Directory calls impersonate `admin`.
+//! - A group is a user contact group (`contactGroups/…`); its members are found by listing the
+//!   user's connections (1,000 a page) and filtering on memberships, never one call per member.
+//! - Writes go through the batch endpoints (create/update ≤ 200, delete ≤ 500 per call), with
+//!   etags from a fresh read; a stale etag is a `Conflict` (the engine re-reads and re-plans).
+//! - A batch create whose answer was lost is never sent again blindly: the user's contacts are
+//!   re-read and matched by tag first.
+//!
+//! This module must not decide what to write, and never logs a key or a token.
+
+pub mod auth;
+pub mod http;
+pub mod person;
+
+use calcard::vcard::VCard;
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use crate::card::FieldSelection;
+use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
+use http::{ApiError, Call, Client};
+
+/// The default group that receives a removed user's own contacts.
+pub const MY_CONTACTS: &str = "contactGroups/myContacts";
+const CONTACT_SOURCES: &str = "READ_SOURCE_TYPE_CONTACT";
+
+/// Settings of the Google backend (`[backend] kind = "google"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoogleConfig {
+    pub key_file: PathBuf,
+    /// Admin user impersonated for Directory calls.
+    pub admin: String,
+    /// Domains whose users may be sources or destinations; `None`: every verified domain.
+    pub allowed_domains: Option<Vec<String>>,
+    pub people_url: String,
+    pub directory_url: String,
+    /// Overrides the key file's `token_uri`.
+    pub token_url: Option<String>,
+    pub concurrency: usize,
+    pub requests_per_minute: u32,
+    pub visible_tag: bool,
+}
+
+impl GoogleConfig {
+    pub fn with_defaults(key_file: PathBuf, admin: String) -> Self {
+        GoogleConfig {
+            key_file,
+            admin,
+            allowed_domains: None,
+            people_url: "https://people.googleapis.com".into(),
+            directory_url: "https://admin.googleapis.com".into(),
+            token_url: None,
+            concurrency: 16,
+            requests_per_minute: 3000,
+            visible_tag: true,
+        }
+    }
+}
+
+/// What a tagged copy needs besides its fields: the user's other userDefined entries, kept when
+/// the visible tag is put back on a copy whose userDefined the job does not manage.
+#[derive(Debug, Clone)]
+struct Repair {
+    user_defined: Vec<Value>,
+}
+
+/// Google Workspace through the People and Directory APIs.
+pub struct GoogleBackend {
+    cfg: GoogleConfig,
+    client: Client,
+    /// Directory id → primary email, filled by `resolve_user`.
+    emails: Mutex<HashMap<String, String>>,
+    domains: tokio::sync::OnceCell<Vec<String>>,
+    /// (user id, resourceName) of tagged copies whose visible tag is missing.
+    repairs: Mutex<HashMap<(String, String), Repair>>,
+}
+
+fn api(e: ApiError, what: &str) -> BackendError {
+    if e.is_retryable() {
+        BackendError::Transient(format!("{what}: {e}"))
+    } else if e.status == 404 {
+        BackendError::NotFound {
+            what: what.to_string(),
+        }
+    } else if e.status == 409 {
+        BackendError::AlreadyExists {
+            what: what.to_string(),
+        }
+    } else if e.code == "FAILED_PRECONDITION"
+        || e.has_reason("failedPrecondition")
+        || e.status == 412
+    {
+        BackendError::Conflict {
+            what: what.to_string(),
+        }
+    } else {
+        BackendError::Invalid(format!("{what}: {e}"))
+    }
+}
+
+/// The People fields read for every contact: the copied ones plus what tells copies apart.
+fn read_fields() -> String {
+    let mut f: Vec<&str> = person::COPIED_FIELDS.to_vec();
+    f.extend(["clientData", "memberships", "metadata"]);
+    f.join(",")
+}
+
+fn domain_of(email: &str) -> &str {
+    email.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+impl GoogleBackend {
+    /// Opens the backend: loads the key (refusing a key file others may read).
+    pub fn new(cfg: GoogleConfig) -> std::result::Result<Self, String> {
+        let mut account = ServiceAccount::load(&cfg.key_file)?;
+        if let Some(t) = &cfg.token_url {
+            account.token_uri = t.clone();
+        }
+        Self::with_account(cfg, account)
+    }
+
+    /// Opens the backend with a key already loaded.
+    pub fn with_account(
+        cfg: GoogleConfig,
+        account: ServiceAccount,
+    ) -> std::result::Result<Self, String> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .user_agent(concat!("groupsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| e.to_string())?;
+        let tokens = TokenSource::new(account, http.clone());
+        let client = Client::new(http, tokens, cfg.requests_per_minute);
+        Ok(GoogleBackend {
+            cfg,
+            client,
+            emails: Default::default(),
+            domains: Default::default(),
+            repairs: Default::default(),
+        })
+    }
+
+    pub fn config(&self) -> &GoogleConfig {
+        &self.cfg
+    }
+
+    /// API calls made so far, by method (`people.batchCreateContacts`, …), and tokens fetched.
+    pub fn api_calls(&self) -> BTreeMap<&'static str, u64> {
+        let mut m = self.client.counts.snapshot();
+        m.insert(
+            "oauth2.token",
+            self.client
+                .tokens
+                .fetched
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
+        m
+    }
+
+    fn email(&self, user: &User) -> String {
+        self.emails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&user.id)
+            .cloned()
+            .unwrap_or_else(|| user.name.clone())
+    }
+
+    fn people(&self, path: &str) -> String {
+        format!("{}/v1/{path}", self.cfg.people_url.trim_end_matches('/'))
+    }
+
+    fn directory(&self, path: &str) -> String {
+        format!(
+            "{}/admin/directory/v1/{path}",
+            self.cfg.directory_url.trim_end_matches('/')
+        )
+    }
+
+    async fn as_admin(
+        &self,
+        name: &'static str,
+        url: String,
+        query: Vec<(&str, String)>,
+    ) -> std::result::Result<Value, ApiError> {
+        self.client
+            .send(&Call {
+                name,
+                method: Method::GET,
+                url,
+                query,
+                body: None,
+                user: &self.cfg.admin,
+                scopes: &DIRECTORY_SCOPES.join(" "),
+                idempotent: true,
+            })
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn as_user(
+        &self,
+        user: &User,
+        name: &'static str,
+        method: Method,
+        url: String,
+        query: Vec<(&str, String)>,
+        body: Option<&Value>,
+        idempotent: bool,
+    ) -> std::result::Result<Value, ApiError> {
+        let email = self.email(user);
+        self.client
+            .send(&Call {
+                name,
+                method,
+                url,
+                query,
+                body,
+                user: &email,
+                scopes: CONTACTS_SCOPE,
+                idempotent,
+            })
+            .await
+    }
+
+    /// The domains users may belong to: `allowed_domains`, or every verified domain of the
+    /// customer (domains.list, primary and secondary alike).
+    pub async fn allowed_domains(&self) -> Result<Vec<String>> {
+        if let Some(d) = &self.cfg.allowed_domains {
+            return Ok(d.iter().map(|d| d.to_ascii_lowercase()).collect());
+        }
+        self.domains
+            .get_or_try_init(|| async {
+                let v = self
+                    .as_admin(
+                        "directory.domains.list",
+                        self.directory("customer/my_customer/domains"),
+                        vec![],
+                    )
+                    .await
+                    .map_err(|e| api(e, "listing the customer's domains"))?;
+                let mut out = vec![];
+                for d in v
+                    .get("domains")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if d.get("verified").and_then(Value::as_bool) == Some(true)
+                        && let Some(n) = d.get("domainName").and_then(Value::as_str)
+                    {
+                        out.push(n.to_ascii_lowercase());
+                        for a in d
+                            .get("domainAliases")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
+                            if a.get("verified").and_then(Value::as_bool) == Some(true)
+                                && let Some(n) = a.get("domainAliasName").and_then(Value::as_str)
+                            {
+                                out.push(n.to_ascii_lowercase());
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .cloned()
+    }
+
+    /// Lists a user's contact groups (one call for up to 1,000 groups).
+    async fn list_groups(&self, user: &User) -> Result<Vec<Value>> {
+        let mut out = vec![];
+        let mut page: Option<String> = None;
+        loop {
+            let mut q = vec![
+                ("pageSize", "1000".to_string()),
+                ("groupFields", "name,groupType,metadata".to_string()),
+            ];
+            if let Some(p) = &page {
+                q.push(("pageToken", p.clone()));
+            }
+            let v = self
+                .as_user(
+                    user,
+                    "people.contactGroups.list",
+                    Method::GET,
+                    self.people("contactGroups"),
+                    q,
+                    None,
+                    true,
+                )
+                .await
+                .map_err(|e| api(e, &format!("contact groups of {}", user.name)))?;
+            if let Some(a) = v.get("contactGroups").and_then(Value::as_array) {
+                out.extend(a.iter().cloned());
+            }
+            match v.get("nextPageToken").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => page = Some(t.to_string()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Every contact of a user (connections.list, 1,000 a page), handed to `each`.
+    async fn list_connections(
+        &self,
+        user: &User,
+        fields: &str,
+        each: &mut (dyn FnMut(Value) + Send),
+    ) -> Result<()> {
+        let mut page: Option<String> = None;
+        loop {
+            let mut q = vec![
+                ("pageSize", "1000".to_string()),
+                ("personFields", fields.to_string()),
+                ("sources", CONTACT_SOURCES.to_string()),
+            ];
+            if let Some(p) = &page {
+                q.push(("pageToken", p.clone()));
+            }
+            let mut v = self
+                .as_user(
+                    user,
+                    "people.connections.list",
+                    Method::GET,
+                    self.people("people/me/connections"),
+                    q,
+                    None,
+                    true,
+                )
+                .await
+                .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+            if let Some(Value::Array(a)) = v.get_mut("connections").map(Value::take) {
+                for p in a {
+                    each(p);
+                }
+            }
+            match v.get("nextPageToken").and_then(Value::as_str) {
+                Some(t) if !t.is_empty() => page = Some(t.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    fn contact_of(&self, user: &User, p: &Value) -> Contact {
+        let id = p
+            .get("resourceName")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let etag = p
+            .get("etag")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let info = person::tag_info(p);
+        let repair = (self.cfg.visible_tag
+            && info
+                .machine
+                .as_ref()
+                .is_some_and(|(t, _)| info.visible.as_ref() != Some(t)))
+        .then_some("visible-tag");
+        if repair.is_some() {
+            let user_defined = p
+                .get("userDefined")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter(|e| e.get("key").and_then(Value::as_str) != Some(person::TAG_KEY))
+                        .map(|e| {
+                            let mut e = e.clone();
+                            if let Some(o) = e.as_object_mut() {
+                                o.remove("metadata");
+                            }
+                            e
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            self.repairs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((user.id.clone(), id.clone()), Repair { user_defined });
+        }
+        Contact {
+            card: Ok(person::to_card(p, repair)),
+            id,
+            etag,
+        }
+    }
+
+    /// After a batch create whose answer was lost or partial: which of `cards` now exist,
+    /// found by their machine tag (`<tag>:<source>`) among the user's contacts.
+    async fn find_created(
+        &self,
+        user: &User,
+        cards: &[&VCard],
+    ) -> Result<HashMap<String, Written>> {
+        let wanted: HashMap<String, ()> = cards
+            .iter()
+            .filter_map(|c| person::tag_of_card(c))
+            .map(|(t, s)| (format!("{t}:{s}"), ()))
+            .collect();
+        let mut found = HashMap::new();
+        self.list_connections(user, "clientData,metadata", &mut |p| {
+            if let Some((t, s)) = person::tag_info(&p).machine {
+                let key = format!("{t}:{s}");
+                if wanted.contains_key(&key) {
+                    found.insert(
+                        key,
+                        Written {
+                            id: p["resourceName"].as_str().unwrap_or("").to_string(),
+                            etag: p["etag"].as_str().unwrap_or("").to_string(),
+                        },
+                    );
+                }
+            }
+        })
+        .await?;
+        Ok(found)
+    }
+
+    async fn modify_members(
+        &self,
+        user: &User,
+        group: &str,
+        add: &[&str],
+        remove: &[&str],
+    ) -> std::result::Result<Value, ApiError> {
+        let body = json!({ "resourceNamesToAdd": add, "resourceNamesToRemove": remove });
+        self.as_user(
+            user,
+            "people.contactGroups.members.modify",
+            Method::POST,
+            self.people(&format!("{group}/members:modify")),
+            vec![],
+            Some(&body),
+            true,
+        )
+        .await
+    }
+    /// One batchUpdateContacts call; a result per contact.
+    async fn update_batch(
+        &self,
+        user: &User,
+        chunk: &[&(String, Value, bool)],
+        mask: &[&str],
+    ) -> Vec<(String, Result<String>)> {
+        let contacts: serde_json::Map<String, Value> = chunk
+            .iter()
+            .map(|(id, p, _)| (id.clone(), p.clone()))
+            .collect();
+        let body = json!({
+            "contacts": contacts,
+            "updateMask": mask.join(","),
+            "readMask": "metadata",
+            "sources": [CONTACT_SOURCES],
+        });
+        let what = |id: &str| format!("contact {id} of {}", user.name);
+        match self
+            .as_user(
+                user,
+                "people.batchUpdateContacts",
+                Method::POST,
+                self.people("people:batchUpdateContacts"),
+                vec![],
+                Some(&body),
+                true,
+            )
+            .await
+        {
+            Ok(v) => {
+                let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+                chunk
+                    .iter()
+                    .map(|(id, _, _)| {
+                        repairs.remove(&(user.id.clone(), id.clone()));
+                        let etag = v
+                            .get("updateResult")
+                            .and_then(|r| r.get(id.as_str()))
+                            .and_then(|r| r.get("person"))
+                            .and_then(|p| p.get("etag"))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string();
+                        (id.clone(), Ok(etag))
+                    })
+                    .collect()
+            }
+            Err(e) => match contact_errors(&e) {
+                // The others were updated; their new etags are unknown (the next run compares
+                // content instead).
+                Some(errors) => chunk
+                    .iter()
+                    .map(|(id, _, _)| {
+                        let r = match errors.get(id.as_str()) {
+                            Some(s) => Err(status_error(s, &what(id))),
+                            None => Ok(String::new()),
+                        };
+                        (id.clone(), r)
+                    })
+                    .collect(),
+                None => {
+                    let msg = e.to_string();
+                    let first = api(e, &format!("updating contacts of {}", user.name));
+                    let mut out = vec![];
+                    for (i, (id, _, _)) in chunk.iter().enumerate() {
+                        out.push((
+                            id.clone(),
+                            if i == 0 {
+                                Err(match &first {
+                                    BackendError::Conflict { what } => {
+                                        BackendError::Conflict { what: what.clone() }
+                                    }
+                                    BackendError::Transient(m) => {
+                                        BackendError::Transient(m.clone())
+                                    }
+                                    _ => BackendError::Invalid(format!(
+                                        "updating contacts of {}: {msg}",
+                                        user.name
+                                    )),
+                                })
+                            } else {
+                                Err(BackendError::Transient(format!(
+                                    "not updated: the batch failed ({msg})"
+                                )))
+                            },
+                        ));
+                    }
+                    out
+                }
+            },
+        }
+    }
+}
+
+/// Per-item errors of a failed batch call (`BatchCreateContactsErrorDetails` /
+/// `BatchUpdateContactsErrorDetails`): key (index or resourceName) → Status.
+fn contact_errors(e: &ApiError) -> Option<HashMap<String, Value>> {
+    let details = e.body.get("details")?.as_array()?;
+    let mut out = HashMap::new();
+    for d in details {
+        if let Some(m) = d.get("contactErrors").and_then(Value::as_object) {
+            for (k, v) in m {
+                out.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+fn status_error(status: &Value, what: &str) -> BackendError {
+    let code = status.get("code").and_then(Value::as_i64).unwrap_or(0);
+    let msg = status
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("failed");
+    match code {
+        // FAILED_PRECONDITION: the etag is stale.
+        9 => BackendError::Conflict {
+            what: what.to_string(),
+        },
+        5 => BackendError::NotFound {
+            what: what.to_string(),
+        },
+        8 | 13 | 14 | 4 | 10 => BackendError::Transient(format!("{what}: {msg}")),
+        _ => BackendError::Invalid(format!("{what}: {msg}")),
+    }
+}
+
+impl Backend for GoogleBackend {
+    fn kind(&self) -> &'static str {
+        "google"
+    }
+
+    fn batch_size(&self) -> usize {
+        200
+    }
+
+    async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
+        let key = name.trim().to_ascii_lowercase();
+        let v = match self
+            .as_admin(
+                "directory.users.get",
+                self.directory(&format!("users/{key}")),
+                vec![
+                    ("projection", "basic".into()),
+                    ("viewType", "admin_view".into()),
+                ],
+            )
+            .await
+        {
+            Ok(v) => v,
+            Err(e) if e.status == 404 => return Ok(None),
+            Err(e) if e.status == 400 && e.has_reason("invalid") => return Ok(None),
+            Err(e) if e.status == 403 => {
+                return Err(BackendError::Invalid(format!(
+                    "the Directory API refused to look up {name} as {}: {e}. `admin` must be a Workspace administrator, and the scopes {} must be authorised for the service account",
+                    self.cfg.admin,
+                    DIRECTORY_SCOPES.join(",")
+                )));
+            }
+            Err(e) => return Err(api(e, &format!("looking up user {name}"))),
+        };
+        let id = v
+            .get("id")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let email = v
+            .get("primaryEmail")
+            .and_then(Value::as_str)
+            .unwrap_or(name)
+            .to_string();
+        if id.is_empty() {
+            return Err(BackendError::Invalid(format!(
+                "the Directory API answered for {name} without a user id"
+            )));
+        }
+        let domains = self.allowed_domains().await?;
+        if !domains
+            .iter()
+            .any(|d| d == &domain_of(&email).to_ascii_lowercase())
+        {
+            return Err(BackendError::Invalid(format!(
+                "user {name} ({email}) is outside the allowed domains ({})",
+                domains.join(", ")
+            )));
+        }
+        if v.get("suspended").and_then(Value::as_bool) == Some(true) {
+            return Err(BackendError::Skipped(format!("{name} is suspended")));
+        }
+        if v.get("archived").and_then(Value::as_bool) == Some(true) {
+            return Err(BackendError::Skipped(format!("{name} is archived")));
+        }
+        self.emails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), email);
+        Ok(Some(User {
+            id,
+            name: name.to_string(),
+        }))
+    }
+
+    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+        for g in self.list_groups(user).await? {
+            let is_user_group =
+                g.get("groupType").and_then(Value::as_str) != Some("SYSTEM_CONTACT_GROUP");
+            if is_user_group && g.get("name").and_then(Value::as_str) == Some(name) {
+                return Ok(Some(GroupRef {
+                    id: g["resourceName"].as_str().unwrap_or("").to_string(),
+                    name: name.to_string(),
+                    version: None,
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
+        let body = json!({ "contactGroup": { "name": name }, "readGroupFields": "name,groupType,metadata" });
+        let v = self
+            .as_user(
+                user,
+                "people.contactGroups.create",
+                Method::POST,
+                self.people("contactGroups"),
+                vec![],
+                Some(&body),
+                false,
+            )
+            .await
+            .map_err(|e| api(e, &format!("contact group {name:?} of {}", user.name)))?;
+        Ok(GroupRef {
+            id: v["resourceName"].as_str().unwrap_or("").to_string(),
+            name: name.to_string(),
+            version: None,
+        })
+    }
+
+    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
+        let what = format!("contact group {:?} of {}", group.name, user.name);
+        let v = self
+            .as_user(
+                user,
+                "people.contactGroups.get",
+                Method::GET,
+                self.people(&group.id),
+                vec![("groupFields", "memberCount".into())],
+                None,
+                true,
+            )
+            .await
+            .map_err(|e| api(e, &what))?;
+        if v.get("memberCount").and_then(Value::as_i64).unwrap_or(0) > 0 {
+            return Err(BackendError::NotEmpty { what });
+        }
+        self.as_user(
+            user,
+            "people.contactGroups.delete",
+            Method::DELETE,
+            self.people(&group.id),
+            vec![("deleteContacts", "false".into())],
+            None,
+            true,
+        )
+        .await
+        .map_err(|e| api(e, &what))?;
+        Ok(())
+    }
+
+    async fn scan_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        self.repairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != &user.id);
+        let fields = read_fields();
+        self.list_connections(user, &fields, &mut |p| {
+            if person::memberships(&p).iter().any(|m| m == &group.id) {
+                sink(self.contact_of(user, &p));
+            }
+        })
+        .await
+    }
+
+    async fn fetch_contacts(
+        &self,
+        user: &User,
+        _group: &GroupRef,
+        ids: &[String],
+    ) -> Result<Vec<Contact>> {
+        let mut out = vec![];
+        for chunk in ids.chunks(200) {
+            let mut q: Vec<(&str, String)> = chunk
+                .iter()
+                .map(|id| ("resourceNames", id.clone()))
+                .collect();
+            q.push(("personFields", read_fields()));
+            q.push(("sources", CONTACT_SOURCES.into()));
+            let v = self
+                .as_user(
+                    user,
+                    "people.getBatchGet",
+                    Method::GET,
+                    self.people("people:batchGet"),
+                    q,
+                    None,
+                    true,
+                )
+                .await
+                .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+            for r in v
+                .get("responses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(p) = r.get("person").filter(|p| p.get("resourceName").is_some()) {
+                    out.push(self.contact_of(user, p));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
+        self.create_contacts(user, group, &[card])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
+    }
+
+    async fn update_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<String> {
+        self.update_contacts(user, group, &[(id, etag, card)], fields)
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
+    }
+
+    async fn delete_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
+        self.delete_contacts(user, group, &[(id, etag)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
+    }
+
+    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+        self.move_contacts_to_default(user, group, &[id])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
+    }
+
+    async fn create_contacts(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        cards: &[&VCard],
+    ) -> Vec<Result<Written>> {
+        let mut out = Vec::with_capacity(cards.len());
+        for chunk in cards.chunks(200) {
+            let contacts: Vec<Value> = chunk
+                .iter()
+                .map(|c| json!({ "contactPerson": person::new_contact(c, &group.id, self.cfg.visible_tag) }))
+                .collect();
+            let body = json!({
+                "contacts": contacts,
+                "readMask": "metadata",
+                "sources": [CONTACT_SOURCES],
+            });
+            let what = |i: usize| format!("contact {} of {}", i, user.name);
+            match self
+                .as_user(
+                    user,
+                    "people.batchCreateContacts",
+                    Method::POST,
+                    self.people("people:batchCreateContacts"),
+                    vec![],
+                    Some(&body),
+                    false,
+                )
+                .await
+            {
+                Ok(v) => {
+                    let created = v.get("createdPeople").and_then(Value::as_array);
+                    for (i, _) in chunk.iter().enumerate() {
+                        let r = created.and_then(|a| a.get(i)).and_then(|r| r.get("person"));
+                        out.push(match r {
+                            Some(p) => Ok(Written {
+                                id: p["resourceName"].as_str().unwrap_or("").to_string(),
+                                etag: p["etag"].as_str().unwrap_or("").to_string(),
+                            }),
+                            None => Err(BackendError::Invalid(format!(
+                                "batchCreateContacts answered without {}",
+                                what(i)
+                            ))),
+                        });
+                    }
+                }
+                Err(e) => {
+                    let errors = contact_errors(&e);
+                    if !e.ambiguous && errors.is_none() {
+                        // Refused as a whole: nothing was created.
+                        let err = api(e, &format!("creating contacts of {}", user.name));
+                        out.push(Err(err));
+                        return out;
+                    }
+                    // Some or all may exist: look them up by tag before anything is retried.
+                    tracing::info!(dest = %user.name, "batch create answered {e}; reading back by tag");
+                    let found = match self.find_created(user, chunk).await {
+                        Ok(f) => f,
+                        Err(read) => {
+                            out.push(Err(read));
+                            return out;
+                        }
+                    };
+                    let mut failed = false;
+                    for (i, c) in chunk.iter().enumerate() {
+                        let key = person::tag_of_card(c).map(|(t, s)| format!("{t}:{s}"));
+                        match key.and_then(|k| found.get(&k)) {
+                            Some(w) => out.push(Ok(w.clone())),
+                            None => {
+                                failed = true;
+                                out.push(Err(
+                                    match errors.as_ref().and_then(|m| m.get(&i.to_string())) {
+                                        Some(s) => status_error(s, &what(i)),
+                                        None => BackendError::Transient(format!(
+                                            "creating {}: {e}",
+                                            what(i)
+                                        )),
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                    if failed {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    async fn update_contacts(
+        &self,
+        user: &User,
+        _group: &GroupRef,
+        items: &[(&str, &str, &VCard)],
+        fields: &FieldSelection,
+    ) -> Vec<Result<String>> {
+        let managed = person::managed_fields(fields);
+        let manages_ud = managed.contains(&"userDefined");
+        // Each contact's body; `true` when it needs userDefined written although the job does
+        // not manage it (its visible tag is put back, the user's other entries kept).
+        let mut bodies: Vec<(String, Value, bool)> = Vec::with_capacity(items.len());
+        {
+            let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+            for (id, etag, card) in items {
+                let mut p = person::fields_of(card, &managed);
+                let mut extra = false;
+                if self.cfg.visible_tag
+                    && let Some((tag, _)) = person::tag_of_card(card)
+                {
+                    let ud = if manages_ud {
+                        p.get("userDefined").and_then(Value::as_array).cloned()
+                    } else {
+                        repairs
+                            .get(&(user.id.clone(), id.to_string()))
+                            .map(|r| r.user_defined.clone())
+                    };
+                    if let Some(mut ud) = ud {
+                        ud.push(json!({ "key": person::TAG_KEY, "value": tag }));
+                        p.insert("userDefined".into(), Value::Array(ud));
+                        extra = !manages_ud;
+                    }
+                }
+                p.insert("etag".into(), json!(etag));
+                p.insert("resourceName".into(), json!(id));
+                bodies.push((id.to_string(), Value::Object(p), extra));
+            }
+        }
+        let mut results: HashMap<String, Result<String>> = HashMap::new();
+        for extra in [false, true] {
+            let mut mask = managed.clone();
+            if extra {
+                mask.push("userDefined");
+            }
+            let group: Vec<&(String, Value, bool)> =
+                bodies.iter().filter(|b| b.2 == extra).collect();
+            for chunk in group.chunks(200) {
+                let done = self.update_batch(user, chunk, &mask).await;
+                let stop = done.iter().any(|(_, r)| r.is_err());
+                results.extend(done);
+                if stop {
+                    break;
+                }
+            }
+        }
+        // In input order, ending at the first failure.
+        let mut out = Vec::with_capacity(items.len());
+        for (id, _, _) in items {
+            match results.remove(*id) {
+                Some(r) => {
+                    let failed = r.is_err();
+                    out.push(r);
+                    if failed {
+                        break;
+                    }
+                }
+                None => {
+                    out.push(Err(BackendError::Transient(format!(
+                        "contact {id} of {} was not updated (an earlier batch failed)",
+                        user.name
+                    ))));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    async fn delete_contacts(
+        &self,
+        user: &User,
+        _group: &GroupRef,
+        items: &[(&str, &str)],
+    ) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(500) {
+            let names: Vec<&str> = chunk.iter().map(|(id, _)| *id).collect();
+            let body = json!({ "resourceNames": names });
+            match self
+                .as_user(
+                    user,
+                    "people.batchDeleteContacts",
+                    Method::POST,
+                    self.people("people:batchDeleteContacts"),
+                    vec![],
+                    Some(&body),
+                    true,
+                )
+                .await
+            {
+                Ok(_) => out.extend(chunk.iter().map(|_| Ok(()))),
+                Err(e) => {
+                    out.push(Err(api(e, &format!("deleting contacts of {}", user.name))));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+
+    async fn move_contacts_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        ids: &[&str],
+    ) -> Vec<Result<()>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(1000) {
+            // Into My Contacts first, so no contact is ever left without a group.
+            let r = match self.modify_members(user, MY_CONTACTS, chunk, &[]).await {
+                Ok(_) => self.modify_members(user, &group.id, &[], chunk).await,
+                Err(e) => Err(e),
+            };
+            match r {
+                Ok(_) => out.extend(chunk.iter().map(|_| Ok(()))),
+                Err(e) => {
+                    out.push(Err(api(
+                        e,
+                        &format!("moving contacts of {} to My Contacts", user.name),
+                    )));
+                    return out;
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,428 @@
+//! People API `Person` ⇄ the engine's vCard form. Every writable Person field (People v1
+//! discovery, `updatePersonFields`) is carried whole, as one `X-GOOGLE-<FIELD>` property per
+//! entry whose value is the entry's JSON with Google's output-only parts removed, so a copy
+//! written back is exactly the source's fields. A few plain vCard properties (FN, EMAIL, ORG) are
+//! derived from them for names in reports and for contact filters; they are never written back.
+//!
+//! The tag lives in `clientData` (`gSync` = `<tag>:<source resourceName>`, the machine identity)
+//! and, when `visible_tag` is on, in a `userDefined` field `gSync` = `<tag>` that users see. This
+//! module must not do I/O.
+
+use calcard::vcard::{VCard, VCardEntry, VCardProperty, VCardValue};
+use serde_json::{Map, Value, json};
+
+use crate::card::{self, FieldSelection};
+
+/// The clientData / userDefined key of the tag.
+pub const TAG_KEY: &str = "gSync";
+
+/// A managed-only marker: a copy that needs repair (visible tag or group membership missing)
+/// carries it, so it differs from its source and gets rewritten. Never written to Google.
+pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
+
+/// Person fields copied from source to destination: every field `updatePersonFields` accepts
+/// except `clientData` (other apps' data, and the tag) and `memberships` (groups are per user).
+pub const COPIED_FIELDS: &[&str] = &[
+    "names",
+    "nicknames",
+    "emailAddresses",
+    "phoneNumbers",
+    "addresses",
+    "organizations",
+    "birthdays",
+    "events",
+    "relations",
+    "urls",
+    "biographies",
+    "calendarUrls",
+    "externalIds",
+    "genders",
+    "imClients",
+    "interests",
+    "locales",
+    "locations",
+    "miscKeywords",
+    "occupations",
+    "sipAddresses",
+    "userDefined",
+];
+
+/// Output-only sub-fields (People v1 discovery: "Output only"), removed before comparing or
+/// writing: Google fills them in itself.
+fn output_only(field: &str, key: &str) -> bool {
+    match key {
+        "metadata" | "formattedType" => true,
+        "displayName" | "displayNameLastFirst" => field == "names",
+        "canonicalForm" => field == "phoneNumbers",
+        "formattedProtocol" => field == "imClients",
+        "formattedValue" => field == "genders",
+        _ => false,
+    }
+}
+
+/// The vCard property name that carries a Person field.
+pub fn property_of(field: &str) -> String {
+    format!("X-GOOGLE-{}", field.to_ascii_uppercase())
+}
+
+fn field_of(property: &str) -> Option<&'static str> {
+    let rest = property.strip_prefix("X-GOOGLE-")?;
+    COPIED_FIELDS
+        .iter()
+        .copied()
+        .find(|f| f.eq_ignore_ascii_case(rest))
+}
+
+/// Plain vCard names an administrator may use in a job's `fields`, and the Person fields they
+/// stand for.
+const ALIASES: &[(&str, &str)] = &[
+    ("FN", "names"),
+    ("N", "names"),
+    ("EMAIL", "emailAddresses"),
+    ("TEL", "phoneNumbers"),
+    ("ADR", "addresses"),
+    ("ORG", "organizations"),
+    ("TITLE", "organizations"),
+    ("BDAY", "birthdays"),
+    ("ANNIVERSARY", "events"),
+    ("URL", "urls"),
+    ("NOTE", "biographies"),
+    ("NICKNAME", "nicknames"),
+    ("RELATED", "relations"),
+    ("IMPP", "imClients"),
+    ("GENDER", "genders"),
+    ("LANG", "locales"),
+    ("CALURI", "calendarUrls"),
+];
+
+/// The Person fields a job manages: `All` is every copied field; a `fields` list may name
+/// Person fields (`phoneNumbers`) or vCard properties (`TEL`). `names` is always managed.
+pub fn managed_fields(fields: &FieldSelection) -> Vec<&'static str> {
+    COPIED_FIELDS
+        .iter()
+        .copied()
+        .filter(|f| fields.manages(&property_of(f)) || *f == "names")
+        .collect()
+}
+
+/// Extends a job's field list with the `X-GOOGLE-*` properties its names stand for (see
+/// `FieldSelection::from_list`).
+pub fn expand_field_names(name: &str) -> Vec<String> {
+    let upper = name.to_ascii_uppercase();
+    let mut out = vec![];
+    for (alias, field) in ALIASES {
+        if *alias == upper {
+            out.push(property_of(field));
+        }
+    }
+    if let Some(f) = COPIED_FIELDS.iter().find(|f| f.eq_ignore_ascii_case(name)) {
+        out.push(property_of(f));
+    }
+    out
+}
+
+fn text_entry(name: &str, value: String) -> VCardEntry {
+    VCardEntry {
+        group: None,
+        name: VCardProperty::Other(name.to_string()),
+        params: vec![],
+        values: vec![VCardValue::Text(value)],
+    }
+}
+
+fn std_entry(name: VCardProperty, value: String) -> VCardEntry {
+    VCardEntry {
+        group: None,
+        name,
+        params: vec![],
+        values: vec![VCardValue::Text(value)],
+    }
+}
+
+/// One field entry without its output-only parts; `None` if nothing is left.
+fn clean_entry(field: &str, v: &Value) -> Option<Value> {
+    let obj = v.as_object()?;
+    let mut out = Map::new();
+    for (k, val) in obj {
+        if output_only(field, k) {
+            continue;
+        }
+        // Memberships etc. never reach here; nested objects (dates) are kept whole.
+        out.insert(k.clone(), val.clone());
+    }
+    if out.is_empty() {
+        None
+    } else {
+        Some(Value::Object(out))
+    }
+}
+
+fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key)?.as_str().filter(|s| !s.trim().is_empty())
+}
+
+/// A name for people, from the writable name parts (never Google's computed displayName, so the
+/// same for a source and its copy).
+fn display_name(person: &Value) -> String {
+    if let Some(n) = person.get("names").and_then(|n| n.get(0)) {
+        if let Some(u) = str_of(n, "unstructuredName") {
+            return u.to_string();
+        }
+        let parts: Vec<&str> = ["honorificPrefix", "givenName", "middleName", "familyName"]
+            .iter()
+            .filter_map(|k| str_of(n, k))
+            .collect();
+        if !parts.is_empty() {
+            return parts.join(" ");
+        }
+    }
+    for (field, key) in [("emailAddresses", "value"), ("organizations", "name")] {
+        if let Some(v) = person
+            .get(field)
+            .and_then(|a| a.get(0))
+            .and_then(|e| str_of(e, key))
+        {
+            return v.to_string();
+        }
+    }
+    "(no name)".into()
+}
+
+/// What the tag fields of a Person say.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct TagInfo {
+    /// From clientData `gSync`: (tag, source resourceName).
+    pub machine: Option<(String, String)>,
+    /// From userDefined `gSync`.
+    pub visible: Option<String>,
+}
+
+/// Reads the tag fields of a Person.
+pub fn tag_info(person: &Value) -> TagInfo {
+    let find = |field: &str| {
+        person
+            .get(field)
+            .and_then(Value::as_array)
+            .and_then(|a| {
+                a.iter()
+                    .find(|e| e.get("key").and_then(Value::as_str) == Some(TAG_KEY))
+            })
+            .and_then(|e| e.get("value").and_then(Value::as_str))
+            .map(str::to_string)
+    };
+    TagInfo {
+        machine: find("clientData").and_then(|v| {
+            let (t, s) = v.split_once(':')?;
+            Some((t.to_string(), s.to_string()))
+        }),
+        visible: find("userDefined"),
+    }
+}
+
+/// The group resource names a Person is a member of.
+pub fn memberships(person: &Value) -> Vec<String> {
+    person
+        .get("memberships")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    m.get("contactGroupMembership")?
+                        .get("contactGroupResourceName")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The engine's card for a Person. `repair` names what a tagged copy lacks (visible tag, group
+/// membership), which makes it differ from its source so the engine rewrites it.
+pub fn to_card(person: &Value, repair: Option<&str>) -> VCard {
+    let info = tag_info(person);
+    let tagged = info.machine.is_some();
+    let mut entries = vec![
+        std_entry(VCardProperty::Version, "4.0".into()),
+        std_entry(VCardProperty::Fn, display_name(person)),
+    ];
+    for field in COPIED_FIELDS {
+        let Some(items) = person.get(*field).and_then(Value::as_array) else {
+            continue;
+        };
+        for item in items {
+            // The visible tag of a copy is part of the tag, not of the copied content.
+            if *field == "userDefined"
+                && tagged
+                && item.get("key").and_then(Value::as_str) == Some(TAG_KEY)
+            {
+                continue;
+            }
+            if let Some(clean) = clean_entry(field, item) {
+                let text = serde_json::to_string(&clean).unwrap_or_default();
+                entries.push(text_entry(&property_of(field), text));
+                match *field {
+                    "emailAddresses" => {
+                        if let Some(v) = str_of(&clean, "value") {
+                            entries.push(std_entry(VCardProperty::Email, v.to_string()));
+                        }
+                    }
+                    "organizations" => {
+                        if let Some(v) = str_of(&clean, "name") {
+                            entries.push(std_entry(VCardProperty::Org, v.to_string()));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if let Some((tag, source)) = info.machine {
+        entries.push(text_entry(card::TAG_PROPERTY, tag));
+        entries.push(text_entry(card::SOURCE_PROPERTY, source));
+        if let Some(r) = repair {
+            entries.push(text_entry(REPAIR_PROPERTY, r.to_string()));
+        }
+    }
+    VCard { entries }
+}
+
+/// The Person fields of a card (only those in `fields`), ready for a create or an update body.
+pub fn fields_of(card: &VCard, fields: &[&str]) -> Map<String, Value> {
+    let mut out = Map::new();
+    for f in fields {
+        out.insert((*f).to_string(), Value::Array(vec![]));
+    }
+    for e in &card.entries {
+        let name = e.name.as_str().to_ascii_uppercase();
+        let Some(field) = field_of(&name) else {
+            continue;
+        };
+        if !fields.contains(&field) {
+            continue;
+        }
+        let Some(text) = e.values.first().and_then(|v| v.as_text()) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_str::<Value>(text)
+            && let Some(Value::Array(a)) = out.get_mut(field)
+        {
+            a.push(v);
+        }
+    }
+    out
+}
+
+/// The tag and source a copy card carries.
+pub fn tag_of_card(card: &VCard) -> Option<(String, String)> {
+    Some((card::tag_of(card)?, card::source_of(card)?))
+}
+
+/// The body of a new copy: its fields, the machine tag, the visible tag and the group.
+pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
+    let mut person = fields_of(card, COPIED_FIELDS);
+    person.retain(|_, v| v.as_array().is_some_and(|a| !a.is_empty()));
+    if let Some((tag, source)) = tag_of_card(card) {
+        person.insert(
+            "clientData".into(),
+            json!([{ "key": TAG_KEY, "value": format!("{tag}:{source}") }]),
+        );
+        if visible_tag {
+            let ud = person
+                .entry("userDefined")
+                .or_insert_with(|| Value::Array(vec![]));
+            if let Value::Array(a) = ud {
+                a.push(json!({ "key": TAG_KEY, "value": tag }));
+            }
+        }
+    }
+    person.insert(
+        "memberships".into(),
+        json!([{ "contactGroupMembership": { "contactGroupResourceName": group } }]),
+    );
+    Value::Object(person)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source() -> Value {
+        json!({
+            "resourceName": "people/c1",
+            "etag": "%EgUBAi43PRoEAQIFByIMR1BSeXBWbWtXeXM9",
+            "metadata": {"sources": [{"type": "CONTACT", "id": "1", "etag": "#x"}]},
+            "names": [{"metadata": {"primary": true}, "displayName": "Jane Doe",
+                       "givenName": "Jane", "familyName": "Doe", "displayNameLastFirst": "Doe, Jane"}],
+            "emailAddresses": [{"value": "jane@example.com", "type": "work", "formattedType": "Work"}],
+            "phoneNumbers": [{"value": "+1 555 0100", "canonicalForm": "+15550100", "type": "mobile"}],
+            "organizations": [{"name": "Acme", "title": "CEO", "current": true}],
+            "birthdays": [{"date": {"year": 1980, "month": 2, "day": 29}}],
+            "userDefined": [{"key": "desk", "value": "4F"}],
+            "clientData": [{"key": "CtsContactHash", "value": "abc"}],
+            "memberships": [{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/sales"}}]
+        })
+    }
+
+    #[test]
+    fn copy_round_trips_every_writable_field_without_output_only_parts() {
+        let card = to_card(&source(), None);
+        let copy = card::make_copy(&card, &FieldSelection::All, "gSync42", "people/c1", "u");
+        let body = new_contact(&copy, "contactGroups/g9", true);
+        assert_eq!(
+            body["names"],
+            json!([{"givenName": "Jane", "familyName": "Doe"}])
+        );
+        assert_eq!(
+            body["emailAddresses"],
+            json!([{"value": "jane@example.com", "type": "work"}])
+        );
+        assert_eq!(
+            body["phoneNumbers"],
+            json!([{"value": "+1 555 0100", "type": "mobile"}])
+        );
+        assert_eq!(
+            body["birthdays"],
+            json!([{"date": {"year": 1980, "month": 2, "day": 29}}])
+        );
+        assert_eq!(
+            body["clientData"],
+            json!([{"key": "gSync", "value": "gSync42:people/c1"}])
+        );
+        assert_eq!(
+            body["userDefined"],
+            json!([{"key": "desk", "value": "4F"}, {"key": "gSync", "value": "gSync42"}])
+        );
+        assert!(body.get("metadata").is_none() && body.get("etag").is_none());
+        // Read back (as Google would return it), the copy has the source's managed digest.
+        let mut stored = body.clone();
+        stored["resourceName"] = json!("people/c77");
+        stored["names"][0]["displayName"] = json!("Jane Doe");
+        let back = to_card(&stored, None);
+        assert_eq!(card::tag_of(&back).as_deref(), Some("gSync42"));
+        assert_eq!(card::source_of(&back).as_deref(), Some("people/c1"));
+        assert_eq!(
+            card::managed_digest(&back, &FieldSelection::All),
+            card::managed_digest(&card, &FieldSelection::All)
+        );
+        // A repair marker makes it differ.
+        let repaired = to_card(&stored, Some("visible-tag"));
+        assert_ne!(
+            card::managed_digest(&repaired, &FieldSelection::All),
+            card::managed_digest(&card, &FieldSelection::All)
+        );
+        // Derived properties feed names and filters.
+        assert_eq!(card::display_name(&card), "Jane Doe");
+    }
+
+    #[test]
+    fn field_names_expand_to_person_fields() {
+        assert_eq!(expand_field_names("TEL"), vec!["X-GOOGLE-PHONENUMBERS"]);
+        assert_eq!(
+            expand_field_names("phoneNumbers"),
+            vec!["X-GOOGLE-PHONENUMBERS"]
+        );
+        let sel = FieldSelection::from_list(Some(&["EMAIL".to_string()]));
+        assert_eq!(managed_fields(&sel), vec!["names", "emailAddresses"]);
+    }
+}
