@@ -711,13 +711,13 @@ async fn process_destination<B: Backend>(
             // Remember what this destination converged to, or forget it if it did not.
             let mark = match (&result, wrote) {
                 (Ok(()), false) => snap.group.as_ref().and_then(|g| g.version.clone()),
-                (Ok(()), true) => backend
+                (Ok(()), true) if backend.group_versions() => backend
                     .find_group(user, target_group)
                     .await
                     .ok()
                     .flatten()
                     .and_then(|g| g.version),
-                (Err(_), _) => None,
+                _ => None,
             };
             let _ = lock(store).set_fingerprint(
                 &spec.name,

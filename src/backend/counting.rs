@@ -226,6 +226,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.batch_size()
     }
 
+    fn group_versions(&self) -> bool {
+        self.inner.group_versions()
+    }
+
     async fn create_contacts(
         &self,
         user: &User,

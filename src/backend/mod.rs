@@ -186,6 +186,12 @@ pub trait Backend: Send + Sync {
         etag: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// True when `GroupRef::version` changes with every change in a group (CardDAV getctag);
+    /// when false the engine does not read a group again just to learn its new version.
+    fn group_versions(&self) -> bool {
+        true
+    }
+
     /// How many contacts one batch call takes (1: the provider has no batch endpoint). The engine
     /// hands the batch methods below at most this many items at a time.
     fn batch_size(&self) -> usize {

@@ -452,6 +452,127 @@ impl GoogleBackend {
         )
         .await
     }
+    /// Creates up to 200 contacts with batchCreateContacts. When the answer is lost (a 5xx or a
+    /// dropped connection after sending) or a batch fails in part, the user's contacts are read
+    /// back and matched by tag; only the ones confirmed absent are sent again (up to 3 times).
+    /// Returns what was created, in order, or what was created before the first failure.
+    async fn create_chunk(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        chunk: &[&VCard],
+    ) -> std::result::Result<Vec<Written>, (Vec<Written>, BackendError)> {
+        let key = |c: &VCard| person::tag_of_card(c).map(|(t, s)| format!("{t}:{s}"));
+        let mut done: HashMap<usize, Written> = HashMap::new();
+        let mut last_err = None;
+        for attempt in 0..3u32 {
+            let todo: Vec<usize> = (0..chunk.len()).filter(|i| !done.contains_key(i)).collect();
+            if todo.is_empty() {
+                break;
+            }
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            let contacts: Vec<Value> = todo
+                .iter()
+                .map(|i| json!({ "contactPerson": person::new_contact(chunk[*i], &group.id, self.cfg.visible_tag) }))
+                .collect();
+            let body = json!({
+                "contacts": contacts,
+                "readMask": "metadata",
+                "sources": [CONTACT_SOURCES],
+            });
+            match self
+                .as_user(
+                    user,
+                    "people.batchCreateContacts",
+                    Method::POST,
+                    self.people("people:batchCreateContacts"),
+                    vec![],
+                    Some(&body),
+                    false,
+                )
+                .await
+            {
+                Ok(v) => {
+                    let created = v.get("createdPeople").and_then(Value::as_array);
+                    for (n, i) in todo.iter().enumerate() {
+                        if let Some(p) =
+                            created.and_then(|a| a.get(n)).and_then(|r| r.get("person"))
+                        {
+                            done.insert(
+                                *i,
+                                Written {
+                                    id: p["resourceName"].as_str().unwrap_or("").to_string(),
+                                    etag: p["etag"].as_str().unwrap_or("").to_string(),
+                                },
+                            );
+                        }
+                    }
+                    if done.len() < chunk.len() && last_err.is_none() {
+                        last_err = Some(BackendError::Invalid(format!(
+                            "batchCreateContacts for {} answered without every created contact",
+                            user.name
+                        )));
+                    }
+                }
+                Err(e) => {
+                    let errors = contact_errors(&e);
+                    if !e.ambiguous && errors.is_none() {
+                        // Refused as a whole: nothing was created.
+                        last_err = Some(api(e, &format!("creating contacts of {}", user.name)));
+                        break;
+                    }
+                    // Some or all may exist: look them up by tag before anything is sent again.
+                    tracing::info!(dest = %user.name, "batch create answered {e}; reading back by tag");
+                    let wanted: Vec<&VCard> = todo.iter().map(|i| chunk[*i]).collect();
+                    let found = match self.find_created(user, &wanted).await {
+                        Ok(f) => f,
+                        Err(read) => {
+                            last_err = Some(read);
+                            break;
+                        }
+                    };
+                    let mut refused = None;
+                    for (n, i) in todo.iter().enumerate() {
+                        if let Some(w) = key(chunk[*i]).and_then(|k| found.get(&k)) {
+                            done.insert(*i, w.clone());
+                        } else if let Some(s) = errors.as_ref().and_then(|m| m.get(&n.to_string()))
+                        {
+                            refused.get_or_insert_with(|| {
+                                status_error(s, &format!("contact {} of {}", i, user.name))
+                            });
+                        }
+                    }
+                    if let Some(r) = refused {
+                        // An item the API refused will be refused again: stop here.
+                        last_err = Some(r);
+                        break;
+                    }
+                    last_err = Some(BackendError::Transient(format!(
+                        "creating contacts of {}: {e}",
+                        user.name
+                    )));
+                }
+            }
+        }
+        let mut written = vec![];
+        for i in 0..chunk.len() {
+            match done.remove(&i) {
+                Some(w) => written.push(w),
+                None => {
+                    let err = last_err.unwrap_or_else(|| {
+                        BackendError::Transient(format!("creating contacts of {}", user.name))
+                    });
+                    // Later ones that did get created are not reported: the next run finds
+                    // them by tag.
+                    return Err((written, err));
+                }
+            }
+        }
+        Ok(written)
+    }
+
     /// One batchUpdateContacts call; a result per contact.
     async fn update_batch(
         &self,
@@ -588,6 +709,10 @@ impl Backend for GoogleBackend {
 
     fn batch_size(&self) -> usize {
         200
+    }
+
+    fn group_versions(&self) -> bool {
+        false
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -832,83 +957,12 @@ impl Backend for GoogleBackend {
     ) -> Vec<Result<Written>> {
         let mut out = Vec::with_capacity(cards.len());
         for chunk in cards.chunks(200) {
-            let contacts: Vec<Value> = chunk
-                .iter()
-                .map(|c| json!({ "contactPerson": person::new_contact(c, &group.id, self.cfg.visible_tag) }))
-                .collect();
-            let body = json!({
-                "contacts": contacts,
-                "readMask": "metadata",
-                "sources": [CONTACT_SOURCES],
-            });
-            let what = |i: usize| format!("contact {} of {}", i, user.name);
-            match self
-                .as_user(
-                    user,
-                    "people.batchCreateContacts",
-                    Method::POST,
-                    self.people("people:batchCreateContacts"),
-                    vec![],
-                    Some(&body),
-                    false,
-                )
-                .await
-            {
-                Ok(v) => {
-                    let created = v.get("createdPeople").and_then(Value::as_array);
-                    for (i, _) in chunk.iter().enumerate() {
-                        let r = created.and_then(|a| a.get(i)).and_then(|r| r.get("person"));
-                        out.push(match r {
-                            Some(p) => Ok(Written {
-                                id: p["resourceName"].as_str().unwrap_or("").to_string(),
-                                etag: p["etag"].as_str().unwrap_or("").to_string(),
-                            }),
-                            None => Err(BackendError::Invalid(format!(
-                                "batchCreateContacts answered without {}",
-                                what(i)
-                            ))),
-                        });
-                    }
-                }
-                Err(e) => {
-                    let errors = contact_errors(&e);
-                    if !e.ambiguous && errors.is_none() {
-                        // Refused as a whole: nothing was created.
-                        let err = api(e, &format!("creating contacts of {}", user.name));
-                        out.push(Err(err));
-                        return out;
-                    }
-                    // Some or all may exist: look them up by tag before anything is retried.
-                    tracing::info!(dest = %user.name, "batch create answered {e}; reading back by tag");
-                    let found = match self.find_created(user, chunk).await {
-                        Ok(f) => f,
-                        Err(read) => {
-                            out.push(Err(read));
-                            return out;
-                        }
-                    };
-                    let mut failed = false;
-                    for (i, c) in chunk.iter().enumerate() {
-                        let key = person::tag_of_card(c).map(|(t, s)| format!("{t}:{s}"));
-                        match key.and_then(|k| found.get(&k)) {
-                            Some(w) => out.push(Ok(w.clone())),
-                            None => {
-                                failed = true;
-                                out.push(Err(
-                                    match errors.as_ref().and_then(|m| m.get(&i.to_string())) {
-                                        Some(s) => status_error(s, &what(i)),
-                                        None => BackendError::Transient(format!(
-                                            "creating {}: {e}",
-                                            what(i)
-                                        )),
-                                    },
-                                ));
-                            }
-                        }
-                    }
-                    if failed {
-                        return out;
-                    }
+            match self.create_chunk(user, group, chunk).await {
+                Ok(done) => out.extend(done.into_iter().map(Ok)),
+                Err((done, err)) => {
+                    out.extend(done.into_iter().map(Ok));
+                    out.push(Err(err));
+                    return out;
                 }
             }
         }

@@ -1,0 +1,831 @@
+//! A stateful fake of Google's OAuth token endpoint (JWT-bearer grant), the Admin SDK Directory
+//! API (users.get, domains.list) and the People API (contact groups, connections, batch contact
+//! methods), for groupsync's tests and benchmarks. It is never part of the shipped binary.
+//!
+//! Every request is checked against the official discovery documents vendored in `specs/`
+//! (method, path, query parameters, body fields; unknown ones are refused with 400, as Google
+//! does), and against the rules the People API documents: batch limits, unique group names (409),
+//! etag preconditions, "a contact must keep at least one group", field masks, and strictly
+//! sequential mutations per user. Anything a client does wrong is answered as Google would and
+//! also recorded in `violations()`, which tests assert to be empty.
+//!
+//! Faults can be injected per API method: an HTTP status, 429 with Retry-After, a change applied
+//! and then answered with 503 (a lost answer), a partial batch failure (`contactErrors`).
+
+mod people;
+pub mod spec;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use people::Book;
+
+/// A fault to inject into the next calls of one API method.
+#[derive(Debug, Clone)]
+pub enum FaultKind {
+    /// Answer with this HTTP status (5xx, 403 …) and a Google error body, changing nothing.
+    Status(u16),
+    /// 429 RESOURCE_EXHAUSTED with `Retry-After: secs`.
+    TooMany { retry_after: u64 },
+    /// Apply the change, then answer 503 as if the answer were lost.
+    ApplyThenFail,
+    /// In a batch create or update, fail the item at this index (per-item `contactErrors`).
+    FailItem(usize),
+    /// Before a batch update is applied, the user edits the first contact it names (its etag
+    /// changes), as if they had edited it between the client's read and its write.
+    EditFirst,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    /// API method id, e.g. `people.people.batchCreateContacts`.
+    pub method: String,
+    /// Only for calls as this user (email), or any user.
+    pub user: Option<String>,
+    pub kind: FaultKind,
+    /// How many calls it hits.
+    pub times: u32,
+}
+
+/// Settings of a fake.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Added to every API call (not to token requests).
+    pub latency: Duration,
+    /// People API calls per user per minute before 429 RESOURCE_EXHAUSTED; `None`: no limit.
+    pub per_user_per_minute: Option<u32>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            latency: Duration::ZERO,
+            per_user_per_minute: None,
+        }
+    }
+}
+
+/// A Directory user.
+#[derive(Debug, Clone)]
+pub struct DirUser {
+    pub id: String,
+    pub primary_email: String,
+    pub aliases: Vec<String>,
+    pub suspended: bool,
+    pub archived: bool,
+    pub is_admin: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub primary: bool,
+    pub verified: bool,
+}
+
+/// Everything the fake remembers.
+pub struct World {
+    pub users: Vec<DirUser>,
+    pub domains: Vec<Domain>,
+    /// Scopes granted to the service account's client id (domain-wide delegation).
+    pub granted_scopes: HashSet<String>,
+    /// Access token → (user email as impersonated, scopes).
+    tokens: HashMap<String, (String, Vec<String>)>,
+    /// Directory id → that user's contacts.
+    pub books: HashMap<String, Book>,
+    next: u64,
+}
+
+impl World {
+    pub fn user(&self, key: &str) -> Option<&DirUser> {
+        let k = key.to_ascii_lowercase();
+        self.users.iter().find(|u| {
+            u.id == key
+                || u.primary_email.eq_ignore_ascii_case(&k)
+                || u.aliases.iter().any(|a| a.eq_ignore_ascii_case(&k))
+        })
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+}
+
+/// Shared state of a running fake.
+pub struct State {
+    pub world: Mutex<World>,
+    people_spec: spec::Spec,
+    directory_spec: spec::Spec,
+    violations: Mutex<Vec<String>>,
+    counts: Mutex<BTreeMap<String, u64>>,
+    faults: Mutex<Vec<Fault>>,
+    inflight: Mutex<HashSet<String>>,
+    quota: Mutex<HashMap<String, (Instant, u32)>>,
+    pub options: Mutex<Options>,
+    sa_email: String,
+    client_id: String,
+    public_pem: String,
+    private_pem: String,
+    token_url: Mutex<String>,
+}
+
+/// A running fake on 127.0.0.1.
+pub struct FakeGoogle {
+    pub url: String,
+    pub state: Arc<State>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for FakeGoogle {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Generates an RSA key for a test service account: (private PKCS#8 PEM, public PEM).
+fn generate_key() -> (String, String) {
+    use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).expect("RSA key");
+    let private = key.to_pkcs8_pem(LineEnding::LF).expect("PEM").to_string();
+    let public = key
+        .to_public_key()
+        .to_public_key_pem(LineEnding::LF)
+        .expect("PEM");
+    (private, public)
+}
+
+impl FakeGoogle {
+    /// Starts a fake on a free loopback port, on its own thread, with a fresh service-account
+    /// key. Domain `example.com` (primary, verified) and an admin `admin@example.com` exist, and
+    /// every scope is granted.
+    pub fn start(options: Options) -> FakeGoogle {
+        let (private_pem, public_pem) = generate_key();
+        let state = Arc::new(State {
+            world: Mutex::new(World {
+                users: vec![],
+                domains: vec![Domain {
+                    name: "example.com".into(),
+                    primary: true,
+                    verified: true,
+                }],
+                granted_scopes: [
+                    "https://www.googleapis.com/auth/contacts",
+                    "https://www.googleapis.com/auth/admin.directory.user.readonly",
+                    "https://www.googleapis.com/auth/admin.directory.group.member.readonly",
+                    "https://www.googleapis.com/auth/admin.directory.domain.readonly",
+                ]
+                .into_iter()
+                .map(str::to_string)
+                .collect(),
+                tokens: HashMap::new(),
+                books: HashMap::new(),
+                next: 1000,
+            }),
+            people_spec: spec::Spec::load(include_str!("../specs/people-v1-discovery.json")),
+            directory_spec: spec::Spec::load(include_str!(
+                "../specs/admin-directory-v1-discovery.json"
+            )),
+            violations: Default::default(),
+            counts: Default::default(),
+            faults: Default::default(),
+            inflight: Default::default(),
+            quota: Default::default(),
+            options: Mutex::new(options),
+            sa_email: "groupsync@test-project.iam.gserviceaccount.com".into(),
+            client_id: "104242424242424242424".into(),
+            public_pem,
+            private_pem,
+            token_url: Mutex::new(String::new()),
+        });
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let st = state.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                    .await
+                    .expect("bind 127.0.0.1:0");
+                addr_tx.send(listener.local_addr().expect("addr")).ok();
+                let app = axum::Router::new().fallback(handle).with_state(st);
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .ok();
+            });
+        });
+        let addr = addr_rx.recv().expect("fake started");
+        let url = format!("http://{addr}");
+        *state.token_url.lock().unwrap() = format!("{url}/token");
+        let fake = FakeGoogle {
+            url,
+            state,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        fake.add_user("admin@example.com", true);
+        fake
+    }
+
+    /// The service account's JSON key file, pointing at this fake's token endpoint.
+    pub fn key_json(&self) -> String {
+        json!({
+            "type": "service_account",
+            "project_id": "test-project",
+            "private_key_id": "0123456789abcdef",
+            "private_key": self.state.private_pem,
+            "client_email": self.state.sa_email,
+            "client_id": self.state.client_id,
+            "token_uri": self.state.token_url.lock().unwrap().clone(),
+        })
+        .to_string()
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.state.client_id
+    }
+
+    pub fn world(&self) -> std::sync::MutexGuard<'_, World> {
+        self.state.world.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a Directory user (and their empty contacts); returns the immutable id.
+    pub fn add_user(&self, email: &str, admin: bool) -> String {
+        let mut w = self.world();
+        let id = format!("1{:020}", w.next_id());
+        w.users.push(DirUser {
+            id: id.clone(),
+            primary_email: email.to_ascii_lowercase(),
+            aliases: vec![],
+            suspended: false,
+            archived: false,
+            is_admin: admin,
+        });
+        w.books.insert(id.clone(), Book::default());
+        id
+    }
+
+    pub fn add_domain(&self, name: &str, verified: bool) {
+        self.world().domains.push(Domain {
+            name: name.into(),
+            primary: false,
+            verified,
+        });
+    }
+
+    /// Renames a user; the old address becomes an alias (as in Google Workspace).
+    pub fn rename_user(&self, old: &str, new: &str) {
+        let mut w = self.world();
+        let u = w
+            .users
+            .iter_mut()
+            .find(|u| u.primary_email.eq_ignore_ascii_case(old))
+            .expect("user to rename");
+        u.aliases.push(u.primary_email.clone());
+        u.primary_email = new.to_ascii_lowercase();
+    }
+
+    pub fn set_suspended(&self, email: &str, suspended: bool) {
+        let mut w = self.world();
+        if let Some(u) = w
+            .users
+            .iter_mut()
+            .find(|u| u.primary_email.eq_ignore_ascii_case(email))
+        {
+            u.suspended = suspended;
+        }
+    }
+
+    /// Removes a user from the Directory (their contacts go with them).
+    pub fn delete_user(&self, email: &str) {
+        let mut w = self.world();
+        if let Some(i) = w
+            .users
+            .iter()
+            .position(|u| u.primary_email.eq_ignore_ascii_case(email))
+        {
+            let u = w.users.remove(i);
+            w.books.remove(&u.id);
+        }
+    }
+
+    /// Sets the scopes granted to the service account's client id.
+    pub fn set_granted_scopes(&self, scopes: &[&str]) {
+        self.world().granted_scopes = scopes.iter().map(|s| s.to_string()).collect();
+    }
+
+    /// Runs `f` on a user's contacts, as that user editing them in Google Contacts would.
+    pub fn with_book<R>(&self, email: &str, f: impl FnOnce(&mut Book) -> R) -> R {
+        let mut w = self.world();
+        let id = w.user(email).expect("user").id.clone();
+        let mut book = w.books.remove(&id).unwrap_or_default();
+        let next = &mut w.next;
+        let r = book.with_counter(next, f);
+        w.books.insert(id, book);
+        r
+    }
+
+    pub fn inject(&self, fault: Fault) {
+        self.state.faults.lock().unwrap().push(fault);
+    }
+
+    /// Requests per API method id (`people.people.batchCreateContacts`, `token`, …).
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.state.counts.lock().unwrap().clone()
+    }
+
+    pub fn reset_counts(&self) {
+        self.state.counts.lock().unwrap().clear();
+    }
+
+    /// Every request that broke the API's rules, in words.
+    pub fn violations(&self) -> Vec<String> {
+        self.state.violations.lock().unwrap().clone()
+    }
+
+    pub fn set_options(&self, o: Options) {
+        *self.state.options.lock().unwrap() = o;
+    }
+}
+
+/// A Google error response: `{"error": {code, message, status, details}}`.
+pub(crate) fn error(status: u16, code: &str, message: &str, details: Value) -> Response {
+    let body = json!({
+        "error": {
+            "code": status,
+            "message": message,
+            "status": code,
+            "details": details,
+        }
+    });
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        [("content-type", "application/json; charset=UTF-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ok(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json; charset=UTF-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+impl State {
+    fn violation(&self, what: String) {
+        self.violations.lock().unwrap().push(what);
+    }
+
+    fn count(&self, m: &str) {
+        *self
+            .counts
+            .lock()
+            .unwrap()
+            .entry(m.to_string())
+            .or_default() += 1;
+    }
+
+    fn take_fault(&self, method: &str, user: &str) -> Option<FaultKind> {
+        let mut f = self.faults.lock().unwrap();
+        let i = f.iter().position(|x| {
+            x.method == method
+                && x.user
+                    .as_deref()
+                    .is_none_or(|u| u.eq_ignore_ascii_case(user))
+        })?;
+        let kind = f[i].kind.clone();
+        f[i].times -= 1;
+        if f[i].times == 0 {
+            f.remove(i);
+        }
+        Some(kind)
+    }
+}
+
+async fn handle(
+    axum::extract::State(st): axum::extract::State<Arc<State>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if path == "/token" && method == Method::POST {
+        st.count("token");
+        return token(&st, &headers, &body);
+    }
+    let (spec, api) = if path.starts_with("/admin/directory/") {
+        (&st.directory_spec, "directory")
+    } else {
+        (&st.people_spec, "people")
+    };
+    let Some((m, params)) = spec.find(method.as_str(), &path) else {
+        st.violation(format!(
+            "{method} {path}: no such method in the {api} discovery document"
+        ));
+        return error(
+            404,
+            "NOT_FOUND",
+            "Requested entity was not found.",
+            json!([]),
+        );
+    };
+    let id = m.id.clone();
+    st.count(&id);
+    if let Err(e) = spec.check_query(m, &query) {
+        st.violation(format!("{id}: {e}"));
+        return error(400, "INVALID_ARGUMENT", &e, json!([]));
+    }
+    let json_body: Option<Value> = if body.is_empty() {
+        None
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                st.violation(format!("{id}: body is not JSON: {e}"));
+                return error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid JSON payload received.",
+                    json!([]),
+                );
+            }
+        }
+    };
+    if let Err(e) = spec.check_body(m, json_body.as_ref()) {
+        st.violation(format!("{id}: {e}"));
+        return error(400, "INVALID_ARGUMENT", &e, json!([]));
+    }
+    // Who is calling.
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let Some((email, scopes)) = st.world.lock().unwrap().tokens.get(token).cloned() else {
+        return error(
+            401,
+            "UNAUTHENTICATED",
+            "Request had invalid authentication credentials.",
+            json!([]),
+        );
+    };
+    let opts = st.options.lock().unwrap().clone();
+    let mutation = method != Method::GET;
+    let guard_key = email.to_ascii_lowercase();
+    if api == "people" && mutation {
+        let mut inflight = st.inflight.lock().unwrap();
+        if !inflight.insert(guard_key.clone()) {
+            drop(inflight);
+            st.violation(format!(
+                "{id}: a second mutation for {email} while one is in flight (Google: send mutate requests for one user sequentially)"
+            ));
+        }
+    }
+    if !opts.latency.is_zero() {
+        tokio::time::sleep(opts.latency).await;
+    }
+    let resp = dispatch(
+        &st, api, &id, &params, &query, json_body, &email, &scopes, &opts,
+    );
+    if api == "people" && mutation {
+        st.inflight.lock().unwrap().remove(&guard_key);
+    }
+    resp
+}
+
+#[allow(clippy::too_many_arguments)]
+fn dispatch(
+    st: &State,
+    api: &str,
+    id: &str,
+    params: &HashMap<String, String>,
+    query: &[(String, String)],
+    body: Option<Value>,
+    email: &str,
+    scopes: &[String],
+    opts: &Options,
+) -> Response {
+    if api == "people" {
+        if !scopes
+            .iter()
+            .any(|s| s == "https://www.googleapis.com/auth/contacts")
+        {
+            return error(
+                403,
+                "PERMISSION_DENIED",
+                "Request had insufficient authentication scopes.",
+                json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT"}]),
+            );
+        }
+        if let Some(limit) = opts.per_user_per_minute {
+            let mut q = st.quota.lock().unwrap();
+            let e = q
+                .entry(email.to_ascii_lowercase())
+                .or_insert((Instant::now(), 0));
+            if e.0.elapsed() >= Duration::from_secs(60) {
+                *e = (Instant::now(), 0);
+            }
+            e.1 += 1;
+            if e.1 > limit {
+                return error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for quota metric 'Critical read requests (Contact and Profile Reads)' and limit 'Critical read requests (Contact and Profile Reads) per minute per user'",
+                    json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com"}]),
+                );
+            }
+        }
+    }
+    let fault = st.take_fault(id, email);
+    match &fault {
+        Some(FaultKind::Status(s)) => {
+            let code = match s {
+                500 => "INTERNAL",
+                503 => "UNAVAILABLE",
+                504 => "DEADLINE_EXCEEDED",
+                403 => "PERMISSION_DENIED",
+                _ => "UNKNOWN",
+            };
+            return error(*s, code, "injected failure", json!([]));
+        }
+        Some(FaultKind::TooMany { retry_after }) => {
+            let mut r = error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "RATE_LIMIT_EXCEEDED", "domain": "googleapis.com"}]),
+            );
+            r.headers_mut()
+                .insert("retry-after", retry_after.to_string().parse().unwrap());
+            return r;
+        }
+        _ => {}
+    }
+    let resp = if api == "directory" {
+        directory(st, id, params, query, email, scopes)
+    } else {
+        let mut w = st.world.lock().unwrap();
+        let Some(user) = w.user(email).cloned() else {
+            return error(
+                403,
+                "PERMISSION_DENIED",
+                "The caller does not exist.",
+                json!([]),
+            );
+        };
+        let mut book = w.books.remove(&user.id).unwrap_or_default();
+        let fail_item = match fault {
+            Some(FaultKind::FailItem(i)) => Some(i),
+            _ => None,
+        };
+        if matches!(fault, Some(FaultKind::EditFirst))
+            && let Some(first) = body
+                .as_ref()
+                .and_then(|b| b.get("contacts"))
+                .and_then(Value::as_object)
+                .and_then(|m| m.keys().next().cloned())
+            && book.contacts.contains_key(&first)
+        {
+            book.edit(&first, |p| {
+                p["nicknames"] = json!([{"value": "edited meanwhile"}]);
+            });
+        }
+        let next = &mut w.next;
+        let r = book.with_counter(next, |b| {
+            people::call(b, id, params, query, body, fail_item).unwrap_or_else(|(s, c, m, d)| {
+                // A refused request (not a per-item batch failure) is a client bug.
+                if s == 400 && d == json!([]) {
+                    st.violation(format!("{id} as {email}: {m}"));
+                }
+                error(s, c, &m, d)
+            })
+        });
+        w.books.insert(user.id.clone(), book);
+        r
+    };
+    if matches!(fault, Some(FaultKind::ApplyThenFail)) {
+        return error(
+            503,
+            "UNAVAILABLE",
+            "The service is currently unavailable.",
+            json!([]),
+        );
+    }
+    resp
+}
+
+fn directory(
+    st: &State,
+    id: &str,
+    params: &HashMap<String, String>,
+    _query: &[(String, String)],
+    email: &str,
+    scopes: &[String],
+) -> Response {
+    let w = st.world.lock().unwrap();
+    let caller_is_admin = w.user(email).is_some_and(|u| u.is_admin && !u.suspended);
+    if !caller_is_admin {
+        return error(
+            403,
+            "PERMISSION_DENIED",
+            "Not Authorized to access this resource/api",
+            json!([{"reason": "forbidden"}]),
+        );
+    }
+    let has = |s: &str| scopes.iter().any(|x| x.starts_with(s));
+    match id {
+        "directory.users.get" => {
+            if !has("https://www.googleapis.com/auth/admin.directory.user") {
+                return error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Request had insufficient authentication scopes.",
+                    json!([]),
+                );
+            }
+            let key = params.get("userKey").cloned().unwrap_or_default();
+            let key = percent_decode(&key);
+            match w.user(&key) {
+                Some(u) => ok(json!({
+                    "kind": "admin#directory#user",
+                    "id": u.id,
+                    "primaryEmail": u.primary_email,
+                    "aliases": u.aliases,
+                    "suspended": u.suspended,
+                    "archived": u.archived,
+                    "isAdmin": u.is_admin,
+                    "customerId": "C0abcdefg",
+                    "name": {"fullName": u.primary_email},
+                })),
+                None => error(
+                    404,
+                    "NOT_FOUND",
+                    "Resource Not Found: userKey",
+                    json!([{"reason": "notFound"}]),
+                ),
+            }
+        }
+        "directory.domains.list" => {
+            if !has("https://www.googleapis.com/auth/admin.directory.domain") {
+                return error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Request had insufficient authentication scopes.",
+                    json!([]),
+                );
+            }
+            let c = params.get("customer").map(String::as_str).unwrap_or("");
+            if c != "my_customer" && c != "C0abcdefg" {
+                return error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Bad Request",
+                    json!([{"reason": "badRequest"}]),
+                );
+            }
+            ok(json!({
+                "kind": "admin#directory#domains",
+                "domains": w.domains.iter().map(|d| json!({
+                    "kind": "admin#directory#domain",
+                    "domainName": d.name,
+                    "isPrimary": d.primary,
+                    "verified": d.verified,
+                    "creationTime": "1600000000000",
+                })).collect::<Vec<_>>(),
+            }))
+        }
+        other => {
+            st.violation(format!("{other}: not implemented by the fake"));
+            error(
+                501,
+                "UNIMPLEMENTED",
+                "not implemented by the fake",
+                json!([]),
+            )
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("k={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// The OAuth token endpoint: RFC 7523 JWT-bearer grant, as Google answers it.
+fn token(st: &State, headers: &HeaderMap, body: &[u8]) -> Response {
+    let oauth_err = |status: u16, e: &str, d: &str| {
+        (
+            StatusCode::from_u16(status).unwrap(),
+            [("content-type", "application/json")],
+            json!({"error": e, "error_description": d}).to_string(),
+        )
+            .into_response()
+    };
+    if !headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"))
+    {
+        st.violation("token: body is not application/x-www-form-urlencoded".into());
+        return oauth_err(400, "invalid_request", "Bad Request");
+    }
+    let form: HashMap<String, String> = form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if form.get("grant_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
+    {
+        st.violation(format!("token: grant_type {:?}", form.get("grant_type")));
+        return oauth_err(400, "unsupported_grant_type", "Invalid grant_type");
+    }
+    let Some(assertion) = form.get("assertion") else {
+        st.violation("token: no assertion".into());
+        return oauth_err(
+            400,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        );
+    };
+    let token_url = st.token_url.lock().unwrap().clone();
+    let key = jsonwebtoken::DecodingKey::from_rsa_pem(st.public_pem.as_bytes()).unwrap();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_audience(&[token_url]);
+    v.set_issuer(&[st.sa_email.as_str()]);
+    v.set_required_spec_claims(&["exp", "iat", "aud", "iss"]);
+    let claims: Value = match jsonwebtoken::decode::<Value>(assertion, &key, &v) {
+        Ok(d) => d.claims,
+        Err(e) => {
+            st.violation(format!("token: bad assertion: {e}"));
+            return oauth_err(400, "invalid_grant", "Invalid JWT Signature.");
+        }
+    };
+    let iat = claims["iat"].as_u64().unwrap_or(0);
+    let exp = claims["exp"].as_u64().unwrap_or(0);
+    if exp <= iat || exp - iat > 3600 {
+        st.violation(format!("token: exp - iat = {}", exp as i64 - iat as i64));
+        return oauth_err(
+            400,
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.",
+        );
+    }
+    let scopes: Vec<String> = claims["scope"]
+        .as_str()
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let sub = claims["sub"].as_str().unwrap_or("").to_string();
+    let mut w = st.world.lock().unwrap();
+    if scopes.is_empty() || !scopes.iter().all(|s| w.granted_scopes.contains(s)) {
+        return oauth_err(
+            401,
+            "unauthorized_client",
+            "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.",
+        );
+    }
+    match w.user(&sub) {
+        None => return oauth_err(400, "invalid_grant", "Invalid email or User ID"),
+        Some(u) if u.suspended => {
+            return oauth_err(400, "invalid_grant", "Invalid email or User ID");
+        }
+        Some(_) => {}
+    }
+    let n = w.next_id();
+    let token = format!("ya29.fake-{n}-{}", rand::random::<u64>());
+    w.tokens.insert(token.clone(), (sub, scopes));
+    (
+        StatusCode::OK,
+        [("content-type", "application/json")],
+        json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}).to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,834 @@
+//! One user's contacts and contact groups, and the People API methods on them, with the rules
+//! the API documents: batch limits, field masks, unique group names, etag preconditions, a
+//! contact always keeps one group, system groups only gain members in myContacts/starred.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use std::collections::{BTreeMap, HashMap};
+
+pub(crate) type Fail = (u16, &'static str, String, Value);
+
+fn bad(msg: impl Into<String>) -> Fail {
+    (400, "INVALID_ARGUMENT", msg.into(), json!([]))
+}
+
+/// Person fields a read mask may name (People v1 `personFields`).
+const PERSON_FIELDS: &[&str] = &[
+    "addresses",
+    "ageRanges",
+    "biographies",
+    "birthdays",
+    "calendarUrls",
+    "clientData",
+    "coverPhotos",
+    "emailAddresses",
+    "events",
+    "externalIds",
+    "genders",
+    "imClients",
+    "interests",
+    "locales",
+    "locations",
+    "memberships",
+    "metadata",
+    "miscKeywords",
+    "names",
+    "nicknames",
+    "occupations",
+    "organizations",
+    "phoneNumbers",
+    "photos",
+    "relations",
+    "sipAddresses",
+    "skills",
+    "urls",
+    "userDefined",
+];
+
+/// Fields `updatePersonFields` / `updateMask` accept.
+const UPDATABLE: &[&str] = &[
+    "addresses",
+    "biographies",
+    "birthdays",
+    "calendarUrls",
+    "clientData",
+    "emailAddresses",
+    "events",
+    "externalIds",
+    "genders",
+    "imClients",
+    "interests",
+    "locales",
+    "locations",
+    "memberships",
+    "miscKeywords",
+    "names",
+    "nicknames",
+    "occupations",
+    "organizations",
+    "phoneNumbers",
+    "relations",
+    "sipAddresses",
+    "urls",
+    "userDefined",
+];
+
+const SINGLETONS: &[&str] = &["names", "biographies", "birthdays", "genders"];
+const GROUP_FIELDS: &[&str] = &["clientData", "groupType", "memberCount", "metadata", "name"];
+
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub name: String,
+    pub system: bool,
+    pub etag: String,
+}
+
+/// One user's contacts.
+#[derive(Debug, Clone)]
+pub struct Book {
+    pub groups: BTreeMap<String, Group>,
+    /// resourceName → stored Person (with output-only fields as Google fills them).
+    pub contacts: BTreeMap<String, Value>,
+    seq: u64,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        let mut groups = BTreeMap::new();
+        for (id, name) in [("myContacts", "myContacts"), ("starred", "starred")] {
+            groups.insert(
+                format!("contactGroups/{id}"),
+                Group {
+                    name: name.into(),
+                    system: true,
+                    etag: "sys".into(),
+                },
+            );
+        }
+        Book {
+            groups,
+            contacts: BTreeMap::new(),
+            seq: 0,
+        }
+    }
+}
+
+fn mask(s: &str, allowed: &[&str], what: &str) -> Result<Vec<String>, Fail> {
+    let mut out = vec![];
+    for f in s.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        if !allowed.contains(&f) {
+            return Err(bad(format!("Invalid {what} path: \"{f}\"")));
+        }
+        out.push(f.to_string());
+    }
+    Ok(out)
+}
+
+fn q<'a>(query: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str())
+}
+
+fn ok(v: Value) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json; charset=UTF-8")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+impl Book {
+    pub(crate) fn with_counter<R>(&mut self, _next: &mut u64, f: impl FnOnce(&mut Book) -> R) -> R {
+        f(self)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    fn etag(&mut self) -> String {
+        format!("%EgUBAj{}", self.next())
+    }
+
+    /// Adds a user contact group; returns its resource name.
+    pub fn add_group(&mut self, name: &str) -> String {
+        let rn = format!("contactGroups/{:x}", 0x1000 + self.next());
+        let etag = self.etag();
+        self.groups.insert(
+            rn.clone(),
+            Group {
+                name: name.into(),
+                system: false,
+                etag,
+            },
+        );
+        rn
+    }
+
+    pub fn group_by_name(&self, name: &str) -> Option<String> {
+        self.groups
+            .iter()
+            .find(|(_, g)| !g.system && g.name == name)
+            .map(|(rn, _)| rn.clone())
+    }
+
+    /// Adds a contact as the user would (memberships as given, else My Contacts).
+    pub fn add_contact(&mut self, mut person: Value) -> String {
+        let rn = format!("people/c{:019}", self.next());
+        if person.get("memberships").is_none() {
+            person["memberships"] = json!([{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/myContacts"}}]);
+        }
+        self.store(&rn, person);
+        rn
+    }
+
+    /// Edits a contact as the user would; the etag changes.
+    pub fn edit(&mut self, rn: &str, f: impl FnOnce(&mut Value)) {
+        let mut p = self.contacts.get(rn).cloned().expect("contact to edit");
+        f(&mut p);
+        self.store(rn, p);
+    }
+
+    pub fn delete(&mut self, rn: &str) {
+        self.contacts.remove(rn);
+    }
+
+    /// Contacts in a group.
+    pub fn members(&self, group: &str) -> Vec<&Value> {
+        self.contacts
+            .values()
+            .filter(|p| member_of(p).iter().any(|g| g == group))
+            .collect()
+    }
+
+    /// Stores a person with Google's output-only fields filled in.
+    fn store(&mut self, rn: &str, mut p: Value) {
+        let etag = self.etag();
+        let id = rn.trim_start_matches("people/").to_string();
+        let o = p.as_object_mut().expect("person object");
+        o.insert("resourceName".into(), json!(rn));
+        o.insert("etag".into(), json!(etag));
+        o.insert(
+            "metadata".into(),
+            json!({"sources": [{"type": "CONTACT", "id": id, "etag": format!("#{etag}")}], "objectType": "PERSON"}),
+        );
+        for (field, v) in o.iter_mut() {
+            let Some(items) = v.as_array_mut() else {
+                continue;
+            };
+            for (i, item) in items.iter_mut().enumerate() {
+                let Some(e) = item.as_object_mut() else {
+                    continue;
+                };
+                e.insert(
+                    "metadata".into(),
+                    json!({"primary": i == 0, "source": {"type": "CONTACT", "id": id}}),
+                );
+                if let Some(t) = e.get("type").and_then(Value::as_str) {
+                    let t = capitalise(t);
+                    e.insert("formattedType".into(), json!(t));
+                }
+                match field.as_str() {
+                    "names" => {
+                        let parts: Vec<&str> = ["givenName", "familyName"]
+                            .iter()
+                            .filter_map(|k| e.get(*k).and_then(Value::as_str))
+                            .collect();
+                        let dn = e
+                            .get("unstructuredName")
+                            .and_then(Value::as_str)
+                            .map(str::to_string)
+                            .unwrap_or_else(|| parts.join(" "));
+                        e.insert("displayName".into(), json!(dn));
+                        e.insert("displayNameLastFirst".into(), json!(dn));
+                    }
+                    "phoneNumbers" => {
+                        if let Some(v) = e.get("value").and_then(Value::as_str) {
+                            let digits: String = v
+                                .chars()
+                                .filter(|c| c.is_ascii_digit() || *c == '+')
+                                .collect();
+                            e.insert("canonicalForm".into(), json!(digits));
+                        }
+                    }
+                    "memberships" => {
+                        if let Some(g) = e
+                            .get_mut("contactGroupMembership")
+                            .and_then(Value::as_object_mut)
+                            && let Some(rn) =
+                                g.get("contactGroupResourceName").and_then(Value::as_str)
+                        {
+                            let gid = rn.trim_start_matches("contactGroups/").to_string();
+                            g.insert("contactGroupId".into(), json!(gid));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.contacts.insert(rn.to_string(), p);
+    }
+
+    fn group_json(&self, rn: &str, fields: &[String], max_members: usize) -> Value {
+        let g = &self.groups[rn];
+        let members: Vec<&str> = self
+            .contacts
+            .iter()
+            .filter(|(_, p)| member_of(p).iter().any(|x| x == rn))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let mut o = Map::new();
+        o.insert("resourceName".into(), json!(rn));
+        o.insert("etag".into(), json!(g.etag));
+        for f in fields {
+            match f.as_str() {
+                "name" => {
+                    o.insert("name".into(), json!(g.name));
+                    o.insert("formattedName".into(), json!(g.name));
+                }
+                "groupType" => {
+                    o.insert(
+                        "groupType".into(),
+                        json!(if g.system {
+                            "SYSTEM_CONTACT_GROUP"
+                        } else {
+                            "USER_CONTACT_GROUP"
+                        }),
+                    );
+                }
+                "memberCount" => {
+                    o.insert("memberCount".into(), json!(members.len()));
+                }
+                "metadata" => {
+                    o.insert(
+                        "metadata".into(),
+                        json!({"updateTime": "2026-01-01T00:00:00Z"}),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if max_members > 0 {
+            o.insert(
+                "memberResourceNames".into(),
+                json!(members.iter().take(max_members).collect::<Vec<_>>()),
+            );
+        }
+        Value::Object(o)
+    }
+
+    /// Checks and normalises the memberships of a person being written.
+    fn check_memberships(&self, p: &mut Value) -> Result<(), Fail> {
+        let groups = member_of(p);
+        for g in &groups {
+            match self.groups.get(g) {
+                None => return Err(bad(format!("Contact group {g} not found"))),
+                Some(gr)
+                    if gr.system
+                        && g != "contactGroups/myContacts"
+                        && g != "contactGroups/starred" =>
+                {
+                    return Err(bad(format!("Cannot add contacts to system group {g}")));
+                }
+                _ => {}
+            }
+        }
+        if groups.is_empty() {
+            return Err((
+                400,
+                "FAILED_PRECONDITION",
+                "A contact must always have at least one contact group membership".into(),
+                json!([]),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_person(p: &Value) -> Result<(), Fail> {
+        for f in SINGLETONS {
+            if p.get(*f)
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.len() > 1)
+            {
+                return Err(bad(format!(
+                    "Field {f} may have at most one value for a contact"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn member_of(p: &Value) -> Vec<String> {
+    p.get("memberships")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    m.get("contactGroupMembership")?
+                        .get("contactGroupResourceName")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A stored person reduced to a read mask (resourceName and etag always).
+fn masked(p: &Value, fields: &[String]) -> Value {
+    let mut o = Map::new();
+    for k in ["resourceName", "etag"] {
+        if let Some(v) = p.get(k) {
+            o.insert(k.into(), v.clone());
+        }
+    }
+    for f in fields {
+        if let Some(v) = p.get(f.as_str()) {
+            o.insert(f.clone(), v.clone());
+        }
+    }
+    Value::Object(o)
+}
+
+fn person_mask(query: &[(String, String)], key: &str) -> Result<Vec<String>, Fail> {
+    let s = q(query, key).ok_or_else(|| {
+        bad(format!(
+            "{key} mask is required. Please specify one or more valid paths."
+        ))
+    })?;
+    let m = mask(s, PERSON_FIELDS, key)?;
+    if m.is_empty() {
+        return Err(bad(format!(
+            "{key} mask is required. Please specify one or more valid paths."
+        )));
+    }
+    Ok(m)
+}
+
+fn page_size(query: &[(String, String)], default: usize) -> Result<usize, Fail> {
+    match q(query, "pageSize") {
+        None => Ok(default),
+        Some(s) => match s.parse::<i64>() {
+            Ok(0) => Ok(default),
+            Ok(n) if (1..=1000).contains(&n) => Ok(n as usize),
+            _ => Err(bad(format!("pageSize must be between 1 and 1000, got {s}"))),
+        },
+    }
+}
+
+fn offset(query: &[(String, String)]) -> Result<usize, Fail> {
+    match q(query, "pageToken") {
+        None | Some("") => Ok(0),
+        Some(t) => t
+            .strip_prefix("o")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| bad("Invalid pageToken")),
+    }
+}
+
+pub(crate) fn call(
+    b: &mut Book,
+    id: &str,
+    params: &HashMap<String, String>,
+    query: &[(String, String)],
+    body: Option<Value>,
+    fail_item: Option<usize>,
+) -> Result<Response, Fail> {
+    let body = body.unwrap_or(Value::Null);
+    match id {
+        "people.contactGroups.list" => {
+            let fields = match q(query, "groupFields") {
+                Some(s) => mask(s, GROUP_FIELDS, "groupFields")?,
+                None => vec![
+                    "metadata".into(),
+                    "groupType".into(),
+                    "memberCount".into(),
+                    "name".into(),
+                ],
+            };
+            let size = page_size(query, 30)?;
+            let from = offset(query)?;
+            let all: Vec<String> = b.groups.keys().cloned().collect();
+            let page: Vec<Value> = all
+                .iter()
+                .skip(from)
+                .take(size)
+                .map(|rn| b.group_json(rn, &fields, 0))
+                .collect();
+            let mut out = json!({"contactGroups": page, "totalItems": all.len()});
+            if from + size < all.len() {
+                out["nextPageToken"] = json!(format!("o{}", from + size));
+            }
+            Ok(ok(out))
+        }
+        "people.contactGroups.create" => {
+            let name = body["contactGroup"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .trim()
+                .to_string();
+            if name.is_empty() {
+                return Err(bad("contact_group.name is required"));
+            }
+            if b.group_by_name(&name).is_some() {
+                return Err((
+                    409,
+                    "ALREADY_EXISTS",
+                    "Contact group name already exists.".into(),
+                    json!([]),
+                ));
+            }
+            let read = match body.get("readGroupFields").and_then(Value::as_str) {
+                Some(s) => mask(
+                    s,
+                    &["clientData", "groupType", "metadata", "name"],
+                    "readGroupFields",
+                )?,
+                None => vec!["metadata".into(), "groupType".into(), "name".into()],
+            };
+            let rn = b.add_group(&name);
+            Ok(ok(b.group_json(&rn, &read, 0)))
+        }
+        "people.contactGroups.get" => {
+            let rn = format!("contactGroups/{}", params["contactGroupsId"]);
+            if !b.groups.contains_key(&rn) {
+                return Err((
+                    404,
+                    "NOT_FOUND",
+                    "Requested entity was not found.".into(),
+                    json!([]),
+                ));
+            }
+            let fields = match q(query, "groupFields") {
+                Some(s) => mask(s, GROUP_FIELDS, "groupFields")?,
+                None => vec![
+                    "metadata".into(),
+                    "groupType".into(),
+                    "memberCount".into(),
+                    "name".into(),
+                ],
+            };
+            let max: usize = q(query, "maxMembers")
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            Ok(ok(b.group_json(&rn, &fields, max)))
+        }
+        "people.contactGroups.delete" => {
+            let rn = format!("contactGroups/{}", params["contactGroupsId"]);
+            match b.groups.get(&rn) {
+                None => {
+                    return Err((
+                        404,
+                        "NOT_FOUND",
+                        "Requested entity was not found.".into(),
+                        json!([]),
+                    ));
+                }
+                Some(g) if g.system => return Err(bad("System contact groups cannot be deleted")),
+                _ => {}
+            }
+            let delete_contacts = q(query, "deleteContacts") == Some("true");
+            let members: Vec<String> = b
+                .contacts
+                .iter()
+                .filter(|(_, p)| member_of(p).contains(&rn))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for m in members {
+                if delete_contacts {
+                    b.contacts.remove(&m);
+                } else {
+                    let mut p = b.contacts[&m].clone();
+                    if let Some(a) = p.get_mut("memberships").and_then(Value::as_array_mut) {
+                        a.retain(|x| {
+                            x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
+                        });
+                    }
+                    b.contacts.insert(m, p);
+                }
+            }
+            b.groups.remove(&rn);
+            Ok(ok(json!({})))
+        }
+        "people.contactGroups.members.modify" => {
+            let rn = format!("contactGroups/{}", params["contactGroupsId"]);
+            let group = b
+                .groups
+                .get(&rn)
+                .ok_or_else(|| {
+                    (
+                        404,
+                        "NOT_FOUND",
+                        "Requested entity was not found.".to_string(),
+                        json!([]),
+                    )
+                })?
+                .clone();
+            let list = |k: &str| -> Vec<String> {
+                body.get(k)
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let (add, remove) = (list("resourceNamesToAdd"), list("resourceNamesToRemove"));
+            if add.len() + remove.len() > 1000 {
+                return Err(bad("Cannot modify more than 1000 members in one request"));
+            }
+            if add.is_empty() && remove.is_empty() {
+                return Err(bad(
+                    "resource_names_to_add or resource_names_to_remove must be set",
+                ));
+            }
+            if !add.is_empty()
+                && group.system
+                && rn != "contactGroups/myContacts"
+                && rn != "contactGroups/starred"
+            {
+                return Err(bad(format!("Cannot add contacts to system group {rn}")));
+            }
+            let mut not_found = vec![];
+            let mut last = vec![];
+            for a in &add {
+                match b.contacts.get_mut(a) {
+                    None => not_found.push(a.clone()),
+                    Some(p) => {
+                        if !member_of(p).contains(&rn) {
+                            let id = rn.trim_start_matches("contactGroups/");
+                            p["memberships"].as_array_mut().expect("memberships").push(json!({
+                                "metadata": {"source": {"type": "CONTACT"}},
+                                "contactGroupMembership": {"contactGroupResourceName": rn, "contactGroupId": id}
+                            }));
+                        }
+                    }
+                }
+            }
+            for r in &remove {
+                match b.contacts.get_mut(r) {
+                    None => not_found.push(r.clone()),
+                    Some(p) => {
+                        let groups = member_of(p);
+                        if groups == vec![rn.clone()] {
+                            last.push(r.clone());
+                        } else if let Some(a) =
+                            p.get_mut("memberships").and_then(Value::as_array_mut)
+                        {
+                            a.retain(|x| {
+                                x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
+                            });
+                        }
+                    }
+                }
+            }
+            let mut out = json!({});
+            if !not_found.is_empty() {
+                out["notFoundResourceNames"] = json!(not_found);
+            }
+            if !last.is_empty() {
+                out["canNotRemoveLastContactGroupResourceNames"] = json!(last);
+            }
+            Ok(ok(out))
+        }
+        "people.people.connections.list" => {
+            if params.get("peopleId").map(String::as_str) != Some("me") {
+                return Err(bad("resource_name must be people/me"));
+            }
+            let fields = person_mask(query, "personFields")?;
+            let size = page_size(query, 100)?;
+            let from = offset(query)?;
+            let total = b.contacts.len();
+            let page: Vec<Value> = b
+                .contacts
+                .values()
+                .skip(from)
+                .take(size)
+                .map(|p| masked(p, &fields))
+                .collect();
+            let mut out = json!({"connections": page, "totalItems": total, "totalPeople": total});
+            if from + size < total {
+                out["nextPageToken"] = json!(format!("o{}", from + size));
+            }
+            Ok(ok(out))
+        }
+        "people.people.getBatchGet" => {
+            let fields = person_mask(query, "personFields")?;
+            let names: Vec<&str> = query
+                .iter()
+                .filter(|(k, _)| k == "resourceNames")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            if names.is_empty() || names.len() > 200 {
+                return Err(bad(format!(
+                    "resource_names must hold 1 to 200 names, got {}",
+                    names.len()
+                )));
+            }
+            let responses: Vec<Value> = names
+                .iter()
+                .map(|n| match b.contacts.get(*n) {
+                    Some(p) => json!({"requestedResourceName": n, "person": masked(p, &fields), "httpStatusCode": 200, "status": {}}),
+                    None => json!({"requestedResourceName": n, "httpStatusCode": 404, "status": {"code": 5, "message": "Requested entity was not found."}}),
+                })
+                .collect();
+            Ok(ok(json!({"responses": responses})))
+        }
+        "people.people.batchCreateContacts" => {
+            let contacts = body["contacts"].as_array().cloned().unwrap_or_default();
+            if contacts.is_empty() || contacts.len() > 200 {
+                return Err(bad(format!(
+                    "contacts must hold 1 to 200 contacts, got {}",
+                    contacts.len()
+                )));
+            }
+            let read = match body.get("readMask").and_then(Value::as_str) {
+                Some(s) => mask(s, PERSON_FIELDS, "readMask")?,
+                None => return Err(bad("read_mask is required")),
+            };
+            let mut created = vec![];
+            let mut errors = Map::new();
+            for (i, c) in contacts.into_iter().enumerate() {
+                let mut p = c.get("contactPerson").cloned().unwrap_or(json!({}));
+                let checked = if fail_item == Some(i) {
+                    Err(bad("injected item failure"))
+                } else {
+                    Book::check_person(&p).and_then(|_| {
+                        if p.get("memberships").is_none() {
+                            p["memberships"] = json!([{"contactGroupMembership": {"contactGroupResourceName": "contactGroups/myContacts"}}]);
+                        }
+                        b.check_memberships(&mut p)
+                    })
+                };
+                match checked {
+                    Ok(()) => {
+                        let rn = format!("people/c{:019}", b.next());
+                        b.store(&rn, p);
+                        created.push(json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": masked(&b.contacts[&rn], &read)}));
+                    }
+                    Err((_, code, msg, _)) => {
+                        errors.insert(i.to_string(), json!({"code": if code == "FAILED_PRECONDITION" {9} else {3}, "message": msg}));
+                    }
+                }
+            }
+            if !errors.is_empty() {
+                return Err((
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Request contains an invalid argument.".into(),
+                    json!([{"@type": "type.googleapis.com/google.people.v1.BatchCreateContactsErrorDetails", "contactErrors": errors}]),
+                ));
+            }
+            Ok(ok(json!({"createdPeople": created})))
+        }
+        "people.people.batchUpdateContacts" => {
+            let contacts = body["contacts"].as_object().cloned().unwrap_or_default();
+            if contacts.is_empty() || contacts.len() > 200 {
+                return Err(bad(format!(
+                    "contacts must hold 1 to 200 contacts, got {}",
+                    contacts.len()
+                )));
+            }
+            let update = match body.get("updateMask").and_then(Value::as_str) {
+                Some(s) => mask(s, UPDATABLE, "updateMask")?,
+                None => return Err(bad("update_mask is required")),
+            };
+            if update.is_empty() {
+                return Err(bad("update_mask is required"));
+            }
+            let read = match body.get("readMask").and_then(Value::as_str) {
+                Some(s) => mask(s, PERSON_FIELDS, "readMask")?,
+                None => return Err(bad("read_mask is required")),
+            };
+            let mut results = Map::new();
+            let mut errors = Map::new();
+            for (i, (rn, p)) in contacts.into_iter().enumerate() {
+                let Some(current) = b.contacts.get(&rn).cloned() else {
+                    errors.insert(
+                        rn,
+                        json!({"code": 5, "message": "Requested entity was not found."}),
+                    );
+                    continue;
+                };
+                if fail_item == Some(i) {
+                    errors.insert(rn, json!({"code": 3, "message": "injected item failure"}));
+                    continue;
+                }
+                if p.get("etag") != current.get("etag") {
+                    errors.insert(rn, json!({"code": 9, "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}));
+                    continue;
+                }
+                if let Err((_, _, m, _)) = Book::check_person(&p) {
+                    errors.insert(rn, json!({"code": 3, "message": m}));
+                    continue;
+                }
+                let mut next = current.clone();
+                for f in &update {
+                    match p.get(f.as_str()) {
+                        Some(v) => next[f.as_str()] = v.clone(),
+                        None => {
+                            if let Some(o) = next.as_object_mut() {
+                                o.remove(f.as_str());
+                            }
+                        }
+                    }
+                }
+                if update.iter().any(|f| f == "memberships")
+                    && let Err((_, _, m, _)) = b.check_memberships(&mut next)
+                {
+                    errors.insert(rn, json!({"code": 9, "message": m}));
+                    continue;
+                }
+                b.store(&rn, next);
+                results.insert(rn.clone(), json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": masked(&b.contacts[&rn], &read)}));
+            }
+            if !errors.is_empty() {
+                return Err((
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Request contains an invalid argument.".into(),
+                    json!([{"@type": "type.googleapis.com/google.people.v1.BatchUpdateContactsErrorDetails", "contactErrors": errors}]),
+                ));
+            }
+            Ok(ok(json!({"updateResult": results})))
+        }
+        "people.people.batchDeleteContacts" => {
+            let names: Vec<String> = body["resourceNames"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            if names.is_empty() || names.len() > 500 {
+                return Err(bad(format!(
+                    "resource_names must hold 1 to 500 names, got {}",
+                    names.len()
+                )));
+            }
+            for n in names {
+                b.contacts.remove(&n);
+            }
+            Ok(ok(json!({})))
+        }
+        other => Err((
+            501,
+            "UNIMPLEMENTED",
+            format!("{other} is not implemented by the fake"),
+            json!([]),
+        )),
+    }
+}

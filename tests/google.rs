@@ -1,0 +1,533 @@
+//! The Google backend end to end: the `groupsync` binary against the fake People/Directory/token
+//! server (`fake-google`), which checks every request against Google's discovery documents and
+//! the People API's rules. Every test ends by asserting the fake saw no violation.
+
+use fake_google::{FakeGoogle, Fault, FaultKind, Options};
+use serde_json::{Value, json};
+use std::fs;
+use std::path::Path;
+
+const TAG: &str = "gSync424242";
+
+struct Rig {
+    fake: FakeGoogle,
+    dir: tempfile::TempDir,
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn person(i: usize) -> Value {
+    json!({
+        "names": [{"givenName": format!("Given{i}"), "familyName": format!("Family{i}")}],
+        "emailAddresses": [{"value": format!("p{i}@partner.example"), "type": "work"}],
+        "phoneNumbers": [{"value": format!("+1 555 01{i:02}"), "type": "mobile"}],
+        "organizations": [{"name": "Partner Inc", "title": "Buyer", "current": true}],
+        "addresses": [{"streetAddress": format!("{i} Main St"), "city": "Springfield", "type": "work"}],
+        "birthdays": [{"date": {"year": 1980, "month": 1 + (i % 12) as i64, "day": 1 + (i % 28) as i64}}],
+        "urls": [{"value": "https://partner.example", "type": "work"}],
+        "biographies": [{"value": format!("Note {i}, with a comma; and a semicolon\nand a line"), "contentType": "TEXT_PLAIN"}],
+        "events": [{"date": {"month": 6, "day": 1}, "type": "anniversary"}],
+        "relations": [{"person": "Someone", "type": "spouse"}],
+        "nicknames": [{"value": format!("n{i}")}],
+        "userDefined": [{"key": "desk", "value": format!("{i}F")}],
+        "clientData": [{"key": "CtsContactHash", "value": "abc"}],
+    })
+}
+
+impl Rig {
+    /// alice (source, group "Sales" with `n` contacts), bob, carol, dave; a job to bob and carol.
+    fn new(n: usize) -> Rig {
+        let fake = FakeGoogle::start(Options::default());
+        for u in ["alice", "bob", "carol", "dave"] {
+            fake.add_user(&format!("{u}@example.com"), false);
+        }
+        fake.with_book("alice@example.com", |b| {
+            let g = b.add_group("Sales");
+            for i in 0..n {
+                let mut p = person(i);
+                p["memberships"] = json!([
+                    {"contactGroupMembership": {"contactGroupResourceName": g}},
+                    {"contactGroupMembership": {"contactGroupResourceName": "contactGroups/myContacts"}}
+                ]);
+                b.add_contact(p);
+            }
+            // Not in the group: never copied.
+            b.add_contact(person(999));
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.json");
+        fs::write(&key, fake.key_json()).unwrap();
+        set_mode(&key, 0o600);
+        let rig = Rig { fake, dir };
+        rig.write_config("");
+        fs::create_dir_all(rig.path().join("jobs")).unwrap();
+        rig.write_job(&["bob@example.com", "carol@example.com"]);
+        rig
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_config(&self, extra: &str) {
+        fs::write(
+            self.path().join("groupsync.toml"),
+            format!(
+                "state = \"state.db\"\njobs_dir = \"jobs\"\n\n[backend]\nkind = \"google\"\nkey_file = \"key.json\"\nadmin = \"admin@example.com\"\npeople_url = \"{u}\"\ndirectory_url = \"{u}\"\nconcurrency = 4\n{extra}",
+                u = self.fake.url
+            ),
+        )
+        .unwrap();
+    }
+
+    fn write_job(&self, dests: &[&str]) {
+        let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
+        fs::write(
+            self.path().join("jobs/sales.toml"),
+            format!(
+                "tag = \"{TAG}\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [{}]\n",
+                d.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self) -> assert_cmd::Command {
+        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_groupsync"));
+        c.env("GROUPSYNC_CONFIG", self.path().join("groupsync.toml"))
+            .env_remove("GROUPSYNC_LOG")
+            .env("GROUPSYNC_LOCK_WAIT", "1")
+            .current_dir(self.path());
+        c
+    }
+
+    fn run(&self) -> (i32, String, String) {
+        let out = self.cmd().args(["run", "sales"]).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn run_ok(&self) -> String {
+        let (code, out, err) = self.run();
+        assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+        self.assert_no_violations();
+        out
+    }
+
+    fn assert_no_violations(&self) {
+        let v = self.fake.violations();
+        assert!(
+            v.is_empty(),
+            "the fake saw requests Google would refuse: {v:#?}"
+        );
+    }
+
+    /// The contacts in a user's group.
+    fn group(&self, user: &str, name: &str) -> Vec<Value> {
+        self.fake.with_book(user, |b| match b.group_by_name(name) {
+            Some(g) => b.members(&g).into_iter().cloned().collect(),
+            None => vec![],
+        })
+    }
+
+    fn has_group(&self, user: &str, name: &str) -> bool {
+        self.fake
+            .with_book(user, |b| b.group_by_name(name).is_some())
+    }
+
+    /// (source resourceName) of the tagged copies in a user's group, sorted.
+    fn copies(&self, user: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .group(user, "Sales")
+            .iter()
+            .filter_map(machine_tag)
+            .map(|(t, s)| {
+                assert_eq!(t, TAG);
+                s
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn source_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .group("alice@example.com", "Sales")
+            .iter()
+            .map(|p| p["resourceName"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+fn machine_tag(p: &Value) -> Option<(String, String)> {
+    p["clientData"]
+        .as_array()?
+        .iter()
+        .find(|c| c["key"] == "gSync")
+        .and_then(|c| c["value"].as_str())
+        .and_then(|v| v.split_once(':'))
+        .map(|(t, s)| (t.to_string(), s.to_string()))
+}
+
+fn writable(p: &Value) -> Value {
+    // The fields a copy must carry exactly as the source has them (output-only parts removed).
+    let mut out = serde_json::Map::new();
+    for f in [
+        "names",
+        "emailAddresses",
+        "phoneNumbers",
+        "organizations",
+        "addresses",
+        "birthdays",
+        "urls",
+        "biographies",
+        "events",
+        "relations",
+        "nicknames",
+    ] {
+        let items: Vec<Value> = p[f]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut e| {
+                let o = e.as_object_mut().unwrap();
+                for k in [
+                    "metadata",
+                    "formattedType",
+                    "displayName",
+                    "displayNameLastFirst",
+                    "canonicalForm",
+                ] {
+                    o.remove(k);
+                }
+                e
+            })
+            .collect();
+        out.insert(f.into(), Value::Array(items));
+    }
+    Value::Object(out)
+}
+
+fn by_source(r: &Rig, user: &str) -> std::collections::BTreeMap<String, Value> {
+    r.group(user, "Sales")
+        .into_iter()
+        .filter_map(|p| machine_tag(&p).map(|(_, s)| (s, p)))
+        .collect()
+}
+
+#[test]
+fn every_semantic_on_the_fake() {
+    let r = Rig::new(12);
+    let src = r.source_ids();
+    // 1-2: the first run creates the group and a copy of each source contact, with the tag.
+    r.run_ok();
+    for u in ["bob@example.com", "carol@example.com"] {
+        assert!(r.has_group(u, "Sales"));
+        assert_eq!(r.copies(u), src, "{u}");
+    }
+    // Faithful: every writable field equals the source's; visible tag; own clientData not copied.
+    let source: std::collections::BTreeMap<String, Value> = r
+        .group("alice@example.com", "Sales")
+        .into_iter()
+        .map(|p| (p["resourceName"].as_str().unwrap().to_string(), p))
+        .collect();
+    for (sid, copy) in by_source(&r, "bob@example.com") {
+        assert_eq!(writable(&copy), writable(&source[&sid]), "copy of {sid}");
+        let ud = copy["userDefined"].as_array().unwrap();
+        assert!(
+            ud.iter().any(|e| e["key"] == "gSync" && e["value"] == TAG),
+            "{copy}"
+        );
+        assert!(ud.iter().any(|e| e["key"] == "desk"), "{copy}");
+        assert!(
+            !copy["clientData"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["key"] == "CtsContactHash")
+        );
+    }
+    // A rerun changes nothing and writes nothing.
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    for w in [
+        "batchCreateContacts",
+        "batchUpdateContacts",
+        "batchDeleteContacts",
+        "contactGroups.create",
+    ] {
+        assert!(
+            !c.keys().any(|k| k.ends_with(w)),
+            "a no-change rerun called {w}: {c:?}"
+        );
+    }
+
+    let bob = "bob@example.com";
+    let copies = by_source(&r, bob);
+    let (s0, s1, s2) = (&src[0], &src[1], &src[2]);
+    let group_rn = r.fake.with_book(bob, |b| b.group_by_name("Sales").unwrap());
+    // 4: a user's edit to a copy is overwritten; 7: a deleted copy comes back; the visible tag a
+    // user removed is put back; 5: a user's own contact in the group is kept untouched.
+    let own = r.fake.with_book(bob, |b| {
+        let c0 = copies[s0]["resourceName"].as_str().unwrap().to_string();
+        b.edit(&c0, |p| {
+            p["phoneNumbers"] = json!([{"value": "+1 999", "type": "home"}])
+        });
+        let c1 = copies[s1]["resourceName"].as_str().unwrap().to_string();
+        b.delete(&c1);
+        let c2 = copies[s2]["resourceName"].as_str().unwrap().to_string();
+        b.edit(&c2, |p| {
+            p["userDefined"] = json!([{"key": "desk", "value": "2F"}])
+        });
+        b.add_contact(json!({
+            "names": [{"givenName": "Own"}],
+            "memberships": [{"contactGroupMembership": {"contactGroupResourceName": group_rn}}]
+        }))
+    });
+    let own_before = r.fake.with_book(bob, |b| b.contacts[&own].clone());
+    r.run_ok();
+    let after = by_source(&r, bob);
+    assert_eq!(r.copies(bob), src);
+    assert_eq!(writable(&after[s0]), writable(&source[s0]));
+    assert!(
+        after[s2]["userDefined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["key"] == "gSync")
+    );
+    assert_eq!(
+        r.fake.with_book(bob, |b| b.contacts[&own].clone()),
+        own_before
+    );
+
+    // 6: source changes propagate (add, edit, remove).
+    let sales = r
+        .fake
+        .with_book("alice@example.com", |b| b.group_by_name("Sales").unwrap());
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(s0, |p| {
+            p["names"] = json!([{"givenName": "Renamed", "familyName": "Person"}])
+        });
+        b.delete(s1);
+        let mut p = person(50);
+        p["memberships"] = json!([{"contactGroupMembership": {"contactGroupResourceName": sales}}]);
+        b.add_contact(p);
+    });
+    r.run_ok();
+    let src2 = r.source_ids();
+    assert_eq!(r.copies(bob), src2);
+    assert_eq!(r.copies("carol@example.com"), src2);
+    assert_eq!(
+        by_source(&r, bob)[s0]["names"][0]["givenName"],
+        json!("Renamed")
+    );
+
+    // 8: removing bob deletes the group and the copies; bob's own contact stays, in My Contacts.
+    r.write_job(&["carol@example.com"]);
+    r.run_ok();
+    assert!(!r.has_group(bob, "Sales"));
+    r.fake.with_book(bob, |b| {
+        assert!(
+            !b.contacts.values().any(|p| machine_tag(p).is_some()),
+            "copies left"
+        );
+        let p = &b.contacts[&own];
+        assert!(
+            p["memberships"]
+                .to_string()
+                .contains("contactGroups/myContacts"),
+            "{p}"
+        );
+    });
+    assert_eq!(r.copies("carol@example.com"), src2);
+    // 9: adding a destination syncs it.
+    r.write_job(&["carol@example.com", "dave@example.com"]);
+    r.run_ok();
+    assert_eq!(r.copies("dave@example.com"), src2);
+    r.assert_no_violations();
+}
+
+#[test]
+fn first_sync_uses_batches_and_a_few_calls_per_destination() {
+    let r = Rig::new(450);
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    // 450 contacts to 2 destinations: 3 batch creates each (200 + 200 + 50).
+    assert_eq!(get("people.people.batchCreateContacts"), 6, "{c:?}");
+    assert_eq!(get("people.contactGroups.create"), 2, "{c:?}");
+    // One page of connections for the source; the new groups need no read.
+    assert_eq!(get("people.people.connections.list"), 1, "{c:?}");
+    // Per destination: users.get, contactGroups.list, contactGroups.create, 3 batch creates.
+    assert_eq!(get("people.contactGroups.list"), 3, "{c:?}");
+    assert_eq!(get("directory.users.get"), 3, "{c:?}");
+    assert_eq!(r.copies("bob@example.com").len(), 450);
+}
+
+#[test]
+fn unknown_suspended_and_renamed_users() {
+    let r = Rig::new(3);
+    r.write_job(&["bob@example.com", "nobody@example.com", "carol@example.com"]);
+    let (code, out, err) = r.run();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("invalid destination user: nobody@example.com"),
+        "{out}{err}"
+    );
+    assert_eq!(r.copies("bob@example.com").len(), 3);
+    // A suspended user is skipped with a note, not failed, and keeps their copies.
+    r.write_job(&["bob@example.com", "carol@example.com"]);
+    r.fake.set_suspended("carol@example.com", true);
+    let (code, out, err) = r.run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(format!("{out}{err}").contains("suspended"), "{out}{err}");
+    r.fake.set_suspended("carol@example.com", false);
+    // An email rename: the job still names the old address (now an alias); the same user, the
+    // same copies, nothing recreated.
+    r.fake.rename_user("bob@example.com", "robert@example.com");
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert!(
+        !c.contains_key("people.people.batchCreateContacts"),
+        "{c:?}"
+    );
+    assert_eq!(r.copies("robert@example.com").len(), 3);
+    r.assert_no_violations();
+}
+
+#[test]
+fn secondary_domains_are_allowed_and_others_refused() {
+    let r = Rig::new(2);
+    r.fake.add_domain("example.org", true);
+    r.fake.add_user("erin@example.org", false);
+    r.fake.add_domain("unverified.net", false);
+    r.fake.add_user("frank@unverified.net", false);
+    r.write_job(&["erin@example.org", "frank@unverified.net"]);
+    let (code, out, err) = r.run();
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(r.copies("erin@example.org").len(), 2);
+    assert!(
+        format!("{out}{err}").contains("outside the allowed domains"),
+        "{out}{err}"
+    );
+    // An explicit allow-list wins.
+    r.write_config("allowed_domains = [\"unverified.net\", \"example.com\", \"example.org\"]\n");
+    r.write_job(&["frank@unverified.net"]);
+    r.run_ok();
+    assert_eq!(r.copies("frank@unverified.net").len(), 2);
+}
+
+#[test]
+fn delegation_errors_say_how_to_fix_them() {
+    let r = Rig::new(2);
+    r.fake
+        .set_granted_scopes(&["https://www.googleapis.com/auth/contacts"]);
+    let (code, out, err) = r.run();
+    assert_ne!(code, 0);
+    let all = format!("{out}{err}");
+    assert!(all.contains(r.fake.client_id()), "{all}");
+    assert!(all.contains("admin.directory.user.readonly"), "{all}");
+    assert!(
+        !all.contains("PRIVATE KEY") && !all.contains("ya29."),
+        "{all}"
+    );
+}
+
+#[test]
+fn a_readable_key_file_is_refused() {
+    let r = Rig::new(1);
+    set_mode(&r.path().join("key.json"), 0o644);
+    let out = r.cmd().args(["run", "sales"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn stale_etags_and_lost_answers_never_duplicate() {
+    let r = Rig::new(5);
+    r.run_ok();
+    let src = r.source_ids();
+    // The answer to a batch create is lost after the contacts were made: the client reads back
+    // by tag, and no duplicate appears.
+    r.write_job(&["bob@example.com", "carol@example.com", "dave@example.com"]);
+    r.fake.inject(Fault {
+        method: "people.people.batchCreateContacts".into(),
+        user: Some("dave@example.com".into()),
+        kind: FaultKind::ApplyThenFail,
+        times: 1,
+    });
+    r.run_ok();
+    assert_eq!(r.copies("dave@example.com"), src);
+    // A user edits a copy between the engine's read and its update (a stale etag): the update
+    // is refused for that contact, the engine reads again, and the copy ends right.
+    r.fake.with_book("alice@example.com", |b| {
+        for s in &src {
+            b.edit(s, |p| p["nicknames"] = json!([{"value": "changed"}]));
+        }
+    });
+    r.fake.inject(Fault {
+        method: "people.people.batchUpdateContacts".into(),
+        user: Some("bob@example.com".into()),
+        kind: FaultKind::EditFirst,
+        times: 1,
+    });
+    // The stale etag is a conflict: read again, plan again, write again, in the same run.
+    r.fake.reset_counts();
+    r.run_ok();
+    assert!(r.fake.counts()["people.people.batchUpdateContacts"] >= 4);
+    // An item the API refuses fails that destination only; the next run converges.
+    r.fake.with_book("alice@example.com", |b| {
+        for s in &src {
+            b.edit(s, |p| p["nicknames"] = json!([{"value": "changed again"}]));
+        }
+    });
+    r.fake.inject(Fault {
+        method: "people.people.batchUpdateContacts".into(),
+        user: Some("carol@example.com".into()),
+        kind: FaultKind::FailItem(0),
+        times: 1,
+    });
+    let (code, _, _) = r.run();
+    assert_eq!(code, 1);
+    r.run_ok();
+    for u in ["bob@example.com", "carol@example.com", "dave@example.com"] {
+        assert_eq!(r.copies(u), src);
+        for (_, p) in by_source(&r, u) {
+            assert_eq!(p["nicknames"][0]["value"], json!("changed again"), "{u}");
+        }
+    }
+}
+
+#[test]
+fn rate_limits_and_server_errors_are_retried() {
+    let r = Rig::new(3);
+    r.fake.inject(Fault {
+        method: "people.people.connections.list".into(),
+        user: None,
+        kind: FaultKind::TooMany { retry_after: 1 },
+        times: 2,
+    });
+    r.fake.inject(Fault {
+        method: "people.people.batchCreateContacts".into(),
+        user: None,
+        kind: FaultKind::Status(503),
+        times: 1,
+    });
+    r.run_ok();
+    assert_eq!(r.copies("bob@example.com").len(), 3);
+    assert_eq!(r.copies("carol@example.com").len(), 3);
+}
