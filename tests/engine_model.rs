@@ -76,6 +76,8 @@ struct Params {
     /// The provider stores cards in its own form (sorted properties), as CardDAV servers and
     /// Google do: copies never read back as written, yet reruns must not rewrite them.
     normalize: bool,
+    /// The engine hands writes over in batches (as to Google) rather than one at a time.
+    batched: bool,
 }
 
 fn params() -> impl Strategy<Value = Params> {
@@ -85,14 +87,16 @@ fn params() -> impl Strategy<Value = Params> {
         any::<bool>(),
         proptest::bool::weighted(0.25),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(same, only_email, filter_even, tight_limit, normalize)| Params {
+            |(same, only_email, filter_even, tight_limit, normalize, batched)| Params {
                 target_group: if same { "G".into() } else { "Copied".into() },
                 only_email,
                 filter_even,
                 tight_limit,
                 normalize,
+                batched,
             },
         )
 }
@@ -180,6 +184,7 @@ impl World {
         }
         backend.group_id(SOURCE, "G", true);
         backend.set_normalize(p.normalize);
+        backend.set_batch_size(if p.batched { 3 } else { 1 });
         let fields = if p.only_email {
             FieldSelection::from_list(Some(&["EMAIL".to_string()]))
         } else {

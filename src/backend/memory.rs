@@ -59,11 +59,19 @@ pub struct MemoryBackend {
     normalize: std::sync::atomic::AtomicBool,
     /// Added to every group scan (tokio time: tests run it paused).
     latency: Mutex<std::time::Duration>,
+    /// What `batch_size` answers (0 = 1): makes the engine hand over batches, which this
+    /// backend runs one by one with the trait's default batch methods.
+    batch: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes the engine apply plans in batches of `n`.
+    pub fn set_batch_size(&self, n: usize) {
+        self.batch.store(n, Ordering::Relaxed);
     }
 
     /// Adds a user (with an empty default collection).
@@ -256,6 +264,10 @@ impl MemoryBackend {
 impl Backend for MemoryBackend {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn batch_size(&self) -> usize {
+        self.batch.load(Ordering::Relaxed).max(1)
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
