@@ -307,13 +307,23 @@ async fn run_inner<B: Backend>(
     // Which destinations are in the job, and which were synced before but are no longer in it.
     let mut active: Vec<User> = vec![];
     let mut active_names: BTreeSet<&str> = BTreeSet::new();
+    let mut to_resolve: Vec<&String> = vec![];
     for name in &job.destinations {
+        active_names.insert(name);
         if opts.only.as_ref().is_some_and(|o| !o.contains(name)) {
-            active_names.insert(name);
             continue;
         }
-        active_names.insert(name);
-        let failed = match backend.resolve_user(name).await {
+        to_resolve.push(name);
+    }
+    // Users are looked up `concurrency` at a time (one provider call each).
+    let resolved: Vec<(&String, Result<Option<User>, BackendError>)> =
+        futures::stream::iter(to_resolve)
+            .map(|name| async move { (name, backend.resolve_user(name).await) })
+            .buffered(opts.concurrency.max(1))
+            .collect()
+            .await;
+    for (name, r) in resolved {
+        let failed = match r {
             Ok(Some(u)) => {
                 active.push(u);
                 continue;
@@ -474,22 +484,25 @@ async fn run_inner<B: Backend>(
     }
 
     // Removed destinations: copies deleted, users' own contacts kept, group removed.
-    for (user, target_group) in removed {
-        let r = process_destination(
-            backend,
-            store,
-            job,
-            opts,
-            &user,
-            &target_group,
-            run_id,
-            Mode::Removal,
-        )
-        .instrument(tracing::info_span!("dest", dest = %user.name, removal = true))
+    let removals: Vec<DestReport> = futures::stream::iter(removed.iter())
+        .map(|(user, target_group)| {
+            process_destination(
+                backend,
+                store,
+                job,
+                opts,
+                user,
+                target_group,
+                run_id,
+                Mode::Removal,
+            )
+            .instrument(tracing::info_span!("dest", dest = %user.name, removal = true))
+        })
+        .buffered(concurrency)
+        .inspect(|r| report_progress(opts, r))
+        .collect()
         .await;
-        report_progress(opts, &r);
-        report.destinations.push(r);
-    }
+    report.destinations.extend(removals);
     Ok(())
 }
 

@@ -1,0 +1,290 @@
+//! `bench_google`: groupsync's Google backend against the fake People/Directory API with injected
+//! latency (25 ms per call by default), on named workloads:
+//!
+//! - W1 first fan-out of N contacts to D destinations;
+//! - W2 a no-change rerun;
+//! - W3 1 % of the source edited and 1 % of the copies tampered with by users;
+//! - W4 10 destinations removed from the job.
+//!
+//! Each workload runs in a fresh process (this program with `--phase`), so its peak RSS (VmHWM) is
+//! groupsync's own; the fake runs in the parent and counts the calls by API method. Printed: calls
+//! by method, calls per destination against the theoretical minimum, wall time against the
+//! critical-path bound at the configured concurrency, and peak RSS.
+//!
+//! Run: `cargo run --release --example bench_google -- --contacts 1000 --destinations 100`.
+//! A measuring program, not a test: nothing here asserts.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fake_google::{FakeGoogle, Options};
+use groupsync::backend::counting::Counting;
+use groupsync::backend::google::GoogleBackend;
+use groupsync::config::{BackendConfig, Config};
+use groupsync::engine::{self, RunOptions};
+use groupsync::store::Store;
+use serde_json::json;
+
+struct Args {
+    contacts: usize,
+    destinations: usize,
+    concurrency: usize,
+    latency_ms: u64,
+    phase: Option<String>,
+    dir: Option<PathBuf>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        contacts: 1000,
+        destinations: 100,
+        concurrency: 16,
+        latency_ms: 25,
+        phase: None,
+        dir: None,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < v.len() {
+        let next = v.get(i + 1).cloned().unwrap_or_default();
+        match v[i].as_str() {
+            "--contacts" => a.contacts = next.parse().expect("--contacts N"),
+            "--destinations" => a.destinations = next.parse().expect("--destinations N"),
+            "--concurrency" => a.concurrency = next.parse().expect("--concurrency N"),
+            "--latency-ms" => a.latency_ms = next.parse().expect("--latency-ms N"),
+            "--phase" => a.phase = Some(next),
+            "--dir" => a.dir = Some(PathBuf::from(next)),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    a
+}
+
+fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// One workload, in this (child) process.
+fn run_phase(dir: &Path) -> anyhow::Result<()> {
+    let config = Config::load(&dir.join("groupsync.toml"))?;
+    let BackendConfig::Google(g) = &config.backend else {
+        anyhow::bail!("expected a google backend");
+    };
+    let concurrency = g.concurrency;
+    let backend = Counting::new(GoogleBackend::new(g.clone()).map_err(anyhow::Error::msg)?);
+    let store = Mutex::new(Store::open(&config.state)?);
+    let job = groupsync::job::load_named(&config.jobs_dir, "bench")?;
+    let opts = RunOptions {
+        concurrency,
+        default_group: "My Contacts".into(),
+        ..Default::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let start = Instant::now();
+    let report = rt.block_on(engine::run_job(&backend, &store, &job.to_run(), &opts));
+    let wall = start.elapsed().as_secs_f64();
+    if report.outcome != engine::Outcome::Ok {
+        anyhow::bail!("run ended {:?}: {:?}", report.outcome, report.message);
+    }
+    println!(
+        "{}",
+        json!({"wall_s": wall, "counts": report.counts, "peak_rss_kb": peak_rss_kb()})
+    );
+    Ok(())
+}
+
+fn person(i: usize, rev: usize) -> serde_json::Value {
+    json!({
+        "names": [{"givenName": format!("Given{i}"), "familyName": format!("Family{i} r{rev}")}],
+        "emailAddresses": [{"value": format!("p{i}@partner.example"), "type": "work"}],
+        "phoneNumbers": [{"value": format!("+1 555 {:04}", i % 10000), "type": "mobile"}],
+        "organizations": [{"name": format!("Partner {}", i % 50), "title": "Buyer"}],
+        "addresses": [{"streetAddress": format!("{i} Main St"), "city": "Springfield", "type": "work"}],
+        "biographies": [{"value": format!("Account since {}", 2000 + i % 25), "contentType": "TEXT_PLAIN"}],
+    })
+}
+
+fn write_job(dir: &Path, dests: &[String]) -> anyhow::Result<()> {
+    let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
+    std::fs::write(
+        dir.join("jobs/bench.toml"),
+        format!(
+            "tag = \"gSync777\"\nsource = \"source@example.com\"\ngroup = \"Directory\"\ndestinations = [{}]\n",
+            d.join(", ")
+        ),
+    )?;
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = args();
+    if a.phase.is_some() {
+        return run_phase(a.dir.as_deref().expect("--dir"));
+    }
+    let fake = FakeGoogle::start(Options {
+        latency: Duration::from_millis(a.latency_ms),
+        per_user_per_minute: None,
+    });
+    let dir = std::env::temp_dir().join(format!("groupsync-bench-google-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("jobs"))?;
+    let key = dir.join("key.json");
+    std::fs::write(&key, fake.key_json())?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::write(
+        dir.join("groupsync.toml"),
+        format!(
+            "state = \"state.db\"\njobs_dir = \"jobs\"\n[backend]\nkind = \"google\"\nkey_file = \"key.json\"\nadmin = \"admin@example.com\"\npeople_url = \"{u}\"\ndirectory_url = \"{u}\"\nconcurrency = {c}\nrequests_per_minute = 1000000\n",
+            u = fake.url,
+            c = a.concurrency
+        ),
+    )?;
+    fake.add_user("source@example.com", false);
+    let mut source_ids = vec![];
+    fake.with_book("source@example.com", |b| {
+        let g = b.add_group("Directory");
+        for i in 0..a.contacts {
+            let mut p = person(i, 0);
+            p["memberships"] = json!([{"contactGroupMembership": {"contactGroupResourceName": g}}]);
+            source_ids.push(b.add_contact(p));
+        }
+    });
+    let dests: Vec<String> = (0..a.destinations)
+        .map(|i| format!("user{i:04}@example.com"))
+        .collect();
+    for d in &dests {
+        fake.add_user(d, false);
+    }
+    write_job(&dir, &dests)?;
+
+    let per_dest_batches = a.contacts.div_ceil(200);
+    let pages = a.contacts.div_ceil(1000).max(1);
+    let lat = a.latency_ms as f64 / 1000.0;
+    let waves = |d: usize| d.div_ceil(a.concurrency) as f64;
+    let mut table = String::new();
+    writeln!(
+        table,
+        "bench_google: {} contacts x {} destinations, {} ms per call, concurrency {}",
+        a.contacts, a.destinations, a.latency_ms, a.concurrency
+    )?;
+    writeln!(
+        table,
+        "{:<4} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}  calls by method",
+        "", "wall s", "bound s", "calls", "per dest", "minimum", "peak MB"
+    )?;
+    let mut last: BTreeMap<String, u64> = BTreeMap::new();
+    for w in ["W1", "W2", "W3", "W4"] {
+        let mut d = a.destinations;
+        // Per destination: the minimum calls, and the calls on one destination's critical path.
+        let (min_per_dest, source_calls) = match w {
+            // users.get, contactGroups.list, contactGroups.create, the batch creates.
+            "W1" => (3 + per_dest_batches, 2 + pages),
+            // One read that tells "nothing changed".
+            "W2" => (1, 2 + pages),
+            // Read, one batch update.
+            "W3" => (2 + pages, 2 + pages),
+            // users.get, list groups, read, batch get for the trash, batch delete, get + delete group.
+            _ => {
+                d = 10;
+                (4 + 2 * per_dest_batches + pages, 0)
+            }
+        };
+        match w {
+            "W3" => {
+                let n = (a.contacts / 100).max(1);
+                fake.with_book("source@example.com", |b| {
+                    for rn in source_ids.iter().step_by(a.contacts / n).take(n) {
+                        b.edit(rn, |p| p["names"][0]["familyName"] = json!("Edited"));
+                    }
+                });
+                for u in &dests {
+                    fake.with_book(u, |b| {
+                        let copies: Vec<String> = b.contacts.keys().take(n).cloned().collect();
+                        for rn in copies {
+                            b.edit(&rn, |p| {
+                                p["phoneNumbers"] = json!([{"value": "+1 000", "type": "home"}])
+                            });
+                        }
+                    });
+                }
+            }
+            "W4" => write_job(&dir, &dests[10..])?,
+            _ => {}
+        }
+        fake.reset_counts();
+        let out = Command::new(std::env::current_exe()?)
+            .args(["--phase", w, "--dir"])
+            .arg(&dir)
+            .output()?;
+        if !out.status.success() {
+            anyhow::bail!("{w} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        let counts = fake.counts();
+        let api_calls: u64 = counts
+            .iter()
+            .filter(|(k, _)| k.as_str() != "token")
+            .map(|(_, n)| n)
+            .sum();
+        let per_dest = (api_calls as f64 - source_calls as f64) / d as f64;
+        let bound = (source_calls as f64 + waves(d) * min_per_dest as f64) * lat;
+        let by: Vec<String> = counts
+            .iter()
+            .map(|(k, n)| {
+                format!(
+                    "{}={n}",
+                    k.trim_start_matches("people.people.")
+                        .trim_start_matches("people.")
+                        .trim_start_matches("directory.")
+                )
+            })
+            .collect();
+        writeln!(
+            table,
+            "{:<4} {:>7.2} {:>9.2} {:>9} {:>9.2} {:>8} {:>8.1}  {}",
+            w,
+            v["wall_s"].as_f64().unwrap_or(0.0),
+            bound,
+            api_calls,
+            per_dest,
+            min_per_dest,
+            v["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+            by.join(" ")
+        )?;
+        last = counts;
+    }
+    let _ = last;
+    writeln!(
+        table,
+        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency"
+    )?;
+    print!("{table}");
+    let v = fake.violations();
+    if !v.is_empty() {
+        eprintln!(
+            "the fake saw {} requests Google would refuse: {:?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
