@@ -531,3 +531,166 @@ fn rate_limits_and_server_errors_are_retried() {
     assert_eq!(r.copies("bob@example.com").len(), 3);
     assert_eq!(r.copies("carol@example.com").len(), 3);
 }
+
+/// The fake is only worth something if it refuses what Google refuses.
+#[test]
+fn the_fake_refuses_what_google_refuses() {
+    let fake = FakeGoogle::start(Options {
+        latency: std::time::Duration::from_millis(200),
+        per_user_per_minute: None,
+    });
+    fake.add_user("bob@example.com", false);
+    let token = fake.issue_token("bob@example.com");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let send = |method: reqwest::Method, path: &str, body: Option<Value>| {
+        let mut r = http
+            .request(method, format!("{}{path}", fake.url))
+            .bearer_auth(&token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let cases: Vec<(reqwest::Method, &str, Option<Value>, &str)> = vec![
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/connections?pageSize=10",
+            None,
+            "personFields",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/connections?personFields=names&bogus=1",
+            None,
+            "bogus",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/connections?personFields=nmes",
+            None,
+            "nmes",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/connections?personFields=names&sortOrder=RANDOM",
+            None,
+            "RANDOM",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/connections?personFields=names&pageSize=5000",
+            None,
+            "pageSize",
+        ),
+        (
+            reqwest::Method::GET,
+            "/v1/people/me/friends",
+            None,
+            "no such method",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchCreateContacts",
+            Some(
+                json!({"contacts": [{"contactPerson": {"names": [{"givenName": "A"}], "colour": "red"}}], "readMask": "metadata"}),
+            ),
+            "colour",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchCreateContacts",
+            Some(
+                json!({"contacts": [{"contactPerson": {"phoneNumbers": [{"value": "1", "canonicalForm": "1"}]}}], "readMask": "metadata"}),
+            ),
+            "output only",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchCreateContacts",
+            Some(
+                json!({"contacts": (0..201).map(|_| json!({"contactPerson": {}})).collect::<Vec<_>>(), "readMask": "metadata"}),
+            ),
+            "1 to 200",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchCreateContacts",
+            Some(
+                json!({"contacts": [{"contactPerson": {"names": [{"givenName": "A"}, {"givenName": "B"}]}}], "readMask": "metadata"}),
+            ),
+            "at most one",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchUpdateContacts",
+            Some(
+                json!({"contacts": {"people/c1": {}}, "updateMask": "photos", "readMask": "metadata"}),
+            ),
+            "photos",
+        ),
+        (
+            reqwest::Method::POST,
+            "/v1/people:batchDeleteContacts",
+            Some(
+                json!({"resourceNames": (0..501).map(|i| format!("people/c{i}")).collect::<Vec<_>>()}),
+            ),
+            "1 to 500",
+        ),
+    ];
+    rt.block_on(async {
+        for (m, path, body, needle) in cases {
+            let before = fake.violations().len();
+            let (status, text) = send(m.clone(), path, body).await;
+            assert!(
+                status == 400 || status == 404,
+                "{m} {path}: {status} {text}"
+            );
+            let v = fake.violations();
+            assert_eq!(v.len(), before + 1, "{m} {path} was not recorded: {v:?}");
+            assert!(
+                v.last().unwrap().contains(needle),
+                "{m} {path}: {:?}",
+                v.last()
+            );
+        }
+        // A duplicate group name is a 409 (not a client bug the fake records).
+        let create = json!({"contactGroup": {"name": "Sales"}});
+        assert_eq!(
+            send(
+                reqwest::Method::POST,
+                "/v1/contactGroups",
+                Some(create.clone())
+            )
+            .await
+            .0,
+            200
+        );
+        assert_eq!(
+            send(reqwest::Method::POST, "/v1/contactGroups", Some(create))
+                .await
+                .0,
+            409
+        );
+        // Two mutations for one user at once are caught.
+        let before = fake.violations().len();
+        let a = send(
+            reqwest::Method::POST,
+            "/v1/contactGroups",
+            Some(json!({"contactGroup": {"name": "A"}})),
+        );
+        let b = send(
+            reqwest::Method::POST,
+            "/v1/contactGroups",
+            Some(json!({"contactGroup": {"name": "B"}})),
+        );
+        let _ = tokio::join!(a, b);
+        let v = fake.violations();
+        assert_eq!(v.len(), before + 1, "{v:?}");
+        assert!(v.last().unwrap().contains("sequentially"), "{v:?}");
+    });
+}

@@ -343,6 +343,17 @@ impl FakeGoogle {
         r
     }
 
+    /// An access token for `email` with every granted scope, without the JWT exchange (for
+    /// tests that send raw requests).
+    pub fn issue_token(&self, email: &str) -> String {
+        let mut w = self.world();
+        let scopes: Vec<String> = w.granted_scopes.iter().cloned().collect();
+        let n = w.next_id();
+        let token = format!("ya29.test-{n}");
+        w.tokens.insert(token.clone(), (email.to_string(), scopes));
+        token
+    }
+
     pub fn inject(&self, fault: Fault) {
         self.state.faults.lock().unwrap().push(fault);
     }
@@ -617,16 +628,22 @@ fn dispatch(
             });
         }
         let next = &mut w.next;
+        let mut client_errors = vec![];
         let r = book.with_counter(next, |b| {
-            people::call(b, id, params, query, body, fail_item).unwrap_or_else(|(s, c, m, d)| {
-                // A refused request (not a per-item batch failure) is a client bug.
-                if s == 400 && d == json!([]) {
-                    st.violation(format!("{id} as {email}: {m}"));
-                }
-                error(s, c, &m, d)
-            })
+            people::call(b, id, params, query, body, fail_item, &mut client_errors).unwrap_or_else(
+                |(s, c, m, d)| {
+                    // A refused request (not a per-item batch failure) is a client bug.
+                    if s == 400 && d == json!([]) {
+                        st.violation(format!("{id} as {email}: {m}"));
+                    }
+                    error(s, c, &m, d)
+                },
+            )
         });
         w.books.insert(user.id.clone(), book);
+        for e in client_errors {
+            st.violation(format!("{id} as {email}: {e}"));
+        }
         r
     };
     if matches!(fault, Some(FaultKind::ApplyThenFail)) {

@@ -444,6 +444,7 @@ pub(crate) fn call(
     query: &[(String, String)],
     body: Option<Value>,
     fail_item: Option<usize>,
+    client_errors: &mut Vec<String>,
 ) -> Result<Response, Fail> {
     let body = body.unwrap_or(Value::Null);
     match id {
@@ -719,6 +720,9 @@ pub(crate) fn call(
                         created.push(json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": masked(&b.contacts[&rn], &read)}));
                     }
                     Err((_, code, msg, _)) => {
+                        if fail_item != Some(i) {
+                            client_errors.push(format!("contacts[{i}]: {msg}"));
+                        }
                         errors.insert(i.to_string(), json!({"code": if code == "FAILED_PRECONDITION" {9} else {3}, "message": msg}));
                     }
                 }
@@ -771,6 +775,7 @@ pub(crate) fn call(
                     continue;
                 }
                 if let Err((_, _, m, _)) = Book::check_person(&p) {
+                    client_errors.push(format!("{rn}: {m}"));
                     errors.insert(rn, json!({"code": 3, "message": m}));
                     continue;
                 }
@@ -788,6 +793,7 @@ pub(crate) fn call(
                 if update.iter().any(|f| f == "memberships")
                     && let Err((_, _, m, _)) = b.check_memberships(&mut next)
                 {
+                    client_errors.push(format!("{rn}: {m}"));
                     errors.insert(rn, json!({"code": 9, "message": m}));
                     continue;
                 }
