@@ -527,7 +527,13 @@ fn rate_limits_and_server_errors_are_retried() {
         kind: FaultKind::Status(503),
         times: 1,
     });
+    r.fake.reset_counts();
     r.run_ok();
+    // The faults were really hit: two refused source reads tried again (3), one create answered
+    // 503 read back by tag (1 more read) before it was sent again.
+    let c = r.fake.counts();
+    assert_eq!(c["people.people.connections.list"], 4, "{c:?}");
+    assert_eq!(c["people.people.batchCreateContacts"], 3, "{c:?}");
     assert_eq!(r.copies("bob@example.com").len(), 3);
     assert_eq!(r.copies("carol@example.com").len(), 3);
 }

@@ -337,8 +337,7 @@ impl FakeGoogle {
         let mut w = self.world();
         let id = w.user(email).expect("user").id.clone();
         let mut book = w.books.remove(&id).unwrap_or_default();
-        let next = &mut w.next;
-        let r = book.with_counter(next, f);
+        let r = f(&mut book);
         w.books.insert(id, book);
         r
     }
@@ -627,18 +626,22 @@ fn dispatch(
                 p["nicknames"] = json!([{"value": "edited meanwhile"}]);
             });
         }
-        let next = &mut w.next;
         let mut client_errors = vec![];
-        let r = book.with_counter(next, |b| {
-            people::call(b, id, params, query, body, fail_item, &mut client_errors).unwrap_or_else(
-                |(s, c, m, d)| {
-                    // A refused request (not a per-item batch failure) is a client bug.
-                    if s == 400 && d == json!([]) {
-                        st.violation(format!("{id} as {email}: {m}"));
-                    }
-                    error(s, c, &m, d)
-                },
-            )
+        let r = people::call(
+            &mut book,
+            id,
+            params,
+            query,
+            body,
+            fail_item,
+            &mut client_errors,
+        )
+        .unwrap_or_else(|(s, c, m, d)| {
+            // A refused request (not a per-item batch failure) is a client bug.
+            if s == 400 && d == json!([]) {
+                st.violation(format!("{id} as {email}: {m}"));
+            }
+            error(s, c, &m, d)
         });
         w.books.insert(user.id.clone(), book);
         for e in client_errors {

@@ -147,10 +147,6 @@ fn capitalise(s: &str) -> String {
 }
 
 impl Book {
-    pub(crate) fn with_counter<R>(&mut self, _next: &mut u64, f: impl FnOnce(&mut Book) -> R) -> R {
-        f(self)
-    }
-
     fn next(&mut self) -> u64 {
         self.seq += 1;
         self.seq

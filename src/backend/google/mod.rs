@@ -635,31 +635,20 @@ impl GoogleBackend {
                     })
                     .collect(),
                 None => {
+                    // Refused as a whole: the first contact carries the error, the rest were
+                    // not tried.
                     let msg = e.to_string();
-                    let first = api(e, &format!("updating contacts of {}", user.name));
+                    let what = format!("updating contacts of {}", user.name);
                     let mut out = vec![];
                     for (i, (id, _, _)) in chunk.iter().enumerate() {
-                        out.push((
-                            id.clone(),
-                            if i == 0 {
-                                Err(match &first {
-                                    BackendError::Conflict { what } => {
-                                        BackendError::Conflict { what: what.clone() }
-                                    }
-                                    BackendError::Transient(m) => {
-                                        BackendError::Transient(m.clone())
-                                    }
-                                    _ => BackendError::Invalid(format!(
-                                        "updating contacts of {}: {msg}",
-                                        user.name
-                                    )),
-                                })
-                            } else {
-                                Err(BackendError::Transient(format!(
-                                    "not updated: the batch failed ({msg})"
-                                )))
-                            },
-                        ));
+                        let err = if i == 0 {
+                            api(e.clone(), &what)
+                        } else {
+                            BackendError::Transient(format!(
+                                "not updated: the batch failed ({msg})"
+                            ))
+                        };
+                        out.push((id.clone(), Err(err)));
                     }
                     out
                 }
