@@ -9,14 +9,14 @@
 
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use calcard::vcard::VCard;
 
-use crate::backend::{Backend, BackendError, GroupRef, User};
+use crate::backend::{Backend, BackendError, Changes, GroupRef, User};
 use crate::card;
 use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, LedgerCopy, Op, Plan, SourceSet};
 use crate::store::{Change, Counts, Store, StoreError};
@@ -27,8 +27,39 @@ pub struct JobRun {
     pub spec: JobSpec,
     pub source: String,
     pub group: String,
-    /// Destination user names, exclusions already applied, in job-file order.
+    /// Destination user names and dynamic sets (`group:…`, `ou:…`, `domain:…`, expanded at each
+    /// run), exclusions of plain names already applied, in job-file order.
     pub destinations: Vec<String>,
+    /// Exclusions as written (users and dynamic sets), applied to the expanded sets.
+    pub exclude: Vec<String>,
+}
+
+/// The prefixes of dynamic destination sets.
+const DYNAMIC_PREFIXES: [&str; 3] = ["group:", "ou:", "domain:"];
+
+/// True when a destination entry is a dynamic set rather than a user.
+pub fn is_dynamic_set(entry: &str) -> bool {
+    DYNAMIC_PREFIXES.iter().any(|p| entry.starts_with(p))
+}
+
+/// Checks the form of a dynamic set entry (`group:<address>`, `ou:/<path>`, `domain:<name>`);
+/// a plain user name passes.
+pub fn check_dynamic_set(entry: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("dynamic destination {entry:?}: {why}"));
+    if let Some(g) = entry.strip_prefix("group:") {
+        if !g.contains('@') || g.trim() != g {
+            return bad("write group:<group address>, e.g. group:sales@example.com");
+        }
+    } else if let Some(ou) = entry.strip_prefix("ou:") {
+        if !ou.starts_with('/') {
+            return bad("write ou:<org unit path>, starting with /, e.g. ou:/Sales");
+        }
+    } else if let Some(d) = entry.strip_prefix("domain:")
+        && (!d.contains('.') || d.contains('@') || d.trim() != d)
+    {
+        return bad("write domain:<domain name>, e.g. domain:example.com");
+    }
+    Ok(())
 }
 
 /// How to run.
@@ -100,6 +131,12 @@ pub enum JobError {
         tag: String,
         other: String,
     },
+    #[error("{source}; nothing was changed (reading the dynamic destinations)")]
+    Destinations {
+        set: String,
+        #[source]
+        source: BackendError,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -107,7 +144,9 @@ pub enum JobError {
 impl JobError {
     pub fn is_retryable(&self) -> bool {
         match self {
-            JobError::SourceRead { source, .. } => source.is_retryable(),
+            JobError::SourceRead { source, .. } | JobError::Destinations { source, .. } => {
+                source.is_retryable()
+            }
             JobError::Store(e) => e.is_retryable(),
             _ => false,
         }
@@ -304,11 +343,21 @@ async fn run_inner<B: Backend>(
         }
     }
 
-    // Which destinations are in the job, and which were synced before but are no longer in it.
+    // Which destinations are in the job (dynamic sets read now), and which were synced before
+    // but are no longer in it.
+    let names = destination_names(backend, job).await?;
+    let dynamic = job.destinations.iter().any(|d| is_dynamic_set(d));
+    let stored = lock(store).destinations(&spec.name)?;
+    {
+        let mut all: Vec<String> = names.clone();
+        all.extend(stored.iter().map(|d| d.user.clone()));
+        all.push(job.source.clone());
+        backend.prepare_users(&all).await;
+    }
     let mut active: Vec<User> = vec![];
     let mut active_names: BTreeSet<&str> = BTreeSet::new();
     let mut to_resolve: Vec<&String> = vec![];
-    for name in &job.destinations {
+    for name in &names {
         active_names.insert(name);
         if opts.only.as_ref().is_some_and(|o| !o.contains(name)) {
             continue;
@@ -344,8 +393,8 @@ async fn run_inner<B: Backend>(
         report.destinations.push(failed);
     }
     let active_ids: BTreeSet<String> = active.iter().map(|u| u.id.clone()).collect();
-    let removed: Vec<(User, String)> = lock(store)
-        .destinations(&spec.name)?
+    let stored_count = stored.len();
+    let removed: Vec<(User, String)> = stored
         .into_iter()
         .filter(|d| !active_ids.contains(&d.user_id) && !active_names.contains(d.user.as_str()))
         .filter(|d| opts.only.as_ref().is_none_or(|o| o.contains(&d.user)))
@@ -362,6 +411,25 @@ async fn run_inner<B: Backend>(
     if opts.removals_only {
         active.clear();
         report.destinations.retain(|_| false);
+    }
+    // A dynamic set that shrinks past the deletion limit in one run (a directory hiccup, a
+    // group emptied by mistake) stops the job before anything is removed.
+    if dynamic && !opts.force && opts.only.is_none() {
+        let allowed = spec
+            .limits
+            .max_delete
+            .max((stored_count * spec.limits.max_delete_percent as usize).div_ceil(100));
+        if removed.len() > allowed {
+            report.outcome = Outcome::Stopped;
+            report.message = Some(format!(
+                "the job's destinations shrank from {stored_count} to {} users in one run ({} would be removed, limit {allowed}: max_delete = {}, max_delete_percent = {}); nothing was changed. Check the dynamic sets, or run with --force if this is intended",
+                stored_count.saturating_sub(removed.len()),
+                removed.len(),
+                spec.limits.max_delete,
+                spec.limits.max_delete_percent
+            ));
+            return Ok(());
+        }
     }
 
     // The source, read once for all destinations.
@@ -454,12 +522,7 @@ async fn run_inner<B: Backend>(
         .await;
     report.destinations.extend(results);
     // Report destinations in job-file order, whatever order they finished in.
-    let order = |u: &str| {
-        job.destinations
-            .iter()
-            .position(|d| d == u)
-            .unwrap_or(usize::MAX)
-    };
+    let order = |u: &str| names.iter().position(|d| d == u).unwrap_or(usize::MAX);
     report.destinations.sort_by_key(|d| order(&d.user));
     if opts.cancelled() {
         let skipped = report
@@ -506,6 +569,52 @@ async fn run_inner<B: Backend>(
     Ok(())
 }
 
+/// The job's destination users: plain names as written, then the members of its dynamic sets
+/// (read now), without exclusions (users or sets) and without repeats. A set that cannot be
+/// read stops the run: it is never taken as empty.
+async fn destination_names<B: Backend>(backend: &B, job: &JobRun) -> Result<Vec<String>, JobError> {
+    let mut excluded: BTreeSet<String> = BTreeSet::new();
+    for e in &job.exclude {
+        if is_dynamic_set(e) {
+            let members = backend
+                .expand_set(e)
+                .await
+                .map_err(|source| JobError::Destinations {
+                    set: e.clone(),
+                    source,
+                })?;
+            excluded.extend(members.into_iter().map(|m| m.to_lowercase()));
+        } else {
+            excluded.insert(e.to_lowercase());
+        }
+    }
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut names = vec![];
+    let mut push = |n: String, names: &mut Vec<String>| {
+        let key = n.to_lowercase();
+        if key != job.source.to_lowercase() && !excluded.contains(&key) && seen.insert(key) {
+            names.push(n);
+        }
+    };
+    for d in job.destinations.iter().filter(|d| !is_dynamic_set(d)) {
+        push(d.clone(), &mut names);
+    }
+    for d in job.destinations.iter().filter(|d| is_dynamic_set(d)) {
+        let mut members = backend
+            .expand_set(d)
+            .await
+            .map_err(|source| JobError::Destinations {
+                set: d.clone(),
+                source,
+            })?;
+        members.sort();
+        for m in members {
+            push(m, &mut names);
+        }
+    }
+    Ok(names)
+}
+
 /// Logs a finished destination and tells the progress callback.
 fn report_progress(opts: &RunOptions, r: &DestReport) {
     let a = r.applied;
@@ -533,7 +642,8 @@ fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {
     }
 }
 
-/// Reads the destination group and summarises it for the planner.
+/// Reads the destination group and summarises it for the planner, with the provider's change
+/// token when it has them (see `Backend::change_tokens`).
 async fn snapshot<B: Backend>(
     backend: &B,
     spec: &JobSpec,
@@ -541,21 +651,53 @@ async fn snapshot<B: Backend>(
     group: Option<GroupRef>,
     group_name: &str,
     default_group: &str,
-) -> Result<DestSnapshot, BackendError> {
+) -> Result<(DestSnapshot, Option<String>), BackendError> {
     let mut entries = vec![];
-    if let Some(g) = &group {
+    let mut sink =
+        |c: crate::backend::Contact| entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card));
+    let token = if backend.change_tokens() {
         backend
-            .scan_group(user, g, &mut |c| {
-                entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card))
-            })
-            .await?;
+            .scan_group_with_token(user, group.as_ref(), &mut sink)
+            .await?
+    } else {
+        if let Some(g) = &group {
+            backend.scan_group(user, g, &mut sink).await?;
+        }
+        None
+    };
+    Ok((
+        DestSnapshot {
+            user: user.clone(),
+            group,
+            group_is_default: group_name == default_group,
+            entries,
+        },
+        token,
+    ))
+}
+
+/// The group version recorded for a destination that converged under a change token.
+const TOKEN_VERSION: &str = "change-token";
+
+/// The ledger of a destination whose last run converged to the source with this fingerprint
+/// under a change token, or `None`.
+fn converged_ledger(
+    store: &Mutex<Store>,
+    spec: &JobSpec,
+    user: &User,
+    fingerprint: &str,
+) -> Option<crate::plan::LedgerView> {
+    let s = lock(store);
+    let mark = destination_mark(fingerprint, TOKEN_VERSION);
+    if s.fingerprint(&spec.name, &user.id)
+        .ok()
+        .flatten()
+        .as_deref()
+        != Some(mark.as_str())
+    {
+        return None;
     }
-    Ok(DestSnapshot {
-        user: user.clone(),
-        group,
-        group_is_default: group_name == default_group,
-        entries,
-    })
+    s.ledger(&spec.name, &user.id).ok()
 }
 
 /// What a destination converged to: this run's source and the group's version.
@@ -624,6 +766,44 @@ async fn process_destination<B: Backend>(
             }
         },
     }
+    // With change tokens: one cheap call tells whether anything that concerns this group changed
+    // since this destination last converged to the same source.
+    let saved_token = if backend.change_tokens() && !opts.force {
+        lock(store)
+            .change_token(&spec.name, &user.id)
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    if let Mode::Active { fingerprint, .. } = &mode
+        && let Some((token, group_id)) = saved_token
+        && let Some(known) = converged_ledger(store, spec, user, fingerprint)
+    {
+        let etags: HashMap<String, String> = known
+            .copies
+            .values()
+            .map(|c| (c.contact_id.clone(), c.etag.clone()))
+            .collect();
+        match backend.changes_since(user, &token, &group_id, &etags).await {
+            Ok(Changes::None { token: next }) => {
+                if !opts.dry_run {
+                    let s = lock(store);
+                    let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
+                    let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
+                }
+                report.plan = Some(Plan::up_to_date(user, known.copies.len()));
+                return report;
+            }
+            Ok(Changes::Expired) => {
+                tracing::info!(job = %spec.name, dest = %user.name, "change token expired; reading the whole group");
+            }
+            Ok(Changes::Some) => {}
+            Err(e) => {
+                tracing::info!(job = %spec.name, dest = %user.name, "could not read changes ({e}); reading the whole group");
+            }
+        }
+    }
     for attempt in 0..3 {
         let group = match backend.find_group(user, target_group).await {
             Ok(g) => g,
@@ -653,7 +833,7 @@ async fn process_destination<B: Backend>(
                 return report;
             }
         }
-        let snap = match snapshot(
+        let (snap, token) = match snapshot(
             backend,
             spec,
             user,
@@ -721,10 +901,17 @@ async fn process_destination<B: Backend>(
         let wrote = !plan.ops.is_empty();
         report.plan = Some(plan.into_summary());
         if let Mode::Active { fingerprint, .. } = &mode {
-            // Remember what this destination converged to, or forget it if it did not.
+            // Remember what this destination converged to, or forget it if it did not. With
+            // change tokens, the token taken before the writes is kept: the writes themselves
+            // are recognised later by the etags the ledger now holds.
+            let tokened = match (&result, &token) {
+                (Ok(Some(g)), Some(t)) => Some((t.as_str(), g.id.as_str())),
+                _ => None,
+            };
             let mark = match (&result, wrote) {
-                (Ok(()), false) => snap.group.as_ref().and_then(|g| g.version.clone()),
-                (Ok(()), true) if backend.group_versions() => backend
+                _ if tokened.is_some() => Some(TOKEN_VERSION.to_string()),
+                (Ok(_), false) => snap.group.as_ref().and_then(|g| g.version.clone()),
+                (Ok(_), true) if backend.group_versions() => backend
                     .find_group(user, target_group)
                     .await
                     .ok()
@@ -732,14 +919,17 @@ async fn process_destination<B: Backend>(
                     .and_then(|g| g.version),
                 _ => None,
             };
-            let _ = lock(store).set_fingerprint(
+            let s = lock(store);
+            let _ = s.set_fingerprint(
                 &spec.name,
                 &user.id,
                 mark.map(|v| destination_mark(fingerprint, &v)).as_deref(),
             );
+            let _ = s.set_change_token(&spec.name, &user.id, tokened);
+            drop(s);
         }
         match result {
-            Ok(()) => {
+            Ok(_) => {
                 let recorded = if removal {
                     lock(store).forget_destination(&spec.name, &user.id)
                 } else {
@@ -776,7 +966,8 @@ enum ApplyError {
 }
 
 /// Applies a plan, in order, stopping at the first failure (the rest is retried next run). The
-/// state writes of one destination are batched into few transactions.
+/// state writes of one destination are batched into few transactions. Returns the group as it is
+/// after the plan (created, or still the one read).
 #[allow(clippy::too_many_arguments)]
 async fn apply<B: Backend>(
     backend: &B,
@@ -788,15 +979,16 @@ async fn apply<B: Backend>(
     plan: &Plan,
     source: Option<&SourceSet>,
     applied: &mut Counts,
-) -> Result<(), ApplyError> {
+) -> Result<Option<GroupRef>, ApplyError> {
     lock(store).batch_begin()?;
     let result = apply_ops(
         backend, store, spec, run_id, user, group, plan, source, applied,
     )
     .await;
     let committed = lock(store).batch_end();
-    result?;
-    Ok(committed?)
+    let group = result?;
+    committed?;
+    Ok(group)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -810,7 +1002,7 @@ async fn apply_ops<B: Backend>(
     plan: &Plan,
     source: Option<&SourceSet>,
     applied: &mut Counts,
-) -> Result<(), ApplyError> {
+) -> Result<Option<GroupRef>, ApplyError> {
     let base = Change {
         run_id,
         job: &spec.name,
@@ -1142,5 +1334,5 @@ async fn apply_ops<B: Backend>(
     if source.is_some() {
         lock(store).replace_ledger(&spec.name, &user.id, &final_ledger)?;
     }
-    Ok(())
+    Ok(group)
 }

@@ -111,6 +111,7 @@ impl Job {
             source: self.source.clone(),
             group: self.group.clone(),
             destinations: self.effective_destinations(),
+            exclude: self.exclude.clone(),
         }
     }
 }
@@ -165,6 +166,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Job, ConfigError> {
         && t.get_ref().trim().is_empty()
     {
         return Err(at(&t.span(), "`target_group` is empty".into()));
+    }
+    for d in raw.destinations.iter().chain(&raw.exclude) {
+        if let Err(m) = crate::engine::check_dynamic_set(d.get_ref()) {
+            return Err(at(&d.span(), m));
+        }
     }
     let mut seen = BTreeSet::new();
     for d in &raw.destinations {
@@ -521,6 +527,26 @@ mod tests {
         assert_eq!(job.name, "sales");
         assert_eq!(job.target_group, "Sales");
         assert_eq!(job.destinations, vec!["bob", "carol"]);
+    }
+
+    #[test]
+    fn dynamic_sets_are_checked_where_written() {
+        let base = "tag = \"gSync1\"\nsource = \"a@x.com\"\ngroup = \"g\"\n";
+        let ok = format!(
+            "{base}destinations = [\"group:sales@x.com\", \"ou:/Sales/East\", \"domain:x.com\", \"b@x.com\"]\nexclude = [\"group:temps@x.com\"]\n"
+        );
+        let job = parse(Path::new("j.toml"), &ok).unwrap();
+        assert_eq!(job.to_run().destinations.len(), 4);
+        assert_eq!(job.to_run().exclude, vec!["group:temps@x.com"]);
+        for (bad, says) in [
+            ("group:sales", "group:<group address>"),
+            ("ou:Sales", "starting with /"),
+            ("domain:x", "domain:<domain name>"),
+        ] {
+            let text = format!("{base}destinations = [\"b@x.com\",\n  \"{bad}\"]\n");
+            let e = parse(Path::new("j.toml"), &text).unwrap_err().to_string();
+            assert!(e.contains("j.toml:5:") && e.contains(says), "{e}");
+        }
     }
 
     #[test]

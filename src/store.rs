@@ -105,6 +105,10 @@ const MIGRATION_SLICE: &[M] = &[
     ),
     M::up("ALTER TABLE copies ADD COLUMN etag TEXT;"),
     M::up("ALTER TABLE destinations ADD COLUMN fingerprint TEXT;"),
+    M::up(
+        "ALTER TABLE destinations ADD COLUMN change_token TEXT;
+    ALTER TABLE destinations ADD COLUMN group_id TEXT;",
+    ),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
@@ -518,6 +522,43 @@ impl Store {
             .execute(
                 "UPDATE destinations SET fingerprint = ?3 WHERE job = ?1 AND user_id = ?2",
                 params![job, user_id, mark],
+            )
+            .map(|_| ())
+            .map_err(self.err())
+    }
+
+    /// The provider's change token for a destination and the id of its group (see
+    /// `Backend::changes_since`), if the last run left one.
+    pub fn change_token(&self, job: &str, user_id: &str) -> Result<Option<(String, String)>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT change_token, group_id FROM destinations WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id],
+                |r| {
+                    Ok((
+                        r.get::<_, Option<String>>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                    ))
+                },
+            )
+            .optional()
+            .map_err(self.err())?
+            .and_then(|(t, g)| Some((t?, g?))))
+    }
+
+    /// Keeps (or with `None` forgets) a destination's change token and group id.
+    pub fn set_change_token(
+        &self,
+        job: &str,
+        user_id: &str,
+        token: Option<(&str, &str)>,
+    ) -> Result<()> {
+        let (t, g) = token.unzip();
+        self.conn
+            .execute(
+                "UPDATE destinations SET change_token = ?3, group_id = ?4 WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id, t, g],
             )
             .map(|_| ())
             .map_err(self.err())

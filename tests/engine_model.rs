@@ -46,6 +46,8 @@ enum Action {
         force: bool,
     },
     LoseState,
+    /// The provider stops honouring every change token handed out so far.
+    ExpireTokens,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -64,6 +66,7 @@ fn action() -> impl Strategy<Value = Action> {
         4 => (proptest::option::weighted(0.3, 0..12u64), proptest::option::weighted(0.3, 0..12u64), proptest::bool::weighted(0.2))
             .prop_map(|(fail_write, cut_at, force)| Action::Run { fail_write, cut_at, force }),
         1 => Just(Action::LoseState),
+        1 => Just(Action::ExpireTokens),
     ]
 }
 
@@ -78,6 +81,8 @@ struct Params {
     normalize: bool,
     /// The engine hands writes over in batches (as to Google) rather than one at a time.
     batched: bool,
+    /// The provider hands out change tokens (as Google's sync tokens) instead of group versions.
+    tokens: bool,
 }
 
 fn params() -> impl Strategy<Value = Params> {
@@ -88,15 +93,17 @@ fn params() -> impl Strategy<Value = Params> {
         proptest::bool::weighted(0.25),
         any::<bool>(),
         any::<bool>(),
+        any::<bool>(),
     )
         .prop_map(
-            |(same, only_email, filter_even, tight_limit, normalize, batched)| Params {
+            |(same, only_email, filter_even, tight_limit, normalize, batched, tokens)| Params {
                 target_group: if same { "G".into() } else { "Copied".into() },
                 only_email,
                 filter_even,
                 tight_limit,
                 normalize,
                 batched,
+                tokens,
             },
         )
 }
@@ -185,6 +192,7 @@ impl World {
         backend.group_id(SOURCE, "G", true);
         backend.set_normalize(p.normalize);
         backend.set_batch_size(if p.batched { 3 } else { 1 });
+        backend.set_change_tokens(p.tokens);
         let fields = if p.only_email {
             FieldSelection::from_list(Some(&["EMAIL".to_string()]))
         } else {
@@ -228,6 +236,7 @@ impl World {
                 source: SOURCE.into(),
                 group: "G".into(),
                 destinations: vec![],
+                exclude: vec![],
             },
             fields,
             filter,
@@ -476,6 +485,7 @@ fn run_case(
                     leftovers.insert(u);
                 }
             }
+            Action::ExpireTokens => w.backend.expire_change_tokens(),
             Action::LoseState => {
                 *w.store.lock().unwrap() = Store::open_in_memory().unwrap();
                 for u in std::mem::take(&mut w.removed_pending) {

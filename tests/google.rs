@@ -368,12 +368,217 @@ fn first_sync_uses_batches_and_a_few_calls_per_destination() {
     // 450 contacts to 2 destinations: 3 batch creates each (200 + 200 + 50).
     assert_eq!(get("people.people.batchCreateContacts"), 6, "{c:?}");
     assert_eq!(get("people.contactGroups.create"), 2, "{c:?}");
-    // One page of connections for the source; the new groups need no read.
-    assert_eq!(get("people.people.connections.list"), 1, "{c:?}");
+    // One page of connections for the source, and one per destination for its sync token
+    // (the group is new: nothing in it to read).
+    assert_eq!(get("people.people.connections.list"), 3, "{c:?}");
     // Per destination: users.get, contactGroups.list, contactGroups.create, 3 batch creates.
     assert_eq!(get("people.contactGroups.list"), 3, "{c:?}");
     assert_eq!(get("directory.users.get"), 3, "{c:?}");
     assert_eq!(r.copies("bob@example.com").len(), 450);
+}
+
+/// Reruns cost one sync-token read per destination unless something in its group changed; a
+/// change in the group, to a copy, or an expired token brings the full read back.
+#[test]
+fn reruns_read_only_what_changed() {
+    let r = Rig::new(5);
+    r.run_ok();
+    let src = r.source_ids();
+    let bob = "bob@example.com";
+    let carol = "carol@example.com";
+    let counts = |r: &Rig| {
+        let c = r.fake.counts();
+        move |k: &str| c.get(k).copied().unwrap_or(0)
+    };
+    // No change: per destination one connections.list with its sync token, nothing else.
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.people.connections.list"), 1 + 2);
+    assert_eq!(
+        get("people.contactGroups.list"),
+        1,
+        "only the source's groups"
+    );
+    assert_eq!(get("people.people.batchUpdateContacts"), 0);
+    assert_eq!(get("people.people.batchCreateContacts"), 0);
+
+    // bob edits a contact of his own outside the group, carol adds one to My Contacts:
+    // nothing that concerns the job, still one read each.
+    let own = r.fake.with_book(bob, |b| {
+        b.add_contact(json!({"names": [{"givenName": "Own"}]}))
+    });
+    r.fake.with_book(bob, |b| {
+        b.edit(&own, |p| p["nicknames"] = json!([{"value": "x"}]))
+    });
+    r.fake.with_book(carol, |b| {
+        b.add_contact(json!({"names": [{"givenName": "Carol's"}]}))
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.contactGroups.list"), 1);
+    assert_eq!(get("people.people.connections.list"), 3);
+
+    // bob edits a copy and deletes another: his group is read again and repaired; carol's is not.
+    let copies = r.group(bob, "Sales");
+    let (edited, deleted) = (
+        copies[0]["resourceName"].as_str().unwrap().to_string(),
+        copies[1]["resourceName"].as_str().unwrap().to_string(),
+    );
+    r.fake.with_book(bob, |b| {
+        b.edit(&edited, |p| p["nicknames"] = json!([{"value": "mine now"}]));
+        b.delete(&deleted);
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.contactGroups.list"), 2, "the source and bob");
+    assert_eq!(get("people.people.batchUpdateContacts"), 1);
+    assert_eq!(get("people.people.batchCreateContacts"), 1);
+    assert_eq!(r.copies(bob), src);
+    assert!(
+        !r.group(bob, "Sales")
+            .iter()
+            .any(|p| p["nicknames"].to_string().contains("mine now"))
+    );
+    // The run's own writes do not count as changes next time.
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(counts(&r)("people.contactGroups.list"), 1);
+
+    // bob adds a contact of his own to the group: read again (it is kept, not touched).
+    let g = r.fake.with_book(bob, |b| b.group_by_name("Sales").unwrap());
+    r.fake.with_book(bob, |b| {
+        b.add_contact(json!({"names": [{"givenName": "Mine"}], "memberships": [{"contactGroupMembership": {"contactGroupResourceName": g}}]}))
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.contactGroups.list"), 2);
+    assert_eq!(r.group(bob, "Sales").len(), src.len() + 1);
+
+    // carol's sync token expires (Google: 7 days after the full sync): one refused read, then
+    // the full read, and nothing to write.
+    r.fake.with_book(carol, |b| b.expire_sync_tokens());
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.contactGroups.list"), 2, "the source and carol");
+    assert_eq!(get("people.people.connections.list"), 1 + 2 + 1);
+    assert_eq!(
+        get("people.people.batchUpdateContacts") + get("people.people.batchCreateContacts"),
+        0
+    );
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(counts(&r)("people.contactGroups.list"), 1);
+
+    // bob deletes the whole group: his copies lose it, so the group is made again.
+    r.fake.with_book(bob, |b| b.delete_group(&g, false));
+    r.run_ok();
+    assert_eq!(r.copies(bob), src);
+    assert_eq!(r.copies(carol), src);
+
+    // A source edit reaches everyone.
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[0], |p| p["nicknames"] = json!([{"value": "new"}]))
+    });
+    r.run_ok();
+    for u in [bob, carol] {
+        let (_, p) = by_source(&r, u)
+            .into_iter()
+            .find(|(s, _)| s == &src[0])
+            .unwrap();
+        assert_eq!(p["nicknames"][0]["value"], json!("new"), "{u}");
+    }
+    r.assert_no_violations();
+}
+
+/// Destinations from the Directory: a Google group (nested groups included), an org unit, a
+/// domain; exclusions apply to them; many users are read with users.list, not one call each; a
+/// set that shrinks past the deletion limit stops the job (exit 3) unless --force.
+#[test]
+fn dynamic_destinations_and_the_shrink_stop() {
+    let r = Rig::new(2);
+    let users: Vec<String> = (0..14).map(|i| format!("u{i:02}@example.com")).collect();
+    for u in &users {
+        r.fake.add_user(u, false);
+    }
+    r.fake
+        .set_group("team@example.com", &["u00@example.com", "sub@example.com"]);
+    r.fake
+        .set_group("sub@example.com", &["u01@example.com", "u02@example.com"]);
+    for u in &users[3..14] {
+        r.fake.set_org_unit(u, "/Sales/East");
+    }
+    r.fake.set_suspended("u13@example.com", true);
+    fs::write(
+        r.path().join("jobs/sales.toml"),
+        "tag = \"gSync424242\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [\"group:team@example.com\", \"ou:/Sales\"]\nexclude = [\"u12@example.com\"]\n",
+    )
+    .unwrap();
+    r.fake.reset_counts();
+    let out = r.run_ok();
+    let c = r.fake.counts();
+    // u00-u11 synced (u12 excluded, u13 suspended and skipped with a note).
+    for u in &users[..12] {
+        assert_eq!(r.copies(u).len(), 2, "{u}: {out}");
+    }
+    assert!(r.copies("u12@example.com").is_empty());
+    assert!(r.copies("u13@example.com").is_empty());
+    assert!(out.contains("suspended"), "{out}");
+    // The group's members come from one members.list; the 14 users from the org unit's
+    // listing; no users.get for any of them.
+    assert_eq!(c["directory.members.list"], 1, "{c:?}");
+    assert!(c["directory.users.list"] <= 2, "{c:?}");
+    assert!(
+        c.get("directory.users.get").copied().unwrap_or(0) <= 1,
+        "{c:?}"
+    );
+
+    // The org unit empties (a Directory mistake): 10 of 12 destinations would go, over the
+    // job's limit (max_delete = 5).
+    let job = fs::read_to_string(r.path().join("jobs/sales.toml")).unwrap();
+    fs::write(
+        r.path().join("jobs/sales.toml"),
+        format!("{job}[limits]\nmax_delete = 5\n"),
+    )
+    .unwrap();
+    for u in &users[2..14] {
+        r.fake.set_org_unit(u, "/Elsewhere");
+    }
+    r.fake.set_group("sub@example.com", &["u01@example.com"]);
+    let (code, out, err) = r.run();
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(format!("{out}{err}").contains("shrank"), "{out}{err}");
+    assert_eq!(r.copies("u05@example.com").len(), 2, "nothing removed");
+    // --force removes them: their copies and groups go.
+    let out = r.cmd().args(["run", "sales", "--force"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(r.copies("u05@example.com").is_empty());
+    assert!(!r.has_group("u05@example.com", "Sales"));
+    assert_eq!(r.copies("u00@example.com").len(), 2);
+    assert_eq!(r.copies("u01@example.com").len(), 2);
+
+    // A group that does not exist is an error naming it, never an empty set.
+    fs::write(
+        r.path().join("jobs/sales.toml"),
+        "tag = \"gSync424242\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [\"group:nosuch@example.com\"]\n",
+    )
+    .unwrap();
+    let (code, out, err) = r.run();
+    assert_ne!(code, 0);
+    assert!(
+        format!("{out}{err}").contains("group:nosuch@example.com"),
+        "{out}{err}"
+    );
+    assert_eq!(r.copies("u00@example.com").len(), 2, "nothing removed");
+    r.assert_no_violations();
 }
 
 #[test]
@@ -530,9 +735,10 @@ fn rate_limits_and_server_errors_are_retried() {
     r.fake.reset_counts();
     r.run_ok();
     // The faults were really hit: two refused source reads tried again (3), one create answered
-    // 503 read back by tag (1 more read) before it was sent again.
+    // 503 read back by tag (1 more read) before it was sent again, and a sync-token read for
+    // each of the two destinations.
     let c = r.fake.counts();
-    assert_eq!(c["people.people.connections.list"], 4, "{c:?}");
+    assert_eq!(c["people.people.connections.list"], 6, "{c:?}");
     assert_eq!(c["people.people.batchCreateContacts"], 3, "{c:?}");
     assert_eq!(r.copies("bob@example.com").len(), 3);
     assert_eq!(r.copies("carol@example.com").len(), 3);

@@ -79,6 +79,16 @@ pub struct DirUser {
     pub suspended: bool,
     pub archived: bool,
     pub is_admin: bool,
+    /// Org unit path, `/` by default.
+    pub org_unit: String,
+}
+
+/// A Directory group: its address and its members' addresses (users or other groups).
+#[derive(Debug, Clone)]
+pub struct DirGroup {
+    pub id: String,
+    pub email: String,
+    pub members: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -91,6 +101,9 @@ pub struct Domain {
 /// Everything the fake remembers.
 pub struct World {
     pub users: Vec<DirUser>,
+    pub groups: Vec<DirGroup>,
+    /// Org unit paths that exist (besides `/`).
+    pub org_units: HashSet<String>,
     pub domains: Vec<Domain>,
     /// Scopes granted to the service account's client id (domain-wide delegation).
     pub granted_scopes: HashSet<String>,
@@ -175,6 +188,8 @@ impl FakeGoogle {
         let state = Arc::new(State {
             world: Mutex::new(World {
                 users: vec![],
+                groups: vec![],
+                org_units: HashSet::new(),
                 domains: vec![Domain {
                     name: "example.com".into(),
                     primary: true,
@@ -278,6 +293,7 @@ impl FakeGoogle {
             suspended: false,
             archived: false,
             is_admin: admin,
+            org_unit: "/".into(),
         });
         w.books.insert(id.clone(), Book::default());
         id
@@ -312,6 +328,38 @@ impl FakeGoogle {
         {
             u.suspended = suspended;
         }
+    }
+
+    /// Moves a user to an org unit (`/Sales`, `/Sales/East`).
+    pub fn set_org_unit(&self, email: &str, path: &str) {
+        let mut w = self.world();
+        let mut p = path.to_string();
+        while p.len() > 1 {
+            w.org_units.insert(p.clone());
+            p = p
+                .rsplit_once('/')
+                .map(|(a, _)| a.to_string())
+                .unwrap_or_default();
+        }
+        if let Some(u) = w
+            .users
+            .iter_mut()
+            .find(|u| u.primary_email.eq_ignore_ascii_case(email))
+        {
+            u.org_unit = path.into();
+        }
+    }
+
+    /// Adds (or replaces) a Directory group with these member addresses (users or groups).
+    pub fn set_group(&self, email: &str, members: &[&str]) {
+        let mut w = self.world();
+        let id = format!("0{:016x}", w.next_id());
+        w.groups.retain(|g| !g.email.eq_ignore_ascii_case(email));
+        w.groups.push(DirGroup {
+            id,
+            email: email.to_ascii_lowercase(),
+            members: members.iter().map(|m| m.to_ascii_lowercase()).collect(),
+        });
     }
 
     /// Removes a user from the Directory (their contacts go with them).
@@ -664,7 +712,7 @@ fn directory(
     st: &State,
     id: &str,
     params: &HashMap<String, String>,
-    _query: &[(String, String)],
+    query: &[(String, String)],
     email: &str,
     scopes: &[String],
 ) -> Response {
@@ -692,17 +740,7 @@ fn directory(
             let key = params.get("userKey").cloned().unwrap_or_default();
             let key = percent_decode(&key);
             match w.user(&key) {
-                Some(u) => ok(json!({
-                    "kind": "admin#directory#user",
-                    "id": u.id,
-                    "primaryEmail": u.primary_email,
-                    "aliases": u.aliases,
-                    "suspended": u.suspended,
-                    "archived": u.archived,
-                    "isAdmin": u.is_admin,
-                    "customerId": "C0abcdefg",
-                    "name": {"fullName": u.primary_email},
-                })),
+                Some(u) => ok(user_json(u)),
                 None => error(
                     404,
                     "NOT_FOUND",
@@ -710,6 +748,197 @@ fn directory(
                     json!([{"reason": "notFound"}]),
                 ),
             }
+        }
+        "directory.users.list" => {
+            if !has("https://www.googleapis.com/auth/admin.directory.user") {
+                return error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Request had insufficient authentication scopes.",
+                    json!([]),
+                );
+            }
+            let get = |k: &str| query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+            let domain = get("domain").map(str::to_ascii_lowercase);
+            match (get("customer"), &domain) {
+                (Some("my_customer") | Some("C0abcdefg"), None) => {}
+                (None, Some(d)) if w.domains.iter().any(|x| &x.name == d) => {}
+                (None, Some(_)) => {
+                    return error(
+                        403,
+                        "PERMISSION_DENIED",
+                        "Not Authorized to access this resource/api",
+                        json!([{"reason": "forbidden"}]),
+                    );
+                }
+                _ => {
+                    st.violation(
+                        "directory.users.list: exactly one of customer or domain must be given"
+                            .into(),
+                    );
+                    return error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        "Bad Request",
+                        json!([{"reason": "badRequest"}]),
+                    );
+                }
+            }
+            let max: usize = match get("maxResults").map(str::parse::<usize>) {
+                None => 100,
+                Some(Ok(n)) if (1..=500).contains(&n) => n,
+                _ => {
+                    st.violation("directory.users.list: maxResults must be 1 to 500".into());
+                    return error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        "Invalid value for maxResults",
+                        json!([{"reason": "invalid"}]),
+                    );
+                }
+            };
+            // The search syntax the fake knows: orgUnitPath='/X' (the unit and those under it).
+            let ou = match get("query") {
+                None => None,
+                Some(q) => match q
+                    .strip_prefix("orgUnitPath=")
+                    .map(|v| v.trim_matches('\'').to_string())
+                {
+                    Some(v) => Some(v),
+                    None => {
+                        st.violation(format!(
+                            "directory.users.list: query {q:?} is not understood by the fake"
+                        ));
+                        return error(
+                            400,
+                            "INVALID_ARGUMENT",
+                            "Invalid Input",
+                            json!([{"reason": "invalid"}]),
+                        );
+                    }
+                },
+            };
+            if let Some(ou) = &ou
+                && ou != "/"
+                && !w.org_units.contains(ou)
+            {
+                return error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid Input: orgUnitPath",
+                    json!([{"reason": "invalid"}]),
+                );
+            }
+            let mut users: Vec<&DirUser> = w
+                .users
+                .iter()
+                .filter(|u| {
+                    domain
+                        .as_ref()
+                        .is_none_or(|d| u.primary_email.ends_with(&format!("@{d}")))
+                })
+                .filter(|u| {
+                    ou.as_ref().is_none_or(|ou| {
+                        ou == "/" || u.org_unit == *ou || u.org_unit.starts_with(&format!("{ou}/"))
+                    })
+                })
+                .collect();
+            users.sort_by(|a, b| a.primary_email.cmp(&b.primary_email));
+            let from: usize = match get("pageToken") {
+                None | Some("") => 0,
+                Some(t) => match t.strip_prefix('u').and_then(|n| n.parse().ok()) {
+                    Some(n) => n,
+                    None => {
+                        st.violation(
+                            "directory.users.list: a pageToken the fake never gave".into(),
+                        );
+                        return error(400, "INVALID_ARGUMENT", "Invalid pageToken", json!([]));
+                    }
+                },
+            };
+            let page: Vec<Value> = users
+                .iter()
+                .skip(from)
+                .take(max)
+                .map(|u| user_json(u))
+                .collect();
+            let mut out = json!({"kind": "admin#directory#users", "users": page});
+            if from + max < users.len() {
+                out["nextPageToken"] = json!(format!("u{}", from + max));
+            }
+            ok(out)
+        }
+        "directory.members.list" => {
+            if !has("https://www.googleapis.com/auth/admin.directory.group") {
+                return error(
+                    403,
+                    "PERMISSION_DENIED",
+                    "Request had insufficient authentication scopes.",
+                    json!([]),
+                );
+            }
+            let get = |k: &str| query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+            let key = percent_decode(params.get("groupKey").map(String::as_str).unwrap_or(""));
+            let Some(group) = w.groups.iter().find(|g| g.email.eq_ignore_ascii_case(&key)) else {
+                return error(
+                    404,
+                    "NOT_FOUND",
+                    "Resource Not Found: groupKey",
+                    json!([{"reason": "notFound"}]),
+                );
+            };
+            let max: usize = match get("maxResults").map(str::parse::<usize>) {
+                None => 200,
+                Some(Ok(n)) if (1..=200).contains(&n) => n,
+                _ => {
+                    st.violation("directory.members.list: maxResults must be 1 to 200".into());
+                    return error(
+                        400,
+                        "INVALID_ARGUMENT",
+                        "Invalid value for maxResults",
+                        json!([{"reason": "invalid"}]),
+                    );
+                }
+            };
+            let derived = get("includeDerivedMembership") == Some("true");
+            // Members in order; with derived membership, nested groups' members follow them.
+            let mut members: Vec<Value> = vec![];
+            let mut seen: HashSet<String> = HashSet::new();
+            let mut queue: Vec<String> = group.members.clone();
+            let mut visited: HashSet<String> = HashSet::from([group.email.clone()]);
+            while !queue.is_empty() {
+                let m = queue.remove(0);
+                if !seen.insert(m.clone()) {
+                    continue;
+                }
+                if let Some(u) = w.user(&m) {
+                    members.push(json!({"kind": "admin#directory#member", "id": u.id, "email": u.primary_email, "role": "MEMBER", "type": "USER", "status": if u.suspended {"SUSPENDED"} else {"ACTIVE"}}));
+                } else if let Some(g) = w.groups.iter().find(|g| g.email == m) {
+                    members.push(json!({"kind": "admin#directory#member", "id": g.id, "email": g.email, "role": "MEMBER", "type": "GROUP", "status": "ACTIVE"}));
+                    if derived && visited.insert(g.email.clone()) {
+                        queue.extend(g.members.iter().cloned());
+                    }
+                }
+            }
+            let from: usize = match get("pageToken") {
+                None | Some("") => 0,
+                Some(t) => match t.strip_prefix('m').and_then(|n| n.parse().ok()) {
+                    Some(n) => n,
+                    None => {
+                        st.violation(
+                            "directory.members.list: a pageToken the fake never gave".into(),
+                        );
+                        return error(400, "INVALID_ARGUMENT", "Invalid pageToken", json!([]));
+                    }
+                },
+            };
+            let total = members.len();
+            let page: Vec<Value> = members.into_iter().skip(from).take(max).collect();
+            let mut out = json!({"kind": "admin#directory#members", "members": page});
+            if from + max < total {
+                out["nextPageToken"] = json!(format!("m{}", from + max));
+            }
+            ok(out)
         }
         "directory.domains.list" => {
             if !has("https://www.googleapis.com/auth/admin.directory.domain") {
@@ -750,6 +979,22 @@ fn directory(
             )
         }
     }
+}
+
+/// A Directory user resource (projection basic).
+fn user_json(u: &DirUser) -> Value {
+    json!({
+        "kind": "admin#directory#user",
+        "id": u.id,
+        "primaryEmail": u.primary_email,
+        "aliases": u.aliases,
+        "suspended": u.suspended,
+        "archived": u.archived,
+        "isAdmin": u.is_admin,
+        "orgUnitPath": u.org_unit,
+        "customerId": "C0abcdefg",
+        "name": {"fullName": u.primary_email},
+    })
 }
 
 fn percent_decode(s: &str) -> String {

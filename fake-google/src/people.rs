@@ -84,6 +84,16 @@ pub struct Group {
     pub etag: String,
 }
 
+/// A sync token handed out by connections.list.
+#[derive(Debug, Clone)]
+struct SyncToken {
+    /// Changes after this sequence number are what the token's next sync returns.
+    seq: u64,
+    /// The other parameters of the call that took it; calls using it must repeat them.
+    params: String,
+    expired: bool,
+}
+
 /// One user's contacts.
 #[derive(Debug, Clone)]
 pub struct Book {
@@ -91,6 +101,11 @@ pub struct Book {
     /// resourceName → stored Person (with output-only fields as Google fills them).
     pub contacts: BTreeMap<String, Value>,
     seq: u64,
+    /// resourceName → sequence number of its last change.
+    changed: BTreeMap<String, u64>,
+    /// Deleted contacts: resourceName → (sequence number of the deletion, last etag).
+    deleted: BTreeMap<String, (u64, String)>,
+    tokens: HashMap<String, SyncToken>,
 }
 
 impl Default for Book {
@@ -110,6 +125,9 @@ impl Default for Book {
             groups,
             contacts: BTreeMap::new(),
             seq: 0,
+            changed: BTreeMap::new(),
+            deleted: BTreeMap::new(),
+            tokens: HashMap::new(),
         }
     }
 }
@@ -195,8 +213,59 @@ impl Book {
         self.store(rn, p);
     }
 
+    /// Deletes a contact (a sync after this sees it as deleted).
     pub fn delete(&mut self, rn: &str) {
-        self.contacts.remove(rn);
+        if let Some(p) = self.contacts.remove(rn) {
+            let seq = self.next();
+            let etag = p["etag"].as_str().unwrap_or("").to_string();
+            self.changed.remove(rn);
+            self.deleted.insert(rn.to_string(), (seq, etag));
+        }
+    }
+
+    /// Deletes a user contact group as Google does: its members lose the membership (or are
+    /// deleted with `delete_contacts`).
+    pub fn delete_group(&mut self, rn: &str, delete_contacts: bool) {
+        let members: Vec<String> = self
+            .contacts
+            .iter()
+            .filter(|(_, p)| member_of(p).iter().any(|g| g == rn))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for m in members {
+            if delete_contacts {
+                self.delete(&m);
+            } else {
+                let mut p = self.contacts[&m].clone();
+                if let Some(a) = p.get_mut("memberships").and_then(Value::as_array_mut) {
+                    a.retain(|x| {
+                        x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
+                    });
+                }
+                self.store(&m, p);
+            }
+        }
+        self.groups.remove(rn);
+    }
+
+    /// Makes every sync token handed out so far expired (Google: 7 days after the full sync).
+    pub fn expire_sync_tokens(&mut self) {
+        for t in self.tokens.values_mut() {
+            t.expired = true;
+        }
+    }
+
+    fn issue_token(&mut self, seq: u64, params: String) -> String {
+        let t = format!("sync{}", self.tokens.len() + 1);
+        self.tokens.insert(
+            t.clone(),
+            SyncToken {
+                seq,
+                params,
+                expired: false,
+            },
+        );
+        t
     }
 
     /// Contacts in a group.
@@ -273,6 +342,9 @@ impl Book {
             }
         }
         self.contacts.insert(rn.to_string(), p);
+        let seq = self.seq;
+        self.changed.insert(rn.to_string(), seq);
+        self.deleted.remove(rn);
     }
 
     fn group_json(&self, rn: &str, fields: &[String], max_members: usize) -> Value {
@@ -536,26 +608,7 @@ pub(crate) fn call(
                 _ => {}
             }
             let delete_contacts = q(query, "deleteContacts") == Some("true");
-            let members: Vec<String> = b
-                .contacts
-                .iter()
-                .filter(|(_, p)| member_of(p).contains(&rn))
-                .map(|(k, _)| k.clone())
-                .collect();
-            for m in members {
-                if delete_contacts {
-                    b.contacts.remove(&m);
-                } else {
-                    let mut p = b.contacts[&m].clone();
-                    if let Some(a) = p.get_mut("memberships").and_then(Value::as_array_mut) {
-                        a.retain(|x| {
-                            x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
-                        });
-                    }
-                    b.contacts.insert(m, p);
-                }
-            }
-            b.groups.remove(&rn);
+            b.delete_group(&rn, delete_contacts);
             Ok(ok(json!({})))
         }
         "people.contactGroups.members.modify" => {
@@ -601,32 +654,37 @@ pub(crate) fn call(
             let mut not_found = vec![];
             let mut last = vec![];
             for a in &add {
-                match b.contacts.get_mut(a) {
+                match b.contacts.get(a).cloned() {
                     None => not_found.push(a.clone()),
-                    Some(p) => {
-                        if !member_of(p).contains(&rn) {
-                            let id = rn.trim_start_matches("contactGroups/");
-                            p["memberships"].as_array_mut().expect("memberships").push(json!({
-                                "metadata": {"source": {"type": "CONTACT"}},
-                                "contactGroupMembership": {"contactGroupResourceName": rn, "contactGroupId": id}
-                            }));
+                    Some(mut p) => {
+                        if !member_of(&p).contains(&rn) {
+                            p["memberships"]
+                                .as_array_mut()
+                                .expect("memberships")
+                                .push(json!({
+                                    "contactGroupMembership": {"contactGroupResourceName": rn}
+                                }));
+                            b.store(a, p);
                         }
                     }
                 }
             }
             for r in &remove {
-                match b.contacts.get_mut(r) {
+                match b.contacts.get(r).cloned() {
                     None => not_found.push(r.clone()),
-                    Some(p) => {
-                        let groups = member_of(p);
+                    Some(mut p) => {
+                        let groups = member_of(&p);
                         if groups == vec![rn.clone()] {
                             last.push(r.clone());
-                        } else if let Some(a) =
-                            p.get_mut("memberships").and_then(Value::as_array_mut)
-                        {
-                            a.retain(|x| {
-                                x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
-                            });
+                        } else if groups.contains(&rn) {
+                            if let Some(a) = p.get_mut("memberships").and_then(Value::as_array_mut)
+                            {
+                                a.retain(|x| {
+                                    x["contactGroupMembership"]["contactGroupResourceName"]
+                                        != json!(rn)
+                                });
+                            }
+                            b.store(r, p);
                         }
                     }
                 }
@@ -646,18 +704,73 @@ pub(crate) fn call(
             }
             let fields = person_mask(query, "personFields")?;
             let size = page_size(query, 100)?;
-            let from = offset(query)?;
-            let total = b.contacts.len();
-            let page: Vec<Value> = b
-                .contacts
-                .values()
-                .skip(from)
-                .take(size)
-                .map(|p| masked(p, &fields))
+            let want_token = q(query, "requestSyncToken") == Some("true");
+            // What a sync token is bound to: every parameter but the page and sync tokens.
+            let mut bound: Vec<String> = query
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "pageToken" | "syncToken"))
+                .map(|(k, v)| format!("{k}={v}"))
                 .collect();
+            bound.sort();
+            let bound = bound.join("&");
+            // Page tokens carry the offset and the sequence number the listing started at.
+            let (from, start) = match q(query, "pageToken") {
+                None | Some("") => (0, b.seq),
+                Some(t) => t
+                    .strip_prefix('o')
+                    .and_then(|t| t.split_once(':'))
+                    .and_then(|(o, s)| Some((o.parse().ok()?, s.parse().ok()?)))
+                    .ok_or_else(|| bad("Invalid pageToken"))?,
+            };
+            let listing: Vec<Value> = match q(query, "syncToken") {
+                None => b.contacts.values().map(|p| masked(p, &fields)).collect(),
+                Some(t) => {
+                    let Some(tok) = b.tokens.get(t).cloned() else {
+                        return Err(bad("Sync token is invalid."));
+                    };
+                    if tok.expired {
+                        return Err((
+                            400,
+                            "FAILED_PRECONDITION",
+                            "Sync token is expired. Clear local cache and retry call without the sync token.".into(),
+                            json!([{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "EXPIRED_SYNC_TOKEN", "domain": "people.googleapis.com"}]),
+                        ));
+                    }
+                    if tok.params != bound {
+                        return Err(bad(format!(
+                            "Parameters of a sync request must match the request that produced the sync token (got {bound}, token made with {})",
+                            tok.params
+                        )));
+                    }
+                    // Changed and deleted since the token, oldest first, as of `start`.
+                    let mut delta: Vec<(u64, Value)> = b
+                        .changed
+                        .iter()
+                        .filter(|(_, s)| **s > tok.seq && **s <= start)
+                        .map(|(rn, s)| (*s, masked(&b.contacts[rn], &fields)))
+                        .collect();
+                    delta.extend(
+                        b.deleted
+                            .iter()
+                            .filter(|(_, (s, _))| *s > tok.seq && *s <= start)
+                            .map(|(rn, (s, etag))| {
+                                (
+                                    *s,
+                                    json!({"resourceName": rn, "etag": etag, "metadata": {"deleted": true}}),
+                                )
+                            }),
+                    );
+                    delta.sort_by_key(|(s, _)| *s);
+                    delta.into_iter().map(|(_, p)| p).collect()
+                }
+            };
+            let total = listing.len();
+            let page: Vec<Value> = listing.into_iter().skip(from).take(size).collect();
             let mut out = json!({"connections": page, "totalItems": total, "totalPeople": total});
             if from + size < total {
-                out["nextPageToken"] = json!(format!("o{}", from + size));
+                out["nextPageToken"] = json!(format!("o{}:{start}", from + size));
+            } else if want_token {
+                out["nextSyncToken"] = json!(b.issue_token(start, bound));
             }
             Ok(ok(out))
         }
@@ -822,7 +935,7 @@ pub(crate) fn call(
                 )));
             }
             for n in names {
-                b.contacts.remove(&n);
+                b.delete(&n);
             }
             Ok(ok(json!({})))
         }

@@ -5,8 +5,9 @@ use calcard::vcard::VCard;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, Contact, GroupRef, Result, User, Written};
+use super::{Backend, Changes, Contact, GroupRef, Result, User, Written};
 use crate::card::FieldSelection;
+use std::collections::HashMap;
 
 /// Call counts of a `Counting` backend.
 #[derive(Debug, Default)]
@@ -16,6 +17,7 @@ pub struct Calls {
     pub create_group: AtomicU64,
     pub delete_group: AtomicU64,
     pub scan_group: AtomicU64,
+    pub changes_since: AtomicU64,
     pub contacts_read: AtomicU64,
     pub fetch_contacts: AtomicU64,
     pub create_contact: AtomicU64,
@@ -32,6 +34,7 @@ pub struct CallCounts {
     pub create_group: u64,
     pub delete_group: u64,
     pub scan_group: u64,
+    pub changes_since: u64,
     pub contacts_read: u64,
     pub fetch_contacts: u64,
     pub create_contact: u64,
@@ -42,13 +45,14 @@ pub struct CallCounts {
 
 impl CallCounts {
     /// (method, count) pairs, for the state database and metrics.
-    pub fn by_method(&self) -> [(&'static str, u64); 11] {
+    pub fn by_method(&self) -> [(&'static str, u64); 12] {
         [
             ("resolve_user", self.resolve_user),
             ("find_group", self.find_group),
             ("create_group", self.create_group),
             ("delete_group", self.delete_group),
             ("scan_group", self.scan_group),
+            ("changes_since", self.changes_since),
             ("contacts_read", self.contacts_read),
             ("fetch_contacts", self.fetch_contacts),
             ("create_contact", self.create_contact),
@@ -68,12 +72,13 @@ impl CallCounts {
             create_group: d(2),
             delete_group: d(3),
             scan_group: d(4),
-            contacts_read: d(5),
-            fetch_contacts: d(6),
-            create_contact: d(7),
-            update_contact: d(8),
-            delete_contact: d(9),
-            move_to_default: d(10),
+            changes_since: d(5),
+            contacts_read: d(6),
+            fetch_contacts: d(7),
+            create_contact: d(8),
+            update_contact: d(9),
+            delete_contact: d(10),
+            move_to_default: d(11),
         }
     }
 
@@ -89,7 +94,11 @@ impl CallCounts {
 
     /// Calls that only read.
     pub fn reads(&self) -> u64 {
-        self.resolve_user + self.find_group + self.scan_group + self.fetch_contacts
+        self.resolve_user
+            + self.find_group
+            + self.scan_group
+            + self.changes_since
+            + self.fetch_contacts
     }
 }
 
@@ -117,6 +126,7 @@ impl<B> Counting<B> {
             create_group: g(&c.create_group),
             delete_group: g(&c.delete_group),
             scan_group: g(&c.scan_group),
+            changes_since: g(&c.changes_since),
             contacts_read: g(&c.contacts_read),
             fetch_contacts: g(&c.fetch_contacts),
             create_contact: g(&c.create_contact),
@@ -143,6 +153,15 @@ impl<B: Backend> Backend for Counting<B> {
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
         bump(&self.calls.resolve_user);
         self.inner.resolve_user(name).await
+    }
+
+    async fn prepare_users(&self, names: &[String]) {
+        self.inner.prepare_users(names).await
+    }
+
+    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
+        bump(&self.calls.resolve_user);
+        self.inner.expand_set(set).await
     }
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
@@ -228,6 +247,37 @@ impl<B: Backend> Backend for Counting<B> {
 
     fn group_versions(&self) -> bool {
         self.inner.group_versions()
+    }
+
+    fn change_tokens(&self) -> bool {
+        self.inner.change_tokens()
+    }
+
+    async fn scan_group_with_token(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<Option<String>> {
+        bump(&self.calls.scan_group);
+        let counter = &self.calls.contacts_read;
+        self.inner
+            .scan_group_with_token(user, group, &mut |c| {
+                bump(counter);
+                sink(c)
+            })
+            .await
+    }
+
+    async fn changes_since(
+        &self,
+        user: &User,
+        token: &str,
+        group_id: &str,
+        known: &HashMap<String, String>,
+    ) -> Result<Changes> {
+        bump(&self.calls.changes_since);
+        self.inner.changes_since(user, token, group_id, known).await
     }
 
     async fn create_contacts(

@@ -5,11 +5,11 @@
 //! cannot be deleted.
 
 use calcard::vcard::VCard;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use super::{Backend, BackendError, Changes, Contact, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
 /// Name of every user's default collection.
@@ -40,6 +40,9 @@ struct MemUser {
     groups: BTreeMap<String, MemGroup>,
 }
 
+/// Where a user's contacts are: contact id → (group id, etag).
+type Positions = BTreeMap<String, (String, String)>;
+
 /// When writes fail. Counted over every write call (create, update, delete, move, group changes).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
@@ -62,6 +65,11 @@ pub struct MemoryBackend {
     /// What `batch_size` answers (0 = 1): makes the engine hand over batches, which this
     /// backend runs one by one with the trait's default batch methods.
     batch: std::sync::atomic::AtomicUsize,
+    /// Hands out change tokens (as Google's sync tokens) instead of group versions.
+    tokens_on: std::sync::atomic::AtomicBool,
+    /// Change token → what the user's contacts were when it was taken: contact id → (group id,
+    /// etag).
+    tokens: Mutex<HashMap<String, Positions>>,
 }
 
 impl MemoryBackend {
@@ -72,6 +80,38 @@ impl MemoryBackend {
     /// Makes the engine apply plans in batches of `n`.
     pub fn set_batch_size(&self, n: usize) {
         self.batch.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes the backend hand out change tokens (see `Backend::change_tokens`) in place of
+    /// group versions, as Google does.
+    pub fn set_change_tokens(&self, on: bool) {
+        self.tokens_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Makes every change token handed out so far expire.
+    pub fn expire_change_tokens(&self) {
+        self.tokens.lock().unwrap().clear();
+    }
+
+    /// Where every contact of a user is now: contact id → (group id, etag).
+    fn positions(&self, user: &str) -> Positions {
+        let users = self.users.lock().unwrap();
+        let mut out = BTreeMap::new();
+        if let Some(u) = users.get(user) {
+            for (gid, g) in &u.groups {
+                for (id, (etag, _)) in &g.contacts {
+                    out.insert(id.clone(), (gid.clone(), etag.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn take_token(&self, user: &str) -> String {
+        let token = self.fresh("t");
+        let now = self.positions(user);
+        self.tokens.lock().unwrap().insert(token.clone(), now);
+        token
     }
 
     /// Adds a user (with an empty default collection).
@@ -291,7 +331,7 @@ impl Backend for MemoryBackend {
             .map(|(id, g)| GroupRef {
                 id: id.clone(),
                 name: g.name.clone(),
-                version: Some(g.version()),
+                version: (!self.change_tokens()).then(|| g.version()),
             }))
     }
 
@@ -366,6 +406,58 @@ impl Backend for MemoryBackend {
         })?;
         contacts.into_iter().for_each(sink);
         Ok(())
+    }
+
+    fn change_tokens(&self) -> bool {
+        self.tokens_on.load(Ordering::Relaxed)
+    }
+
+    async fn scan_group_with_token(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<Option<String>> {
+        self.check_read()?;
+        let token = self.change_tokens().then(|| self.take_token(&user.id));
+        if let Some(g) = group {
+            self.scan_group(user, g, sink).await?;
+        }
+        Ok(token)
+    }
+
+    async fn changes_since(
+        &self,
+        user: &User,
+        token: &str,
+        group_id: &str,
+        known: &HashMap<String, String>,
+    ) -> Result<Changes> {
+        self.check_read()?;
+        let Some(then) = self.tokens.lock().unwrap().get(token).cloned() else {
+            return Ok(Changes::Expired);
+        };
+        let now = self.positions(&user.id);
+        let mut relevant = false;
+        for (id, (gid, etag)) in &now {
+            if then.get(id) == Some(&(gid.clone(), etag.clone())) {
+                continue;
+            }
+            relevant |= match known.get(id) {
+                Some(k) => k != etag || gid != group_id,
+                None => gid == group_id || then.get(id).is_some_and(|(g, _)| g == group_id),
+            };
+        }
+        // A known copy deleted since (even one created after the token was taken).
+        if known.keys().any(|id| !now.contains_key(id)) {
+            relevant = true;
+        }
+        if relevant {
+            return Ok(Changes::Some);
+        }
+        Ok(Changes::None {
+            token: self.take_token(&user.id),
+        })
     }
 
     async fn fetch_contacts(

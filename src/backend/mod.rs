@@ -12,6 +12,7 @@ pub mod memory;
 pub mod vdir;
 
 use calcard::vcard::VCard;
+use std::collections::HashMap;
 use std::future::Future;
 
 use crate::card::FieldSelection;
@@ -103,6 +104,17 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// What a provider's change token says about one user's contacts (see `Backend::changes_since`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Nothing the engine must look at changed; keep this new token for next time.
+    None { token: String },
+    /// Something in the group, or one of the known copies, changed: read the group again.
+    Some,
+    /// The provider no longer honours the token: read the group again.
+    Expired,
+}
+
 /// A contacts provider. Methods are async so HTTP backends fit; implementations must be safe to
 /// call for different users at once, and the engine never calls two writes for one user at once.
 pub trait Backend: Send + Sync {
@@ -116,6 +128,25 @@ pub trait Backend: Send + Sync {
 
     /// Looks a user up by the name used in job files. `Ok(None)` means no such user.
     fn resolve_user(&self, name: &str) -> impl Future<Output = Result<Option<User>>> + Send;
+
+    /// Called once per run with every user name the run may look up, before any `resolve_user`:
+    /// a provider with a directory listing (Google's users.list) reads them in a few pages
+    /// instead of one call each. Errors are not fatal: lookups then go one by one.
+    fn prepare_users(&self, _names: &[String]) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
+    /// Expands a dynamic destination set (`group:sales@example.com`, `ou:/Sales`,
+    /// `domain:example.com`) to user names, read from the provider's directory now. An error is
+    /// never an empty set.
+    fn expand_set(&self, set: &str) -> impl Future<Output = Result<Vec<String>>> + Send {
+        let kind = self.kind();
+        async move {
+            Err(BackendError::Invalid(format!(
+                "dynamic destination {set:?}: the {kind} backend has no directory of users (dynamic sets need kind = \"google\")"
+            )))
+        }
+    }
 
     /// Finds a user's contact group by its display name.
     fn find_group(
@@ -190,6 +221,45 @@ pub trait Backend: Send + Sync {
     /// when false the engine does not read a group again just to learn its new version.
     fn group_versions(&self) -> bool {
         true
+    }
+
+    /// True when the provider hands out change tokens (Google sync tokens): a token taken by
+    /// `scan_group_with_token` lets `changes_since` tell in one cheap call whether a group needs
+    /// reading again.
+    fn change_tokens(&self) -> bool {
+        false
+    }
+
+    /// Reads a group as `scan_group` does and returns a change token valid from the moment the
+    /// read began (`None` from a provider without tokens). With `group` = `None` (the group does
+    /// not exist yet) no contact is handed to `sink`; only the token is taken.
+    fn scan_group_with_token(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        async move {
+            if let Some(g) = group {
+                self.scan_group(user, g, sink).await?;
+            }
+            Ok(None)
+        }
+    }
+
+    /// Whether the user's contacts changed since `token` in a way that concerns the group
+    /// `group_id`. `known` maps each copy the engine remembers to the etag it last saw or wrote:
+    /// a changed contact that is one of them with that etag is the engine's own write; any other
+    /// change to a known copy, a known copy deleted, or any change to a member of the group is
+    /// `Changes::Some`. Changes elsewhere in the user's contacts are ignored.
+    fn changes_since(
+        &self,
+        _user: &User,
+        _token: &str,
+        _group_id: &str,
+        _known: &HashMap<String, String>,
+    ) -> impl Future<Output = Result<Changes>> + Send {
+        async { Ok(Changes::Some) }
     }
 
     /// How many contacts one batch call takes (1: the provider has no batch endpoint). The engine

@@ -13,6 +13,7 @@
 //! This module must not decide what to write, and never logs a key or a token.
 
 pub mod auth;
+mod directory;
 pub mod http;
 pub mod person;
 
@@ -24,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use super::{Backend, BackendError, Changes, Contact, GroupRef, Result, User, Written};
 use crate::card::FieldSelection;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
 use http::{ApiError, Call, Client};
@@ -82,6 +83,8 @@ pub struct GoogleBackend {
     domains: tokio::sync::OnceCell<Vec<String>>,
     /// (user id, resourceName) of tagged copies whose visible tag is missing.
     repairs: Mutex<HashMap<(String, String), Repair>>,
+    /// This run's directory listing: every address (primary, alias) → user.
+    directory_cache: Mutex<HashMap<String, directory::DirUser>>,
 }
 
 fn api(e: ApiError, what: &str) -> BackendError {
@@ -147,6 +150,7 @@ impl GoogleBackend {
             emails: Default::default(),
             domains: Default::default(),
             repairs: Default::default(),
+            directory_cache: Default::default(),
         })
     }
 
@@ -321,13 +325,41 @@ impl GoogleBackend {
         fields: &str,
         each: &mut (dyn FnMut(Value) + Send),
     ) -> Result<()> {
+        self.list_connections_synced(user, fields, None, false, &mut |p| {
+            each(p);
+            true
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| api(e, &format!("contacts of {}", user.name)))
+    }
+
+    /// connections.list with sync tokens: `since` lists only what changed after that token,
+    /// `request_token` asks for the next token (it comes with the last page). `each` returns
+    /// false to stop reading early (no token is returned then).
+    async fn list_connections_synced(
+        &self,
+        user: &User,
+        fields: &str,
+        since: Option<&str>,
+        request_token: bool,
+        each: &mut (dyn FnMut(Value) -> bool + Send),
+    ) -> std::result::Result<Option<String>, ApiError> {
         let mut page: Option<String> = None;
         loop {
+            // Every parameter but the page and sync tokens must be the same on the call that
+            // took the token and the calls that use it.
             let mut q = vec![
                 ("pageSize", "1000".to_string()),
                 ("personFields", fields.to_string()),
                 ("sources", CONTACT_SOURCES.to_string()),
             ];
+            if request_token {
+                q.push(("requestSyncToken", "true".to_string()));
+            }
+            if let Some(t) = since {
+                q.push(("syncToken", t.to_string()));
+            }
             if let Some(p) = &page {
                 q.push(("pageToken", p.clone()));
             }
@@ -341,16 +373,22 @@ impl GoogleBackend {
                     None,
                     true,
                 )
-                .await
-                .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+                .await?;
             if let Some(Value::Array(a)) = v.get_mut("connections").map(Value::take) {
                 for p in a {
-                    each(p);
+                    if !each(p) {
+                        return Ok(None);
+                    }
                 }
             }
             match v.get("nextPageToken").and_then(Value::as_str) {
                 Some(t) if !t.is_empty() => page = Some(t.to_string()),
-                _ => return Ok(()),
+                _ => {
+                    return Ok(v
+                        .get("nextSyncToken")
+                        .and_then(Value::as_str)
+                        .map(str::to_string));
+                }
             }
         }
     }
@@ -704,70 +742,19 @@ impl Backend for GoogleBackend {
         false
     }
 
+    async fn prepare_users(&self, names: &[String]) {
+        self.prefetch_users(names).await
+    }
+
+    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
+        self.expand(set).await
+    }
+
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
-        let key = name.trim().to_ascii_lowercase();
-        let v = match self
-            .as_admin(
-                "directory.users.get",
-                self.directory(&format!("users/{key}")),
-                vec![
-                    ("projection", "basic".into()),
-                    ("viewType", "admin_view".into()),
-                ],
-            )
-            .await
-        {
-            Ok(v) => v,
-            Err(e) if e.status == 404 => return Ok(None),
-            Err(e) if e.status == 400 && e.has_reason("invalid") => return Ok(None),
-            Err(e) if e.status == 403 => {
-                return Err(BackendError::Invalid(format!(
-                    "the Directory API refused to look up {name} as {}: {e}. `admin` must be a Workspace administrator, and the scopes {} must be authorised for the service account",
-                    self.cfg.admin,
-                    DIRECTORY_SCOPES.join(",")
-                )));
-            }
-            Err(e) => return Err(api(e, &format!("looking up user {name}"))),
-        };
-        let id = v
-            .get("id")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let email = v
-            .get("primaryEmail")
-            .and_then(Value::as_str)
-            .unwrap_or(name)
-            .to_string();
-        if id.is_empty() {
-            return Err(BackendError::Invalid(format!(
-                "the Directory API answered for {name} without a user id"
-            )));
+        match self.directory_user(name).await? {
+            Some(d) => self.checked_user(name, d).await.map(Some),
+            None => Ok(None),
         }
-        let domains = self.allowed_domains().await?;
-        if !domains
-            .iter()
-            .any(|d| d == &domain_of(&email).to_ascii_lowercase())
-        {
-            return Err(BackendError::Invalid(format!(
-                "user {name} ({email}) is outside the allowed domains ({})",
-                domains.join(", ")
-            )));
-        }
-        if v.get("suspended").and_then(Value::as_bool) == Some(true) {
-            return Err(BackendError::Skipped(format!("{name} is suspended")));
-        }
-        if v.get("archived").and_then(Value::as_bool) == Some(true) {
-            return Err(BackendError::Skipped(format!("{name} is archived")));
-        }
-        self.emails
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), email);
-        Ok(Some(User {
-            id,
-            name: name.to_string(),
-        }))
     }
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
@@ -843,17 +830,68 @@ impl Backend for GoogleBackend {
         group: &GroupRef,
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<()> {
+        self.scan_group_with_token(user, Some(group), sink)
+            .await
+            .map(|_| ())
+    }
+
+    fn change_tokens(&self) -> bool {
+        true
+    }
+
+    async fn scan_group_with_token(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<Option<String>> {
         self.repairs
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(u, _), _| u != &user.id);
         let fields = read_fields();
-        self.list_connections(user, &fields, &mut |p| {
-            if person::memberships(&p).iter().any(|m| m == &group.id) {
+        self.list_connections_synced(user, &fields, None, true, &mut |p| {
+            if let Some(g) = group
+                && person::memberships(&p).iter().any(|m| m == &g.id)
+            {
                 sink(self.contact_of(user, &p));
             }
+            true
         })
         .await
+        .map_err(|e| api(e, &format!("contacts of {}", user.name)))
+    }
+
+    async fn changes_since(
+        &self,
+        user: &User,
+        token: &str,
+        group_id: &str,
+        known: &HashMap<String, String>,
+    ) -> Result<Changes> {
+        let fields = read_fields();
+        let mut relevant = false;
+        let r = self
+            .list_connections_synced(user, &fields, Some(token), true, &mut |p| {
+                let rn = p.get("resourceName").and_then(Value::as_str).unwrap_or("");
+                let etag = p.get("etag").and_then(Value::as_str).unwrap_or("");
+                let deleted = p.pointer("/metadata/deleted").and_then(Value::as_bool) == Some(true);
+                let in_group = || person::memberships(&p).iter().any(|m| m == group_id);
+                relevant = match known.get(rn) {
+                    Some(_) if deleted => true,
+                    Some(k) => k != etag || !in_group(),
+                    None => !deleted && in_group(),
+                };
+                !relevant
+            })
+            .await;
+        match r {
+            Ok(_) if relevant => Ok(Changes::Some),
+            Ok(Some(token)) => Ok(Changes::None { token }),
+            Ok(None) => Ok(Changes::Some),
+            Err(e) if e.status == 410 || e.has_reason("EXPIRED_SYNC_TOKEN") => Ok(Changes::Expired),
+            Err(e) => Err(api(e, &format!("changes in the contacts of {}", user.name))),
+        }
     }
 
     async fn fetch_contacts(
