@@ -676,6 +676,16 @@ async fn snapshot<B: Backend>(
     ))
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
 /// The group version recorded for a destination that converged under a change token.
 const TOKEN_VERSION: &str = "change-token";
 
@@ -1189,7 +1199,10 @@ async fn apply_ops<B: Backend>(
                 }
             }
             Op::Delete { .. } => {
-                let ops = same_kind(200);
+                // Read for the trash in reads of 200 and deleted in the provider's batches: take
+                // a run of deletes that fills both (their least common multiple, at most 1,000).
+                let delete_batch = backend.delete_batch_size().clamp(1, 1000);
+                let ops = same_kind(lcm(200, delete_batch).min(1000));
                 i += ops.len();
                 let g = group_ref()?;
                 let ids: Vec<String> = ops
@@ -1199,7 +1212,7 @@ async fn apply_ops<B: Backend>(
                         _ => None,
                     })
                     .collect();
-                // Read the payloads for the trash: one provider read per batch.
+                // Read the payloads for the trash (the provider reads them in its own batches).
                 let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
                     backend
                         .fetch_contacts(user, &g, &ids)
@@ -1254,7 +1267,7 @@ async fn apply_ops<B: Backend>(
                         reason, payload,
                     )?;
                 }
-                for chunk in doomed.chunks(batch) {
+                for chunk in doomed.chunks(delete_batch) {
                     let calls: Vec<(&str, &str)> = chunk
                         .iter()
                         .map(|(id, etag, ..)| (id.as_str(), etag.as_str()))

@@ -249,6 +249,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.group_versions()
     }
 
+    fn delete_batch_size(&self) -> usize {
+        self.inner.delete_batch_size()
+    }
+
     fn change_tokens(&self) -> bool {
         self.inner.change_tokens()
     }

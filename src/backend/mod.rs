@@ -268,6 +268,11 @@ pub trait Backend: Send + Sync {
         1
     }
 
+    /// How many contacts one batch delete takes (Google: 500, more than its other batches).
+    fn delete_batch_size(&self) -> usize {
+        self.batch_size()
+    }
+
     /// Creates several contacts in one group. One result per card, in order; a provider without
     /// batch endpoints creates them one by one and stops at the first failure (the results then
     /// end early). Every `Ok` is a contact that exists, even when a later one failed.

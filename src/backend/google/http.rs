@@ -157,6 +157,16 @@ impl Client {
 
     /// Sends a call, retrying what is safe to retry; returns the JSON body (`Null` if empty).
     pub async fn send(&self, call: &Call<'_>) -> Result<Value, ApiError> {
+        let text = self.send_text(call).await?;
+        if text.trim().is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_str(&text).map_err(|_| bad_body(call))
+    }
+
+    /// Sends a call as `send` does and returns the body as text, for callers that read large
+    /// answers without building a JSON tree of them.
+    pub async fn send_text(&self, call: &Call<'_>) -> Result<String, ApiError> {
         let attempt = || async {
             let token = self
                 .tokens
@@ -225,26 +235,7 @@ impl Client {
                 )
             })?;
             if status.is_success() {
-                return Ok(if text.trim().is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_str(&text).map_err(|_| {
-                        (
-                            None,
-                            ApiError {
-                                status: status.as_u16(),
-                                code: "BAD_RESPONSE".into(),
-                                reasons: vec![],
-                                message: format!(
-                                    "{} answered {status} with a body that is not JSON",
-                                    call.name
-                                ),
-                                body: Value::Null,
-                                ambiguous: true,
-                            },
-                        )
-                    })?
-                });
+                return Ok(text);
             }
             if status == StatusCode::UNAUTHORIZED {
                 self.tokens.forget(call.user).await;
@@ -273,5 +264,20 @@ impl Client {
             })
             .await
             .map_err(|(_, e)| e)
+    }
+}
+
+/// The error for a successful answer whose body is not the JSON expected.
+pub fn bad_body(call: &Call<'_>) -> ApiError {
+    ApiError {
+        status: 200,
+        code: "BAD_RESPONSE".into(),
+        reasons: vec![],
+        message: format!(
+            "{} answered with a body that is not the JSON expected",
+            call.name
+        ),
+        body: Value::Null,
+        ambiguous: true,
     }
 }

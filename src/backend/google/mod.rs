@@ -325,25 +325,36 @@ impl GoogleBackend {
         fields: &str,
         each: &mut (dyn FnMut(Value) + Send),
     ) -> Result<()> {
-        self.list_connections_synced(user, fields, None, false, &mut |p| {
-            each(p);
-            true
+        let mut bad = false;
+        self.list_connections_synced(user, fields, None, false, &mut |_, raw| {
+            match serde_json::from_str(raw.get()) {
+                Ok(p) => each(p),
+                Err(_) => bad = true,
+            }
+            !bad
         })
         .await
-        .map(|_| ())
-        .map_err(|e| api(e, &format!("contacts of {}", user.name)))
+        .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+        if bad {
+            return Err(BackendError::Invalid(format!(
+                "contacts of {}: the People API answered a contact that is not JSON",
+                user.name
+            )));
+        }
+        Ok(())
     }
 
     /// connections.list with sync tokens: `since` lists only what changed after that token,
-    /// `request_token` asks for the next token (it comes with the last page). `each` returns
-    /// false to stop reading early (no token is returned then).
+    /// `request_token` asks for the next token (it comes with the last page). Each contact is
+    /// handed to `each` as its head (name, etag, groups) and its raw JSON, parsed only by callers
+    /// that need it; `each` returns false to stop reading early (no token is returned then).
     async fn list_connections_synced(
         &self,
         user: &User,
         fields: &str,
         since: Option<&str>,
         request_token: bool,
-        each: &mut (dyn FnMut(Value) -> bool + Send),
+        each: &mut (dyn FnMut(person::Head, &serde_json::value::RawValue) -> bool + Send),
     ) -> std::result::Result<Option<String>, ApiError> {
         let mut page: Option<String> = None;
         loop {
@@ -363,32 +374,29 @@ impl GoogleBackend {
             if let Some(p) = &page {
                 q.push(("pageToken", p.clone()));
             }
-            let mut v = self
-                .as_user(
-                    user,
-                    "people.connections.list",
-                    Method::GET,
-                    self.people("people/me/connections"),
-                    q,
-                    None,
-                    true,
-                )
-                .await?;
-            if let Some(Value::Array(a)) = v.get_mut("connections").map(Value::take) {
-                for p in a {
-                    if !each(p) {
-                        return Ok(None);
-                    }
+            let call = Call {
+                name: "people.connections.list",
+                method: Method::GET,
+                url: self.people("people/me/connections"),
+                query: q,
+                body: None,
+                user: &self.email(user),
+                scopes: CONTACTS_SCOPE,
+                idempotent: true,
+            };
+            let text = self.client.send_text(&call).await?;
+            let v: person::ConnectionsPage<'_> =
+                serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?;
+            for raw in v.connections {
+                let head: person::Head =
+                    serde_json::from_str(raw.get()).map_err(|_| http::bad_body(&call))?;
+                if !each(head, raw) {
+                    return Ok(None);
                 }
             }
-            match v.get("nextPageToken").and_then(Value::as_str) {
-                Some(t) if !t.is_empty() => page = Some(t.to_string()),
-                _ => {
-                    return Ok(v
-                        .get("nextSyncToken")
-                        .and_then(Value::as_str)
-                        .map(str::to_string));
-                }
+            match v.next_page_token {
+                Some(t) if !t.is_empty() => page = Some(t),
+                _ => return Ok(v.next_sync_token),
             }
         }
     }
@@ -738,6 +746,10 @@ impl Backend for GoogleBackend {
         200
     }
 
+    fn delete_batch_size(&self) -> usize {
+        500
+    }
+
     fn group_versions(&self) -> bool {
         false
     }
@@ -850,16 +862,31 @@ impl Backend for GoogleBackend {
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(u, _), _| u != &user.id);
         let fields = read_fields();
-        self.list_connections_synced(user, &fields, None, true, &mut |p| {
-            if let Some(g) = group
-                && person::memberships(&p).iter().any(|m| m == &g.id)
-            {
-                sink(self.contact_of(user, &p));
-            }
-            true
-        })
-        .await
-        .map_err(|e| api(e, &format!("contacts of {}", user.name)))
+        let mut bad = None;
+        let token = self
+            .list_connections_synced(user, &fields, None, true, &mut |head, raw| {
+                if let Some(g) = group
+                    && head.member_of(&g.id)
+                {
+                    match serde_json::from_str::<Value>(raw.get()) {
+                        Ok(p) => sink(self.contact_of(user, &p)),
+                        Err(e) => {
+                            bad = Some(format!("{}: {e}", head.resource_name));
+                            return false;
+                        }
+                    }
+                }
+                true
+            })
+            .await
+            .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+        if let Some(why) = bad {
+            return Err(BackendError::Invalid(format!(
+                "contacts of {}: unreadable contact {why}",
+                user.name
+            )));
+        }
+        Ok(token)
     }
 
     async fn changes_since(
@@ -872,15 +899,12 @@ impl Backend for GoogleBackend {
         let fields = read_fields();
         let mut relevant = false;
         let r = self
-            .list_connections_synced(user, &fields, Some(token), true, &mut |p| {
-                let rn = p.get("resourceName").and_then(Value::as_str).unwrap_or("");
-                let etag = p.get("etag").and_then(Value::as_str).unwrap_or("");
-                let deleted = p.pointer("/metadata/deleted").and_then(Value::as_bool) == Some(true);
-                let in_group = || person::memberships(&p).iter().any(|m| m == group_id);
-                relevant = match known.get(rn) {
+            .list_connections_synced(user, &fields, Some(token), true, &mut |p, _| {
+                let deleted = p.deleted();
+                relevant = match known.get(&p.resource_name) {
                     Some(_) if deleted => true,
-                    Some(k) => k != etag || !in_group(),
-                    None => !deleted && in_group(),
+                    Some(k) => k != &p.etag || !p.member_of(group_id),
+                    None => !deleted && p.member_of(group_id),
                 };
                 !relevant
             })

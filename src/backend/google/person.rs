@@ -426,3 +426,57 @@ mod tests {
         assert_eq!(managed_fields(&sel), vec!["names", "emailAddresses"]);
     }
 }
+
+/// One page of connections.list, each contact kept as raw JSON until someone needs it whole.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectionsPage<'a> {
+    #[serde(borrow, default)]
+    pub connections: Vec<&'a serde_json::value::RawValue>,
+    pub next_page_token: Option<String>,
+    pub next_sync_token: Option<String>,
+}
+
+/// What tells contacts apart without reading them whole: name, etag, deleted (in a sync), and
+/// the groups they are in.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Head {
+    pub resource_name: String,
+    pub etag: String,
+    metadata: HeadMetadata,
+    memberships: Vec<HeadMembership>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(default)]
+struct HeadMetadata {
+    deleted: bool,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HeadMembership {
+    contact_group_membership: Option<HeadGroup>,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+struct HeadGroup {
+    contact_group_resource_name: String,
+}
+
+impl Head {
+    /// True for a contact a sync reports as deleted.
+    pub fn deleted(&self) -> bool {
+        self.metadata.deleted
+    }
+
+    pub fn member_of(&self, group: &str) -> bool {
+        self.memberships.iter().any(|m| {
+            m.contact_group_membership
+                .as_ref()
+                .is_some_and(|g| g.contact_group_resource_name == group)
+        })
+    }
+}
