@@ -651,6 +651,93 @@ fn delegation_errors_say_how_to_fix_them() {
     );
 }
 
+/// `groupsync check` tells what works and what does not, with the fix, and changes nothing.
+#[test]
+fn check_reports_the_setup_users_and_groups() {
+    let r = Rig::new(2);
+    r.fake.set_group("team@example.com", &["dave@example.com"]);
+    fs::write(
+        r.path().join("jobs/sales.toml"),
+        "tag = \"gSync424242\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [\"bob@example.com\", \"carol@example.com\", \"group:team@example.com\"]\n",
+    )
+    .unwrap();
+    let check = || {
+        let o = r.cmd().arg("check").output().unwrap();
+        (
+            o.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
+    };
+    r.fake.reset_counts();
+    let (code, out) = check();
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("ok\tgoogle: service account may act as admin admin@example.com"),
+        "{out}"
+    );
+    assert!(out.contains("allowed domains: example.com"), "{out}");
+    assert!(out.contains("group:team@example.com: 1 users"), "{out}");
+    assert!(out.contains("ok\tjob sales (3 destinations)"), "{out}");
+    let c = r.fake.counts();
+    assert!(
+        !c.keys()
+            .any(|k| k.contains("batch") || k.contains("create") || k.contains("modify")),
+        "check wrote something: {c:?}"
+    );
+
+    // Problems, each with its fix: an unknown user, a suspended one, a missing source group.
+    r.fake.set_suspended("carol@example.com", true);
+    fs::write(
+        r.path().join("jobs/sales.toml"),
+        "tag = \"gSync424242\"\nsource = \"alice@example.com\"\ngroup = \"Sale\"\ndestinations = [\"bob@example.com\", \"carol@example.com\", \"nobody@example.com\"]\n",
+    )
+    .unwrap();
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("invalid destination user: nobody@example.com"),
+        "{out}"
+    );
+    assert!(
+        out.contains("note\t") && out.contains("carol@example.com is suspended"),
+        "{out}"
+    );
+    assert!(out.contains("source group \"Sale\" not found"), "{out}");
+    r.fake.set_suspended("carol@example.com", false);
+
+    // The contacts scope not delegated: every user fails, naming the client id and the scopes.
+    r.write_job(&["bob@example.com"]);
+    r.fake.set_granted_scopes(&[
+        "https://www.googleapis.com/auth/admin.directory.user.readonly",
+        "https://www.googleapis.com/auth/admin.directory.group.member.readonly",
+        "https://www.googleapis.com/auth/admin.directory.domain.readonly",
+    ]);
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("bob@example.com"), "{out}");
+    assert!(out.contains(r.fake.client_id()), "{out}");
+    assert!(
+        out.contains("https://www.googleapis.com/auth/contacts"),
+        "{out}"
+    );
+
+    // No Directory scopes: the set-up line says so, and how to fix it.
+    r.fake
+        .set_granted_scopes(&["https://www.googleapis.com/auth/contacts"]);
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("error\tgoogle: admin admin@example.com"),
+        "{out}"
+    );
+    assert!(out.contains(r.fake.client_id()), "{out}");
+    assert!(
+        !out.contains("PRIVATE KEY") && !out.contains("ya29."),
+        "{out}"
+    );
+    r.assert_no_violations();
+}
+
 #[test]
 fn a_readable_key_file_is_refused() {
     let r = Rig::new(1);

@@ -155,6 +155,14 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.resolve_user(name).await
     }
 
+    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
+        self.inner.check_setup().await
+    }
+
+    async fn check_access(&self, user: &User) -> Result<()> {
+        self.inner.check_access(user).await
+    }
+
     async fn prepare_users(&self, names: &[String]) {
         self.inner.prepare_users(names).await
     }

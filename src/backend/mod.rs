@@ -129,6 +129,19 @@ pub trait Backend: Send + Sync {
     /// Looks a user up by the name used in job files. `Ok(None)` means no such user.
     fn resolve_user(&self, name: &str) -> impl Future<Output = Result<Option<User>>> + Send;
 
+    /// Checks the provider set-up itself for `groupsync check` (credentials, administrator
+    /// rights, domains): one line per finding, `Ok` for what works, `Err` for what does not,
+    /// saying how to fix it.
+    fn check_setup(&self) -> impl Future<Output = Vec<std::result::Result<String, String>>> + Send {
+        async { vec![] }
+    }
+
+    /// Checks that groupsync may act on `user`'s contacts (Google: a delegated token with the
+    /// contacts scope), for `groupsync check`.
+    fn check_access(&self, _user: &User) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Called once per run with every user name the run may look up, before any `resolve_user`:
     /// a provider with a directory listing (Google's users.list) reads them in a few pages
     /// instead of one call each. Errors are not fatal: lookups then go one by one.

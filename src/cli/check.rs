@@ -1,16 +1,39 @@
-//! `groupsync check`: the configuration, every job file, and that every user and group a job
-//! names exists. One line per finding on stdout; exit 2 if anything is wrong.
+//! `groupsync check`: the configuration, the provider set-up (for Google: the admin's delegated
+//! token, the scopes, the domains), every job file, and that every user and group a job names
+//! exists and may be written (for Google: a delegated token per user). Dynamic destination sets
+//! are read. One line per finding on stdout (`ok`, `note` or `error`, a tab, the finding and
+//! its fix); exit 2 if anything is wrong. It changes nothing.
 
+use futures::StreamExt;
 use std::io::Write;
 
 use super::{Ctx, exit};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
+use crate::engine::is_dynamic_set;
 use crate::job;
+
+/// Destination users checked at once.
+const CONCURRENCY: usize = 8;
 
 pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> anyhow::Result<u8> {
     let mut problems = 0;
     writeln!(out, "ok\tconfig {}", ctx.config.path.display())?;
     writeln!(out, "ok\tstate {}", ctx.config.state.display())?;
+    let setup = backend.check_setup().await;
+    let setup_failed = setup.iter().any(|r| r.is_err());
+    for r in setup {
+        match r {
+            Ok(s) => writeln!(out, "ok\t{}: {s}", backend.kind())?,
+            Err(s) => {
+                writeln!(out, "error\t{}: {s}", backend.kind())?;
+                problems += 1;
+            }
+        }
+    }
+    if setup_failed {
+        // Every user check would fail the same way.
+        return Ok(exit::USAGE);
+    }
     for j in job::load_all(&ctx.config.jobs_dir)? {
         let j = match j {
             Ok(j) => j,
@@ -20,21 +43,74 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
                 continue;
             }
         };
-        let mut bad = vec![];
-        match backend.resolve_user(&j.source).await? {
-            None => bad.push(format!("source user {:?} not found", j.source)),
-            Some(u) => {
-                if backend.find_group(&u, &j.group).await?.is_none() {
-                    bad.push(format!(
-                        "source group {:?} not found for user {}",
-                        j.group, j.source
-                    ));
+        let path = j.path.display().to_string();
+        let mut bad: Vec<String> = vec![];
+        let mut notes: Vec<String> = vec![];
+        match backend.resolve_user(&j.source).await {
+            Ok(None) => bad.push(format!("source user {:?} not found", j.source)),
+            Err(e) => bad.push(format!("source user {}: {}", j.source, describe(&e))),
+            Ok(Some(u)) => {
+                if let Err(e) = backend.check_access(&u).await {
+                    bad.push(format!("source user {}: {e}", j.source));
+                } else {
+                    match backend.find_group(&u, &j.group).await {
+                        Ok(Some(_)) => {}
+                        Ok(None) => bad.push(format!(
+                            "source group {:?} not found for user {} (the name must match exactly)",
+                            j.group, j.source
+                        )),
+                        Err(e) => {
+                            bad.push(format!("source group {:?} of {}: {e}", j.group, j.source))
+                        }
+                    }
                 }
             }
         }
+        // Destinations: plain names, and the members of dynamic sets as they are now.
+        let mut names: Vec<String> = vec![];
         for d in j.effective_destinations() {
-            if backend.resolve_user(&d).await?.is_none() {
-                bad.push(format!("invalid destination user: {d}"));
+            if is_dynamic_set(&d) {
+                match backend.expand_set(&d).await {
+                    Ok(m) => {
+                        notes.push(format!("{d}: {} users", m.len()));
+                        names.extend(m);
+                    }
+                    Err(e) => bad.push(format!("{d}: {e}")),
+                }
+            } else {
+                names.push(d);
+            }
+        }
+        let excluded: Vec<String> = j.exclude.iter().map(|e| e.to_lowercase()).collect();
+        names.retain(|n| !excluded.contains(&n.to_lowercase()) && *n != j.source);
+        names.sort();
+        names.dedup();
+        backend.prepare_users(&names).await;
+        let results: Vec<(String, Result<(), BackendError>, bool)> =
+            futures::stream::iter(names.iter())
+                .map(|d| async move {
+                    match backend.resolve_user(d).await {
+                        Ok(Some(u)) => (d.clone(), backend.check_access(&u).await, true),
+                        Ok(None) => (
+                            d.clone(),
+                            Err(BackendError::Invalid(format!(
+                                "invalid destination user: {d} (no such user)"
+                            ))),
+                            false,
+                        ),
+                        Err(e) => (d.clone(), Err(e), false),
+                    }
+                })
+                .buffered(CONCURRENCY)
+                .collect()
+                .await;
+        let mut usable = 0;
+        for (d, r, found) in results {
+            match r {
+                Ok(()) => usable += 1,
+                Err(BackendError::Skipped(why)) => notes.push(format!("{d}: skipped, {why}")),
+                Err(e) if found => bad.push(format!("destination {d}: {e}")),
+                Err(e) => bad.push(describe(&e)),
             }
         }
         if let Some(tag) = ctx.store.lock().unwrap().job_tag(&j.name)?
@@ -42,18 +118,23 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
         {
             bad.push(format!("tag {} differs from the tag {tag} the job was created with; tags must never be edited", j.tag));
         }
+        for n in notes {
+            writeln!(out, "note\t{path}: {n}")?;
+        }
         if bad.is_empty() {
-            writeln!(
-                out,
-                "ok\tjob {} ({} destinations)",
-                j.name,
-                j.effective_destinations().len()
-            )?;
+            writeln!(out, "ok\tjob {} ({usable} destinations)", j.name)?;
         }
         for b in bad {
-            writeln!(out, "error\t{}: {b}", j.path.display())?;
+            writeln!(out, "error\t{path}: {b}")?;
             problems += 1;
         }
     }
     Ok(if problems > 0 { exit::USAGE } else { exit::OK })
+}
+
+fn describe(e: &BackendError) -> String {
+    match e {
+        BackendError::Skipped(why) => format!("skipped: {why}"),
+        e => e.to_string(),
+    }
 }

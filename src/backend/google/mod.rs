@@ -758,6 +758,41 @@ impl Backend for GoogleBackend {
         self.prefetch_users(names).await
     }
 
+    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
+        let mut out = vec![];
+        let scopes = DIRECTORY_SCOPES.join(" ");
+        match self.client.tokens.token(&self.cfg.admin, &scopes).await {
+            Ok(_) => out.push(Ok(format!(
+                "service account may act as admin {} with the Directory scopes",
+                self.cfg.admin
+            ))),
+            Err(e) => {
+                out.push(Err(format!("admin {}: {e}", self.cfg.admin)));
+                return out;
+            }
+        }
+        match self.allowed_domains().await {
+            Ok(d) if d.is_empty() => out.push(Err(
+                "no verified domain: set allowed_domains, or verify the domains in the Admin console".into(),
+            )),
+            Ok(d) => out.push(Ok(format!("allowed domains: {}", d.join(", ")))),
+            Err(e) => out.push(Err(format!(
+                "listing the domains as {}: {e} (is {} a Workspace administrator?)",
+                self.cfg.admin, self.cfg.admin
+            ))),
+        }
+        out
+    }
+
+    async fn check_access(&self, user: &User) -> Result<()> {
+        let email = self.email(user);
+        self.client
+            .tokens
+            .token(&email, CONTACTS_SCOPE)
+            .await
+            .map(|_| ())
+    }
+
     async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
         self.expand(set).await
     }
