@@ -139,7 +139,7 @@ fn main() -> anyhow::Result<()> {
     }
     let fake = FakeGoogle::start(Options {
         latency: Duration::from_millis(a.latency_ms),
-        per_user_per_minute: None,
+        ..Options::default()
     });
     let dir = std::env::temp_dir().join(format!("groupsync-bench-google-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("jobs"))?;

@@ -147,6 +147,7 @@ struct RawBackend {
     directory_url: Option<String>,
     requests_per_minute: Option<u32>,
     visible_tag: Option<bool>,
+    request_timeout: Option<u64>,
     url: Option<String>,
     home: Option<String>,
     username: Option<String>,
@@ -419,6 +420,9 @@ impl Config {
                 }
                 if let Some(v) = b.visible_tag {
                     g.visible_tag = v;
+                }
+                if let Some(t) = b.request_timeout {
+                    g.request_timeout = t.max(1);
                 }
                 BackendConfig::Google(g)
             }

@@ -831,12 +831,66 @@ fn rate_limits_and_server_errors_are_retried() {
     assert_eq!(r.copies("carol@example.com").len(), 3);
 }
 
+/// Google's per-user quota (429 RESOURCE_EXHAUSTED, no Retry-After) and hung calls: reads are
+/// tried again, a create whose answer never came is read back by tag, never sent twice.
+#[test]
+fn quota_and_hung_calls_are_survived() {
+    let r = Rig::new(450);
+    r.fake.set_options(Options {
+        per_user_per_minute: Some(3),
+        quota_window: std::time::Duration::from_secs(2),
+        ..Options::default()
+    });
+    r.run_ok();
+    let src = r.source_ids();
+    assert!(
+        r.fake.counts().get("quota-refused").copied().unwrap_or(0) > 0,
+        "the quota was never hit: {:?}",
+        r.fake.counts()
+    );
+    assert_eq!(r.copies("bob@example.com"), src);
+    assert_eq!(r.copies("carol@example.com"), src);
+
+    // A 1-second timeout; a read that hangs is tried again, a create that hangs after it was
+    // made is found by its tag.
+    r.fake.set_options(Options::default());
+    r.write_config("request_timeout = 1\n");
+    r.write_job(&["bob@example.com", "carol@example.com", "dave@example.com"]);
+    r.fake.inject(Fault {
+        method: "people.contactGroups.list".into(),
+        user: Some("dave@example.com".into()),
+        kind: FaultKind::Hang {
+            secs: 3,
+            apply: false,
+        },
+        times: 1,
+    });
+    r.fake.inject(Fault {
+        method: "people.people.batchCreateContacts".into(),
+        user: Some("dave@example.com".into()),
+        kind: FaultKind::Hang {
+            secs: 3,
+            apply: true,
+        },
+        times: 1,
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert_eq!(c["people.contactGroups.list"], 1 + 2, "{c:?}");
+    assert_eq!(
+        r.copies("dave@example.com"),
+        src,
+        "no duplicate, none missing"
+    );
+}
+
 /// The fake is only worth something if it refuses what Google refuses.
 #[test]
 fn the_fake_refuses_what_google_refuses() {
     let fake = FakeGoogle::start(Options {
         latency: std::time::Duration::from_millis(200),
-        per_user_per_minute: None,
+        ..Options::default()
     });
     fake.add_user("bob@example.com", false);
     let token = fake.issue_token("bob@example.com");

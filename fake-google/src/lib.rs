@@ -39,6 +39,9 @@ pub enum FaultKind {
     /// Before a batch update is applied, the user edits the first contact it names (its etag
     /// changes), as if they had edited it between the client's read and its write.
     EditFirst,
+    /// Answer only after this long (a hung server; the client's timeout should fire first).
+    /// With `apply` the change is made before the wait, so the answer is lost after the fact.
+    Hang { secs: u64, apply: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +62,8 @@ pub struct Options {
     pub latency: Duration,
     /// People API calls per user per minute before 429 RESOURCE_EXHAUSTED; `None`: no limit.
     pub per_user_per_minute: Option<u32>,
+    /// The quota's window (a minute, as Google's; tests shorten it).
+    pub quota_window: Duration,
 }
 
 impl Default for Options {
@@ -66,6 +71,7 @@ impl Default for Options {
         Options {
             latency: Duration::ZERO,
             per_user_per_minute: None,
+            quota_window: Duration::from_secs(60),
         }
     }
 }
@@ -568,11 +574,16 @@ async fn handle(
     if !opts.latency.is_zero() {
         tokio::time::sleep(opts.latency).await;
     }
+    let mut delay = Duration::ZERO;
     let resp = dispatch(
-        &st, api, &id, &params, &query, json_body, &email, &scopes, &opts,
+        &st, api, &id, &params, &query, json_body, &email, &scopes, &opts, &mut delay,
     );
     if api == "people" && mutation {
         st.inflight.lock().unwrap().remove(&guard_key);
+    }
+    // A hang: whatever was done is done; the answer comes late (the client gave up by then).
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
     }
     resp
 }
@@ -588,6 +599,7 @@ fn dispatch(
     email: &str,
     scopes: &[String],
     opts: &Options,
+    delay: &mut Duration,
 ) -> Response {
     if api == "people" {
         if !scopes
@@ -606,11 +618,13 @@ fn dispatch(
             let e = q
                 .entry(email.to_ascii_lowercase())
                 .or_insert((Instant::now(), 0));
-            if e.0.elapsed() >= Duration::from_secs(60) {
+            if e.0.elapsed() >= opts.quota_window {
                 *e = (Instant::now(), 0);
             }
             e.1 += 1;
             if e.1 > limit {
+                drop(q);
+                st.count("quota-refused");
                 return error(
                     429,
                     "RESOURCE_EXHAUSTED",
@@ -644,6 +658,10 @@ fn dispatch(
             return r;
         }
         _ => {}
+    }
+    if let Some(FaultKind::Hang { secs, apply: false }) = &fault {
+        *delay = Duration::from_secs(*secs);
+        return error(504, "DEADLINE_EXCEEDED", "injected hang", json!([]));
     }
     let resp = if api == "directory" {
         directory(st, id, params, query, email, scopes)
@@ -697,6 +715,9 @@ fn dispatch(
         }
         r
     };
+    if let Some(FaultKind::Hang { secs, apply: true }) = &fault {
+        *delay = Duration::from_secs(*secs);
+    }
     if matches!(fault, Some(FaultKind::ApplyThenFail)) {
         return error(
             503,

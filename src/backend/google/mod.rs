@@ -49,6 +49,8 @@ pub struct GoogleConfig {
     pub concurrency: usize,
     pub requests_per_minute: u32,
     pub visible_tag: bool,
+    /// Seconds one HTTP request may take before it is abandoned (and retried when safe).
+    pub request_timeout: u64,
 }
 
 impl GoogleConfig {
@@ -63,6 +65,7 @@ impl GoogleConfig {
             concurrency: 16,
             requests_per_minute: 3000,
             visible_tag: true,
+            request_timeout: 120,
         }
     }
 }
@@ -138,7 +141,7 @@ impl GoogleBackend {
     ) -> std::result::Result<Self, String> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_secs(cfg.request_timeout))
             .user_agent(concat!("groupsync/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| e.to_string())?;
