@@ -885,6 +885,84 @@ fn quota_and_hung_calls_are_survived() {
     );
 }
 
+/// A PNG-looking photo (the fake checks the format as Google does).
+fn png(n: u8) -> Vec<u8> {
+    let mut b = b"\x89PNG\r\n\x1a\n".to_vec();
+    b.extend(std::iter::repeat_n(n, 64));
+    b
+}
+
+/// The bytes of the photo a user's contact has, if it has one of its own.
+fn photo_of(r: &Rig, user: &str, p: &Value) -> Option<Vec<u8>> {
+    let url = p["photos"][0]["url"].as_str()?;
+    let pid = url.rsplit('/').next()?.to_string();
+    r.fake.with_book(user, |b| b.photo_bytes.get(&pid).cloned())
+}
+
+/// Photos are copied (one updateContactPhoto each, the People API has no batch for them),
+/// follow the source, come back when a user removes them, and go when the source's goes.
+#[test]
+fn photos_follow_the_source() {
+    let r = Rig::new(3);
+    let src = r.source_ids();
+    r.fake.set_photo("alice@example.com", &src[0], &png(1));
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert_eq!(c["people.people.updateContactPhoto"], 2, "{c:?}");
+    assert!(c["photo.get"] >= 1, "{c:?}");
+    for u in ["bob@example.com", "carol@example.com"] {
+        let copies = by_source(&r, u);
+        assert_eq!(photo_of(&r, u, &copies[&src[0]]), Some(png(1)), "{u}");
+        assert_eq!(photo_of(&r, u, &copies[&src[1]]), None, "{u}");
+    }
+    // Nothing changed: no photo call, nothing written.
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert!(
+        !c.keys().any(|k| k.contains("Photo") || k.contains("batch")),
+        "{c:?}"
+    );
+
+    // A new source photo reaches the copies; a copy whose photo bob removed gets it back.
+    r.fake.set_photo("alice@example.com", &src[0], &png(2));
+    r.run_ok();
+    let bob = "bob@example.com";
+    let copy = by_source(&r, bob)[&src[0]]["resourceName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        photo_of(&r, bob, &by_source(&r, bob)[&src[0]]),
+        Some(png(2))
+    );
+    r.fake.with_book(bob, |b| {
+        b.edit(&copy, |p| {
+            p.as_object_mut().unwrap().remove("photos");
+        })
+    });
+    r.run_ok();
+    assert_eq!(
+        photo_of(&r, bob, &by_source(&r, bob)[&src[0]]),
+        Some(png(2))
+    );
+    // The source photo goes: so do the copies'.
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[0], |p| {
+            p.as_object_mut().unwrap().remove("photos");
+        })
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(r.fake.counts()["people.people.deleteContactPhoto"], 2);
+    for u in [bob, "carol@example.com"] {
+        assert_eq!(photo_of(&r, u, &by_source(&r, u)[&src[0]]), None, "{u}");
+        assert_eq!(r.copies(u), src);
+    }
+    r.assert_no_violations();
+}
+
 /// The fake is only worth something if it refuses what Google refuses.
 #[test]
 fn the_fake_refuses_what_google_refuses() {

@@ -386,6 +386,13 @@ impl FakeGoogle {
         self.world().granted_scopes = scopes.iter().map(|s| s.to_string()).collect();
     }
 
+    /// Gives a contact of `email` a photo, as the user uploading one in Google Contacts would.
+    pub fn set_photo(&self, email: &str, rn: &str, bytes: &[u8]) {
+        let base = format!("{}/photos", self.state.base_url());
+        let id = self.world().user(email).expect("user").id.clone();
+        self.with_book(email, |b| b.set_photo(rn, bytes, &format!("{base}/{id}")));
+    }
+
     /// Runs `f` on a user's contacts, as that user editing them in Google Contacts would.
     pub fn with_book<R>(&self, email: &str, f: impl FnOnce(&mut Book) -> R) -> R {
         let mut w = self.world();
@@ -458,6 +465,15 @@ fn ok(v: Value) -> Response {
 }
 
 impl State {
+    /// This fake's base URL (http://127.0.0.1:port).
+    fn base_url(&self) -> String {
+        self.token_url
+            .lock()
+            .unwrap()
+            .trim_end_matches("/token")
+            .to_string()
+    }
+
     fn violation(&self, what: String) {
         self.violations.lock().unwrap().push(what);
     }
@@ -502,6 +518,20 @@ async fn handle(
     if path == "/token" && method == Method::POST {
         st.count("token");
         return token(&st, &headers, &body);
+    }
+    // Photo URLs, as googleusercontent.com serves them (no credentials needed).
+    if let Some(rest) = path.strip_prefix("/photos/")
+        && method == Method::GET
+    {
+        st.count("photo.get");
+        let w = st.world.lock().unwrap();
+        let found = rest
+            .split_once('/')
+            .and_then(|(user, pid)| w.books.get(user)?.photo_bytes.get(pid).cloned());
+        return match found {
+            Some(b) => (StatusCode::OK, [("content-type", "image/png")], b).into_response(),
+            None => (StatusCode::NOT_FOUND, "no such photo").into_response(),
+        };
     }
     let (spec, api) = if path.starts_with("/admin/directory/") {
         (&st.directory_spec, "directory")
@@ -693,6 +723,7 @@ fn dispatch(
             });
         }
         let mut client_errors = vec![];
+        let photo_base = format!("{}/{}", st.base_url().trim_end_matches('/'), "photos");
         let r = people::call(
             &mut book,
             id,
@@ -701,6 +732,7 @@ fn dispatch(
             body,
             fail_item,
             &mut client_errors,
+            &format!("{photo_base}/{}", user.id),
         )
         .unwrap_or_else(|(s, c, m, d)| {
             // A refused request (not a per-item batch failure) is a client bug.

@@ -106,6 +106,8 @@ pub struct Book {
     /// Deleted contacts: resourceName → (sequence number of the deletion, last etag).
     deleted: BTreeMap<String, (u64, String)>,
     tokens: HashMap<String, SyncToken>,
+    /// Photo id → bytes of the photos of this user's contacts.
+    pub photo_bytes: HashMap<String, Vec<u8>>,
 }
 
 impl Default for Book {
@@ -128,6 +130,7 @@ impl Default for Book {
             changed: BTreeMap::new(),
             deleted: BTreeMap::new(),
             tokens: HashMap::new(),
+            photo_bytes: HashMap::new(),
         }
     }
 }
@@ -246,6 +249,15 @@ impl Book {
             }
         }
         self.groups.remove(rn);
+    }
+
+    /// Sets a contact's photo (`base` is where this user's photos are served); the etag changes.
+    pub fn set_photo(&mut self, rn: &str, bytes: &[u8], base: &str) {
+        let pid = format!("p{}", self.next());
+        self.photo_bytes.insert(pid.clone(), bytes.to_vec());
+        let mut p = self.contacts[rn].clone();
+        p["photos"] = json!([{"url": format!("{base}/{pid}")}]);
+        self.store(rn, p);
     }
 
     /// Makes every sync token handed out so far expired (Google: 7 days after the full sync).
@@ -470,8 +482,11 @@ impl serde::Serialize for Masked<'_> {
             }
         }
         for f in self.fields {
-            if let Some(v) = self.p.get(f.as_str()) {
-                m.serialize_entry(f, v)?;
+            match self.p.get(f.as_str()) {
+                Some(v) => m.serialize_entry(f, v)?,
+                // Google answers a letter avatar for a contact without a photo of its own.
+                None if f == "photos" => m.serialize_entry(f, &default_photo())?,
+                None => {}
             }
         }
         m.end()
@@ -486,6 +501,10 @@ enum Listed<'a> {
     Deleted(Value),
 }
 
+fn default_photo() -> Value {
+    json!([{"metadata": {"primary": true, "source": {"type": "CONTACT"}}, "url": "https://lh3.googleusercontent.com/cm/default-avatar", "default": true}])
+}
+
 /// A stored person reduced to a read mask (resourceName and etag always).
 fn masked(p: &Value, fields: &[String]) -> Value {
     let mut o = Map::new();
@@ -497,6 +516,8 @@ fn masked(p: &Value, fields: &[String]) -> Value {
     for f in fields {
         if let Some(v) = p.get(f.as_str()) {
             o.insert(f.clone(), v.clone());
+        } else if f == "photos" {
+            o.insert(f.clone(), default_photo());
         }
     }
     Value::Object(o)
@@ -538,6 +559,7 @@ fn offset(query: &[(String, String)]) -> Result<usize, Fail> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn call(
     b: &mut Book,
     id: &str,
@@ -546,6 +568,7 @@ pub(crate) fn call(
     body: Option<Value>,
     fail_item: Option<usize>,
     client_errors: &mut Vec<String>,
+    photo_base: &str,
 ) -> Result<Response, Fail> {
     let body = body.unwrap_or(Value::Null);
     match id {
@@ -992,6 +1015,48 @@ pub(crate) fn call(
                 b.delete(&n);
             }
             Ok(ok(json!({})))
+        }
+        "people.people.updateContactPhoto" | "people.people.deleteContactPhoto" => {
+            let rn = format!("people/{}", params["peopleId"]);
+            if !b.contacts.contains_key(&rn) {
+                return Err((
+                    404,
+                    "NOT_FOUND",
+                    "Requested entity was not found.".into(),
+                    json!([]),
+                ));
+            }
+            let read = if id.ends_with("updateContactPhoto") {
+                use base64::Engine;
+                let bytes = body
+                    .get("photoBytes")
+                    .and_then(Value::as_str)
+                    .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
+                    .ok_or_else(|| bad("photo_bytes is required and must be base64"))?;
+                let png = bytes.starts_with(b"\x89PNG\r\n\x1a\n");
+                let jpeg = bytes.starts_with(&[0xff, 0xd8, 0xff]);
+                if !png && !jpeg {
+                    return Err(bad(
+                        "All requests must have a valid photo format: JPEG or PNG.",
+                    ));
+                }
+                b.set_photo(&rn, &bytes, photo_base);
+                match body.get("personFields").and_then(Value::as_str) {
+                    Some(s) => mask(s, PERSON_FIELDS, "personFields")?,
+                    None => vec![],
+                }
+            } else {
+                let mut p = b.contacts[&rn].clone();
+                if let Some(o) = p.as_object_mut() {
+                    o.remove("photos");
+                }
+                b.store(&rn, p);
+                match q(query, "personFields") {
+                    Some(s) => mask(s, PERSON_FIELDS, "personFields")?,
+                    None => vec![],
+                }
+            };
+            Ok(ok(json!({"person": masked(&b.contacts[&rn], &read)})))
         }
         other => Err((
             501,

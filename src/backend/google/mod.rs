@@ -16,6 +16,7 @@ pub mod auth;
 mod directory;
 pub mod http;
 pub mod person;
+mod photo;
 
 use calcard::vcard::VCard;
 use reqwest::Method;
@@ -88,6 +89,9 @@ pub struct GoogleBackend {
     repairs: Mutex<HashMap<(String, String), Repair>>,
     /// This run's directory listing: every address (primary, alias) → user.
     directory_cache: Mutex<HashMap<String, directory::DirUser>>,
+    /// (user id, resourceName) of copies → the source photo they have now (from the last read).
+    photo_now: Mutex<HashMap<(String, String), String>>,
+    photos: photo::PhotoCache,
 }
 
 fn api(e: ApiError, what: &str) -> BackendError {
@@ -116,7 +120,7 @@ fn api(e: ApiError, what: &str) -> BackendError {
 /// The People fields read for every contact: the copied ones plus what tells copies apart.
 fn read_fields() -> String {
     let mut f: Vec<&str> = person::COPIED_FIELDS.to_vec();
-    f.extend(["clientData", "memberships", "metadata"]);
+    f.extend(["clientData", "memberships", "metadata", "photos"]);
     f.join(",")
 }
 
@@ -154,6 +158,8 @@ impl GoogleBackend {
             domains: Default::default(),
             repairs: Default::default(),
             directory_cache: Default::default(),
+            photo_now: Default::default(),
+            photos: Default::default(),
         })
     }
 
@@ -444,8 +450,16 @@ impl GoogleBackend {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((user.id.clone(), id.clone()), Repair { user_defined });
         }
+        let card = person::to_card(p, repair);
+        if info.machine.is_some() {
+            let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
+            match person::photo_of_card(&card) {
+                Some(url) => now.insert((user.id.clone(), id.clone()), url),
+                None => now.remove(&(user.id.clone(), id.clone())),
+            };
+        }
         Contact {
-            card: Ok(person::to_card(p, repair)),
+            card: Ok(card),
             id,
             etag,
         }
@@ -620,6 +634,26 @@ impl GoogleBackend {
             }
         }
         Ok(written)
+    }
+
+    /// Sets (or removes) a copy's photo and takes its new etag. A failure is logged, not
+    /// returned: the contact itself was written, and the next run sees the photo missing and
+    /// tries again.
+    async fn give_photo(&self, user: &User, w: &mut Written, url: Option<&str>) {
+        match self.set_photo(user, &w.id, url).await {
+            Ok(etag) => {
+                w.etag = etag;
+                let key = (user.id.clone(), w.id.clone());
+                let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
+                match url {
+                    Some(u) => now.insert(key, u.to_string()),
+                    None => now.remove(&key),
+                };
+            }
+            Err(e) => {
+                tracing::warn!(dest = %user.name, contact = %w.id, "photo not copied: {e}; the next run tries again")
+            }
+        }
     }
 
     /// One batchUpdateContacts call; a result per contact.
@@ -1046,13 +1080,20 @@ impl Backend for GoogleBackend {
     ) -> Vec<Result<Written>> {
         let mut out = Vec::with_capacity(cards.len());
         for chunk in cards.chunks(200) {
-            match self.create_chunk(user, group, chunk).await {
-                Ok(done) => out.extend(done.into_iter().map(Ok)),
-                Err((done, err)) => {
-                    out.extend(done.into_iter().map(Ok));
-                    out.push(Err(err));
-                    return out;
+            let (mut done, err) = match self.create_chunk(user, group, chunk).await {
+                Ok(done) => (done, None),
+                Err((done, err)) => (done, Some(err)),
+            };
+            // Photos, one call each (the People API has no batch for them).
+            for (w, card) in done.iter_mut().zip(chunk) {
+                if let Some(url) = person::photo_of_card(card) {
+                    self.give_photo(user, w, Some(&url)).await;
                 }
+            }
+            out.extend(done.into_iter().map(Ok));
+            if let Some(e) = err {
+                out.push(Err(e));
+                return out;
             }
         }
         out
@@ -1065,8 +1106,13 @@ impl Backend for GoogleBackend {
         items: &[(&str, &str, &VCard)],
         fields: &FieldSelection,
     ) -> Vec<Result<String>> {
-        let managed = person::managed_fields(fields);
+        let mut managed = person::managed_fields(fields);
         let manages_ud = managed.contains(&"userDefined");
+        // With photos, the copy's clientData says which source photo it has.
+        let photos = person::manages_photos(fields);
+        if photos {
+            managed.push("clientData");
+        }
         // Each contact's body; `true` when it needs userDefined written although the job does
         // not manage it (its visible tag is put back, the user's other entries kept).
         let mut bodies: Vec<(String, Value, bool)> = Vec::with_capacity(items.len());
@@ -1091,6 +1137,12 @@ impl Backend for GoogleBackend {
                         extra = !manages_ud;
                     }
                 }
+                if photos && let Some((tag, source)) = person::tag_of_card(card) {
+                    p.insert(
+                        "clientData".into(),
+                        person::copy_client_data(card, &tag, &source),
+                    );
+                }
                 p.insert("etag".into(), json!(etag));
                 p.insert("resourceName".into(), json!(id));
                 bodies.push((id.to_string(), Value::Object(p), extra));
@@ -1110,6 +1162,29 @@ impl Backend for GoogleBackend {
                 results.extend(done);
                 if stop {
                     break;
+                }
+            }
+        }
+        // Photos that changed, one call each, on the contacts updated.
+        if photos {
+            for (id, _, card) in items {
+                let want = person::photo_of_card(card);
+                let key = (user.id.clone(), id.to_string());
+                let have = self
+                    .photo_now
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&key)
+                    .cloned();
+                if want != have
+                    && let Some(Ok(etag)) = results.get_mut(*id)
+                {
+                    let mut w = Written {
+                        id: id.to_string(),
+                        etag: etag.clone(),
+                    };
+                    self.give_photo(user, &mut w, want.as_deref()).await;
+                    *etag = w.etag;
                 }
             }
         }

@@ -22,6 +22,13 @@ pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
 
 /// Person fields copied from source to destination: every field `updatePersonFields` accepts
 /// except `clientData` (other apps' data, and the tag) and `memberships` (groups are per user).
+/// clientData key on a copy: the source photo it was given (its URL at the source).
+pub const PHOTO_KEY: &str = "gSyncPhoto";
+
+/// The card property that carries a contact's photo: the source's photo URL (on a copy: the
+/// source photo it was given, read from its `gSyncPhoto` clientData, while it still has it).
+pub const PHOTO_PROPERTY: &str = "X-GOOGLE-PHOTOS";
+
 pub const COPIED_FIELDS: &[&str] = &[
     "names",
     "nicknames",
@@ -93,6 +100,7 @@ const ALIASES: &[(&str, &str)] = &[
     ("GENDER", "genders"),
     ("LANG", "locales"),
     ("CALURI", "calendarUrls"),
+    ("PHOTO", "photos"),
 ];
 
 /// The Person fields a job manages: `All` is every copied field; a `fields` list may name
@@ -118,7 +126,45 @@ pub fn expand_field_names(name: &str) -> Vec<String> {
     if let Some(f) = COPIED_FIELDS.iter().find(|f| f.eq_ignore_ascii_case(name)) {
         out.push(property_of(f));
     }
+    if name.eq_ignore_ascii_case("photos") {
+        out.push(PHOTO_PROPERTY.into());
+    }
     out
+}
+
+/// True when a job copies photos.
+pub fn manages_photos(fields: &FieldSelection) -> bool {
+    fields.manages(PHOTO_PROPERTY)
+}
+
+/// The URL of a Person's own photo (not Google's default letter avatar).
+pub fn custom_photo(person: &Value) -> Option<&str> {
+    person
+        .get("photos")?
+        .as_array()?
+        .iter()
+        .find(|p| p.get("default").and_then(Value::as_bool) != Some(true))
+        .and_then(|p| p.get("url").and_then(Value::as_str))
+}
+
+/// The photo a card should have (the source photo's URL), if any.
+pub fn photo_of_card(card: &VCard) -> Option<String> {
+    card.entries
+        .iter()
+        .find(|e| e.name.as_str().eq_ignore_ascii_case(PHOTO_PROPERTY))
+        .and_then(|e| e.values.first())
+        .and_then(|v| v.as_text())
+        .map(str::to_string)
+}
+
+/// A clientData value of a Person.
+fn client_data<'a>(person: &'a Value, key: &str) -> Option<&'a str> {
+    person
+        .get("clientData")?
+        .as_array()?
+        .iter()
+        .find(|e| e.get("key").and_then(Value::as_str) == Some(key))
+        .and_then(|e| e.get("value").and_then(Value::as_str))
 }
 
 fn text_entry(name: &str, value: String) -> VCardEntry {
@@ -277,6 +323,20 @@ pub fn to_card(person: &Value, repair: Option<&str>) -> VCard {
             }
         }
     }
+    // The photo: a source's own photo by its URL; on a copy, the source photo it was given,
+    // while it still has a photo (one the user removed or replaced reads as different).
+    let photo = match (tagged, custom_photo(person)) {
+        (_, None) => None,
+        (false, Some(url)) => Some(url.to_string()),
+        (true, Some(url)) => Some(
+            client_data(person, PHOTO_KEY)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("unknown:{url}")),
+        ),
+    };
+    if let Some(p) = photo {
+        entries.push(text_entry(PHOTO_PROPERTY, p));
+    }
     if let Some((tag, source)) = info.machine {
         entries.push(text_entry(card::TAG_PROPERTY, tag));
         entries.push(text_entry(card::SOURCE_PROPERTY, source));
@@ -318,15 +378,21 @@ pub fn tag_of_card(card: &VCard) -> Option<(String, String)> {
     Some((card::tag_of(card)?, card::source_of(card)?))
 }
 
+/// The clientData of a copy: the machine tag, and the source photo it is given.
+pub fn copy_client_data(card: &VCard, tag: &str, source: &str) -> Value {
+    let mut cd = vec![json!({ "key": TAG_KEY, "value": format!("{tag}:{source}") })];
+    if let Some(url) = photo_of_card(card) {
+        cd.push(json!({ "key": PHOTO_KEY, "value": url }));
+    }
+    Value::Array(cd)
+}
+
 /// The body of a new copy: its fields, the machine tag, the visible tag and the group.
 pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
     let mut person = fields_of(card, COPIED_FIELDS);
     person.retain(|_, v| v.as_array().is_some_and(|a| !a.is_empty()));
     if let Some((tag, source)) = tag_of_card(card) {
-        person.insert(
-            "clientData".into(),
-            json!([{ "key": TAG_KEY, "value": format!("{tag}:{source}") }]),
-        );
+        person.insert("clientData".into(), copy_client_data(card, &tag, &source));
         if visible_tag {
             let ud = person
                 .entry("userDefined")
