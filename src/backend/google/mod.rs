@@ -124,6 +124,16 @@ fn read_fields() -> String {
     f.join(",")
 }
 
+/// A JSON object of the given members, moved in.
+fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    Value::Object(
+        members
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
 fn domain_of(email: &str) -> &str {
     email.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -536,15 +546,21 @@ impl GoogleBackend {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
+            // Built by moving values in (`json!` would copy every contact once more).
             let contacts: Vec<Value> = todo
                 .iter()
-                .map(|i| json!({ "contactPerson": person::new_contact(chunk[*i], &group.id, self.cfg.visible_tag) }))
+                .map(|i| {
+                    object([(
+                        "contactPerson",
+                        person::new_contact(chunk[*i], &group.id, self.cfg.visible_tag),
+                    )])
+                })
                 .collect();
-            let body = json!({
-                "contacts": contacts,
-                "readMask": "metadata",
-                "sources": [CONTACT_SOURCES],
-            });
+            let body = object([
+                ("contacts", Value::Array(contacts)),
+                ("readMask", "metadata".into()),
+                ("sources", json!([CONTACT_SOURCES])),
+            ]);
             match self
                 .as_user(
                     user,
@@ -667,12 +683,12 @@ impl GoogleBackend {
             .iter()
             .map(|(id, p, _)| (id.clone(), p.clone()))
             .collect();
-        let body = json!({
-            "contacts": contacts,
-            "updateMask": mask.join(","),
-            "readMask": "metadata",
-            "sources": [CONTACT_SOURCES],
-        });
+        let body = object([
+            ("contacts", Value::Object(contacts)),
+            ("updateMask", mask.join(",").into()),
+            ("readMask", "metadata".into()),
+            ("sources", json!([CONTACT_SOURCES])),
+        ]);
         let what = |id: &str| format!("contact {id} of {}", user.name);
         match self
             .as_user(
