@@ -885,6 +885,86 @@ fn quota_and_hung_calls_are_survived() {
     );
 }
 
+/// A `groupsync run` killed (SIGKILL) mid-way, several times — once right after a batch create
+/// was applied but before its answer came back — then one run to completion: exactly one copy
+/// per source contact everywhere, nothing the fake would refuse.
+#[test]
+fn killed_runs_converge_without_duplicates() {
+    let r = Rig::new(450);
+    let src = r.source_ids();
+    r.fake.set_options(Options {
+        latency: std::time::Duration::from_millis(10),
+        ..Options::default()
+    });
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"))
+            .args(["run", "sales"])
+            .env("GROUPSYNC_CONFIG", r.path().join("groupsync.toml"))
+            .env("GROUPSYNC_LOCK_WAIT", "5")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Killed while bob's first batch create hangs after it was applied.
+    r.fake.inject(Fault {
+        method: "people.people.batchCreateContacts".into(),
+        user: Some("bob@example.com".into()),
+        kind: FaultKind::Hang {
+            secs: 3,
+            apply: true,
+        },
+        times: 1,
+    });
+    r.fake.reset_counts();
+    let mut child = spawn();
+    let start = std::time::Instant::now();
+    while r
+        .fake
+        .counts()
+        .get("people.people.batchCreateContacts")
+        .copied()
+        .unwrap_or(0)
+        < 1
+        && start.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !r.group("bob@example.com", "Sales").is_empty(),
+        "the hung create was applied"
+    );
+    // More kills at varied points, with source edits in between.
+    for (round, ms) in [120u64, 260, 40, 500, 180].into_iter().enumerate() {
+        r.fake.with_book("alice@example.com", |b| {
+            for s in src.iter().skip(round).step_by(7) {
+                b.edit(s, |p| {
+                    p["nicknames"] = json!([{"value": format!("round {round}")}])
+                });
+            }
+        });
+        let mut child = spawn();
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    r.fake.set_options(Options::default());
+    r.run_ok();
+    for u in ["bob@example.com", "carol@example.com"] {
+        assert_eq!(r.copies(u), src, "{u}: one copy per source contact");
+        for (s, p) in by_source(&r, u) {
+            let want = r
+                .fake
+                .with_book("alice@example.com", |b| b.contacts[&s]["nicknames"].clone());
+            assert_eq!(p["nicknames"], want, "{u} {s}");
+        }
+    }
+    r.assert_no_violations();
+}
+
 /// A PNG-looking photo (the fake checks the format as Google does).
 fn png(n: u8) -> Vec<u8> {
     let mut b = b"\x89PNG\r\n\x1a\n".to_vec();

@@ -109,6 +109,15 @@ pub async fn job<B: Backend>(
 /// Fails with "invalid destination user" for the first user the backend does not know.
 async fn check_users<B: Backend>(backend: &B, users: &[String]) -> anyhow::Result<()> {
     for u in users {
+        if crate::engine::is_dynamic_set(u) {
+            crate::engine::check_dynamic_set(u).map_err(usage)?;
+            let members = backend
+                .expand_set(u)
+                .await
+                .map_err(|e| usage(e.to_string()))?;
+            eprintln!("{u}: {} users now", members.len());
+            continue;
+        }
         if backend.resolve_user(u).await?.is_none() {
             return Err(usage(format!(
                 "invalid destination user: {u} (no such user in the {} backend)",
