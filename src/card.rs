@@ -10,8 +10,9 @@ use calcard::{Entry, Parser};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
 
 /// Property that carries the job's tag (`gSync<digits>`) on every copy. It is what a user sees.
 pub const TAG_PROPERTY: &str = "X-GSYNC";
@@ -227,7 +228,7 @@ pub fn managed_digest(card: &VCard, fields: &FieldSelection) -> String {
 
 /// A short digest of each managed property (all entries of one name together), sorted by name,
 /// to tell which properties differ between two cards (the change log's "fields").
-pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(String, u64)> {
+pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(Arc<str>, u64)> {
     use std::hash::{Hash, Hasher};
     let is_v4 = version(card) == VCardVersion::V4_0;
     let mut by_name: std::collections::BTreeMap<String, std::collections::hash_map::DefaultHasher> =
@@ -237,15 +238,30 @@ pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(String, u64)
         let _ = e.write_to(&mut text, is_v4);
         text.hash(by_name.entry(upper_name(e)).or_default());
     }
-    by_name.into_iter().map(|(k, h)| (k, h.finish())).collect()
+    by_name
+        .into_iter()
+        .map(|(k, h)| (intern(k), h.finish()))
+        .collect()
+}
+
+/// One shared copy of each property name: digest lists are kept for every contact of every
+/// destination being synced, and hold a few dozen distinct names between them.
+fn intern(name: String) -> Arc<str> {
+    static NAMES: std::sync::LazyLock<Mutex<HashSet<Arc<str>>>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(n) = names.get(name.as_str()) {
+        return n.clone();
+    }
+    let n: Arc<str> = name.into();
+    names.insert(n.clone());
+    n
 }
 
 /// Names of the properties whose digests differ between two `field_digests` lists.
-pub fn changed_fields(a: &[(String, u64)], b: &[(String, u64)]) -> Vec<String> {
-    let ma: std::collections::BTreeMap<&str, u64> =
-        a.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-    let mb: std::collections::BTreeMap<&str, u64> =
-        b.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+pub fn changed_fields(a: &[(Arc<str>, u64)], b: &[(Arc<str>, u64)]) -> Vec<String> {
+    let ma: std::collections::BTreeMap<&str, u64> = a.iter().map(|(k, v)| (&**k, *v)).collect();
+    let mb: std::collections::BTreeMap<&str, u64> = b.iter().map(|(k, v)| (&**k, *v)).collect();
     let mut names: BTreeSet<&str> = ma.keys().copied().collect();
     names.extend(mb.keys().copied());
     names

@@ -689,14 +689,14 @@ fn lcm(a: usize, b: usize) -> usize {
 /// The group version recorded for a destination that converged under a change token.
 const TOKEN_VERSION: &str = "change-token";
 
-/// The ledger of a destination whose last run converged to the source with this fingerprint
-/// under a change token, or `None`.
-fn converged_ledger(
+/// The etag of every copy (contact id → etag) of a destination whose last run converged to the
+/// source with this fingerprint under a change token, or `None`.
+fn converged_etags(
     store: &Mutex<Store>,
     spec: &JobSpec,
     user: &User,
     fingerprint: &str,
-) -> Option<crate::plan::LedgerView> {
+) -> Option<HashMap<String, String>> {
     let s = lock(store);
     let mark = destination_mark(fingerprint, TOKEN_VERSION);
     if s.fingerprint(&spec.name, &user.id)
@@ -707,7 +707,7 @@ fn converged_ledger(
     {
         return None;
     }
-    s.ledger(&spec.name, &user.id).ok()
+    s.copy_etags(&spec.name, &user.id).ok()
 }
 
 /// What a destination converged to: this run's source and the group's version.
@@ -788,13 +788,8 @@ async fn process_destination<B: Backend>(
     };
     if let Mode::Active { fingerprint, .. } = &mode
         && let Some((token, group_id)) = saved_token
-        && let Some(known) = converged_ledger(store, spec, user, fingerprint)
+        && let Some(etags) = converged_etags(store, spec, user, fingerprint)
     {
-        let etags: HashMap<String, String> = known
-            .copies
-            .values()
-            .map(|c| (c.contact_id.clone(), c.etag.clone()))
-            .collect();
         match backend.changes_since(user, &token, &group_id, &etags).await {
             Ok(Changes::None { token: next }) => {
                 if !opts.dry_run {
@@ -802,7 +797,7 @@ async fn process_destination<B: Backend>(
                     let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
                     let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
                 }
-                report.plan = Some(Plan::up_to_date(user, known.copies.len()));
+                report.plan = Some(Plan::up_to_date(user, etags.len()));
                 return report;
             }
             Ok(Changes::Expired) => {

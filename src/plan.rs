@@ -50,7 +50,7 @@ pub struct SourceItem {
     /// Digest of the managed part (see `card::managed_digest`).
     pub digest: String,
     /// Digest of each managed property (see `card::field_digests`).
-    pub fields: Vec<(String, u64)>,
+    pub fields: Vec<(std::sync::Arc<str>, u64)>,
     /// The copy a destination must hold (its UID is used only when creating).
     pub copy: VCard,
 }
@@ -135,7 +135,7 @@ pub enum DestKind {
         digest: String,
         name: String,
         /// Digest of each managed property (see `card::field_digests`).
-        fields: Vec<(String, u64)>,
+        fields: Vec<(std::sync::Arc<str>, u64)>,
     },
 }
 

@@ -604,6 +604,25 @@ impl Store {
         Ok(LedgerView { copies })
     }
 
+    /// Contact id → etag of every copy the ledger remembers at one destination (all a change
+    /// token check needs, without the rest of the ledger).
+    pub fn copy_etags(
+        &self,
+        job: &str,
+        user_id: &str,
+    ) -> Result<std::collections::HashMap<String, String>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT contact_id, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2",
+            )
+            .map_err(self.err())?;
+        st.query_map(params![job, user_id], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())
+    }
+
     /// Number of copies the ledger remembers for a job, all destinations together.
     pub fn ledger_count(&self, job: &str) -> Result<i64> {
         self.conn

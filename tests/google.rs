@@ -950,6 +950,9 @@ fn killed_runs_converge_without_duplicates() {
         std::thread::sleep(std::time::Duration::from_millis(ms));
         child.kill().unwrap();
         child.wait().unwrap();
+        // A request the killed run had sent may still be at the server; a restart (a systemd
+        // timer, a person) comes later than that.
+        std::thread::sleep(std::time::Duration::from_millis(50));
     }
     r.fake.set_options(Options::default());
     r.run_ok();

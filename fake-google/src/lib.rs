@@ -591,10 +591,15 @@ async fn handle(
     };
     let opts = st.options.lock().unwrap().clone();
     let mutation = method != Method::GET;
-    let guard_key = email.to_ascii_lowercase();
+    // Held while a mutation is processed; released on every way out, a client that hung up
+    // (the handler dropped at an await) included.
+    let mut guard = InFlight { st: &st, key: None };
     if api == "people" && mutation {
+        let key = email.to_ascii_lowercase();
         let mut inflight = st.inflight.lock().unwrap();
-        if !inflight.insert(guard_key.clone()) {
+        if inflight.insert(key.clone()) {
+            guard.key = Some(key);
+        } else {
             drop(inflight);
             st.violation(format!(
                 "{id}: a second mutation for {email} while one is in flight (Google: send mutate requests for one user sequentially)"
@@ -608,14 +613,26 @@ async fn handle(
     let resp = dispatch(
         &st, api, &id, &params, &query, json_body, &email, &scopes, &opts, &mut delay,
     );
-    if api == "people" && mutation {
-        st.inflight.lock().unwrap().remove(&guard_key);
-    }
+    drop(guard);
     // A hang: whatever was done is done; the answer comes late (the client gave up by then).
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     resp
+}
+
+/// A user's mutation in progress (see `State::inflight`).
+struct InFlight<'a> {
+    st: &'a State,
+    key: Option<String>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(k) = self.key.take() {
+            self.st.inflight.lock().unwrap().remove(&k);
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
