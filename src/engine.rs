@@ -651,10 +651,12 @@ async fn snapshot<B: Backend>(
     group: Option<GroupRef>,
     group_name: &str,
     default_group: &str,
+    source: Option<&SourceSet>,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
     let mut entries = vec![];
-    let mut sink =
-        |c: crate::backend::Contact| entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card));
+    let mut sink = |c: crate::backend::Contact| {
+        entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
+    };
     let token = if backend.change_tokens() {
         backend
             .scan_group_with_token(user, group.as_ref(), &mut sink)
@@ -838,6 +840,10 @@ async fn process_destination<B: Backend>(
                 return report;
             }
         }
+        let source_set = match &mode {
+            Mode::Active { source, .. } => Some(*source),
+            Mode::Removal => None,
+        };
         let (snap, token) = match snapshot(
             backend,
             spec,
@@ -845,6 +851,7 @@ async fn process_destination<B: Backend>(
             group,
             target_group,
             &opts.default_group,
+            source_set,
         )
         .await
         {
@@ -880,6 +887,14 @@ async fn process_destination<B: Backend>(
             }
             Mode::Removal => (plan::plan_removal(&snap), None),
         };
+        // The plan holds what the apply needs; the summary of every contact can go now.
+        let DestSnapshot {
+            group: snap_group,
+            entries,
+            ..
+        } = snap;
+        drop(entries);
+        let mut plan = plan;
         if opts.dry_run {
             report.plan = Some(plan);
             return report;
@@ -897,8 +912,8 @@ async fn process_destination<B: Backend>(
             spec,
             run_id,
             user,
-            snap.group.clone(),
-            &plan,
+            snap_group.clone(),
+            &mut plan,
             source,
             &mut report.applied,
         )
@@ -915,7 +930,7 @@ async fn process_destination<B: Backend>(
             };
             let mark = match (&result, wrote) {
                 _ if tokened.is_some() => Some(TOKEN_VERSION.to_string()),
-                (Ok(_), false) => snap.group.as_ref().and_then(|g| g.version.clone()),
+                (Ok(_), false) => snap_group.as_ref().and_then(|g| g.version.clone()),
                 (Ok(_), true) if backend.group_versions() => backend
                     .find_group(user, target_group)
                     .await
@@ -981,7 +996,7 @@ async fn apply<B: Backend>(
     run_id: i64,
     user: &User,
     group: Option<GroupRef>,
-    plan: &Plan,
+    plan: &mut Plan,
     source: Option<&SourceSet>,
     applied: &mut Counts,
 ) -> Result<Option<GroupRef>, ApplyError> {
@@ -1004,7 +1019,7 @@ async fn apply_ops<B: Backend>(
     run_id: i64,
     user: &User,
     mut group: Option<GroupRef>,
-    plan: &Plan,
+    plan: &mut Plan,
     source: Option<&SourceSet>,
     applied: &mut Counts,
 ) -> Result<Option<GroupRef>, ApplyError> {
@@ -1017,7 +1032,8 @@ async fn apply_ops<B: Backend>(
     };
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Copies that need no change, and copies held because their source is unreadable.
-    let mut final_ledger: Vec<(String, LedgerCopy)> = plan.kept.clone();
+    let mut final_ledger: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
+    let plan: &Plan = plan;
     // Consecutive operations of one kind go to the provider in batches (one call per batch on a
     // provider with batch endpoints). Deletes are also read in batches first, for the trash.
     let batch = backend.batch_size().clamp(1, 200);

@@ -148,17 +148,40 @@ pub struct DestEntry {
 }
 
 impl DestEntry {
-    /// Summarises a contact read from a destination group for this job.
-    pub fn classify(job: &JobSpec, id: String, etag: String, card: &Result<VCard, String>) -> Self {
+    /// Summarises a contact read from a destination group for this job. The per-property
+    /// digests of a copy (what an update names as changed) are kept only when `source` is given
+    /// and the copy's content differs from its source's: the planner needs them for nothing else,
+    /// and thousands of copies are summarised per destination.
+    pub fn classify(
+        job: &JobSpec,
+        id: String,
+        etag: String,
+        card: &Result<VCard, String>,
+        source: Option<&SourceSet>,
+    ) -> Self {
         let kind = match card {
             Err(_) => DestKind::Own,
             Ok(c) => match card::tag_of(c) {
-                Some(t) if t == job.tag => DestKind::Copy {
-                    source: card::source_of(c),
-                    digest: card::managed_digest(c, &job.fields),
-                    name: card::display_name(c),
-                    fields: card::field_digests(c, &job.fields),
-                },
+                Some(t) if t == job.tag => {
+                    let source_id = card::source_of(c);
+                    let digest = card::managed_digest(c, &job.fields);
+                    let differs = source.is_some_and(|s| {
+                        source_id
+                            .as_ref()
+                            .and_then(|sid| s.items.get(sid))
+                            .is_some_and(|item| item.digest != digest)
+                    });
+                    DestKind::Copy {
+                        fields: if differs {
+                            card::field_digests(c, &job.fields)
+                        } else {
+                            vec![]
+                        },
+                        source: source_id,
+                        digest,
+                        name: card::display_name(c),
+                    }
+                }
                 Some(t) if is_tag(&t) => DestKind::OtherJob,
                 _ => DestKind::Own,
             },

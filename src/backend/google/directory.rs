@@ -75,6 +75,7 @@ impl GoogleBackend {
                 url: self.directory(path),
                 query,
                 body: None,
+                raw_body: None,
                 user: &self.cfg.admin,
                 scopes: &DIRECTORY_SCOPES.join(" "),
                 idempotent: true,

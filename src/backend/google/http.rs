@@ -133,6 +133,8 @@ pub struct Call<'a> {
     pub url: String,
     pub query: Vec<(&'a str, String)>,
     pub body: Option<&'a Value>,
+    /// A JSON body already written out (large batch bodies, built without a JSON tree).
+    pub raw_body: Option<&'a str>,
     /// Impersonated user (email) and scopes.
     pub user: &'a str,
     pub scopes: &'a str,
@@ -195,6 +197,10 @@ impl Client {
                 .query(&call.query);
             if let Some(b) = call.body {
                 req = req.json(b);
+            } else if let Some(b) = call.raw_body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.to_string());
             }
             let resp = match req.send().await {
                 Ok(r) => r,

@@ -387,26 +387,60 @@ pub fn copy_client_data(card: &VCard, tag: &str, source: &str) -> Value {
     Value::Array(cd)
 }
 
-/// The body of a new copy: its fields, the machine tag, the visible tag and the group.
-pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
-    let mut person = fields_of(card, COPIED_FIELDS);
-    person.retain(|_, v| v.as_array().is_some_and(|a| !a.is_empty()));
-    if let Some((tag, source)) = tag_of_card(card) {
-        person.insert("clientData".into(), copy_client_data(card, &tag, &source));
-        if visible_tag {
-            let ud = person
-                .entry("userDefined")
-                .or_insert_with(|| Value::Array(vec![]));
-            if let Value::Array(a) = ud {
-                a.push(json!({ "key": TAG_KEY, "value": tag }));
-            }
+/// The body of a new copy as JSON text, written from the fields' JSON in the card without
+/// building a JSON tree (the same content as `new_contact`).
+pub fn new_contact_json(card: &VCard, group: &str, visible_tag: bool) -> String {
+    let mut by_field: Vec<(&str, Vec<&str>)> = COPIED_FIELDS.iter().map(|f| (*f, vec![])).collect();
+    for e in &card.entries {
+        let Some(field) = field_of(&e.name.as_str().to_ascii_uppercase()) else {
+            continue;
+        };
+        let Some(text) = e.values.first().and_then(|v| v.as_text()) else {
+            continue;
+        };
+        // Only well-formed JSON goes out (checked without building a tree).
+        if serde_json::from_str::<&serde_json::value::RawValue>(text).is_err() {
+            continue;
+        }
+        if let Some((_, items)) = by_field.iter_mut().find(|(f, _)| *f == field) {
+            items.push(text);
         }
     }
-    person.insert(
-        "memberships".into(),
-        json!([{ "contactGroupMembership": { "contactGroupResourceName": group } }]),
+    let tag = tag_of_card(card);
+    let visible = match (&tag, visible_tag) {
+        (Some((t, _)), true) => Some(json!({ "key": TAG_KEY, "value": t }).to_string()),
+        _ => None,
+    };
+    let mut out = String::from("{");
+    for (field, items) in &by_field {
+        let extra = (*field == "userDefined")
+            .then_some(visible.as_deref())
+            .flatten();
+        if items.is_empty() && extra.is_none() {
+            continue;
+        }
+        out.push_str(&format!("\"{field}\":["));
+        let all: Vec<&str> = items.iter().copied().chain(extra).collect();
+        out.push_str(&all.join(","));
+        out.push_str("],");
+    }
+    if let Some((t, src)) = &tag {
+        out.push_str("\"clientData\":");
+        out.push_str(&copy_client_data(card, t, src).to_string());
+        out.push(',');
+    }
+    out.push_str("\"memberships\":");
+    out.push_str(
+        &json!([{ "contactGroupMembership": { "contactGroupResourceName": group } }]).to_string(),
     );
-    Value::Object(person)
+    out.push('}');
+    out
+}
+
+/// `new_contact_json` as a JSON tree (for tests).
+#[cfg(test)]
+pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
+    serde_json::from_str(&new_contact_json(card, group, visible_tag)).expect("valid JSON")
 }
 
 #[cfg(test)]
