@@ -9,6 +9,7 @@
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use super::auth::DIRECTORY_SCOPES;
 use super::http::{ApiError, Call};
@@ -17,6 +18,9 @@ use crate::backend::{BackendError, Result, User};
 
 /// Below this many names in one domain, users.get one by one is cheaper than listing.
 const LIST_FROM: usize = 10;
+/// How long a listed user is trusted: a run's lookups, not the next run's (a daemon process
+/// lives across runs, and users get suspended in between).
+const FRESH: Duration = Duration::from_secs(600);
 
 /// What the directory says of a user, as the backend needs it.
 #[derive(Debug, Clone)]
@@ -114,6 +118,8 @@ impl GoogleBackend {
                     .directory_cache
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                cache.retain(|_, (at, _)| at.elapsed() < FRESH);
                 for u in v
                     .get("users")
                     .and_then(Value::as_array)
@@ -122,7 +128,7 @@ impl GoogleBackend {
                 {
                     if let Some(d) = DirUser::from_json(u) {
                         for a in DirUser::addresses(u) {
-                            cache.insert(a, d.clone());
+                            cache.insert(a, (now, d.clone()));
                         }
                     }
                     if go_on && !each(u) {
@@ -138,15 +144,16 @@ impl GoogleBackend {
     }
 
     /// Reads the users named in `names` with users.list where many share a domain (pages sorted
-    /// by address, stopping past the last name wanted); the rest are left to users.get.
+    /// by address, stopping past the last name wanted); the rest are left to users.get. Users
+    /// listed moments ago (by a dynamic set) are not listed again.
     pub(super) async fn prefetch_users(&self, names: &[String]) {
-        self.directory_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         let mut by_domain: HashMap<String, BTreeSet<String>> = HashMap::new();
         for n in names {
             let n = n.trim().to_ascii_lowercase();
+            // Already read moments ago (a dynamic set's listing): no need to list it again.
+            if self.fresh_user(&n).is_some() {
+                continue;
+            }
             if n.contains('@') {
                 by_domain
                     .entry(domain_of(&n).to_string())
@@ -175,17 +182,22 @@ impl GoogleBackend {
         }
     }
 
-    /// The directory's answer for one name: from this run's listing, else users.get.
+    /// A user listed moments ago, by address.
+    fn fresh_user(&self, key: &str) -> Option<DirUser> {
+        self.directory_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .filter(|(at, _)| at.elapsed() < FRESH)
+            .map(|(_, d)| d.clone())
+    }
+
+    /// The directory's answer for one name: from a listing made moments ago, else users.get.
     /// `Ok(None)`: no such user.
     pub(super) async fn directory_user(&self, name: &str) -> Result<Option<DirUser>> {
         let key = name.trim().to_ascii_lowercase();
-        if let Some(d) = self
-            .directory_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-        {
-            return Ok(Some(d.clone()));
+        if let Some(d) = self.fresh_user(&key) {
+            return Ok(Some(d));
         }
         let v = match self
             .admin_get(

@@ -87,8 +87,8 @@ pub struct GoogleBackend {
     domains: tokio::sync::OnceCell<Vec<String>>,
     /// (user id, resourceName) of tagged copies whose visible tag is missing.
     repairs: Mutex<HashMap<(String, String), Repair>>,
-    /// This run's directory listing: every address (primary, alias) → user.
-    directory_cache: Mutex<HashMap<String, directory::DirUser>>,
+    /// Recent directory listings: every address (primary, alias) → when it was read, the user.
+    directory_cache: Mutex<HashMap<String, (std::time::Instant, directory::DirUser)>>,
     /// (user id, resourceName) of copies → the source photo they have now (from the last read).
     photo_now: Mutex<HashMap<(String, String), String>>,
     photos: photo::PhotoCache,
