@@ -772,6 +772,14 @@ async fn process_destination<B: Backend>(
                 }
                 return report;
             }
+            // Suspended, archived: nothing can be done for now, and nothing is lost; the
+            // cleanup waits in the state until the user can be reached again.
+            Err(BackendError::Skipped(why)) => {
+                report.stopped = Some(format!(
+                    "skipped: {why}; its copies are removed once it can be reached"
+                ));
+                return report;
+            }
             Err(e) => {
                 report.error = Some(format!("looking up {}: {e}", user.name));
                 return report;

@@ -653,6 +653,28 @@ fn delegation_errors_say_how_to_fix_them() {
     );
 }
 
+/// A user removed from the job while suspended cannot be cleaned up yet: a note, not a failure,
+/// and the cleanup happens once the user is active again.
+#[test]
+fn a_removed_suspended_user_is_cleaned_up_later() {
+    let r = Rig::new(3);
+    r.run_ok();
+    r.write_job(&["bob@example.com"]);
+    r.fake.set_suspended("carol@example.com", true);
+    let (code, out, err) = r.run();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("carol@example.com is suspended"),
+        "{out}{err}"
+    );
+    assert_eq!(r.copies("carol@example.com").len(), 3, "nothing done yet");
+    r.fake.set_suspended("carol@example.com", false);
+    r.run_ok();
+    assert!(r.copies("carol@example.com").is_empty());
+    assert!(!r.has_group("carol@example.com", "Sales"));
+    r.assert_no_violations();
+}
+
 /// `groupsync check` tells what works and what does not, with the fix, and changes nothing.
 #[test]
 fn check_reports_the_setup_users_and_groups() {
