@@ -261,6 +261,8 @@ impl TokenSource {
             ),
             None => ("", ""),
         };
+        // Google's descriptions end with a full stop; the messages below add their own.
+        let desc = desc.trim_end_matches('.');
         Err(match code {
             "unauthorized_client" => BackendError::Invalid(format!(
                 "domain-wide delegation is not set up for {user}: {code}: {desc}. In the Admin console (Security → Access and data control → API controls → Domain-wide delegation) authorise client id {} for the scopes {}",
