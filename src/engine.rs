@@ -345,7 +345,7 @@ async fn run_inner<B: Backend>(
 
     // Which destinations are in the job (dynamic sets read now), and which were synced before
     // but are no longer in it.
-    let names = destination_names(backend, job).await?;
+    let (names, _) = destination_names(backend, job).await?;
     let dynamic = job.destinations.iter().any(|d| is_dynamic_set(d));
     let stored = lock(store).destinations(&spec.name)?;
     {
@@ -570,9 +570,12 @@ async fn run_inner<B: Backend>(
 }
 
 /// The job's destination users: plain names as written, then the members of its dynamic sets
-/// (read now), without exclusions (users or sets) and without repeats. A set that cannot be
-/// read stops the run: it is never taken as empty.
-async fn destination_names<B: Backend>(backend: &B, job: &JobRun) -> Result<Vec<String>, JobError> {
+/// (read now), without exclusions (users or sets) and without repeats; and each dynamic set with
+/// its number of members. A set that cannot be read stops the run: it is never taken as empty.
+pub async fn destination_names<B: Backend>(
+    backend: &B,
+    job: &JobRun,
+) -> Result<(Vec<String>, Vec<(String, usize)>), JobError> {
     let mut excluded: BTreeSet<String> = BTreeSet::new();
     for e in &job.exclude {
         if is_dynamic_set(e) {
@@ -599,6 +602,7 @@ async fn destination_names<B: Backend>(backend: &B, job: &JobRun) -> Result<Vec<
     for d in job.destinations.iter().filter(|d| !is_dynamic_set(d)) {
         push(d.clone(), &mut names);
     }
+    let mut sets = vec![];
     for d in job.destinations.iter().filter(|d| is_dynamic_set(d)) {
         let mut members = backend
             .expand_set(d)
@@ -607,12 +611,13 @@ async fn destination_names<B: Backend>(backend: &B, job: &JobRun) -> Result<Vec<
                 set: d.clone(),
                 source,
             })?;
+        sets.push((d.clone(), members.len()));
         members.sort();
         for m in members {
             push(m, &mut names);
         }
     }
-    Ok(names)
+    Ok((names, sets))
 }
 
 /// Logs a finished destination and tells the progress callback.

@@ -854,18 +854,9 @@ fn directory(
                     );
                 }
             }
-            let max: usize = match get("maxResults").map(str::parse::<usize>) {
-                None => 100,
-                Some(Ok(n)) if (1..=500).contains(&n) => n,
-                _ => {
-                    st.violation("directory.users.list: maxResults must be 1 to 500".into());
-                    return error(
-                        400,
-                        "INVALID_ARGUMENT",
-                        "Invalid value for maxResults",
-                        json!([{"reason": "invalid"}]),
-                    );
-                }
+            let (from, size) = match directory_page(st, id, query, 100, 500) {
+                Ok(p) => p,
+                Err(r) => return *r,
             };
             // The search syntax the fake knows: orgUnitPath='/X' (the unit and those under it).
             let ou = match get("query") {
@@ -914,29 +905,8 @@ fn directory(
                 })
                 .collect();
             users.sort_by(|a, b| a.primary_email.cmp(&b.primary_email));
-            let from: usize = match get("pageToken") {
-                None | Some("") => 0,
-                Some(t) => match t.strip_prefix('u').and_then(|n| n.parse().ok()) {
-                    Some(n) => n,
-                    None => {
-                        st.violation(
-                            "directory.users.list: a pageToken the fake never gave".into(),
-                        );
-                        return error(400, "INVALID_ARGUMENT", "Invalid pageToken", json!([]));
-                    }
-                },
-            };
-            let page: Vec<Value> = users
-                .iter()
-                .skip(from)
-                .take(max)
-                .map(|u| user_json(u))
-                .collect();
-            let mut out = json!({"kind": "admin#directory#users", "users": page});
-            if from + max < users.len() {
-                out["nextPageToken"] = json!(format!("u{}", from + max));
-            }
-            ok(out)
+            let users: Vec<Value> = users.iter().map(|u| user_json(u)).collect();
+            directory_list("admin#directory#users", "users", users, from, size)
         }
         "directory.members.list" => {
             if !has("https://www.googleapis.com/auth/admin.directory.group") {
@@ -957,18 +927,9 @@ fn directory(
                     json!([{"reason": "notFound"}]),
                 );
             };
-            let max: usize = match get("maxResults").map(str::parse::<usize>) {
-                None => 200,
-                Some(Ok(n)) if (1..=200).contains(&n) => n,
-                _ => {
-                    st.violation("directory.members.list: maxResults must be 1 to 200".into());
-                    return error(
-                        400,
-                        "INVALID_ARGUMENT",
-                        "Invalid value for maxResults",
-                        json!([{"reason": "invalid"}]),
-                    );
-                }
+            let (from, size) = match directory_page(st, id, query, 200, 200) {
+                Ok(p) => p,
+                Err(r) => return *r,
             };
             let derived = get("includeDerivedMembership") == Some("true");
             // Members in order; with derived membership, nested groups' members follow them.
@@ -990,25 +951,7 @@ fn directory(
                     }
                 }
             }
-            let from: usize = match get("pageToken") {
-                None | Some("") => 0,
-                Some(t) => match t.strip_prefix('m').and_then(|n| n.parse().ok()) {
-                    Some(n) => n,
-                    None => {
-                        st.violation(
-                            "directory.members.list: a pageToken the fake never gave".into(),
-                        );
-                        return error(400, "INVALID_ARGUMENT", "Invalid pageToken", json!([]));
-                    }
-                },
-            };
-            let total = members.len();
-            let page: Vec<Value> = members.into_iter().skip(from).take(max).collect();
-            let mut out = json!({"kind": "admin#directory#members", "members": page});
-            if from + max < total {
-                out["nextPageToken"] = json!(format!("m{}", from + max));
-            }
-            ok(out)
+            directory_list("admin#directory#members", "members", members, from, size)
         }
         "directory.domains.list" => {
             if !has("https://www.googleapis.com/auth/admin.directory.domain") {
@@ -1049,6 +992,58 @@ fn directory(
             )
         }
     }
+}
+
+/// The page a Directory list call asks for: (first item, page size), from `maxResults` (1 to
+/// `limit`, else `default`) and a `pageToken` this fake gave. A bad one is a client bug.
+fn directory_page(
+    st: &State,
+    id: &str,
+    query: &[(String, String)],
+    default: usize,
+    limit: usize,
+) -> Result<(usize, usize), Box<Response>> {
+    let get = |k: &str| query.iter().find(|(a, _)| a == k).map(|(_, v)| v.as_str());
+    let size = match get("maxResults").map(str::parse::<usize>) {
+        None => default,
+        Some(Ok(n)) if (1..=limit).contains(&n) => n,
+        _ => {
+            st.violation(format!("{id}: maxResults must be 1 to {limit}"));
+            return Err(Box::new(error(
+                400,
+                "INVALID_ARGUMENT",
+                "Invalid value for maxResults",
+                json!([{"reason": "invalid"}]),
+            )));
+        }
+    };
+    let from = match get("pageToken") {
+        None | Some("") => 0,
+        Some(t) => match t.strip_prefix('p').and_then(|n| n.parse().ok()) {
+            Some(n) => n,
+            None => {
+                st.violation(format!("{id}: a pageToken the fake never gave"));
+                return Err(Box::new(error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    "Invalid pageToken",
+                    json!([]),
+                )));
+            }
+        },
+    };
+    Ok((from, size))
+}
+
+/// One page of a Directory list answer (`{kind, <key>: [...], nextPageToken}`).
+fn directory_list(kind: &str, key: &str, items: Vec<Value>, from: usize, size: usize) -> Response {
+    let total = items.len();
+    let page: Vec<Value> = items.into_iter().skip(from).take(size).collect();
+    let mut out = json!({"kind": kind, key: page});
+    if from + size < total {
+        out["nextPageToken"] = json!(format!("p{}", from + size));
+    }
+    ok(out)
 }
 
 /// A Directory user resource (projection basic).

@@ -9,7 +9,7 @@ use std::io::Write;
 
 use super::{Ctx, exit};
 use crate::backend::{Backend, BackendError};
-use crate::engine::is_dynamic_set;
+use crate::engine::{self, JobError};
 use crate::job;
 
 /// Destination users checked at once.
@@ -66,25 +66,24 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
                 }
             }
         }
-        // Destinations: plain names, and the members of dynamic sets as they are now.
-        let mut names: Vec<String> = vec![];
-        for d in j.effective_destinations() {
-            if is_dynamic_set(&d) {
-                match backend.expand_set(&d).await {
-                    Ok(m) => {
-                        notes.push(format!("{d}: {} users", m.len()));
-                        names.extend(m);
-                    }
-                    Err(e) => bad.push(format!("{d}: {e}")),
+        // Destinations as a run sees them: plain names, and the members of dynamic sets as
+        // they are now, exclusions applied.
+        let names = match engine::destination_names(backend, &j.to_run()).await {
+            Ok((names, sets)) => {
+                for (set, n) in sets {
+                    notes.push(format!("{set}: {n} users"));
                 }
-            } else {
-                names.push(d);
+                names
             }
-        }
-        let excluded: Vec<String> = j.exclude.iter().map(|e| e.to_lowercase()).collect();
-        names.retain(|n| !excluded.contains(&n.to_lowercase()) && *n != j.source);
-        names.sort();
-        names.dedup();
+            Err(JobError::Destinations { source, .. }) => {
+                bad.push(source.to_string());
+                vec![]
+            }
+            Err(e) => {
+                bad.push(e.to_string());
+                vec![]
+            }
+        };
         backend.prepare_users(&names).await;
         let results: Vec<(String, Result<(), BackendError>, bool)> =
             futures::stream::iter(names.iter())

@@ -6,13 +6,12 @@
 //! It must not decide who is a destination (the engine does, with exclusions and limits); it
 //! only answers who is in a set and what the directory says of a user.
 
-use reqwest::Method;
 use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use super::auth::DIRECTORY_SCOPES;
-use super::http::{ApiError, Call};
+use super::http::ApiError;
 use super::{GoogleBackend, api, domain_of};
 use crate::backend::{BackendError, Result, User};
 
@@ -66,27 +65,6 @@ impl DirUser {
 }
 
 impl GoogleBackend {
-    async fn admin_get(
-        &self,
-        name: &'static str,
-        path: &str,
-        query: Vec<(&str, String)>,
-    ) -> std::result::Result<Value, ApiError> {
-        self.client
-            .send(&Call {
-                name,
-                method: Method::GET,
-                url: self.directory(path),
-                query,
-                body: None,
-                raw_body: None,
-                user: &self.cfg.admin,
-                scopes: &DIRECTORY_SCOPES.join(" "),
-                idempotent: true,
-            })
-            .await
-    }
-
     /// users.list pages (500 users each) for `scope` (`("domain", d)` or
     /// `("customer", "my_customer")`) with an optional search query, handed to `each` until it
     /// returns false. Every user seen is remembered for `resolve_user`.
@@ -111,7 +89,9 @@ impl GoogleBackend {
             if let Some(p) = &page {
                 q.push(("pageToken", p.clone()));
             }
-            let v = self.admin_get("directory.users.list", "users", q).await?;
+            let v = self
+                .as_admin("directory.users.list", self.directory("users"), q)
+                .await?;
             let mut go_on = true;
             {
                 let mut cache = self
@@ -200,9 +180,9 @@ impl GoogleBackend {
             return Ok(Some(d));
         }
         let v = match self
-            .admin_get(
+            .as_admin(
                 "directory.users.get",
-                &format!("users/{key}"),
+                self.directory(&format!("users/{key}")),
                 vec![
                     ("projection", "basic".into()),
                     ("viewType", "admin_view".into()),
@@ -213,14 +193,7 @@ impl GoogleBackend {
             Ok(v) => v,
             Err(e) if e.status == 404 => return Ok(None),
             Err(e) if e.status == 400 && e.has_reason("invalid") => return Ok(None),
-            Err(e) if e.status == 403 => {
-                return Err(BackendError::Invalid(format!(
-                    "the Directory API refused to look up {name} as {}: {e}. `admin` must be a Workspace administrator, and the scopes {} must be authorised for the service account",
-                    self.cfg.admin,
-                    DIRECTORY_SCOPES.join(",")
-                )));
-            }
-            Err(e) => return Err(api(e, &format!("looking up user {name}"))),
+            Err(e) => return Err(self.directory_error(e, &format!("looking up user {name}"))),
         };
         DirUser::from_json(&v).map(Some).ok_or_else(|| {
             BackendError::Invalid(format!(
@@ -320,9 +293,12 @@ impl GoogleBackend {
                 q.push(("pageToken", p.clone()));
             }
             let v = self
-                .admin_get(
+                .as_admin(
                     "directory.members.list",
-                    &format!("groups/{}/members", group.trim().to_ascii_lowercase()),
+                    self.directory(&format!(
+                        "groups/{}/members",
+                        group.trim().to_ascii_lowercase()
+                    )),
                     q,
                 )
                 .await?;
@@ -346,6 +322,7 @@ impl GoogleBackend {
         }
     }
 
+    /// A Directory error, with the fix for a refusal (403).
     fn directory_error(&self, e: ApiError, what: &str) -> BackendError {
         if e.status == 404 {
             BackendError::Invalid(format!("{what}: no such group or org unit ({e})"))

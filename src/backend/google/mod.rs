@@ -231,6 +231,28 @@ impl GoogleBackend {
             .await
     }
 
+    /// A People API call as `email` (the user's primary address), without a body.
+    fn people_call<'a>(
+        email: &'a str,
+        name: &'static str,
+        method: Method,
+        url: String,
+        query: Vec<(&'a str, String)>,
+        idempotent: bool,
+    ) -> Call<'a> {
+        Call {
+            name,
+            method,
+            url,
+            query,
+            body: None,
+            raw_body: None,
+            user: email,
+            scopes: CONTACTS_SCOPE,
+            idempotent,
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     async fn as_user(
         &self,
@@ -245,15 +267,8 @@ impl GoogleBackend {
         let email = self.email(user);
         self.client
             .send(&Call {
-                name,
-                method,
-                url,
-                query,
                 body,
-                raw_body: None,
-                user: &email,
-                scopes: CONTACTS_SCOPE,
-                idempotent,
+                ..Self::people_call(&email, name, method, url, query, idempotent)
             })
             .await
     }
@@ -395,17 +410,15 @@ impl GoogleBackend {
             if let Some(p) = &page {
                 q.push(("pageToken", p.clone()));
             }
-            let call = Call {
-                name: "people.connections.list",
-                method: Method::GET,
-                url: self.people("people/me/connections"),
-                query: q,
-                body: None,
-                raw_body: None,
-                user: &self.email(user),
-                scopes: CONTACTS_SCOPE,
-                idempotent: true,
-            };
+            let email = self.email(user);
+            let call = Self::people_call(
+                &email,
+                "people.connections.list",
+                Method::GET,
+                self.people("people/me/connections"),
+                q,
+                true,
+            );
             let text = self.client.send_text(&call).await?;
             let v: person::ConnectionsPage<'_> =
                 serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?;
@@ -568,15 +581,15 @@ impl GoogleBackend {
             match self
                 .client
                 .send(&Call {
-                    name: "people.batchCreateContacts",
-                    method: Method::POST,
-                    url: self.people("people:batchCreateContacts"),
-                    query: vec![],
-                    body: None,
                     raw_body: Some(&body),
-                    user: &email,
-                    scopes: CONTACTS_SCOPE,
-                    idempotent: false,
+                    ..Self::people_call(
+                        &email,
+                        "people.batchCreateContacts",
+                        Method::POST,
+                        self.people("people:batchCreateContacts"),
+                        vec![],
+                        false,
+                    )
                 })
                 .await
             {

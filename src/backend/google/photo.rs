@@ -13,8 +13,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::auth::CONTACTS_SCOPE;
-use super::http::Call;
 use super::{CONTACT_SOURCES, GoogleBackend, api};
 use crate::backend::{BackendError, Result, User};
 
@@ -83,7 +81,6 @@ impl GoogleBackend {
         rn: &str,
         url: Option<&str>,
     ) -> Result<String> {
-        let email = self.email(user);
         let what = format!("the photo of contact {rn} of {}", user.name);
         let v = match url {
             Some(url) => {
@@ -93,37 +90,31 @@ impl GoogleBackend {
                     "personFields": "metadata",
                     "sources": [CONTACT_SOURCES],
                 });
-                self.client
-                    .send(&Call {
-                        name: "people.updateContactPhoto",
-                        method: Method::PATCH,
-                        url: self.people(&format!("{rn}:updateContactPhoto")),
-                        query: vec![],
-                        body: Some(&body),
-                        raw_body: None,
-                        user: &email,
-                        scopes: CONTACTS_SCOPE,
-                        idempotent: true,
-                    })
-                    .await
+                self.as_user(
+                    user,
+                    "people.updateContactPhoto",
+                    Method::PATCH,
+                    self.people(&format!("{rn}:updateContactPhoto")),
+                    vec![],
+                    Some(&body),
+                    true,
+                )
+                .await
             }
             None => {
-                self.client
-                    .send(&Call {
-                        name: "people.deleteContactPhoto",
-                        method: Method::DELETE,
-                        url: self.people(&format!("{rn}:deleteContactPhoto")),
-                        query: vec![
-                            ("personFields", "metadata".into()),
-                            ("sources", CONTACT_SOURCES.into()),
-                        ],
-                        body: None,
-                        raw_body: None,
-                        user: &email,
-                        scopes: CONTACTS_SCOPE,
-                        idempotent: true,
-                    })
-                    .await
+                self.as_user(
+                    user,
+                    "people.deleteContactPhoto",
+                    Method::DELETE,
+                    self.people(&format!("{rn}:deleteContactPhoto")),
+                    vec![
+                        ("personFields", "metadata".into()),
+                        ("sources", CONTACT_SOURCES.into()),
+                    ],
+                    None,
+                    true,
+                )
+                .await
             }
         }
         .map_err(|e| api(e, &what))?;
