@@ -13,7 +13,8 @@
 //! by method, calls per destination against the theoretical minimum, wall time against the
 //! critical-path bound at the configured concurrency, and peak RSS.
 //!
-//! Run: `cargo run --release --example bench_google -- --contacts 1000 --destinations 100`.
+//! Run: `cargo run --release --example bench_google -- --contacts 1000 --destinations 100`
+//! (`--workloads W1,W2b` runs a subset, `--concurrency N` and `--latency-ms N` change the set-up).
 //! A measuring program, not a test: nothing here asserts.
 
 use std::collections::BTreeMap;
@@ -38,6 +39,7 @@ struct Args {
     latency_ms: u64,
     phase: Option<String>,
     dir: Option<PathBuf>,
+    workloads: Vec<String>,
 }
 
 fn args() -> Args {
@@ -48,6 +50,7 @@ fn args() -> Args {
         latency_ms: 25,
         phase: None,
         dir: None,
+        workloads: ["W1", "W2", "W2b", "W3", "W4"].map(String::from).to_vec(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -60,23 +63,12 @@ fn args() -> Args {
             "--latency-ms" => a.latency_ms = next.parse().expect("--latency-ms N"),
             "--phase" => a.phase = Some(next),
             "--dir" => a.dir = Some(PathBuf::from(next)),
+            "--workloads" => a.workloads = next.split(',').map(str::to_string).collect(),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
     }
     a
-}
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// One workload, in this (child) process.
@@ -106,7 +98,12 @@ fn run_phase(dir: &Path) -> anyhow::Result<()> {
     }
     println!(
         "{}",
-        json!({"wall_s": wall, "counts": report.counts, "peak_rss_kb": peak_rss_kb()})
+        json!({
+            "wall_s": wall,
+            "counts": report.counts,
+            "peak_rss_kb": groupsync::procstat::peak_rss_kb(),
+            "cpu_s": groupsync::procstat::cpu_seconds(),
+        })
     );
     Ok(())
 }
@@ -189,11 +186,11 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         table,
-        "{:<4} {:>7} {:>9} {:>9} {:>9} {:>8} {:>8}  calls by method",
-        "", "wall s", "bound s", "calls", "per dest", "minimum", "peak MB"
+        "{:<4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}  calls by method",
+        "", "wall s", "bound s", "cpu s", "fake s", "calls", "per dest", "minimum", "peak MB"
     )?;
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
-    for w in ["W1", "W2", "W2b", "W3", "W4"] {
+    for w in a.workloads.iter().map(String::as_str) {
         let mut d = a.destinations;
         // Per destination: the minimum calls, and the calls on one destination's critical path.
         let (min_per_dest, source_calls) = match w {
@@ -227,7 +224,7 @@ fn main() -> anyhow::Result<()> {
                 });
                 for u in &dests {
                     fake.with_book(u, |b| {
-                        let copies: Vec<String> = b.contacts.keys().take(n).cloned().collect();
+                        let copies: Vec<String> = b.contact_names().take(n).cloned().collect();
                         for rn in copies {
                             b.edit(&rn, |p| {
                                 p["phoneNumbers"] = json!([{"value": "+1 000", "type": "home"}])
@@ -240,6 +237,7 @@ fn main() -> anyhow::Result<()> {
             _ => {}
         }
         fake.reset_counts();
+        let fake_cpu = groupsync::procstat::cpu_seconds();
         let out = Command::new(std::env::current_exe()?)
             .args(["--phase", w, "--dir"])
             .arg(&dir)
@@ -247,6 +245,7 @@ fn main() -> anyhow::Result<()> {
         if !out.status.success() {
             anyhow::bail!("{w} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
+        let fake_cpu = groupsync::procstat::cpu_seconds() - fake_cpu;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         let counts = fake.counts();
         let api_calls: u64 = counts
@@ -275,10 +274,12 @@ fn main() -> anyhow::Result<()> {
             .collect();
         writeln!(
             table,
-            "{:<4} {:>7.2} {:>9.2} {:>9} {:>9.2} {:>8} {:>8.1}  {}",
+            "{:<4} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9.2} {:>8} {:>8.1}  {}",
             w,
             v["wall_s"].as_f64().unwrap_or(0.0),
             bound,
+            v["cpu_s"].as_f64().unwrap_or(0.0),
+            fake_cpu,
             api_calls,
             per_dest,
             min_per_dest,
@@ -290,7 +291,7 @@ fn main() -> anyhow::Result<()> {
     let _ = last;
     writeln!(
         table,
-        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency"
+        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
     )?;
     print!("{table}");
     let v = fake.violations();

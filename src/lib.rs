@@ -9,6 +9,7 @@
 //! - [`store`]: the SQLite state database (ledger, history, change log, trash).
 //! - [`config`], [`job`]: `groupsync.toml` and the job files.
 //! - [`lock`]: the state lock that keeps two runs apart.
+//! - [`procstat`]: peak memory and CPU time, for the benchmark programs.
 //! - [`cli`]: the commands, one file each.
 
 pub mod backend;
@@ -21,6 +22,7 @@ pub mod lock;
 pub mod metrics;
 pub mod notify;
 pub mod plan;
+pub mod procstat;
 pub mod schedule;
 pub mod serve;
 pub mod store;

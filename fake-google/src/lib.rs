@@ -14,6 +14,7 @@
 
 mod people;
 pub mod spec;
+mod stored;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -24,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use people::Book;
+pub use stored::Stored;
 
 /// A fault to inject into the next calls of one API method.
 #[derive(Debug, Clone)]

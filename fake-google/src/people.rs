@@ -7,6 +7,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, HashMap};
 
+use crate::stored::{ID_PLACEHOLDER, Stored, member_of};
+
 pub(crate) type Fail = (u16, &'static str, String, Value);
 
 fn bad(msg: impl Into<String>) -> Fail {
@@ -99,7 +101,7 @@ struct SyncToken {
 pub struct Book {
     pub groups: BTreeMap<String, Group>,
     /// resourceName → stored Person (with output-only fields as Google fills them).
-    pub contacts: BTreeMap<String, Value>,
+    pub(crate) contacts: BTreeMap<String, Stored>,
     seq: u64,
     /// resourceName → sequence number of its last change.
     changed: BTreeMap<String, u64>,
@@ -209,9 +211,24 @@ impl Book {
         rn
     }
 
+    /// A contact as Google answers it with every field, if it exists.
+    pub fn contact(&self, rn: &str) -> Option<Value> {
+        self.contacts.get(rn).map(|s| s.value(rn))
+    }
+
+    /// Every contact's resource name, in order.
+    pub fn contact_names(&self) -> impl Iterator<Item = &String> {
+        self.contacts.keys()
+    }
+
+    /// Every contact, as Google answers it with every field.
+    pub fn all_contacts(&self) -> impl Iterator<Item = Value> + '_ {
+        self.contacts.iter().map(|(rn, s)| s.value(rn))
+    }
+
     /// Edits a contact as the user would; the etag changes.
     pub fn edit(&mut self, rn: &str, f: impl FnOnce(&mut Value)) {
-        let mut p = self.contacts.get(rn).cloned().expect("contact to edit");
+        let mut p = self.contact(rn).expect("contact to edit");
         f(&mut p);
         self.store(rn, p);
     }
@@ -220,7 +237,7 @@ impl Book {
     pub fn delete(&mut self, rn: &str) {
         if let Some(p) = self.contacts.remove(rn) {
             let seq = self.next();
-            let etag = p["etag"].as_str().unwrap_or("").to_string();
+            let etag = p.etag().to_string();
             self.changed.remove(rn);
             self.deleted.insert(rn.to_string(), (seq, etag));
         }
@@ -232,14 +249,14 @@ impl Book {
         let members: Vec<String> = self
             .contacts
             .iter()
-            .filter(|(_, p)| member_of(p).iter().any(|g| g == rn))
+            .filter(|(_, p)| p.groups().any(|g| g == rn))
             .map(|(k, _)| k.clone())
             .collect();
         for m in members {
             if delete_contacts {
                 self.delete(&m);
             } else {
-                let mut p = self.contacts[&m].clone();
+                let mut p = self.contacts[&m].value(&m);
                 if let Some(a) = p.get_mut("memberships").and_then(Value::as_array_mut) {
                     a.retain(|x| {
                         x["contactGroupMembership"]["contactGroupResourceName"] != json!(rn)
@@ -255,7 +272,7 @@ impl Book {
     pub fn set_photo(&mut self, rn: &str, bytes: &[u8], base: &str) {
         let pid = format!("p{}", self.next());
         self.photo_bytes.insert(pid.clone(), bytes.to_vec());
-        let mut p = self.contacts[rn].clone();
+        let mut p = self.contacts[rn].value(rn);
         p["photos"] = json!([{"url": format!("{base}/{pid}")}]);
         self.store(rn, p);
     }
@@ -281,10 +298,11 @@ impl Book {
     }
 
     /// Contacts in a group.
-    pub fn members(&self, group: &str) -> Vec<&Value> {
+    pub fn members(&self, group: &str) -> Vec<Value> {
         self.contacts
-            .values()
-            .filter(|p| member_of(p).iter().any(|g| g == group))
+            .iter()
+            .filter(|(_, p)| p.groups().any(|g| g == group))
+            .map(|(rn, p)| p.value(rn))
             .collect()
     }
 
@@ -307,9 +325,10 @@ impl Book {
                 let Some(e) = item.as_object_mut() else {
                     continue;
                 };
+                // The entry's own id is filled in when the person is read (see `Stored`).
                 e.insert(
                     "metadata".into(),
-                    json!({"primary": i == 0, "source": {"type": "CONTACT", "id": id}}),
+                    json!({"primary": i == 0, "source": {"type": "CONTACT", "id": ID_PLACEHOLDER}}),
                 );
                 if let Some(t) = e.get("type").and_then(Value::as_str) {
                     let t = capitalise(t);
@@ -353,7 +372,7 @@ impl Book {
                 }
             }
         }
-        self.contacts.insert(rn.to_string(), p);
+        self.contacts.insert(rn.to_string(), Stored::new(&p));
         let seq = self.seq;
         self.changed.insert(rn.to_string(), seq);
         self.deleted.remove(rn);
@@ -364,7 +383,7 @@ impl Book {
         let members: Vec<&str> = self
             .contacts
             .iter()
-            .filter(|(_, p)| member_of(p).iter().any(|x| x == rn))
+            .filter(|(_, p)| p.groups().any(|x| x == rn))
             .map(|(k, _)| k.as_str())
             .collect();
         let mut o = Map::new();
@@ -449,78 +468,10 @@ impl Book {
     }
 }
 
-fn member_of(p: &Value) -> Vec<String> {
-    p.get("memberships")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| {
-                    m.get("contactGroupMembership")?
-                        .get("contactGroupResourceName")?
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A stored person reduced to a read mask, written straight from the stored person (no copy):
-/// what connections.list answers, for thousands of contacts a call.
-struct Masked<'a> {
-    p: &'a Value,
-    fields: &'a [String],
-}
-
-impl serde::Serialize for Masked<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut m = s.serialize_map(None)?;
-        for k in ["resourceName", "etag"] {
-            if let Some(v) = self.p.get(k) {
-                m.serialize_entry(k, v)?;
-            }
-        }
-        for f in self.fields {
-            match self.p.get(f.as_str()) {
-                Some(v) => m.serialize_entry(f, v)?,
-                // Google answers a letter avatar for a contact without a photo of its own.
-                None if f == "photos" => m.serialize_entry(f, &default_photo())?,
-                None => {}
-            }
-        }
-        m.end()
-    }
-}
-
 /// An entry of a connections.list answer: a person, or a deleted marker in a sync.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
 enum Listed<'a> {
-    Person(Masked<'a>),
+    Person(&'a str, &'a Stored),
     Deleted(Value),
-}
-
-fn default_photo() -> Value {
-    json!([{"metadata": {"primary": true, "source": {"type": "CONTACT"}}, "url": "https://lh3.googleusercontent.com/cm/default-avatar", "default": true}])
-}
-
-/// A stored person reduced to a read mask (resourceName and etag always).
-fn masked(p: &Value, fields: &[String]) -> Value {
-    let mut o = Map::new();
-    for k in ["resourceName", "etag"] {
-        if let Some(v) = p.get(k) {
-            o.insert(k.into(), v.clone());
-        }
-    }
-    for f in fields {
-        if let Some(v) = p.get(f.as_str()) {
-            o.insert(f.clone(), v.clone());
-        } else if f == "photos" {
-            o.insert(f.clone(), default_photo());
-        }
-    }
-    Value::Object(o)
 }
 
 fn person_mask(query: &[(String, String)], key: &str) -> Result<Vec<String>, Fail> {
@@ -710,7 +661,7 @@ pub(crate) fn call(
             let mut not_found = vec![];
             let mut last = vec![];
             for a in &add {
-                match b.contacts.get(a).cloned() {
+                match b.contact(a) {
                     None => not_found.push(a.clone()),
                     Some(mut p) => {
                         if !member_of(&p).contains(&rn) {
@@ -726,7 +677,7 @@ pub(crate) fn call(
                 }
             }
             for r in &remove {
-                match b.contacts.get(r).cloned() {
+                match b.contact(r) {
                     None => not_found.push(r.clone()),
                     Some(mut p) => {
                         let groups = member_of(&p);
@@ -781,8 +732,8 @@ pub(crate) fn call(
             let listing: Vec<Listed<'_>> = match q(query, "syncToken") {
                 None => b
                     .contacts
-                    .values()
-                    .map(|p| Listed::Person(Masked { p, fields: &fields }))
+                    .iter()
+                    .map(|(rn, p)| Listed::Person(rn, p))
                     .collect(),
                 Some(t) => {
                     let Some(tok) = b.tokens.get(t).cloned() else {
@@ -807,15 +758,7 @@ pub(crate) fn call(
                         .changed
                         .iter()
                         .filter(|(_, s)| **s > tok.seq && **s <= start)
-                        .map(|(rn, s)| {
-                            (
-                                *s,
-                                Listed::Person(Masked {
-                                    p: &b.contacts[rn],
-                                    fields: &fields,
-                                }),
-                            )
-                        })
+                        .map(|(rn, s)| (*s, Listed::Person(rn, &b.contacts[rn])))
                         .collect();
                     delta.extend(
                         b.deleted
@@ -833,8 +776,17 @@ pub(crate) fn call(
                 }
             };
             let total = listing.len();
-            let page: Vec<Listed<'_>> = listing.into_iter().skip(from).take(size).collect();
-            let page = serde_json::to_string(&page).expect("JSON");
+            let mut page = String::from("[");
+            for (i, item) in listing.iter().skip(from).take(size).enumerate() {
+                if i > 0 {
+                    page.push(',');
+                }
+                match item {
+                    Listed::Person(rn, p) => p.write_json(rn, Some(&fields), &mut page),
+                    Listed::Deleted(v) => page.push_str(&v.to_string()),
+                }
+            }
+            page.push(']');
             let mut out = json!({"totalItems": total, "totalPeople": total});
             if from + size < total {
                 out["nextPageToken"] = json!(format!("o{}:{start}", from + size));
@@ -867,7 +819,7 @@ pub(crate) fn call(
             let responses: Vec<Value> = names
                 .iter()
                 .map(|n| match b.contacts.get(*n) {
-                    Some(p) => json!({"requestedResourceName": n, "person": masked(p, &fields), "httpStatusCode": 200, "status": {}}),
+                    Some(p) => json!({"requestedResourceName": n, "person": p.masked(n, &fields), "httpStatusCode": 200, "status": {}}),
                     None => json!({"requestedResourceName": n, "httpStatusCode": 404, "status": {"code": 5, "message": "Requested entity was not found."}}),
                 })
                 .collect();
@@ -903,7 +855,7 @@ pub(crate) fn call(
                     Ok(()) => {
                         let rn = format!("people/c{:019}", b.next());
                         b.store(&rn, p);
-                        created.push(json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": masked(&b.contacts[&rn], &read)}));
+                        created.push(json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": b.contacts[&rn].masked(&rn, &read)}));
                     }
                     Err((_, code, msg, _)) => {
                         if fail_item != Some(i) {
@@ -945,7 +897,7 @@ pub(crate) fn call(
             let mut results = Map::new();
             let mut errors = Map::new();
             for (i, (rn, p)) in contacts.into_iter().enumerate() {
-                let Some(current) = b.contacts.get(&rn).cloned() else {
+                let Some(current) = b.contact(&rn) else {
                     errors.insert(
                         rn,
                         json!({"code": 5, "message": "Requested entity was not found."}),
@@ -984,7 +936,7 @@ pub(crate) fn call(
                     continue;
                 }
                 b.store(&rn, next);
-                results.insert(rn.clone(), json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": masked(&b.contacts[&rn], &read)}));
+                results.insert(rn.clone(), json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": b.contacts[&rn].masked(&rn, &read)}));
             }
             if !errors.is_empty() {
                 return Err((
@@ -1046,7 +998,7 @@ pub(crate) fn call(
                     None => vec![],
                 }
             } else {
-                let mut p = b.contacts[&rn].clone();
+                let mut p = b.contacts[&rn].value(&rn);
                 if let Some(o) = p.as_object_mut() {
                     o.remove("photos");
                 }
@@ -1056,7 +1008,7 @@ pub(crate) fn call(
                     None => vec![],
                 }
             };
-            Ok(ok(json!({"person": masked(&b.contacts[&rn], &read)})))
+            Ok(ok(json!({"person": b.contacts[&rn].masked(&rn, &read)})))
         }
         other => Err((
             501,

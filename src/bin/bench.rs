@@ -284,18 +284,6 @@ fn edit_source(dir: &Path, contacts: usize, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn run_phase(phase: &str, dir: &Path) -> anyhow::Result<()> {
     let config = Config::load(&dir.join("groupsync.toml"))?;
     let BackendConfig::Vdir { root, concurrency } = &config.backend else {
@@ -324,7 +312,7 @@ fn run_phase(phase: &str, dir: &Path) -> anyhow::Result<()> {
         "wall_s": wall,
         "calls": backend.counts(),
         "counts": report.counts,
-        "peak_rss_kb": peak_rss_kb(),
+        "peak_rss_kb": groupsync::procstat::peak_rss_kb(),
     });
     println!("{v}");
     Ok(())

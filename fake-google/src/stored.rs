@@ -1,0 +1,203 @@
+//! How the fake keeps a stored Person: compactly, so a benchmark can hold millions of contacts.
+//!
+//! A person is kept as its etag, its group memberships, and the JSON text of each other field
+//! (with Google's output-only parts already filled in). Field texts are interned: the copies of
+//! one source contact at a thousand users share one text per field. The parts that name the
+//! contact itself (`resourceName`, the person's `metadata`, each field entry's
+//! `metadata.source.id`, memberships) are written out when the person is read, not stored.
+//! This module must not decide anything about the API's rules; `people.rs` does.
+
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::sync::{Arc, LazyLock, Mutex};
+
+/// Stands for the contact's own id inside a stored field text (a JSON string `"\u0001"`).
+pub(crate) const ID_PLACEHOLDER: &str = "\u{1}";
+const ID_PLACEHOLDER_JSON: &str = "\\u0001";
+
+static INTERNED: LazyLock<Mutex<HashSet<Arc<str>>>> = LazyLock::new(Default::default);
+
+fn intern(s: &str) -> Arc<str> {
+    let mut set = INTERNED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(a) = set.get(s) {
+        return a.clone();
+    }
+    let a: Arc<str> = Arc::from(s);
+    set.insert(a.clone());
+    a
+}
+
+/// One stored person. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    etag: Box<str>,
+    /// Field name → the field's JSON text, `ID_PLACEHOLDER` standing for the contact's id.
+    fields: Box<[(Arc<str>, Arc<str>)]>,
+    /// Resource names of the contact groups it belongs to, in order.
+    groups: Box<[Box<str>]>,
+}
+
+impl Stored {
+    /// Keeps a person whose output-only parts were filled in with `ID_PLACEHOLDER` as the id
+    /// inside its fields. `resourceName`, `etag`, `metadata` and `memberships` are taken apart.
+    pub(crate) fn new(person: &Value) -> Stored {
+        let o = person.as_object().expect("person object");
+        let etag = o.get("etag").and_then(Value::as_str).unwrap_or("").into();
+        let groups = member_of(person).into_iter().map(Into::into).collect();
+        let fields = o
+            .iter()
+            .filter(|(k, _)| {
+                !matches!(
+                    k.as_str(),
+                    "resourceName" | "etag" | "metadata" | "memberships"
+                )
+            })
+            .map(|(k, v)| (intern(k), intern(&v.to_string())))
+            .collect();
+        Stored {
+            etag,
+            fields,
+            groups,
+        }
+    }
+
+    pub fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    /// Resource names of the contact's groups.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.groups.iter().map(|g| &**g)
+    }
+
+    pub fn has(&self, field: &str) -> bool {
+        field == "memberships" || self.fields.iter().any(|(k, _)| &**k == field)
+    }
+
+    /// The whole person, as Google answers it with every field in the read mask.
+    pub fn value(&self, rn: &str) -> Value {
+        let mut out = String::new();
+        self.write_json(rn, None, &mut out);
+        serde_json::from_str(&out).expect("stored person is JSON")
+    }
+
+    /// The person reduced to `fields` (all of them with `None`), as JSON text appended to
+    /// `out`. `resourceName` and `etag` are always there; a contact without a photo of its own
+    /// gets Google's letter avatar when `photos` is asked for.
+    pub fn write_json(&self, rn: &str, fields: Option<&[String]>, out: &mut String) {
+        let id = rn.trim_start_matches("people/");
+        let wanted = |f: &str| fields.is_none_or(|fs| fs.iter().any(|x| x == f));
+        out.push_str("{\"resourceName\":");
+        out.push_str(&json!(rn).to_string());
+        out.push_str(",\"etag\":");
+        out.push_str(&json!(&*self.etag).to_string());
+        if wanted("metadata") {
+            let meta = json!({"sources": [{"type": "CONTACT", "id": id, "etag": format!("#{}", self.etag)}], "objectType": "PERSON"});
+            out.push_str(",\"metadata\":");
+            out.push_str(&meta.to_string());
+        }
+        if wanted("memberships") {
+            let m: Vec<Value> = self
+                .groups
+                .iter()
+                .enumerate()
+                .map(|(i, g)| {
+                    json!({
+                        "metadata": {"primary": i == 0, "source": {"type": "CONTACT", "id": id}},
+                        "contactGroupMembership": {
+                            "contactGroupId": g.trim_start_matches("contactGroups/"),
+                            "contactGroupResourceName": g,
+                        }
+                    })
+                })
+                .collect();
+            out.push_str(",\"memberships\":");
+            out.push_str(&Value::Array(m).to_string());
+        }
+        let id_json = json!(id).to_string();
+        let id_json = &id_json[1..id_json.len() - 1];
+        for (k, v) in self.fields.iter() {
+            if !wanted(k) {
+                continue;
+            }
+            out.push_str(",\"");
+            out.push_str(k);
+            out.push_str("\":");
+            if v.contains(ID_PLACEHOLDER_JSON) {
+                out.push_str(&v.replace(ID_PLACEHOLDER_JSON, id_json));
+            } else {
+                out.push_str(v);
+            }
+        }
+        if fields.is_some_and(|fs| fs.iter().any(|f| f == "photos"))
+            && !self.fields.iter().any(|(k, _)| &**k == "photos")
+        {
+            out.push_str(",\"photos\":");
+            out.push_str(&default_photo().to_string());
+        }
+        out.push('}');
+    }
+
+    /// [`Self::write_json`] as a value.
+    pub fn masked(&self, rn: &str, fields: &[String]) -> Value {
+        let mut out = String::new();
+        self.write_json(rn, Some(fields), &mut out);
+        serde_json::from_str(&out).expect("stored person is JSON")
+    }
+}
+
+/// The letter avatar Google answers for a contact without a photo of its own.
+pub(crate) fn default_photo() -> Value {
+    json!([{"metadata": {"primary": true, "source": {"type": "CONTACT"}}, "url": "https://lh3.googleusercontent.com/cm/default-avatar", "default": true}])
+}
+
+/// The groups a person (as JSON) names in its memberships.
+pub(crate) fn member_of(p: &Value) -> Vec<String> {
+    p.get("memberships")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| {
+                    m.get("contactGroupMembership")?
+                        .get("contactGroupResourceName")?
+                        .as_str()
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_person_reads_back_as_stored_with_its_own_id() {
+        let p = json!({
+            "resourceName": "people/c1",
+            "etag": "%E1",
+            "metadata": {"sources": [{"type": "CONTACT", "id": "c1", "etag": "#%E1"}], "objectType": "PERSON"},
+            "names": [{"givenName": "Ann", "metadata": {"primary": true, "source": {"type": "CONTACT", "id": ID_PLACEHOLDER}}}],
+            "memberships": [{"metadata": {"primary": true, "source": {"type": "CONTACT", "id": "c1"}}, "contactGroupMembership": {"contactGroupId": "g", "contactGroupResourceName": "contactGroups/g"}}],
+        });
+        let a = Stored::new(&p);
+        let b = Stored::new(&p);
+        assert!(
+            Arc::ptr_eq(&a.fields[0].1, &b.fields[0].1),
+            "texts are shared"
+        );
+        let v = a.value("people/c7");
+        assert_eq!(v["resourceName"], "people/c7");
+        assert_eq!(v["names"][0]["metadata"]["source"]["id"], "c7");
+        assert_eq!(v["metadata"]["sources"][0]["id"], "c7");
+        assert_eq!(
+            v["memberships"][0]["contactGroupMembership"]["contactGroupResourceName"],
+            "contactGroups/g"
+        );
+        let m = a.masked("people/c7", &["photos".into()]);
+        assert_eq!(m["photos"][0]["default"], true);
+        assert!(m.get("names").is_none() && m.get("memberships").is_none());
+        assert_eq!(m["etag"], "%E1");
+    }
+}

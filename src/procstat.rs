@@ -1,0 +1,55 @@
+//! What this process has used so far: peak resident memory (from `/proc`) and CPU time (from
+//! `getrusage(2)`). Used by the benchmark programs to print their measurements; it must not be used
+//! to make decisions in a run.
+
+/// Peak resident set size of this process so far, in KiB: `VmHWM` of `/proc/self/status`.
+/// (`ru_maxrss` is not used: Linux keeps it across `execve`, so a program started by a big
+/// parent would report the parent's peak.)
+pub fn peak_rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time this process has used so far, in seconds.
+pub fn cpu_seconds() -> f64 {
+    usage()
+        .map(|u| {
+            let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+            t(u.ru_utime) + t(u.ru_stime)
+        })
+        .unwrap_or(0.0)
+}
+
+fn usage() -> Option<libc::rusage> {
+    let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a whole `rusage` into the pointer it is given and nothing else;
+    // the struct is zero-initialised, so it is valid even if the call fails.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
+    // SAFETY: see above; zeroed is a valid rusage.
+    (rc == 0).then(|| unsafe { u.assume_init() })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn readings_grow_with_use() {
+        let before = super::cpu_seconds();
+        let v: Vec<u8> = vec![1; 32 << 20];
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x
+                .wrapping_mul(31)
+                .wrapping_add(i ^ u64::from(v[(i as usize) % v.len()]));
+        }
+        assert!(x != 1);
+        assert!(super::peak_rss_kb() >= 32 << 10, "{}", super::peak_rss_kb());
+        assert!(super::cpu_seconds() > before);
+    }
+}
