@@ -18,7 +18,9 @@ use calcard::vcard::VCard;
 
 use crate::backend::{Backend, BackendError, Changes, GroupRef, User};
 use crate::card;
-use crate::plan::{self, DestEntry, DestSnapshot, JobSpec, LedgerCopy, Op, Plan, SourceSet};
+use crate::plan::{
+    self, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerView, Op, Plan, SourceSet,
+};
 use crate::store::{Change, Counts, Store, StoreError};
 
 /// A job as the engine runs it.
@@ -648,7 +650,10 @@ fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {
 }
 
 /// Reads the destination group and summarises it for the planner, with the provider's change
-/// token when it has them (see `Backend::change_tokens`).
+/// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written
+/// from the source's current content, and that still has the etag of that write, is summarised
+/// from the ledger without being read whole (see `Backend::scan_group_known`).
+#[allow(clippy::too_many_arguments)]
 async fn snapshot<B: Backend>(
     backend: &B,
     spec: &JobSpec,
@@ -657,14 +662,32 @@ async fn snapshot<B: Backend>(
     group_name: &str,
     default_group: &str,
     source: Option<&SourceSet>,
+    ledger: Option<&LedgerView>,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    // contact id → (its etag, source id, what the ledger remembers of it)
+    let mut written: HashMap<&str, (&str, &str, &LedgerCopy)> = HashMap::new();
+    if let (Some(source), Some(ledger)) = (source, ledger) {
+        for (sid, l) in &ledger.copies {
+            if !l.etag.is_empty()
+                && source
+                    .items
+                    .get(sid)
+                    .is_some_and(|item| item.digest == l.digest)
+            {
+                written.insert(&l.contact_id, (&l.etag, sid, l));
+            }
+        }
+    }
+    let known: HashMap<&str, &str> = written.iter().map(|(id, (e, ..))| (*id, *e)).collect();
     let mut entries = vec![];
+    let mut hits = vec![];
     let mut sink = |c: crate::backend::Contact| {
         entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
     };
+    let mut known_sink = |id: String, etag: String| hits.push((id, etag));
     let token = if backend.change_tokens() {
         backend
-            .scan_group_with_token(user, group.as_ref(), &mut sink)
+            .scan_group_known(user, group.as_ref(), &known, &mut sink, &mut known_sink)
             .await?
     } else {
         if let Some(g) = &group {
@@ -672,6 +695,25 @@ async fn snapshot<B: Backend>(
         }
         None
     };
+    for (id, etag) in hits {
+        let Some((_, sid, l)) = written.get(id.as_str()) else {
+            continue;
+        };
+        let name = source
+            .and_then(|s| s.items.get(*sid))
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
+        entries.push(DestEntry {
+            id,
+            etag,
+            kind: DestKind::Copy {
+                source: Some(sid.to_string()),
+                digest: l.digest.clone(),
+                name,
+                fields: vec![],
+            },
+        });
+    }
     Ok((
         DestSnapshot {
             user: user.clone(),
@@ -857,6 +899,16 @@ async fn process_destination<B: Backend>(
             Mode::Active { source, .. } => Some(*source),
             Mode::Removal => None,
         };
+        let ledger = match &mode {
+            Mode::Active { .. } => match lock(store).ledger(&spec.name, &user.id) {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    report.error = Some(e.to_string());
+                    return report;
+                }
+            },
+            Mode::Removal => None,
+        };
         let (snap, token) = match snapshot(
             backend,
             spec,
@@ -865,6 +917,7 @@ async fn process_destination<B: Backend>(
             target_group,
             &opts.default_group,
             source_set,
+            ledger.as_ref(),
         )
         .await
         {
@@ -878,13 +931,7 @@ async fn process_destination<B: Backend>(
             Mode::Active {
                 source, stopped, ..
             } => {
-                let ledger = match lock(store).ledger(&spec.name, &user.id) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        report.error = Some(e.to_string());
-                        return report;
-                    }
-                };
+                let ledger = ledger.unwrap_or_default();
                 let plan = plan::plan_destination(source, &snap, spec, &ledger);
                 if let Some(why) = &plan.limit_exceeded
                     && !opts.force

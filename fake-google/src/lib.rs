@@ -117,8 +117,9 @@ pub struct World {
     pub granted_scopes: HashSet<String>,
     /// Access token → (user email as impersonated, scopes).
     tokens: HashMap<String, (String, Vec<String>)>,
-    /// Directory id → that user's contacts.
-    pub books: HashMap<String, Book>,
+    /// Directory id → that user's contacts (locked on their own, so users are served in
+    /// parallel).
+    pub books: HashMap<String, Arc<Mutex<Book>>>,
     next: u64,
 }
 
@@ -303,7 +304,7 @@ impl FakeGoogle {
             is_admin: admin,
             org_unit: "/".into(),
         });
-        w.books.insert(id.clone(), Book::default());
+        w.books.insert(id.clone(), Default::default());
         id
     }
 
@@ -397,12 +398,13 @@ impl FakeGoogle {
 
     /// Runs `f` on a user's contacts, as that user editing them in Google Contacts would.
     pub fn with_book<R>(&self, email: &str, f: impl FnOnce(&mut Book) -> R) -> R {
-        let mut w = self.world();
-        let id = w.user(email).expect("user").id.clone();
-        let mut book = w.books.remove(&id).unwrap_or_default();
-        let r = f(&mut book);
-        w.books.insert(id, book);
-        r
+        let book = {
+            let mut w = self.world();
+            let id = w.user(email).expect("user").id.clone();
+            w.books.entry(id).or_default().clone()
+        };
+        let mut b = book.lock().unwrap();
+        f(&mut b)
     }
 
     /// An access token for `email` with every granted scope, without the JWT exchange (for
@@ -529,7 +531,9 @@ async fn handle(
         let w = st.world.lock().unwrap();
         let found = rest
             .split_once('/')
-            .and_then(|(user, pid)| w.books.get(user)?.photo_bytes.get(pid).cloned());
+            .and_then(|(user, pid)| w.books.get(user).cloned().map(|b| (b, pid)));
+        drop(w);
+        let found = found.and_then(|(b, pid)| b.lock().unwrap().photo_bytes.get(pid).cloned());
         return match found {
             Some(b) => (StatusCode::OK, [("content-type", "image/png")], b).into_response(),
             None => (StatusCode::NOT_FOUND, "no such photo").into_response(),
@@ -716,7 +720,7 @@ fn dispatch(
         directory(st, id, params, query, email, scopes)
     } else {
         let mut w = st.world.lock().unwrap();
-        let Some(user) = w.user(email).cloned() else {
+        let Some(user) = w.user(email).map(|u| u.id.clone()) else {
             return error(
                 403,
                 "PERMISSION_DENIED",
@@ -724,7 +728,9 @@ fn dispatch(
                 json!([]),
             );
         };
-        let mut book = w.books.remove(&user.id).unwrap_or_default();
+        let book = w.books.entry(user.clone()).or_default().clone();
+        drop(w);
+        let mut book = book.lock().unwrap();
         let fail_item = match fault {
             Some(FaultKind::FailItem(i)) => Some(i),
             _ => None,
@@ -751,7 +757,7 @@ fn dispatch(
             body,
             fail_item,
             &mut client_errors,
-            &format!("{photo_base}/{}", user.id),
+            &format!("{photo_base}/{user}"),
         )
         .unwrap_or_else(|(s, c, m, d)| {
             // A refused request (not a per-item batch failure) is a client bug.
@@ -760,7 +766,7 @@ fn dispatch(
             }
             error(s, c, &m, d)
         });
-        w.books.insert(user.id.clone(), book);
+        drop(book);
         for e in client_errors {
             st.violation(format!("{id} as {email}: {e}"));
         }

@@ -521,7 +521,7 @@ pub(crate) fn call(
     client_errors: &mut Vec<String>,
     photo_base: &str,
 ) -> Result<Response, Fail> {
-    let body = body.unwrap_or(Value::Null);
+    let mut body = body.unwrap_or(Value::Null);
     match id {
         "people.contactGroups.list" => {
             let fields = match q(query, "groupFields") {
@@ -826,7 +826,10 @@ pub(crate) fn call(
             Ok(ok(json!({"responses": responses})))
         }
         "people.people.batchCreateContacts" => {
-            let contacts = body["contacts"].as_array().cloned().unwrap_or_default();
+            let contacts = match body.get_mut("contacts").map(Value::take) {
+                Some(Value::Array(a)) => a,
+                _ => vec![],
+            };
             if contacts.is_empty() || contacts.len() > 200 {
                 return Err(bad(format!(
                     "contacts must hold 1 to 200 contacts, got {}",
@@ -839,8 +842,11 @@ pub(crate) fn call(
             };
             let mut created = vec![];
             let mut errors = Map::new();
-            for (i, c) in contacts.into_iter().enumerate() {
-                let mut p = c.get("contactPerson").cloned().unwrap_or(json!({}));
+            for (i, mut c) in contacts.into_iter().enumerate() {
+                let mut p = match c.get_mut("contactPerson").map(Value::take) {
+                    Some(p @ Value::Object(_)) => p,
+                    _ => json!({}),
+                };
                 let checked = if fail_item == Some(i) {
                     Err(bad("injected item failure"))
                 } else {
@@ -876,7 +882,10 @@ pub(crate) fn call(
             Ok(ok(json!({"createdPeople": created})))
         }
         "people.people.batchUpdateContacts" => {
-            let contacts = body["contacts"].as_object().cloned().unwrap_or_default();
+            let contacts = match body.get_mut("contacts").map(Value::take) {
+                Some(Value::Object(m)) => m,
+                _ => Map::new(),
+            };
             if contacts.is_empty() || contacts.len() > 200 {
                 return Err(bad(format!(
                     "contacts must hold 1 to 200 contacts, got {}",

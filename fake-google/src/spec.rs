@@ -165,7 +165,7 @@ impl Spec {
             (None, Some(_)) => Err(format!("{} takes no request body", m.id)),
             (Some(r), None) => Err(format!("{} needs a {r} body", m.id)),
             (Some(r), Some(b)) => {
-                self.check_value(&serde_json::json!({ "$ref": r }), b, r)?;
+                self.check_value(&serde_json::json!({ "$ref": r }), b, &At::Root(r))?;
                 // Required fields of the top-level request.
                 if let Some(props) = self.schemas[r.as_str()]
                     .get("properties")
@@ -182,7 +182,7 @@ impl Spec {
         }
     }
 
-    fn check_value(&self, desc: &Value, v: &Value, at: &str) -> Result<(), String> {
+    fn check_value(&self, desc: &Value, v: &Value, at: &At<'_>) -> Result<(), String> {
         if let Some(r) = desc.get("$ref").and_then(Value::as_str) {
             let schema = self
                 .schemas
@@ -203,11 +203,11 @@ impl Spec {
                         if output_only(d) {
                             return Err(format!("{at}.{k} is output only and must not be sent"));
                         }
-                        self.check_value(d, val, &format!("{at}.{k}"))?;
+                        self.check_value(d, val, &At::Field(at, k))?;
                     }
                 } else if let Some(ap) = desc.get("additionalProperties") {
                     for (k, val) in o {
-                        self.check_value(ap, val, &format!("{at}[{k}]"))?;
+                        self.check_value(ap, val, &At::Key(at, k))?;
                     }
                 }
                 Ok(())
@@ -217,7 +217,7 @@ impl Spec {
                     .as_array()
                     .ok_or_else(|| format!("{at}: expected a list, got {v}"))?;
                 for (i, item) in a.iter().enumerate() {
-                    self.check_value(&desc["items"], item, &format!("{at}[{i}]"))?;
+                    self.check_value(&desc["items"], item, &At::Index(at, i))?;
                 }
                 Ok(())
             }
@@ -227,7 +227,26 @@ impl Spec {
     }
 }
 
-fn check_scalar(desc: &Value, v: &Value, at: &str, from_query: bool) -> Result<(), String> {
+/// Where in a request body a value is (written out only when a check fails).
+enum At<'a> {
+    Root(&'a str),
+    Field(&'a At<'a>, &'a str),
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            At::Root(r) => write!(f, "{r}"),
+            At::Field(p, k) => write!(f, "{p}.{k}"),
+            At::Key(p, k) => write!(f, "{p}[{k}]"),
+            At::Index(p, i) => write!(f, "{p}[{i}]"),
+        }
+    }
+}
+
+fn check_scalar(desc: &Value, v: &Value, at: &dyn std::fmt::Display, from_query: bool) -> Result<(), String> {
     let ty = desc.get("type").and_then(Value::as_str).unwrap_or("string");
     let ok = match (ty, v) {
         ("string", Value::String(_)) => true,

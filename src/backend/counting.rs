@@ -281,6 +281,30 @@ impl<B: Backend> Backend for Counting<B> {
             .await
     }
 
+    async fn scan_group_known(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        known: &HashMap<&str, &str>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+        known_sink: &mut (dyn FnMut(String, String) + Send),
+    ) -> Result<Option<String>> {
+        bump(&self.calls.scan_group);
+        let counter = &self.calls.contacts_read;
+        self.inner
+            .scan_group_known(
+                user,
+                group,
+                known,
+                &mut |c| {
+                    bump(counter);
+                    sink(c)
+                },
+                known_sink,
+            )
+            .await
+    }
+
     async fn changes_since(
         &self,
         user: &User,

@@ -426,6 +426,24 @@ impl Backend for MemoryBackend {
         Ok(token)
     }
 
+    async fn scan_group_known(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        known: &HashMap<&str, &str>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+        known_sink: &mut (dyn FnMut(String, String) + Send),
+    ) -> Result<Option<String>> {
+        self.scan_group_with_token(user, group, &mut |c: Contact| {
+            if known.get(c.id.as_str()) == Some(&c.etag.as_str()) {
+                known_sink(c.id, c.etag)
+            } else {
+                sink(c)
+            }
+        })
+        .await
+    }
+
     async fn changes_since(
         &self,
         user: &User,

@@ -260,6 +260,22 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// Reads a group as `scan_group_with_token` does, except that a contact listed in `known`
+    /// (contact id → etag) that still has that etag is handed to `known_sink` as (id, etag)
+    /// without being read whole: the engine knows it is a copy exactly as it wrote it. A
+    /// provider that cannot see etags before reading contacts whole hands everything to `sink`.
+    fn scan_group_known(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        known: &HashMap<&str, &str>,
+        sink: &mut (dyn FnMut(Contact) + Send),
+        known_sink: &mut (dyn FnMut(String, String) + Send),
+    ) -> impl Future<Output = Result<Option<String>>> + Send {
+        let _ = (known, known_sink);
+        self.scan_group_with_token(user, group, sink)
+    }
+
     /// Whether the user's contacts changed since `token` in a way that concerns the group
     /// `group_id`. `known` maps each copy the engine remembers to the etag it last saw or wrote:
     /// a changed contact that is one of them with that etag is the engine's own write; any other
