@@ -9,7 +9,7 @@
 
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
@@ -1092,7 +1092,9 @@ async fn apply_ops<B: Backend>(
     };
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Copies that need no change, and copies held because their source is unreadable.
-    let mut final_ledger: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
+    let kept: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
+    // Source ids of the copies written in this run (each recorded in the ledger as written).
+    let mut written_now: HashSet<String> = HashSet::new();
     let plan: &Plan = plan;
     // Consecutive operations of one kind go to the provider in batches (one call per batch on a
     // provider with batch endpoints). Deletes are also read in batches first, for the trash.
@@ -1186,14 +1188,7 @@ async fn apply_ops<B: Backend>(
                         after: Some(&item.digest),
                         ..base.clone()
                     })?;
-                    final_ledger.push((
-                        source_id.to_string(),
-                        LedgerCopy {
-                            contact_id: written.id,
-                            digest: item.digest.clone(),
-                            etag: written.etag,
-                        },
-                    ));
+                    written_now.insert(source_id.to_string());
                     applied.created += 1;
                 }
                 if let Some(e) = first_err {
@@ -1244,6 +1239,14 @@ async fn apply_ops<B: Backend>(
                             continue;
                         }
                     };
+                    lock(store).record_copy(
+                        &spec.name,
+                        &user.id,
+                        source_id,
+                        contact_id,
+                        &item.digest,
+                        &new_etag,
+                    )?;
                     let fields = fields.join(",");
                     log(Change {
                         action: "update",
@@ -1255,14 +1258,7 @@ async fn apply_ops<B: Backend>(
                         after: Some(&item.digest),
                         ..base.clone()
                     })?;
-                    final_ledger.push((
-                        source_id.to_string(),
-                        LedgerCopy {
-                            contact_id: contact_id.to_string(),
-                            digest: item.digest.clone(),
-                            etag: new_etag,
-                        },
-                    ));
+                    written_now.insert(source_id.to_string());
                     applied.updated += 1;
                 }
                 if let Some(e) = first_err {
@@ -1416,7 +1412,7 @@ async fn apply_ops<B: Backend>(
         }
     }
     if source.is_some() {
-        lock(store).replace_ledger(&spec.name, &user.id, &final_ledger)?;
+        lock(store).settle_ledger(&spec.name, &user.id, &kept, &written_now)?;
     }
     Ok(group)
 }

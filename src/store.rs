@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
@@ -666,12 +666,16 @@ impl Store {
         self.batch_tick(false)
     }
 
-    /// Replaces the ledger of one destination with what it now holds: source id → copy.
-    pub fn replace_ledger(
+    /// Brings the ledger of one destination to what it holds after a run. The copies `written`
+    /// in the run (source ids) were recorded one by one as they were written (`record_copy`);
+    /// `kept` are the copies left as they were, rewritten only where the ledger differs. Every
+    /// other row (a copy deleted, a source gone) is removed.
+    pub fn settle_ledger(
         &mut self,
         job: &str,
         user_id: &str,
-        copies: &[(String, LedgerCopy)],
+        kept: &[(String, LedgerCopy)],
+        written: &HashSet<String>,
     ) -> Result<()> {
         self.batch_end()?;
         let path = self.path.clone();
@@ -679,19 +683,48 @@ impl Store {
             path: path.clone(),
             source,
         };
+        let kept: HashMap<&str, &LedgerCopy> = kept.iter().map(|(s, c)| (s.as_str(), c)).collect();
         let tx = self.conn.transaction().map_err(e)?;
-        tx.execute(
-            "DELETE FROM copies WHERE job = ?1 AND user_id = ?2",
-            params![job, user_id],
-        )
-        .map_err(e)?;
+        let mut stale = vec![];
+        let mut seen = HashSet::new();
         {
             let mut st = tx
+                .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
+                .map_err(e)?;
+            let mut rows = st.query(params![job, user_id]).map_err(e)?;
+            while let Some(r) = rows.next().map_err(e)? {
+                let source_id: String = r.get(0).map_err(e)?;
+                match kept.get(source_id.as_str()) {
+                    Some(k) => {
+                        let same = k.contact_id == r.get::<_, String>(1).map_err(e)?
+                            && k.digest == r.get::<_, String>(2).map_err(e)?
+                            && k.etag == r.get::<_, String>(3).map_err(e)?;
+                        if same {
+                            seen.insert(source_id);
+                        }
+                    }
+                    None if written.contains(&source_id) => {}
+                    None => stale.push(source_id),
+                }
+            }
+        }
+        {
+            let mut del = tx
+                .prepare_cached(
+                    "DELETE FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3",
+                )
+                .map_err(e)?;
+            for s in &stale {
+                del.execute(params![job, user_id, s]).map_err(e)?;
+            }
+            let mut put = tx
                 .prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .map_err(e)?;
-            for (s, c) in copies {
-                st.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
-                    .map_err(e)?;
+            for (s, c) in &kept {
+                if !seen.contains(*s) {
+                    put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
+                        .map_err(e)?;
+                }
             }
         }
         tx.commit().map_err(e)
@@ -980,17 +1013,25 @@ mod tests {
         s.remember_job("j", "gSync1").unwrap();
         s.record_copy("j", "u", "s1", "c1", "d", "e1").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 1);
-        s.replace_ledger(
+        s.record_copy("j", "u", "s3", "c3", "d", "e3").unwrap();
+        s.record_copy("j", "u", "s4", "c4", "d", "e4").unwrap();
+        // s1 is gone, s2 kept (new to the ledger), s3 written in the run, s4 kept as it was.
+        let written: HashSet<String> = ["s3".to_string()].into();
+        let kept = |sid: &str, c: &str, e: &str| {
+            (
+                sid.to_string(),
+                LedgerCopy {
+                    contact_id: c.into(),
+                    digest: "d".into(),
+                    etag: e.into(),
+                },
+            )
+        };
+        s.settle_ledger(
             "j",
             "u",
-            &[(
-                "s2".into(),
-                LedgerCopy {
-                    contact_id: "c2".into(),
-                    digest: "d".into(),
-                    etag: "e2".into(),
-                },
-            )],
+            &[kept("s2", "c2", "e2"), kept("s4", "c4", "e4")],
+            &written,
         )
         .unwrap();
         assert_eq!(
@@ -1000,7 +1041,11 @@ mod tests {
                 .into_iter()
                 .map(|(k, v)| (k, v.etag))
                 .collect::<Vec<_>>(),
-            vec![("s2".to_string(), "e2".to_string())]
+            vec![
+                ("s2".to_string(), "e2".to_string()),
+                ("s3".to_string(), "e3".to_string()),
+                ("s4".to_string(), "e4".to_string())
+            ]
         );
         s.forget_job("j").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 0);
