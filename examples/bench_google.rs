@@ -14,7 +14,8 @@
 //! critical-path bound at the configured concurrency, and peak RSS.
 //!
 //! Run: `cargo run --release --example bench_google -- --contacts 1000 --destinations 100`
-//! (`--workloads W1,W2b` runs a subset, `--concurrency N` and `--latency-ms N` change the set-up).
+//! (`--workloads W1,W2b` runs a subset, `--concurrency N` and `--latency-ms N` change the set-up;
+//! `BENCH_WRAP=heaptrack` runs each workload under a profiler such as heaptrack).
 //! A measuring program, not a test: nothing here asserts.
 
 use std::collections::BTreeMap;
@@ -90,20 +91,9 @@ fn run_phase(dir: &Path) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let peak_inuse = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    {
-        let p = peak_inuse.clone();
-        std::thread::spawn(move || loop {
-            let m = unsafe { libc::mallinfo2() };
-            p.fetch_max(m.uordblks + m.hblkhd, std::sync::atomic::Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(20));
-        });
-    }
     let start = Instant::now();
     let report = rt.block_on(engine::run_job(&backend, &store, &job.to_run(), &opts));
     let wall = start.elapsed().as_secs_f64();
-    let m = unsafe { libc::mallinfo2() };
-    let mi = format!("arena={} inuse={} free={} mmap={} peak_inuse={}", m.arena>>20, m.uordblks>>20, m.fordblks>>20, m.hblkhd>>20, peak_inuse.load(std::sync::atomic::Ordering::Relaxed)>>20);
     if report.outcome != engine::Outcome::Ok {
         anyhow::bail!("run ended {:?}: {:?}", report.outcome, report.message);
     }
@@ -114,7 +104,6 @@ fn run_phase(dir: &Path) -> anyhow::Result<()> {
             "counts": report.counts,
             "peak_rss_kb": groupsync::procstat::peak_rss_kb(),
             "cpu_s": groupsync::procstat::cpu_seconds(),
-            "mallinfo": mi,
         })
     );
     Ok(())
@@ -258,16 +247,15 @@ fn main() -> anyhow::Result<()> {
             }
             Err(_) => Command::new(std::env::current_exe()?),
         };
-        let out = cmd
-            .args(["--phase", w, "--dir"])
-            .arg(&dir)
-            .output()?;
+        let out = cmd.args(["--phase", w, "--dir"]).arg(&dir).output()?;
         if !out.status.success() {
             anyhow::bail!("{w} failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let fake_cpu = groupsync::procstat::cpu_seconds() - fake_cpu;
-        eprintln!("{}", String::from_utf8_lossy(&out.stdout));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        // The phase prints one JSON line (a wrapper such as heaptrack may print more).
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
+        let v: serde_json::Value = serde_json::from_str(line)?;
         let counts = fake.counts();
         let api_calls: u64 = counts
             .iter()

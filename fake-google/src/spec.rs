@@ -246,7 +246,12 @@ impl std::fmt::Display for At<'_> {
     }
 }
 
-fn check_scalar(desc: &Value, v: &Value, at: &dyn std::fmt::Display, from_query: bool) -> Result<(), String> {
+fn check_scalar(
+    desc: &Value,
+    v: &Value,
+    at: &dyn std::fmt::Display,
+    from_query: bool,
+) -> Result<(), String> {
     let ty = desc.get("type").and_then(Value::as_str).unwrap_or("string");
     let ok = match (ty, v) {
         ("string", Value::String(_)) => true,

@@ -9,6 +9,7 @@
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -123,7 +124,14 @@ pub struct Client {
     limiter: governor::DefaultDirectRateLimiter,
     pub counts: MethodCounts,
     pub retries: AtomicU64,
+    /// Large answers (connections.list pages, up to 1,000 contacts) read and held at once. A
+    /// page waits in its connection until it gets a permit, so memory does not grow with the
+    /// number of users read in parallel.
+    large_answers: Arc<tokio::sync::Semaphore>,
 }
+
+/// How many large answers are read and held at once.
+const LARGE_ANSWERS: usize = 4;
 
 /// What one call is.
 pub struct Call<'a> {
@@ -154,6 +162,7 @@ impl Client {
             ),
             counts: Default::default(),
             retries: Default::default(),
+            large_answers: Arc::new(tokio::sync::Semaphore::new(LARGE_ANSWERS)),
         }
     }
 
@@ -169,6 +178,25 @@ impl Client {
     /// Sends a call as `send` does and returns the body as text, for callers that read large
     /// answers without building a JSON tree of them.
     pub async fn send_text(&self, call: &Call<'_>) -> Result<String, ApiError> {
+        self.send_text_inner(call, false).await.map(|(t, _)| t)
+    }
+
+    /// Sends a call whose answer is large, as `send_text` does. Its body is read only once one
+    /// of a few permits is free; the permit comes back with the text, to be dropped when the
+    /// caller is done with it.
+    pub async fn send_large(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<(String, tokio::sync::OwnedSemaphorePermit), ApiError> {
+        let (text, permit) = self.send_text_inner(call, true).await?;
+        Ok((text, permit.expect("a large answer holds a permit")))
+    }
+
+    async fn send_text_inner(
+        &self,
+        call: &Call<'_>,
+        large: bool,
+    ) -> Result<(String, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
         let attempt = || async {
             let token = self
                 .tokens
@@ -227,6 +255,16 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.parse::<u64>().ok())
                 .map(Duration::from_secs);
+            let permit = match large {
+                true => Some(
+                    self.large_answers
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                ),
+                false => None,
+            };
             let text = resp.text().await.map_err(|e| {
                 (
                     None,
@@ -241,7 +279,7 @@ impl Client {
                 )
             })?;
             if status.is_success() {
-                return Ok(text);
+                return Ok((text, permit));
             }
             if status == StatusCode::UNAUTHORIZED {
                 self.tokens.forget(call.user).await;

@@ -419,7 +419,7 @@ impl GoogleBackend {
                 q,
                 true,
             );
-            let text = self.client.send_text(&call).await?;
+            let (text, _permit) = self.client.send_large(&call).await?;
             let v: person::ConnectionsPage<'_> =
                 serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?;
             for raw in v.connections {
