@@ -738,25 +738,21 @@ fn lcm(a: usize, b: usize) -> usize {
 /// The group version recorded for a destination that converged under a change token.
 const TOKEN_VERSION: &str = "change-token";
 
-/// The etag of every copy (contact id → etag) of a destination whose last run converged to the
-/// source with this fingerprint under a change token, or `None`.
-fn converged_etags(
+/// True when a destination's last run converged to the source with this fingerprint under a
+/// change token.
+fn converged_under_token(
     store: &Mutex<Store>,
     spec: &JobSpec,
     user: &User,
     fingerprint: &str,
-) -> Option<HashMap<String, String>> {
-    let s = lock(store);
+) -> bool {
     let mark = destination_mark(fingerprint, TOKEN_VERSION);
-    if s.fingerprint(&spec.name, &user.id)
+    lock(store)
+        .fingerprint(&spec.name, &user.id)
         .ok()
         .flatten()
         .as_deref()
-        != Some(mark.as_str())
-    {
-        return None;
-    }
-    s.copy_etags(&spec.name, &user.id).ok()
+        == Some(mark.as_str())
 }
 
 /// What a destination converged to: this run's source and the group's version.
@@ -845,16 +841,19 @@ async fn process_destination<B: Backend>(
     };
     if let Mode::Active { fingerprint, .. } = &mode
         && let Some((token, group_id)) = saved_token
-        && let Some(etags) = converged_etags(store, spec, user, fingerprint)
+        && converged_under_token(store, spec, user, fingerprint)
     {
-        match backend.changes_since(user, &token, &group_id, &etags).await {
+        // The copies' etags are read only if the token's delta is not empty.
+        let known = || lock(store).copy_etags(&spec.name, &user.id).ok();
+        match backend.changes_since(user, &token, &group_id, &known).await {
             Ok(Changes::None { token: next }) => {
                 if !opts.dry_run {
                     let s = lock(store);
                     let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
                     let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
                 }
-                report.plan = Some(Plan::up_to_date(user, etags.len()));
+                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
+                report.plan = Some(Plan::up_to_date(user, copies));
                 return report;
             }
             Ok(Changes::Expired) => {

@@ -623,6 +623,18 @@ impl Store {
             .map_err(self.err())
     }
 
+    /// Number of copies the ledger remembers at one destination.
+    pub fn copy_count(&self, job: &str, user_id: &str) -> Result<usize> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*) FROM copies WHERE job = ?1 AND user_id = ?2",
+                params![job, user_id],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n.max(0) as usize)
+            .map_err(self.err())
+    }
+
     /// Number of copies the ledger remembers for a job, all destinations together.
     pub fn ledger_count(&self, job: &str) -> Result<i64> {
         self.conn

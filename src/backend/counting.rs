@@ -5,7 +5,7 @@ use calcard::vcard::VCard;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, Changes, Contact, GroupRef, Result, User, Written};
+use super::{Backend, Changes, Contact, GroupRef, KnownCopies, Result, User, Written};
 use crate::card::FieldSelection;
 use std::collections::HashMap;
 
@@ -310,7 +310,7 @@ impl<B: Backend> Backend for Counting<B> {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &HashMap<String, String>,
+        known: &KnownCopies<'_>,
     ) -> Result<Changes> {
         bump(&self.calls.changes_since);
         self.inner.changes_since(user, token, group_id, known).await

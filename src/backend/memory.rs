@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, Changes, Contact, GroupRef, Result, User, Written};
+use super::{
+    Backend, BackendError, Changes, Contact, GroupRef, KnownCopies, Result, User, Written,
+};
 use crate::card::{self, FieldSelection};
 
 /// Name of every user's default collection.
@@ -449,9 +451,12 @@ impl Backend for MemoryBackend {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &HashMap<String, String>,
+        known: &KnownCopies<'_>,
     ) -> Result<Changes> {
         self.check_read()?;
+        let Some(known) = known() else {
+            return Ok(Changes::Some);
+        };
         let Some(then) = self.tokens.lock().unwrap().get(token).cloned() else {
             return Ok(Changes::Expired);
         };

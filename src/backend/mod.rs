@@ -104,6 +104,10 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// Loads the copies the engine remembers at one destination: contact id → etag (see
+/// `Backend::changes_since`).
+pub type KnownCopies<'a> = dyn Fn() -> Option<HashMap<String, String>> + Send + Sync + 'a;
+
 /// What a provider's change token says about one user's contacts (see `Backend::changes_since`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Changes {
@@ -277,16 +281,18 @@ pub trait Backend: Send + Sync {
     }
 
     /// Whether the user's contacts changed since `token` in a way that concerns the group
-    /// `group_id`. `known` maps each copy the engine remembers to the etag it last saw or wrote:
-    /// a changed contact that is one of them with that etag is the engine's own write; any other
-    /// change to a known copy, a known copy deleted, or any change to a member of the group is
-    /// `Changes::Some`. Changes elsewhere in the user's contacts are ignored.
+    /// `group_id`. `known()` gives each copy the engine remembers and the etag it last saw or
+    /// wrote (`None` if it cannot: then treat everything as changed); call it only when something
+    /// changed, as it reads the state database. A changed contact that is a known copy with that
+    /// etag is the engine's own write; any other change to a known copy, a known copy deleted,
+    /// or any change to a member of the group is `Changes::Some`. Changes elsewhere in the
+    /// user's contacts are ignored.
     fn changes_since(
         &self,
         _user: &User,
         _token: &str,
         _group_id: &str,
-        _known: &HashMap<String, String>,
+        _known: &KnownCopies<'_>,
     ) -> impl Future<Output = Result<Changes>> + Send {
         async { Ok(Changes::Some) }
     }

@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Backend, BackendError, Changes, Contact, GroupRef, Result, User, Written};
+use super::{
+    Backend, BackendError, Changes, Contact, GroupRef, KnownCopies, Result, User, Written,
+};
 use crate::card::FieldSelection;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
 use http::{ApiError, Call, Client};
@@ -1019,12 +1021,18 @@ impl Backend for GoogleBackend {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &HashMap<String, String>,
+        known: &KnownCopies<'_>,
     ) -> Result<Changes> {
         let fields = read_fields();
         let mut relevant = false;
+        // Loaded at the first change only: a destination where nothing changed never needs it.
+        let mut loaded: Option<Option<HashMap<String, String>>> = None;
         let r = self
             .list_connections_synced(user, &fields, Some(token), true, &mut |p, _| {
+                let Some(known) = loaded.get_or_insert_with(known) else {
+                    relevant = true;
+                    return false;
+                };
                 let deleted = p.deleted();
                 relevant = match known.get(&p.resource_name) {
                     Some(_) if deleted => true,
