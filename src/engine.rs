@@ -9,7 +9,7 @@
 
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
@@ -1090,10 +1090,9 @@ async fn apply_ops<B: Backend>(
         ..Default::default()
     };
     let log = |c: Change<'_>| lock(store).log_change(&c);
-    // Copies that need no change, and copies held because their source is unreadable.
+    // Ledger rows of copies left as they are that must change, and rows to remove.
     let kept: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
-    // Source ids of the copies written in this run (each recorded in the ledger as written).
-    let mut written_now: HashSet<String> = HashSet::new();
+    let forget: Vec<String> = std::mem::take(&mut plan.forget);
     let plan: &Plan = plan;
     // Consecutive operations of one kind go to the provider in batches (one call per batch on a
     // provider with batch endpoints). Deletes are also read in batches first, for the trash.
@@ -1187,7 +1186,6 @@ async fn apply_ops<B: Backend>(
                         after: Some(&item.digest),
                         ..base.clone()
                     })?;
-                    written_now.insert(source_id.to_string());
                     applied.created += 1;
                 }
                 if let Some(e) = first_err {
@@ -1257,7 +1255,6 @@ async fn apply_ops<B: Backend>(
                         after: Some(&item.digest),
                         ..base.clone()
                     })?;
-                    written_now.insert(source_id.to_string());
                     applied.updated += 1;
                 }
                 if let Some(e) = first_err {
@@ -1411,7 +1408,7 @@ async fn apply_ops<B: Backend>(
         }
     }
     if source.is_some() {
-        lock(store).settle_ledger(&spec.name, &user.id, &kept, &written_now)?;
+        lock(store).settle_ledger(&spec.name, &user.id, &kept, &forget)?;
     }
     Ok(group)
 }

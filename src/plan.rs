@@ -322,9 +322,13 @@ pub struct Plan {
     pub held: usize,
     /// Set when the plan deletes more than the job's limit allows.
     pub limit_exceeded: Option<String>,
-    /// The copies kept as they are, by source id (for the ledger).
+    /// Copies kept as they are whose ledger row must change (or is missing), by source id.
     #[serde(skip)]
     pub kept: Vec<(String, LedgerCopy)>,
+    /// Source ids the ledger remembers that no copy answers for after this plan (the copy was
+    /// deleted, or is gone): their rows are removed once the plan is applied.
+    #[serde(skip)]
+    pub forget: Vec<String>,
 }
 
 impl Plan {
@@ -344,6 +348,7 @@ impl Plan {
             held: 0,
             limit_exceeded: None,
             kept: vec![],
+            forget: vec![],
         }
     }
 
@@ -352,6 +357,7 @@ impl Plan {
     pub fn into_summary(mut self) -> Plan {
         self.ops = vec![];
         self.kept = vec![];
+        self.forget = vec![];
         self
     }
 
@@ -377,6 +383,7 @@ pub fn plan_destination(
         held: 0,
         limit_exceeded: None,
         kept: vec![],
+        forget: vec![],
     };
     if dest.group.is_none() {
         plan.ops.push(Op::CreateGroup {
@@ -479,6 +486,25 @@ pub fn plan_destination(
     }
     plan.ops.extend(updates);
     plan.ops.extend(deletes);
+    // The ledger after the apply: rows of copies kept, created or updated stay (created and
+    // updated ones are recorded as they are written); kept rows already right are not rewritten.
+    let answered: std::collections::HashSet<&str> = plan
+        .kept
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .chain(plan.ops.iter().filter_map(|o| match o {
+            Op::Create { source_id, .. } | Op::Update { source_id, .. } => Some(source_id.as_str()),
+            _ => None,
+        }))
+        .collect();
+    plan.forget = ledger
+        .copies
+        .keys()
+        .filter(|s| !answered.contains(s.as_str()))
+        .cloned()
+        .collect();
+    drop(answered);
+    plan.kept.retain(|(s, c)| ledger.copies.get(s) != Some(c));
     let counted = plan
         .ops
         .iter()
@@ -540,6 +566,7 @@ pub fn plan_removal(dest: &DestSnapshot) -> Plan {
         held: 0,
         limit_exceeded: None,
         kept: vec![],
+        forget: vec![],
     };
     let Some(group) = &dest.group else {
         return plan;

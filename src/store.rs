@@ -7,7 +7,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -678,16 +678,15 @@ impl Store {
         self.batch_tick(false)
     }
 
-    /// Brings the ledger of one destination to what it holds after a run. The copies `written`
-    /// in the run (source ids) were recorded one by one as they were written (`record_copy`);
-    /// `kept` are the copies left as they were, rewritten only where the ledger differs. Every
-    /// other row (a copy deleted, a source gone) is removed.
+    /// Brings the ledger of one destination to what it holds after a run. The copies written
+    /// in the run were recorded one by one as they were written (`record_copy`); `kept` are
+    /// copies left as they were whose rows change; `forget` are the source ids whose rows go.
     pub fn settle_ledger(
         &mut self,
         job: &str,
         user_id: &str,
         kept: &[(String, LedgerCopy)],
-        written: &HashSet<String>,
+        forget: &[String],
     ) -> Result<()> {
         self.batch_end()?;
         let path = self.path.clone();
@@ -695,48 +694,22 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let kept: HashMap<&str, &LedgerCopy> = kept.iter().map(|(s, c)| (s.as_str(), c)).collect();
         let tx = self.conn.transaction().map_err(e)?;
-        let mut stale = vec![];
-        let mut seen = HashSet::new();
-        {
-            let mut st = tx
-                .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
-                .map_err(e)?;
-            let mut rows = st.query(params![job, user_id]).map_err(e)?;
-            while let Some(r) = rows.next().map_err(e)? {
-                let source_id: String = r.get(0).map_err(e)?;
-                match kept.get(source_id.as_str()) {
-                    Some(k) => {
-                        let same = k.contact_id == r.get::<_, String>(1).map_err(e)?
-                            && k.digest == r.get::<_, String>(2).map_err(e)?
-                            && k.etag == r.get::<_, String>(3).map_err(e)?;
-                        if same {
-                            seen.insert(source_id);
-                        }
-                    }
-                    None if written.contains(&source_id) => {}
-                    None => stale.push(source_id),
-                }
-            }
-        }
         {
             let mut del = tx
                 .prepare_cached(
                     "DELETE FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3",
                 )
                 .map_err(e)?;
-            for s in &stale {
+            for s in forget {
                 del.execute(params![job, user_id, s]).map_err(e)?;
             }
             let mut put = tx
                 .prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
                 .map_err(e)?;
-            for (s, c) in &kept {
-                if !seen.contains(*s) {
-                    put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
-                        .map_err(e)?;
-                }
+            for (s, c) in kept {
+                put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
+                    .map_err(e)?;
             }
         }
         tx.commit().map_err(e)
@@ -1028,7 +1001,6 @@ mod tests {
         s.record_copy("j", "u", "s3", "c3", "d", "e3").unwrap();
         s.record_copy("j", "u", "s4", "c4", "d", "e4").unwrap();
         // s1 is gone, s2 kept (new to the ledger), s3 written in the run, s4 kept as it was.
-        let written: HashSet<String> = ["s3".to_string()].into();
         let kept = |sid: &str, c: &str, e: &str| {
             (
                 sid.to_string(),
@@ -1039,13 +1011,8 @@ mod tests {
                 },
             )
         };
-        s.settle_ledger(
-            "j",
-            "u",
-            &[kept("s2", "c2", "e2"), kept("s4", "c4", "e4")],
-            &written,
-        )
-        .unwrap();
+        s.settle_ledger("j", "u", &[kept("s2", "c2", "e2")], &["s1".to_string()])
+            .unwrap();
         assert_eq!(
             s.ledger("j", "u")
                 .unwrap()

@@ -358,6 +358,27 @@ impl World {
                     "copies at {} differ from the source",
                     *name
                 );
+                // The ledger remembers exactly the copies there are: source id → contact id.
+                let ledger: BTreeMap<String, String> = self
+                    .store
+                    .lock()
+                    .unwrap()
+                    .ledger(&self.job.spec.name, name)
+                    .unwrap()
+                    .copies
+                    .into_iter()
+                    .map(|(s, c)| (s, c.contact_id))
+                    .collect();
+                let present: BTreeMap<String, String> = tagged
+                    .iter()
+                    .filter_map(|(_, id, c)| Some((card::source_of(c)?, id.clone())))
+                    .collect();
+                prop_assert_eq!(
+                    &ledger,
+                    &present,
+                    "ledger of {} is not what it holds",
+                    *name
+                );
                 // Own contacts added to the group are still in it.
                 for (ou, id) in self.own.keys() {
                     if *ou == u
