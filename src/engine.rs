@@ -664,8 +664,8 @@ async fn snapshot<B: Backend>(
     source: Option<&SourceSet>,
     ledger: Option<&LedgerView>,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
-    // contact id → (its etag, source id, what the ledger remembers of it)
-    let mut written: HashMap<&str, (&str, &str, &LedgerCopy)> = HashMap::new();
+    // contact id → (source id, what the ledger remembers of the copy)
+    let mut written: HashMap<&str, (&str, &LedgerCopy)> = HashMap::new();
     if let (Some(source), Some(ledger)) = (source, ledger) {
         for (sid, l) in &ledger.copies {
             if !l.etag.is_empty()
@@ -674,11 +674,11 @@ async fn snapshot<B: Backend>(
                     .get(sid)
                     .is_some_and(|item| item.digest == l.digest)
             {
-                written.insert(&l.contact_id, (&l.etag, sid, l));
+                written.insert(&l.contact_id, (sid, l));
             }
         }
     }
-    let known: HashMap<&str, &str> = written.iter().map(|(id, (e, ..))| (*id, *e)).collect();
+    let known = |id: &str, etag: &str| written.get(id).is_some_and(|(_, l)| l.etag == etag);
     let mut entries = vec![];
     let mut hits = vec![];
     let mut sink = |c: crate::backend::Contact| {
@@ -696,7 +696,7 @@ async fn snapshot<B: Backend>(
         None
     };
     for (id, etag) in hits {
-        let Some((_, sid, l)) = written.get(id.as_str()) else {
+        let Some((sid, l)) = written.get(id.as_str()) else {
             continue;
         };
         let name = source

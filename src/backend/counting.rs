@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Backend, Changes, Contact, GroupRef, KnownCopies, Result, User, Written};
 use crate::card::FieldSelection;
-use std::collections::HashMap;
 
 /// Call counts of a `Counting` backend.
 #[derive(Debug, Default)]
@@ -285,7 +284,7 @@ impl<B: Backend> Backend for Counting<B> {
         &self,
         user: &User,
         group: Option<&GroupRef>,
-        known: &HashMap<&str, &str>,
+        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
         sink: &mut (dyn FnMut(Contact) + Send),
         known_sink: &mut (dyn FnMut(String, String) + Send),
     ) -> Result<Option<String>> {

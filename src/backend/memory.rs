@@ -432,12 +432,12 @@ impl Backend for MemoryBackend {
         &self,
         user: &User,
         group: Option<&GroupRef>,
-        known: &HashMap<&str, &str>,
+        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
         sink: &mut (dyn FnMut(Contact) + Send),
         known_sink: &mut (dyn FnMut(String, String) + Send),
     ) -> Result<Option<String>> {
         self.scan_group_with_token(user, group, &mut |c: Contact| {
-            if known.get(c.id.as_str()) == Some(&c.etag.as_str()) {
+            if known(&c.id, &c.etag) {
                 known_sink(c.id, c.etag)
             } else {
                 sink(c)

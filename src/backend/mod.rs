@@ -264,15 +264,15 @@ pub trait Backend: Send + Sync {
         }
     }
 
-    /// Reads a group as `scan_group_with_token` does, except that a contact listed in `known`
-    /// (contact id → etag) that still has that etag is handed to `known_sink` as (id, etag)
-    /// without being read whole: the engine knows it is a copy exactly as it wrote it. A
-    /// provider that cannot see etags before reading contacts whole hands everything to `sink`.
+    /// Reads a group as `scan_group_with_token` does, except that a contact for which
+    /// `known(id, etag)` is true is handed to `known_sink` as (id, etag) without being read
+    /// whole: the engine knows it is a copy exactly as it wrote it. A provider that cannot see
+    /// etags before reading contacts whole hands everything to `sink`.
     fn scan_group_known(
         &self,
         user: &User,
         group: Option<&GroupRef>,
-        known: &HashMap<&str, &str>,
+        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
         sink: &mut (dyn FnMut(Contact) + Send),
         known_sink: &mut (dyn FnMut(String, String) + Send),
     ) -> impl Future<Output = Result<Option<String>>> + Send {

@@ -967,7 +967,7 @@ impl Backend for GoogleBackend {
         group: Option<&GroupRef>,
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<Option<String>> {
-        self.scan_group_known(user, group, &HashMap::new(), sink, &mut |_, _| {})
+        self.scan_group_known(user, group, &|_, _| false, sink, &mut |_, _| {})
             .await
     }
 
@@ -975,7 +975,7 @@ impl Backend for GoogleBackend {
         &self,
         user: &User,
         group: Option<&GroupRef>,
-        known: &HashMap<&str, &str>,
+        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
         sink: &mut (dyn FnMut(Contact) + Send),
         known_sink: &mut (dyn FnMut(String, String) + Send),
     ) -> Result<Option<String>> {
@@ -991,7 +991,7 @@ impl Backend for GoogleBackend {
                     && head.member_of(&g.id)
                 {
                     // A copy as the engine wrote it: no need to read it whole.
-                    if known.get(head.resource_name.as_str()) == Some(&head.etag.as_str()) {
+                    if known(&head.resource_name, &head.etag) {
                         known_sink(head.resource_name, head.etag);
                         return true;
                     }
