@@ -690,6 +690,7 @@ async fn snapshot<B: Backend>(
             .scan_group_known(user, group.as_ref(), &known, &mut sink, &mut known_sink)
             .await?
     } else {
+        // A provider without tokens is read only when the group exists (no call otherwise).
         if let Some(g) = &group {
             backend.scan_group(user, g, &mut sink).await?;
         }
@@ -883,10 +884,7 @@ async fn process_destination<B: Backend>(
             let mark = destination_mark(fingerprint, version);
             let known = lock(store).fingerprint(&spec.name, &user.id).ok().flatten();
             if known.as_deref() == Some(mark.as_str()) {
-                let copies = lock(store)
-                    .ledger(&spec.name, &user.id)
-                    .map(|l| l.copies.len())
-                    .unwrap_or(0);
+                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
                 if !opts.dry_run {
                     let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
                 }

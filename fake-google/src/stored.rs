@@ -70,10 +70,6 @@ impl Stored {
         self.groups.iter().map(|g| &**g)
     }
 
-    pub fn has(&self, field: &str) -> bool {
-        field == "memberships" || self.fields.iter().any(|(k, _)| &**k == field)
-    }
-
     /// The whole person, as Google answers it with every field in the read mask.
     pub fn value(&self, rn: &str) -> Value {
         let mut out = String::new();
