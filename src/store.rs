@@ -256,8 +256,11 @@ pub struct Counts {
 pub struct Store {
     conn: Connection,
     path: String,
-    /// Writes since the open batch began (see `batch_begin`); `None` when no batch is open.
+    /// Writes in the open transaction (see `batch_begin`); `None` when none is open.
     batch: std::cell::Cell<Option<usize>>,
+    /// Batches begun and not yet ended: destinations applied at the same time share one open
+    /// transaction, committed when the last of them ends (or every `BATCH` writes).
+    batch_depth: std::cell::Cell<usize>,
 }
 
 /// Writes per transaction while a batch is open.
@@ -315,6 +318,7 @@ impl Store {
             conn,
             path,
             batch: std::cell::Cell::new(None),
+            batch_depth: std::cell::Cell::new(0),
         })
     }
 
@@ -326,19 +330,33 @@ impl Store {
     }
 
     /// Groups the log and ledger writes that follow into transactions of up to `BATCH` writes,
-    /// until `batch_end`. A trash entry is always committed at once, because the delete that
-    /// follows it must never happen without it. A crash loses at most the last batch's log lines;
-    /// the copies themselves are found again from their tags.
+    /// until `batch_end`. Batches nest: destinations applied at the same time share the open
+    /// transaction, and it is committed when the last of them ends. A trash entry is always
+    /// committed at once, because the delete that follows it must never happen without it.
+    /// Writes are committed in the order they were made, so a crash loses at most the last
+    /// `BATCH` writes, never an earlier one; the copies themselves are found again from their
+    /// tags.
     pub fn batch_begin(&self) -> Result<()> {
         if self.batch.get().is_none() {
             self.conn.execute_batch("BEGIN").map_err(self.err())?;
             self.batch.set(Some(0));
         }
+        self.batch_depth.set(self.batch_depth.get() + 1);
         Ok(())
     }
 
-    /// Commits the open batch, if any.
+    /// Ends one batch; the open transaction is committed when no batch is left.
     pub fn batch_end(&self) -> Result<()> {
+        let depth = self.batch_depth.get().saturating_sub(1);
+        self.batch_depth.set(depth);
+        if depth == 0 {
+            self.commit_open()?;
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction, if any.
+    fn commit_open(&self) -> Result<()> {
         if self.batch.take().is_some() {
             self.conn.execute_batch("COMMIT").map_err(self.err())?;
         }
@@ -688,31 +706,38 @@ impl Store {
         kept: &[(String, LedgerCopy)],
         forget: &[String],
     ) -> Result<()> {
-        self.batch_end()?;
-        let path = self.path.clone();
-        let e = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(e)?;
-        {
-            let mut del = tx
-                .prepare_cached(
-                    "DELETE FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3",
-                )
-                .map_err(e)?;
-            for s in forget {
-                del.execute(params![job, user_id, s]).map_err(e)?;
-            }
-            let mut put = tx
-                .prepare_cached("INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
-                .map_err(e)?;
-            for (s, c) in kept {
-                put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])
-                    .map_err(e)?;
-            }
+        if kept.is_empty() && forget.is_empty() {
+            return Ok(());
         }
-        tx.commit().map_err(e)
+        // A savepoint: all or nothing, inside the open batch when other destinations share one
+        // (then committed with it, in order), else a transaction of its own.
+        self.conn
+            .execute_batch("SAVEPOINT settle")
+            .map_err(self.err())?;
+        let written = (|| -> rusqlite::Result<()> {
+            let mut del = self.conn.prepare_cached(
+                "DELETE FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3",
+            )?;
+            for s in forget {
+                del.execute(params![job, user_id, s])?;
+            }
+            let mut put = self.conn.prepare_cached(
+                "INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for (s, c) in kept {
+                put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])?;
+            }
+            Ok(())
+        })();
+        let end = if written.is_ok() {
+            "RELEASE settle"
+        } else {
+            "ROLLBACK TO settle; RELEASE settle"
+        };
+        let ended = self.conn.execute_batch(end);
+        written.map_err(self.err())?;
+        ended.map_err(self.err())?;
+        self.batch_tick(false)
     }
 
     /// Appends one line to the change log.
@@ -966,6 +991,13 @@ impl Store {
     }
 }
 
+impl Drop for Store {
+    /// A batch left open (its run was cancelled) is committed: what was written stays recorded.
+    fn drop(&mut self) {
+        let _ = self.commit_open();
+    }
+}
+
 fn trash_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrashRecord> {
     Ok(TrashRecord {
         id: r.get(0)?,
@@ -990,6 +1022,41 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
+    }
+
+    #[test]
+    fn concurrent_batches_share_one_transaction_until_the_last_ends() {
+        let dir = std::env::temp_dir().join(format!("gs-batch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("state.db");
+        let s = Store::open(&path).unwrap();
+        // Another process (a `groupsync status`) reading the database.
+        let reader = || {
+            let c = Connection::open(&path).unwrap();
+            c.query_row("SELECT COUNT(*) FROM copies", [], |r| r.get::<_, i64>(0))
+                .unwrap()
+        };
+        s.batch_begin().unwrap(); // destination A
+        s.record_copy("j", "a", "s1", "c1", "d", "e").unwrap();
+        s.batch_begin().unwrap(); // destination B, while A is still being applied
+        s.record_copy("j", "b", "s1", "c2", "d", "e").unwrap();
+        s.batch_end().unwrap(); // A ends: B's writes stay in the one open transaction
+        assert!(!s.conn.is_autocommit(), "a transaction stays open for B");
+        s.record_copy("j", "b", "s2", "c3", "d", "e").unwrap();
+        assert_eq!(reader(), 0, "nothing is committed while a batch is open");
+        s.batch_end().unwrap();
+        assert!(s.conn.is_autocommit());
+        assert_eq!(
+            reader(),
+            3,
+            "all three rows are committed when the last batch ends"
+        );
+        // A batch left open is committed when the store is dropped.
+        s.batch_begin().unwrap();
+        s.record_copy("j", "c", "s1", "c4", "d", "e").unwrap();
+        drop(s);
+        assert_eq!(reader(), 4);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
