@@ -169,6 +169,53 @@ fn capitalise(s: &str) -> String {
     }
 }
 
+/// Fills in the output-only parts of one field's entries as Google does (`metadata` with the
+/// contact's id as `ID_PLACEHOLDER`, `formattedType`, `displayName`, `canonicalForm`). A pure
+/// function of the field's name and value, so `Stored` keeps its result per distinct value.
+fn enrich(field: &str, v: &mut Value) {
+    let Some(items) = v.as_array_mut() else {
+        return;
+    };
+    for (i, item) in items.iter_mut().enumerate() {
+        let Some(e) = item.as_object_mut() else {
+            continue;
+        };
+        e.insert(
+            "metadata".into(),
+            json!({"primary": i == 0, "source": {"type": "CONTACT", "id": ID_PLACEHOLDER}}),
+        );
+        if let Some(t) = e.get("type").and_then(Value::as_str) {
+            let t = capitalise(t);
+            e.insert("formattedType".into(), json!(t));
+        }
+        match field {
+            "names" => {
+                let parts: Vec<&str> = ["givenName", "familyName"]
+                    .iter()
+                    .filter_map(|k| e.get(*k).and_then(Value::as_str))
+                    .collect();
+                let dn = e
+                    .get("unstructuredName")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| parts.join(" "));
+                e.insert("displayName".into(), json!(dn));
+                e.insert("displayNameLastFirst".into(), json!(dn));
+            }
+            "phoneNumbers" => {
+                if let Some(v) = e.get("value").and_then(Value::as_str) {
+                    let digits: String = v
+                        .chars()
+                        .filter(|c| c.is_ascii_digit() || *c == '+')
+                        .collect();
+                    e.insert("canonicalForm".into(), json!(digits));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl Book {
     fn next(&mut self) -> u64 {
         self.seq += 1;
@@ -307,72 +354,10 @@ impl Book {
     }
 
     /// Stores a person with Google's output-only fields filled in.
-    fn store(&mut self, rn: &str, mut p: Value) {
+    fn store(&mut self, rn: &str, p: Value) {
         let etag = self.etag();
-        let id = rn.trim_start_matches("people/").to_string();
-        let o = p.as_object_mut().expect("person object");
-        o.insert("resourceName".into(), json!(rn));
-        o.insert("etag".into(), json!(etag));
-        o.insert(
-            "metadata".into(),
-            json!({"sources": [{"type": "CONTACT", "id": id, "etag": format!("#{etag}")}], "objectType": "PERSON"}),
-        );
-        for (field, v) in o.iter_mut() {
-            let Some(items) = v.as_array_mut() else {
-                continue;
-            };
-            for (i, item) in items.iter_mut().enumerate() {
-                let Some(e) = item.as_object_mut() else {
-                    continue;
-                };
-                // The entry's own id is filled in when the person is read (see `Stored`).
-                e.insert(
-                    "metadata".into(),
-                    json!({"primary": i == 0, "source": {"type": "CONTACT", "id": ID_PLACEHOLDER}}),
-                );
-                if let Some(t) = e.get("type").and_then(Value::as_str) {
-                    let t = capitalise(t);
-                    e.insert("formattedType".into(), json!(t));
-                }
-                match field.as_str() {
-                    "names" => {
-                        let parts: Vec<&str> = ["givenName", "familyName"]
-                            .iter()
-                            .filter_map(|k| e.get(*k).and_then(Value::as_str))
-                            .collect();
-                        let dn = e
-                            .get("unstructuredName")
-                            .and_then(Value::as_str)
-                            .map(str::to_string)
-                            .unwrap_or_else(|| parts.join(" "));
-                        e.insert("displayName".into(), json!(dn));
-                        e.insert("displayNameLastFirst".into(), json!(dn));
-                    }
-                    "phoneNumbers" => {
-                        if let Some(v) = e.get("value").and_then(Value::as_str) {
-                            let digits: String = v
-                                .chars()
-                                .filter(|c| c.is_ascii_digit() || *c == '+')
-                                .collect();
-                            e.insert("canonicalForm".into(), json!(digits));
-                        }
-                    }
-                    "memberships" => {
-                        if let Some(g) = e
-                            .get_mut("contactGroupMembership")
-                            .and_then(Value::as_object_mut)
-                            && let Some(rn) =
-                                g.get("contactGroupResourceName").and_then(Value::as_str)
-                        {
-                            let gid = rn.trim_start_matches("contactGroups/").to_string();
-                            g.insert("contactGroupId".into(), json!(gid));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-        }
-        self.contacts.insert(rn.to_string(), Stored::new(&p));
+        self.contacts
+            .insert(rn.to_string(), Stored::new(etag, p, enrich));
         let seq = self.seq;
         self.changed.insert(rn.to_string(), seq);
         self.deleted.remove(rn);

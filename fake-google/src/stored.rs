@@ -8,7 +8,7 @@
 //! This module must not decide anything about the API's rules; `people.rs` does.
 
 use serde_json::{Value, json};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex};
 
 /// Stands for the contact's own id inside a stored field text (a JSON string `"\u0001"`).
@@ -27,6 +27,27 @@ fn intern(s: &str) -> Arc<str> {
     a
 }
 
+/// (the enriching function, field name, the field's value as written) → its stored text,
+/// enriched and interned.
+type Enriched = HashMap<(usize, Arc<str>, Value), Arc<str>>;
+
+static ENRICHED: LazyLock<Mutex<Enriched>> = LazyLock::new(Default::default);
+
+/// One field of a person being stored: its name and its enriched text, both interned.
+fn field_text(name: &str, v: Value, enrich: fn(&str, &mut Value)) -> (Arc<str>, Arc<str>) {
+    let name = intern(name);
+    let key = (enrich as usize, name.clone(), v);
+    let mut memo = ENRICHED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(t) = memo.get(&key) {
+        return (name, t.clone());
+    }
+    let mut v = key.2.clone();
+    enrich(&name, &mut v);
+    let text = intern(&v.to_string());
+    memo.insert(key, text.clone());
+    (name, text)
+}
+
 /// One stored person. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -38,24 +59,27 @@ pub struct Stored {
 }
 
 impl Stored {
-    /// Keeps a person whose output-only parts were filled in with `ID_PLACEHOLDER` as the id
-    /// inside its fields. `resourceName`, `etag`, `metadata` and `memberships` are taken apart.
-    pub(crate) fn new(person: &Value) -> Stored {
-        let o = person.as_object().expect("person object");
-        let etag = o.get("etag").and_then(Value::as_str).unwrap_or("").into();
-        let groups = member_of(person).into_iter().map(Into::into).collect();
+    /// Keeps a person as written by a client (or a test), with `etag`. `resourceName`,
+    /// `etag`, `metadata` and `memberships` are taken apart; each other field is passed through
+    /// `enrich` (which fills in Google's output-only parts, `ID_PLACEHOLDER` standing for the
+    /// contact's id) once per distinct value: the copies of one contact at many users share it.
+    pub(crate) fn new(etag: String, person: Value, enrich: fn(&str, &mut Value)) -> Stored {
+        let groups = member_of(&person).into_iter().map(Into::into).collect();
+        let Value::Object(o) = person else {
+            panic!("a person is a JSON object");
+        };
         let fields = o
-            .iter()
+            .into_iter()
             .filter(|(k, _)| {
                 !matches!(
                     k.as_str(),
                     "resourceName" | "etag" | "metadata" | "memberships"
                 )
             })
-            .map(|(k, v)| (intern(k), intern(&v.to_string())))
+            .map(|(k, v)| field_text(&k, v, enrich))
             .collect();
         Stored {
-            etag,
+            etag: etag.into(),
             fields,
             groups,
         }
@@ -177,8 +201,8 @@ mod tests {
             "names": [{"givenName": "Ann", "metadata": {"primary": true, "source": {"type": "CONTACT", "id": ID_PLACEHOLDER}}}],
             "memberships": [{"metadata": {"primary": true, "source": {"type": "CONTACT", "id": "c1"}}, "contactGroupMembership": {"contactGroupId": "g", "contactGroupResourceName": "contactGroups/g"}}],
         });
-        let a = Stored::new(&p);
-        let b = Stored::new(&p);
+        let a = Stored::new("%E1".into(), p.clone(), |_, _| {});
+        let b = Stored::new("%E1".into(), p, |_, _| {});
         assert!(
             Arc::ptr_eq(&a.fields[0].1, &b.fields[0].1),
             "texts are shared"
