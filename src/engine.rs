@@ -19,7 +19,8 @@ use calcard::vcard::VCard;
 use crate::backend::{Backend, BackendError, Changes, GroupRef, User};
 use crate::card;
 use crate::plan::{
-    self, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerView, Op, Plan, SourceSet,
+    self, DeleteOp, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow, LedgerView,
+    Op, Plan, SourceSet, UpdateOp,
 };
 use crate::store::{Change, Counts, Store, StoreError};
 
@@ -665,20 +666,20 @@ async fn snapshot<B: Backend>(
     ledger: Option<&LedgerView>,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
     // contact id → (source id, what the ledger remembers of the copy)
-    let mut written: HashMap<&str, (&str, &LedgerCopy)> = HashMap::new();
+    let mut written: HashMap<&str, &LedgerRow> = HashMap::new();
     if let (Some(source), Some(ledger)) = (source, ledger) {
-        for (sid, l) in &ledger.copies {
-            if !l.etag.is_empty()
+        for l in ledger.rows() {
+            if !l.etag().is_empty()
                 && source
                     .items
-                    .get(sid)
-                    .is_some_and(|item| item.digest == l.digest)
+                    .get(l.source_id())
+                    .is_some_and(|item| item.digest == l.digest())
             {
-                written.insert(&l.contact_id, (sid, l));
+                written.insert(l.contact_id(), l);
             }
         }
     }
-    let known = |id: &str, etag: &str| written.get(id).is_some_and(|(_, l)| l.etag == etag);
+    let known = |id: &str, etag: &str| written.get(id).is_some_and(|l| l.etag() == etag);
     let mut entries = vec![];
     let mut hits = vec![];
     let mut sink = |c: crate::backend::Contact| {
@@ -697,11 +698,12 @@ async fn snapshot<B: Backend>(
         None
     };
     for (id, etag) in hits {
-        let Some((sid, l)) = written.get(id.as_str()) else {
+        let Some(l) = written.get(id.as_str()) else {
             continue;
         };
+        let sid = l.source_id();
         let name = source
-            .and_then(|s| s.items.get(*sid))
+            .and_then(|s| s.items.get(sid))
             .map(|i| i.name.clone())
             .unwrap_or_default();
         entries.push(DestEntry {
@@ -709,7 +711,7 @@ async fn snapshot<B: Backend>(
             etag,
             kind: DestKind::Copy {
                 source: Some(sid.to_string()),
-                digest: l.digest.clone(),
+                digest: l.digest().to_string(),
                 name,
                 fields: vec![],
             },
@@ -1190,21 +1192,21 @@ async fn apply_ops<B: Backend>(
                     return Err(e.into());
                 }
             }
-            Op::Update { .. } => {
+            Op::Update(_) => {
                 let ops = same_kind(batch);
                 i += ops.len();
                 let g = group_ref()?;
                 let mut items = Vec::with_capacity(ops.len());
                 for op in ops {
-                    if let Op::Update {
-                        contact_id,
-                        etag,
-                        source_id,
-                        name,
-                        fields,
-                        before,
-                    } = op
-                    {
+                    if let Op::Update(u) = op {
+                        let UpdateOp {
+                            contact_id,
+                            etag,
+                            source_id,
+                            name,
+                            fields,
+                            before,
+                        } = &**u;
                         items.push((
                             contact_id,
                             etag,
@@ -1259,7 +1261,7 @@ async fn apply_ops<B: Backend>(
                     return Err(e.into());
                 }
             }
-            Op::Delete { .. } => {
+            Op::Delete(_) => {
                 // Read for the trash in reads of 200 and deleted in the provider's batches: take
                 // a run of deletes that fills both (their least common multiple, at most 1,000).
                 let delete_batch = backend.delete_batch_size().clamp(1, 1000);
@@ -1269,7 +1271,7 @@ async fn apply_ops<B: Backend>(
                 let ids: Vec<String> = ops
                     .iter()
                     .filter_map(|op| match op {
-                        Op::Delete { contact_id, .. } => Some(contact_id.clone()),
+                        Op::Delete(d) => Some(d.contact_id.clone()),
                         _ => None,
                     })
                     .collect();
@@ -1283,17 +1285,17 @@ async fn apply_ops<B: Backend>(
                         .collect();
                 let mut doomed = vec![];
                 for op in ops {
-                    let Op::Delete {
+                    let Op::Delete(d) = op else {
+                        continue;
+                    };
+                    let DeleteOp {
                         contact_id,
                         etag,
                         source_id,
                         name,
                         reason,
                         before,
-                    } = op
-                    else {
-                        continue;
-                    };
+                    } = &**d;
                     // Already gone: nothing to delete.
                     let Some(current) = fetched.remove(contact_id) else {
                         continue;

@@ -215,22 +215,134 @@ pub struct LedgerCopy {
     pub etag: String,
 }
 
-/// What the state database remembers of one destination: source id → copy.
+/// What the state database remembers of one destination: its copies, by source id. Kept
+/// compact, because a run holds the ledger of every destination in flight: one sorted vector
+/// of rows, each row one allocation.
 #[derive(Debug, Clone, Default)]
 pub struct LedgerView {
-    pub copies: BTreeMap<String, LedgerCopy>,
+    /// Sorted by source id, one row per source id.
+    rows: Vec<LedgerRow>,
+}
+
+/// One remembered copy: source id, contact id, digest and etag in one string.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LedgerRow {
+    text: Box<str>,
+    /// Where the contact id, the digest and the etag begin in `text`.
+    at: [u32; 3],
+}
+
+impl LedgerRow {
+    pub fn new(source_id: &str, contact_id: &str, digest: &str, etag: &str) -> Self {
+        let parts = [source_id, contact_id, digest, etag];
+        let mut text = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        let mut at = [0u32; 3];
+        for (i, part) in parts.into_iter().enumerate() {
+            if i > 0 {
+                at[i - 1] = text.len() as u32;
+            }
+            text.push_str(part);
+        }
+        LedgerRow {
+            text: text.into_boxed_str(),
+            at,
+        }
+    }
+
+    fn part(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.at[i - 1] as usize };
+        let end = self.at.get(i).map_or(self.text.len(), |&e| e as usize);
+        &self.text[start..end]
+    }
+
+    pub fn source_id(&self) -> &str {
+        self.part(0)
+    }
+
+    pub fn contact_id(&self) -> &str {
+        self.part(1)
+    }
+
+    pub fn digest(&self) -> &str {
+        self.part(2)
+    }
+
+    pub fn etag(&self) -> &str {
+        self.part(3)
+    }
+
+    /// True if this row remembers exactly `copy`.
+    pub fn is(&self, copy: &LedgerCopy) -> bool {
+        self.contact_id() == copy.contact_id
+            && self.digest() == copy.digest
+            && self.etag() == copy.etag
+    }
+
+    pub fn to_copy(&self) -> LedgerCopy {
+        LedgerCopy {
+            contact_id: self.contact_id().to_string(),
+            digest: self.digest().to_string(),
+            etag: self.etag().to_string(),
+        }
+    }
+}
+
+impl std::fmt::Debug for LedgerRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerRow")
+            .field("source_id", &self.source_id())
+            .field("contact_id", &self.contact_id())
+            .field("digest", &self.digest())
+            .field("etag", &self.etag())
+            .finish()
+    }
 }
 
 impl LedgerView {
+    /// The ledger of these rows; of two rows for one source id the last is kept.
+    pub fn new(rows: impl IntoIterator<Item = LedgerRow>) -> Self {
+        let mut rows: Vec<LedgerRow> = rows.into_iter().collect();
+        rows.reverse();
+        rows.sort_by(|a, b| a.source_id().cmp(b.source_id()));
+        rows.dedup_by(|a, b| a.source_id() == b.source_id());
+        rows.shrink_to_fit();
+        LedgerView { rows }
+    }
+
+    /// What the ledger remembers of the copy of `source_id`.
+    pub fn get(&self, source_id: &str) -> Option<&LedgerRow> {
+        self.rows
+            .binary_search_by(|r| r.source_id().cmp(source_id))
+            .ok()
+            .map(|i| &self.rows[i])
+    }
+
+    pub fn contains(&self, source_id: &str) -> bool {
+        self.get(source_id).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The rows, by source id.
+    pub fn rows(&self) -> impl Iterator<Item = &LedgerRow> {
+        self.rows.iter()
+    }
+
     /// True if `entry` is exactly what this job last wrote for `item`: same contact, same etag
     /// (nobody changed it since), written from the same source content. Such a copy is in sync
     /// even when the provider stores it in its own form (reordered, normalised).
     fn written_as(&self, item: &SourceItem, entry: &DestEntry) -> bool {
-        self.copies.get(&item.id).is_some_and(|l| {
-            l.contact_id == entry.id
-                && l.etag == entry.etag
-                && !l.etag.is_empty()
-                && l.digest == item.digest
+        self.get(&item.id).is_some_and(|l| {
+            l.contact_id() == entry.id
+                && l.etag() == entry.etag
+                && !l.etag().is_empty()
+                && l.digest() == item.digest
         })
     }
 }
@@ -249,7 +361,9 @@ pub enum DeleteReason {
     DestinationRemoved,
 }
 
-/// One operation at one destination, in the order the executor applies them.
+/// One operation at one destination, in the order the executor applies them. Updates and
+/// deletes are boxed: a plan is mostly creates (a first run holds one per source contact at
+/// every destination in flight), and an enum is as large as its largest kind.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Op {
@@ -261,31 +375,39 @@ pub enum Op {
         name: String,
         recreate: bool,
     },
-    Update {
-        contact_id: String,
-        etag: String,
-        source_id: String,
-        name: String,
-        /// Managed properties that differ from the source.
-        fields: Vec<String>,
-        /// Digest of the copy's managed content before the update.
-        before: String,
-    },
-    Delete {
-        contact_id: String,
-        etag: String,
-        source_id: Option<String>,
-        name: String,
-        reason: DeleteReason,
-        /// Digest of the copy's managed content.
-        before: String,
-    },
+    Update(Box<UpdateOp>),
+    Delete(Box<DeleteOp>),
     MoveToDefault {
         contact_id: String,
     },
     DeleteGroup {
         name: String,
     },
+}
+
+/// A copy brought back to its source's content.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpdateOp {
+    pub contact_id: String,
+    pub etag: String,
+    pub source_id: String,
+    pub name: String,
+    /// Managed properties that differ from the source.
+    pub fields: Vec<String>,
+    /// Digest of the copy's managed content before the update.
+    pub before: String,
+}
+
+/// A copy deleted (its payload goes to the trash first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeleteOp {
+    pub contact_id: String,
+    pub etag: String,
+    pub source_id: Option<String>,
+    pub name: String,
+    pub reason: DeleteReason,
+    /// Digest of the copy's managed content.
+    pub before: String,
 }
 
 impl Op {
@@ -297,8 +419,8 @@ impl Op {
                 recreate: false, ..
             } => "create",
             Op::Create { recreate: true, .. } => "recreate",
-            Op::Update { .. } => "update",
-            Op::Delete { .. } => "delete",
+            Op::Update(_) => "update",
+            Op::Delete(_) => "delete",
             Op::MoveToDefault { .. } => "move-to-default",
             Op::DeleteGroup { .. } => "delete-group",
         }
@@ -414,10 +536,9 @@ pub fn plan_destination(
             plan.held += copies.len();
             plan.kept.extend(copies.iter().map(|c| {
                 let remembered = ledger
-                    .copies
-                    .get(*sid)
-                    .filter(|l| l.contact_id == c.id)
-                    .cloned();
+                    .get(sid)
+                    .filter(|l| l.contact_id() == c.id)
+                    .map(LedgerRow::to_copy);
                 (
                     sid.to_string(),
                     remembered.unwrap_or_else(|| LedgerCopy {
@@ -460,14 +581,16 @@ pub fn plan_destination(
                             },
                         ));
                     }
-                    DestKind::Copy { digest, fields, .. } => updates.push(Op::Update {
-                        contact_id: keeper.id.clone(),
-                        etag: keeper.etag.clone(),
-                        source_id: item.id.clone(),
-                        name: item.name.clone(),
-                        fields: card::changed_fields(fields, &item.fields),
-                        before: digest.clone(),
-                    }),
+                    DestKind::Copy { digest, fields, .. } => {
+                        updates.push(Op::Update(Box::new(UpdateOp {
+                            contact_id: keeper.id.clone(),
+                            etag: keeper.etag.clone(),
+                            source_id: item.id.clone(),
+                            name: item.name.clone(),
+                            fields: card::changed_fields(fields, &item.fields),
+                            before: digest.clone(),
+                        })))
+                    }
                     DestKind::Own | DestKind::OtherJob => {
                         unreachable!("only copies are grouped by source")
                     }
@@ -475,12 +598,20 @@ pub fn plan_destination(
             }
         }
     }
+    // Sized once: a first run's plan holds a create per source contact.
+    let creates = source
+        .items
+        .keys()
+        .filter(|sid| !by_source.contains_key(sid.as_str()))
+        .count();
+    plan.ops
+        .reserve_exact(creates + updates.len() + deletes.len());
     for (sid, item) in &source.items {
         if !by_source.contains_key(sid.as_str()) {
             plan.ops.push(Op::Create {
                 source_id: sid.clone(),
                 name: item.name.clone(),
-                recreate: ledger.copies.contains_key(sid),
+                recreate: ledger.contains(sid),
             });
         }
     }
@@ -493,32 +624,31 @@ pub fn plan_destination(
         .iter()
         .map(|(s, _)| s.as_str())
         .chain(plan.ops.iter().filter_map(|o| match o {
-            Op::Create { source_id, .. } | Op::Update { source_id, .. } => Some(source_id.as_str()),
+            Op::Create { source_id, .. } => Some(source_id.as_str()),
+            Op::Update(u) => Some(u.source_id.as_str()),
             _ => None,
         }))
         .collect();
     plan.forget = ledger
-        .copies
-        .keys()
-        .filter(|s| !answered.contains(s.as_str()))
-        .cloned()
+        .rows()
+        .map(LedgerRow::source_id)
+        .filter(|s| !answered.contains(s))
+        .map(str::to_string)
         .collect();
     drop(answered);
-    plan.kept.retain(|(s, c)| ledger.copies.get(s) != Some(c));
+    plan.kept
+        .retain(|(s, c)| !ledger.get(s).is_some_and(|r| r.is(c)));
     let counted = plan
         .ops
         .iter()
         .filter(|o| {
             matches!(
                 o,
-                Op::Delete {
-                    reason: DeleteReason::SourceGone | DeleteReason::Orphan,
-                    ..
-                }
+                Op::Delete(d) if matches!(d.reason, DeleteReason::SourceGone | DeleteReason::Orphan)
             )
         })
         .count();
-    let base = copies_total.max(ledger.copies.len());
+    let base = copies_total.max(ledger.len());
     let allowed = job
         .limits
         .max_delete
@@ -542,14 +672,14 @@ fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
         } => (source.clone(), name.clone(), digest.clone()),
         _ => (None, String::new(), String::new()),
     };
-    Op::Delete {
+    Op::Delete(Box::new(DeleteOp {
         contact_id: e.id.clone(),
         etag: e.etag.clone(),
         source_id,
         name,
         reason,
         before,
-    }
+    }))
 }
 
 /// Plans the removal of a destination from the job: every tagged copy is deleted, the user's own

@@ -7,11 +7,10 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use rusqlite_migration::{M, Migrations};
 use serde::Serialize;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::plan::{LedgerCopy, LedgerView};
+use crate::plan::{LedgerCopy, LedgerRow, LedgerView};
 
 const MIGRATION_SLICE: &[M] = &[
     M::up(
@@ -605,21 +604,18 @@ impl Store {
             .conn
             .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
             .map_err(self.err())?;
-        let copies: BTreeMap<String, LedgerCopy> = st
+        let rows: Vec<LedgerRow> = st
             .query_map(params![job, user_id], |r| {
-                Ok((
-                    r.get(0)?,
-                    LedgerCopy {
-                        contact_id: r.get(1)?,
-                        digest: r.get(2)?,
-                        etag: r.get(3)?,
-                    },
-                ))
+                let text = |i: usize| {
+                    r.get_ref(i)
+                        .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+                };
+                Ok(LedgerRow::new(text(0)?, text(1)?, text(2)?, text(3)?))
             })
             .map_err(self.err())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.err())?;
-        Ok(LedgerView { copies })
+        Ok(LedgerView::new(rows))
     }
 
     /// Contact id → etag of every copy the ledger remembers at one destination (all a change
@@ -1083,9 +1079,8 @@ mod tests {
         assert_eq!(
             s.ledger("j", "u")
                 .unwrap()
-                .copies
-                .into_iter()
-                .map(|(k, v)| (k, v.etag))
+                .rows()
+                .map(|r| (r.source_id().to_string(), r.etag().to_string()))
                 .collect::<Vec<_>>(),
             vec![
                 ("s2".to_string(), "e2".to_string()),

@@ -365,9 +365,8 @@ impl World {
                     .unwrap()
                     .ledger(&self.job.spec.name, name)
                     .unwrap()
-                    .copies
-                    .into_iter()
-                    .map(|(s, c)| (s, c.contact_id))
+                    .rows()
+                    .map(|r| (r.source_id().to_string(), r.contact_id().to_string()))
                     .collect();
                 let present: BTreeMap<String, String> = tagged
                     .iter()

@@ -79,9 +79,10 @@ fn op_line(op: &Op) -> Option<String> {
             recreate: true,
             ..
         } => format!("recreate  {name} (deleted at the destination)"),
-        Op::Update { name, .. } => format!("update    {name}"),
-        Op::Delete { name, reason, .. } => {
-            let why = match reason {
+        Op::Update(u) => format!("update    {}", u.name),
+        Op::Delete(d) => {
+            let name = &d.name;
+            let why = match d.reason {
                 DeleteReason::SourceGone => "no longer in the source group",
                 DeleteReason::Duplicate => "duplicate copy",
                 DeleteReason::Orphan => "tagged copy without source id",
