@@ -141,8 +141,9 @@ pub struct Call<'a> {
     pub url: String,
     pub query: Vec<(&'a str, String)>,
     pub body: Option<&'a Value>,
-    /// A JSON body already written out (large batch bodies, built without a JSON tree).
-    pub raw_body: Option<&'a str>,
+    /// A JSON body already written out (large batch bodies, built without a JSON tree); sent
+    /// again on a retry without a copy.
+    pub raw_body: Option<&'a bytes::Bytes>,
     /// Impersonated user (email) and scopes.
     pub user: &'a str,
     pub scopes: &'a str,
@@ -228,7 +229,7 @@ impl Client {
             } else if let Some(b) = call.raw_body {
                 req = req
                     .header("content-type", "application/json")
-                    .body(b.to_string());
+                    .body(b.clone());
             }
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -265,7 +266,7 @@ impl Client {
                 ),
                 false => None,
             };
-            let text = resp.text().await.map_err(|e| {
+            let text = read_text(resp).await.map_err(|e| {
                 (
                     None,
                     ApiError {
@@ -309,6 +310,19 @@ impl Client {
             .await
             .map_err(|(_, e)| e)
     }
+}
+
+/// Reads an answer's body as text. Unlike `Response::text`, each chunk is copied once into a
+/// buffer sized from the content length and dropped at once, so a large page is held once, not
+/// two or three times over.
+async fn read_text(mut resp: reqwest::Response) -> reqwest::Result<String> {
+    let size = resp.content_length().unwrap_or(0).min(64 << 20) as usize;
+    let mut buf = Vec::with_capacity(size);
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(String::from_utf8(buf)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
 }
 
 /// The error for a successful answer whose body is not the JSON expected.

@@ -564,21 +564,24 @@ impl GoogleBackend {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
-            // Written out as text: the fields are JSON already, no tree is built.
-            let contacts: Vec<String> = todo
-                .iter()
-                .map(|i| {
-                    format!(
-                        "{{\"contactPerson\":{}}}",
-                        person::new_contact_json(chunk[*i], &group.id, self.cfg.visible_tag)
-                    )
-                })
-                .collect();
-            let body = format!(
-                "{{\"contacts\":[{}],\"readMask\":\"metadata\",\"sources\":[\"{CONTACT_SOURCES}\"]}}",
-                contacts.join(",")
-            );
-            drop(contacts);
+            // Written out as text into one buffer: the fields are JSON already, no tree is built.
+            let mut body = String::from("{\"contacts\":[");
+            for (n, i) in todo.iter().enumerate() {
+                if n > 0 {
+                    body.push(',');
+                }
+                body.push_str("{\"contactPerson\":");
+                body.push_str(&person::new_contact_json(
+                    chunk[*i],
+                    &group.id,
+                    self.cfg.visible_tag,
+                ));
+                body.push('}');
+            }
+            body.push_str("],\"readMask\":\"metadata\",\"sources\":[\"");
+            body.push_str(CONTACT_SOURCES);
+            body.push_str("\"]}");
+            let body = bytes::Bytes::from(body);
             let email = self.email(user);
             match self
                 .client
