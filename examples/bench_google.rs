@@ -74,6 +74,7 @@ fn args() -> Args {
 
 /// One workload, in this (child) process.
 fn run_phase(dir: &Path) -> anyhow::Result<()> {
+    groupsync::procstat::tune_allocator();
     let config = Config::load(&dir.join("groupsync.toml"))?;
     let BackendConfig::Google(g) = &config.backend else {
         anyhow::bail!("expected a google backend");

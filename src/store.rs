@@ -604,7 +604,11 @@ impl Store {
             .conn
             .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
             .map_err(self.err())?;
-        let rows: Vec<LedgerRow> = st
+        // Sized from a count (an index lookup): the ledgers of every destination in flight are
+        // held at once, and a grown vector would carry up to twice its rows.
+        let count = self.copy_count(job, user_id)?;
+        let mut rows: Vec<LedgerRow> = Vec::with_capacity(count);
+        let found = st
             .query_map(params![job, user_id], |r| {
                 let text = |i: usize| {
                     r.get_ref(i)
@@ -612,9 +616,10 @@ impl Store {
                 };
                 Ok(LedgerRow::new(text(0)?, text(1)?, text(2)?, text(3)?))
             })
-            .map_err(self.err())?
-            .collect::<rusqlite::Result<_>>()
             .map_err(self.err())?;
+        for row in found {
+            rows.push(row.map_err(self.err())?);
+        }
         Ok(LedgerView::new(rows))
     }
 
