@@ -724,3 +724,43 @@ pub fn plan_removal(dest: &DestSnapshot) -> Plan {
     }
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_finds_each_row_by_source_id_and_keeps_the_last_of_two() {
+        let ids: Vec<String> = (0..200).rev().map(|i| format!("people/c{i:03}")).collect();
+        let mut rows: Vec<LedgerRow> = ids
+            .iter()
+            .map(|s| LedgerRow::new(s, &format!("{s}-copy"), "d1", "e1"))
+            .collect();
+        rows.push(LedgerRow::new("people/c007", "other", "d2", "e2"));
+        let l = LedgerView::new(rows);
+        assert_eq!(l.len(), 200);
+        for s in &ids {
+            let r = l.get(s).expect("every row is found");
+            assert_eq!(r.source_id(), s);
+            if s == "people/c007" {
+                assert_eq!(
+                    (r.contact_id(), r.digest(), r.etag()),
+                    ("other", "d2", "e2")
+                );
+            } else {
+                assert_eq!(r.contact_id(), format!("{s}-copy"));
+                assert_eq!((r.digest(), r.etag()), ("d1", "e1"));
+            }
+        }
+        assert!(l.get("people/c200").is_none() && !l.contains(""));
+        let copy = l.get("people/c001").unwrap().to_copy();
+        assert!(l.get("people/c001").unwrap().is(&copy));
+        assert!(!l.get("people/c002").unwrap().is(&copy));
+        // An empty etag or digest is kept as empty.
+        let r = LedgerRow::new("s", "c", "", "");
+        assert_eq!(
+            (r.source_id(), r.contact_id(), r.digest(), r.etag()),
+            ("s", "c", "", "")
+        );
+    }
+}
