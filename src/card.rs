@@ -300,7 +300,8 @@ pub fn make_copy(
     uid: &str,
 ) -> VCard {
     let v = version(source);
-    let mut entries = Vec::with_capacity(source.entries.len() + 3);
+    // Sized exactly: the run holds one copy per source contact for its whole length.
+    let mut entries = Vec::with_capacity(managed_entries(source, fields).count() + 4);
     entries.push(VCardEntry {
         group: None,
         name: VCardProperty::Version,

@@ -665,7 +665,7 @@ async fn snapshot<B: Backend>(
     source: Option<&SourceSet>,
     ledger: Option<&LedgerView>,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
-    // contact id → (source id, what the ledger remembers of the copy)
+    // contact id → the ledger's row for the copy (source id, digest, etag of our write)
     let mut written: HashMap<&str, &LedgerRow> = HashMap::new();
     if let (Some(source), Some(ledger)) = (source, ledger) {
         for l in ledger.rows() {

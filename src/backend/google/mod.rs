@@ -1068,26 +1068,30 @@ impl Backend for GoogleBackend {
                 .collect();
             q.push(("personFields", read_fields()));
             q.push(("sources", CONTACT_SOURCES.into()));
-            let v = self
-                .as_user(
-                    user,
-                    "people.getBatchGet",
-                    Method::GET,
-                    self.people("people:batchGet"),
-                    q,
-                    None,
-                    true,
-                )
+            let email = self.email(user);
+            let call = Self::people_call(
+                &email,
+                "people.getBatchGet",
+                Method::GET,
+                self.people("people:batchGet"),
+                q,
+                true,
+            );
+            // Parsed one person at a time: a tree of the whole answer (200 persons) would be
+            // held at every destination being removed at once.
+            let text = self
+                .client
+                .send_text(&call)
                 .await
                 .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
-            for r in v
-                .get("responses")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-            {
-                if let Some(p) = r.get("person").filter(|p| p.get("resourceName").is_some()) {
-                    out.push(self.contact_of(user, p));
+            let answer: person::BatchGetAnswer<'_> = serde_json::from_str(&text)
+                .map_err(|_| api(http::bad_body(&call), &format!("contacts of {}", user.name)))?;
+            for raw in answer.responses.into_iter().filter_map(|r| r.person) {
+                let p: Value = serde_json::from_str(raw.get()).map_err(|_| {
+                    api(http::bad_body(&call), &format!("contacts of {}", user.name))
+                })?;
+                if p.get("resourceName").is_some() {
+                    out.push(self.contact_of(user, &p));
                 }
             }
         }

@@ -537,6 +537,20 @@ pub struct ConnectionsPage<'a> {
     pub next_sync_token: Option<String>,
 }
 
+/// A people.getBatchGet answer, each person kept as raw JSON, parsed one at a time.
+#[derive(Debug, serde::Deserialize)]
+pub struct BatchGetAnswer<'a> {
+    #[serde(borrow, default)]
+    pub responses: Vec<BatchGetItem<'a>>,
+}
+
+/// One person of a getBatchGet answer (absent when it could not be read).
+#[derive(Debug, serde::Deserialize)]
+pub struct BatchGetItem<'a> {
+    #[serde(borrow, default)]
+    pub person: Option<&'a serde_json::value::RawValue>,
+}
+
 /// What tells contacts apart without reading them whole: name, etag, deleted (in a sync), and
 /// the groups they are in.
 #[derive(Debug, Default, serde::Deserialize)]
