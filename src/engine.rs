@@ -1268,60 +1268,63 @@ async fn apply_ops<B: Backend>(
                 let ops = same_kind(lcm(200, delete_batch).min(1000));
                 i += ops.len();
                 let g = group_ref()?;
-                let ids: Vec<String> = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::Delete(d) => Some(d.contact_id.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                // Read the payloads for the trash (the provider reads them in its own batches).
-                let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
-                    backend
-                        .fetch_contacts(user, &g, &ids)
-                        .await?
-                        .into_iter()
-                        .map(|c| (c.id.clone(), c))
-                        .collect();
+                // Read 200 at a time; each contact read is turned into its trash payload at
+                // once, so the cards read are not all held until the run's deletes are done.
                 let mut doomed = vec![];
-                for op in ops {
-                    let Op::Delete(d) = op else {
-                        continue;
-                    };
-                    let DeleteOp {
-                        contact_id,
-                        etag,
-                        source_id,
-                        name,
-                        reason,
-                        before,
-                    } = &**d;
-                    // Already gone: nothing to delete.
-                    let Some(current) = fetched.remove(contact_id) else {
-                        continue;
-                    };
-                    if &current.etag != etag {
-                        return Err(BackendError::Conflict {
-                            what: format!("contact {contact_id} of {}", user.name),
+                for part in ops.chunks(200) {
+                    let ids: Vec<String> = part
+                        .iter()
+                        .filter_map(|op| match op {
+                            Op::Delete(d) => Some(d.contact_id.clone()),
+                            _ => None,
+                        })
+                        .collect();
+                    let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
+                        backend
+                            .fetch_contacts(user, &g, &ids)
+                            .await?
+                            .into_iter()
+                            .map(|c| (c.id.clone(), c))
+                            .collect();
+                    for op in part {
+                        let Op::Delete(d) = op else {
+                            continue;
+                        };
+                        let DeleteOp {
+                            contact_id,
+                            etag,
+                            source_id,
+                            name,
+                            reason,
+                            before,
+                        } = &**d;
+                        // Already gone: nothing to delete.
+                        let Some(current) = fetched.remove(contact_id) else {
+                            continue;
+                        };
+                        if &current.etag != etag {
+                            return Err(BackendError::Conflict {
+                                what: format!("contact {contact_id} of {}", user.name),
+                            }
+                            .into());
                         }
-                        .into());
+                        let payload = match &current.card {
+                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                                card::to_text(c)
+                            }
+                            _ => {
+                                return Err(ApplyError::Other(format!(
+                                    "contact {contact_id} of {} no longer carries tag {}; left alone",
+                                    user.name, spec.tag
+                                )));
+                            }
+                        };
+                        let reason = serde_json::to_value(reason)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default();
+                        doomed.push((contact_id, etag, source_id, name, reason, before, payload));
                     }
-                    let payload = match &current.card {
-                        Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
-                            card::to_text(c)
-                        }
-                        _ => {
-                            return Err(ApplyError::Other(format!(
-                                "contact {contact_id} of {} no longer carries tag {}; left alone",
-                                user.name, spec.tag
-                            )));
-                        }
-                    };
-                    let reason = serde_json::to_value(reason)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_string))
-                        .unwrap_or_default();
-                    doomed.push((contact_id, etag, source_id, name, reason, before, payload));
                 }
                 // Every payload is checked before any is trashed or deleted.
                 for (contact_id, _, _, name, reason, _, payload) in &doomed {
