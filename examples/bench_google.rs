@@ -8,6 +8,10 @@
 //! - W3 1 % of the source edited and 1 % of the copies tampered with by users;
 //! - W4 10 destinations removed from the job.
 //!
+//! The workloads build on each other: W3 and W4 expect the runs before them. Run without W2 in
+//! between, W4's 90 kept destinations first read the delta of W1's writes (as W2 does), so their
+//! calls are above the minimum printed.
+//!
 //! Each workload runs in a fresh process (this program with `--phase`), so its peak RSS (VmHWM) is
 //! groupsync's own; the fake runs in the parent and counts the calls by API method. Printed: calls
 //! by method, calls per destination against the theoretical minimum, wall time against the
