@@ -1196,39 +1196,21 @@ async fn apply_ops<B: Backend>(
                 let ops = same_kind(batch);
                 i += ops.len();
                 let g = group_ref()?;
-                let mut items = Vec::with_capacity(ops.len());
+                let mut items: Vec<(&UpdateOp, _)> = Vec::with_capacity(ops.len());
                 for op in ops {
                     if let Op::Update(u) = op {
-                        let UpdateOp {
-                            contact_id,
-                            etag,
-                            source_id,
-                            name,
-                            fields,
-                            before,
-                        } = &**u;
-                        items.push((
-                            contact_id,
-                            etag,
-                            source_id,
-                            name,
-                            fields,
-                            before,
-                            item_of(source_id)?,
-                        ));
+                        items.push((&**u, item_of(&u.source_id)?));
                     }
                 }
                 let calls: Vec<(&str, &str, &VCard)> = items
                     .iter()
-                    .map(|(id, etag, .., item)| (id.as_str(), etag.as_str(), &item.copy))
+                    .map(|(u, item)| (u.contact_id.as_str(), u.etag.as_str(), &item.copy))
                     .collect();
                 let results = backend
                     .update_contacts(user, &g, &calls, &spec.fields)
                     .await;
                 let mut first_err = None;
-                for ((contact_id, _, source_id, name, fields, before, item), result) in
-                    items.iter().zip(results)
-                {
+                for ((u, item), result) in items.iter().zip(results) {
                     let new_etag = match result {
                         Ok(e) => e,
                         Err(e) => {
@@ -1239,19 +1221,19 @@ async fn apply_ops<B: Backend>(
                     lock(store).record_copy(
                         &spec.name,
                         &user.id,
-                        source_id,
-                        contact_id,
+                        &u.source_id,
+                        &u.contact_id,
                         &item.digest,
                         &new_etag,
                     )?;
-                    let fields = fields.join(",");
+                    let fields = u.fields.join(",");
                     log(Change {
                         action: "update",
-                        source_id: Some(source_id),
-                        contact_id: Some(contact_id),
-                        name: Some(name),
+                        source_id: Some(&u.source_id),
+                        contact_id: Some(&u.contact_id),
+                        name: Some(&u.name),
                         fields: Some(&fields),
-                        before: Some(before),
+                        before: Some(&u.before),
                         after: Some(&item.digest),
                         ..base.clone()
                     })?;

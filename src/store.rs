@@ -701,7 +701,7 @@ impl Store {
     /// in the run were recorded one by one as they were written (`record_copy`); `kept` are
     /// copies left as they were whose rows change; `forget` are the source ids whose rows go.
     pub fn settle_ledger(
-        &mut self,
+        &self,
         job: &str,
         user_id: &str,
         kept: &[(String, LedgerCopy)],
@@ -1027,9 +1027,8 @@ mod tests {
 
     #[test]
     fn concurrent_batches_share_one_transaction_until_the_last_ends() {
-        let dir = std::env::temp_dir().join(format!("gs-batch-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let path = dir.join("state.db");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
         let s = Store::open(&path).unwrap();
         // Another process (a `groupsync status`) reading the database.
         let reader = || {
@@ -1057,12 +1056,11 @@ mod tests {
         s.record_copy("j", "c", "s1", "c4", "d", "e").unwrap();
         drop(s);
         assert_eq!(reader(), 4);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn ledger_round_trip() {
-        let mut s = Store::open_in_memory().unwrap();
+        let s = Store::open_in_memory().unwrap();
         s.remember_job("j", "gSync1").unwrap();
         s.record_copy("j", "u", "s1", "c1", "d", "e1").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 1);

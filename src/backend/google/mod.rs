@@ -1079,17 +1079,13 @@ impl Backend for GoogleBackend {
             );
             // Parsed one person at a time: a tree of the whole answer (200 persons) would be
             // held at every destination being removed at once.
-            let text = self
-                .client
-                .send_text(&call)
-                .await
-                .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
-            let answer: person::BatchGetAnswer<'_> = serde_json::from_str(&text)
-                .map_err(|_| api(http::bad_body(&call), &format!("contacts of {}", user.name)))?;
+            let fail = |e| api(e, &format!("contacts of {}", user.name));
+            let text = self.client.send_text(&call).await.map_err(fail)?;
+            let answer: person::BatchGetAnswer<'_> =
+                serde_json::from_str(&text).map_err(|_| fail(http::bad_body(&call)))?;
             for raw in answer.responses.into_iter().filter_map(|r| r.person) {
-                let p: Value = serde_json::from_str(raw.get()).map_err(|_| {
-                    api(http::bad_body(&call), &format!("contacts of {}", user.name))
-                })?;
+                let p: Value =
+                    serde_json::from_str(raw.get()).map_err(|_| fail(http::bad_body(&call)))?;
                 if p.get("resourceName").is_some() {
                     out.push(self.contact_of(user, &p));
                 }
