@@ -192,8 +192,18 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         table,
-        "{:<4} {:>7} {:>8} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8}  calls by method",
-        "", "wall s", "bound s", "cpu s", "fake s", "calls", "per dest", "minimum", "peak MB"
+        "{:<4} {:>7} {:>8} {:>6} {:>8} {:>8} {:>5} {:>8} {:>9} {:>8} {:>8}  calls by method",
+        "",
+        "wall s",
+        "bound s",
+        "x bnd",
+        "cpu s",
+        "fake s",
+        "late",
+        "calls",
+        "per dest",
+        "minimum",
+        "peak MB"
     )?;
     let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for w in a.workloads.iter().map(String::as_str) {
@@ -262,6 +272,8 @@ fn main() -> anyhow::Result<()> {
         let line = stdout.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
         let v: serde_json::Value = serde_json::from_str(line)?;
         let counts = fake.counts();
+        let late = fake.late_calls();
+        let wall = v["wall_s"].as_f64().unwrap_or(0.0);
         let api_calls: u64 = counts
             .iter()
             .filter(|(k, _)| k.as_str() != "token")
@@ -288,12 +300,14 @@ fn main() -> anyhow::Result<()> {
             .collect();
         writeln!(
             table,
-            "{:<4} {:>7.2} {:>8.2} {:>8.2} {:>8.2} {:>8} {:>9.2} {:>8} {:>8.1}  {}",
+            "{:<4} {:>7.2} {:>8.2} {:>6.2} {:>8.2} {:>8.2} {:>5} {:>8} {:>9.2} {:>8} {:>8.1}  {}",
             w,
-            v["wall_s"].as_f64().unwrap_or(0.0),
+            wall,
             bound,
+            wall / bound,
             v["cpu_s"].as_f64().unwrap_or(0.0),
             fake_cpu,
+            late,
             api_calls,
             per_dest,
             min_per_dest,
@@ -305,7 +319,7 @@ fn main() -> anyhow::Result<()> {
     let _ = last;
     writeln!(
         table,
-        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
+        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; x bnd = wall / bound; late = calls the fake answered after the latency because its own work took longer; cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
     )?;
     print!("{table}");
     let v = fake.violations();

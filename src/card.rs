@@ -106,11 +106,16 @@ fn upper_name(entry: &VCardEntry) -> String {
 }
 
 fn first_text(card: &VCard, name: &str) -> Option<String> {
+    first_text_ref(card, name).map(str::to_string)
+}
+
+/// The text of the first `name` property (any case) of a card, borrowed.
+pub fn first_text_ref<'a>(card: &'a VCard, name: &str) -> Option<&'a str> {
     card.entries
         .iter()
-        .find(|e| upper_name(e) == name)
+        .find(|e| e.name.as_str().eq_ignore_ascii_case(name))
         .and_then(|e| e.values.first())
-        .and_then(|v| v.as_text().map(str::to_string))
+        .and_then(|v| v.as_text())
 }
 
 /// The tag a card carries, if any.

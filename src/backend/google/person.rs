@@ -390,9 +390,18 @@ pub fn copy_client_data(card: &VCard, tag: &str, source: &str) -> Value {
 /// The body of a new copy as JSON text, written from the fields' JSON in the card without
 /// building a JSON tree (the same content as `new_contact`).
 pub fn new_contact_json(card: &VCard, group: &str, visible_tag: bool) -> String {
-    let mut by_field: Vec<(&str, Vec<&str>)> = COPIED_FIELDS.iter().map(|f| (*f, vec![])).collect();
+    let mut out = String::new();
+    write_new_contact_json(card, group, visible_tag, &mut out);
+    out
+}
+
+/// `new_contact_json`, appended to `out`. Called once per copy written, so it borrows from the
+/// card and allocates next to nothing.
+pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out: &mut String) {
+    // (index in COPIED_FIELDS, the entry's JSON), in card order; sorted by field below.
+    let mut items: Vec<(usize, &str)> = Vec::with_capacity(card.entries.len());
     for e in &card.entries {
-        let Some(field) = field_of(&e.name.as_str().to_ascii_uppercase()) else {
+        let Some(field) = field_index(e.name.as_str()) else {
             continue;
         };
         let Some(text) = e.values.first().and_then(|v| v.as_text()) else {
@@ -402,39 +411,107 @@ pub fn new_contact_json(card: &VCard, group: &str, visible_tag: bool) -> String 
         if serde_json::from_str::<&serde_json::value::RawValue>(text).is_err() {
             continue;
         }
-        if let Some((_, items)) = by_field.iter_mut().find(|(f, _)| *f == field) {
-            items.push(text);
-        }
+        items.push((field, text));
     }
-    let tag = tag_of_card(card);
-    let visible = match (&tag, visible_tag) {
-        (Some((t, _)), true) => Some(json!({ "key": TAG_KEY, "value": t }).to_string()),
-        _ => None,
-    };
-    let mut out = String::from("{");
-    for (field, items) in &by_field {
-        let extra = (*field == "userDefined")
-            .then_some(visible.as_deref())
-            .flatten();
-        if items.is_empty() && extra.is_none() {
+    items.sort_by_key(|(f, _)| *f);
+    let tag = card::first_text_ref(card, card::TAG_PROPERTY).map(str::trim);
+    let source = card::first_text_ref(card, card::SOURCE_PROPERTY)
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let tag_and_source = tag.zip(source);
+    let visible = tag_and_source.filter(|_| visible_tag).map(|(t, _)| t);
+    let user_defined = COPIED_FIELDS.len() - 1;
+    debug_assert_eq!(COPIED_FIELDS[user_defined], "userDefined");
+    out.push('{');
+    let mut rest = &items[..];
+    for (f, field) in COPIED_FIELDS.iter().enumerate() {
+        let n = rest.iter().take_while(|(i, _)| *i == f).count();
+        let (these, after) = rest.split_at(n);
+        rest = after;
+        let extra = visible.filter(|_| f == user_defined);
+        if these.is_empty() && extra.is_none() {
             continue;
         }
-        out.push_str(&format!("\"{field}\":["));
-        let all: Vec<&str> = items.iter().copied().chain(extra).collect();
-        out.push_str(&all.join(","));
+        out.push('"');
+        out.push_str(field);
+        out.push_str("\":[");
+        for (k, (_, text)) in these.iter().enumerate() {
+            if k > 0 {
+                out.push(',');
+            }
+            out.push_str(text);
+        }
+        if let Some(t) = extra {
+            if !these.is_empty() {
+                out.push(',');
+            }
+            out.push_str("{\"key\":\"");
+            out.push_str(TAG_KEY);
+            out.push_str("\",\"value\":");
+            push_json_str(out, t);
+            out.push('}');
+        }
         out.push_str("],");
     }
-    if let Some((t, src)) = &tag {
-        out.push_str("\"clientData\":");
-        out.push_str(&copy_client_data(card, t, src).to_string());
-        out.push(',');
+    if let Some((t, src)) = tag_and_source {
+        out.push_str("\"clientData\":[{\"key\":\"");
+        out.push_str(TAG_KEY);
+        out.push_str("\",\"value\":\"");
+        push_json_str_inner(out, t);
+        out.push(':');
+        push_json_str_inner(out, src);
+        out.push('"');
+        out.push('}');
+        if let Some(url) = card::first_text_ref(card, PHOTO_PROPERTY) {
+            out.push_str(",{\"key\":\"");
+            out.push_str(PHOTO_KEY);
+            out.push_str("\",\"value\":");
+            push_json_str(out, url);
+            out.push('}');
+        }
+        out.push_str("],");
     }
-    out.push_str("\"memberships\":");
-    out.push_str(
-        &json!([{ "contactGroupMembership": { "contactGroupResourceName": group } }]).to_string(),
-    );
-    out.push('}');
-    out
+    out.push_str("\"memberships\":[{\"contactGroupMembership\":{\"contactGroupResourceName\":");
+    push_json_str(out, group);
+    out.push_str("}}]}");
+}
+
+/// `s` as a JSON string, quotes included, appended to `out`.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    push_json_str_inner(out, s);
+    out.push('"');
+}
+
+/// `s` escaped for the inside of a JSON string, appended to `out`.
+fn push_json_str_inner(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                use std::fmt::Write as _;
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+/// The index in `COPIED_FIELDS` of the Person field a card property (any case) carries.
+fn field_index(property: &str) -> Option<usize> {
+    const PREFIX: &str = "X-GOOGLE-";
+    let head = property.get(..PREFIX.len())?;
+    if !head.eq_ignore_ascii_case(PREFIX) {
+        return None;
+    }
+    let rest = &property[PREFIX.len()..];
+    COPIED_FIELDS
+        .iter()
+        .position(|f| f.eq_ignore_ascii_case(rest))
 }
 
 /// `new_contact_json` as a JSON tree (for tests).
@@ -513,6 +590,82 @@ mod tests {
         );
         // Derived properties feed names and filters.
         assert_eq!(card::display_name(&card), "Jane Doe");
+    }
+
+    /// The create body as the first version built it: a JSON tree, field by field.
+    fn reference_body(card: &VCard, group: &str, visible_tag: bool) -> Value {
+        let mut body = Map::new();
+        let tag = card::tag_of(card);
+        let source = card::source_of(card);
+        for f in COPIED_FIELDS {
+            let mut items: Vec<Value> = card
+                .entries
+                .iter()
+                .filter(|e| e.name.as_str().to_ascii_uppercase() == property_of(f))
+                .filter_map(|e| e.values.first()?.as_text())
+                .filter_map(|t| serde_json::from_str(t).ok())
+                .collect();
+            if *f == "userDefined"
+                && visible_tag
+                && let (Some(t), Some(_)) = (&tag, &source)
+            {
+                items.push(json!({"key": TAG_KEY, "value": t}));
+            }
+            if !items.is_empty() {
+                body.insert((*f).to_string(), Value::Array(items));
+            }
+        }
+        if let (Some(t), Some(s)) = (&tag, &source) {
+            body.insert("clientData".into(), copy_client_data(card, t, s));
+        }
+        body.insert(
+            "memberships".into(),
+            json!([{"contactGroupMembership": {"contactGroupResourceName": group}}]),
+        );
+        Value::Object(body)
+    }
+
+    proptest::proptest! {
+        /// The create body written as text holds exactly what the tree-built body holds, for
+        /// any field entries (in any order and letter case, some not JSON) and any tag, source,
+        /// photo and group text (quotes, backslashes, control characters, non-ASCII).
+        #[test]
+        fn create_body_text_matches_the_tree_built_body(
+            entries in proptest::collection::vec(
+                (0..COPIED_FIELDS.len(), proptest::bool::ANY, "\\PC{0,8}|[\"\\\\\u{1}\u{1f}é]{0,3}", proptest::bool::weighted(0.9)),
+                0..12,
+            ),
+            tag in proptest::option::of("[ a-zA-Z0-9\"\\\\\u{8}é]{0,6}"),
+            source in proptest::option::of("[ a-z0-9/\"\u{c}]{0,6}"),
+            photo in proptest::option::of("[a-z:/\"\\\\]{0,8}"),
+            group in "[a-zA-Z0-9/\"\\\\]{1,10}",
+            visible_tag in proptest::bool::ANY,
+        ) {
+            let mut card = VCard { entries: vec![] };
+            for (field, lower, value, valid) in &entries {
+                let name = property_of(COPIED_FIELDS[*field]);
+                let name = if *lower { name.to_ascii_lowercase() } else { name };
+                let text = if *valid {
+                    json!({"value": value}).to_string()
+                } else {
+                    format!("{{\"value\": {value}")
+                };
+                card.entries.push(text_entry(&name, text));
+            }
+            if let Some(t) = tag {
+                card.entries.push(text_entry(card::TAG_PROPERTY, t));
+            }
+            if let Some(s) = source {
+                card.entries.push(text_entry(card::SOURCE_PROPERTY, s));
+            }
+            if let Some(p) = photo {
+                card.entries.push(text_entry(PHOTO_PROPERTY, p));
+            }
+            proptest::prop_assert_eq!(
+                new_contact(&card, &group, visible_tag),
+                reference_body(&card, &group, visible_tag)
+            );
+        }
     }
 
     #[test]
