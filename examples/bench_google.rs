@@ -12,12 +12,14 @@
 //! between, W4's 90 kept destinations first read the delta of W1's writes (as W2 does), so their
 //! calls are above the minimum printed.
 //!
-//! Each workload runs in a fresh process (this program with `--phase`), so its peak RSS (VmHWM) is
-//! groupsync's own; the fake runs in the parent and counts the calls by API method. Printed: calls
-//! by method, calls per destination against the theoretical minimum, wall time against the
-//! critical-path bound at the configured concurrency, and peak RSS.
+//! Each workload is one `groupsync run` of the release binary (`target/release/groupsync`, built
+//! first with `cargo build --release`), so its wall time, CPU time and peak RSS are those of the
+//! command an administrator runs; the fake runs in this process and counts the calls by API
+//! method. Printed: calls by method, calls per destination against the theoretical minimum, wall
+//! time against the critical-path bound at the configured concurrency, and peak RSS.
 //!
-//! Run: `cargo run --release --example bench_google -- --contacts 1000 --destinations 100`
+//! Run: `cargo build --release && cargo run --release --example bench_google -- --contacts 1000
+//! --destinations 100`
 //! (`--workloads W1,W2b` runs a subset, `--concurrency N` and `--latency-ms N` change the set-up;
 //! `BENCH_WRAP=heaptrack` runs each workload under a profiler such as heaptrack).
 //! A measuring program, not a test: nothing here asserts.
@@ -26,15 +28,15 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use fake_google::{FakeGoogle, Options};
-use groupsync::backend::counting::Counting;
-use groupsync::backend::google::GoogleBackend;
-use groupsync::config::{BackendConfig, Config};
-use groupsync::engine::{self, RunOptions};
-use groupsync::store::Store;
+
+/// The fake (this process) allocates with mimalloc: it halves the fake's CPU, which shares this
+/// machine's cores with the groupsync being measured. groupsync itself is the release binary, with
+/// the system allocator it ships with.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use serde_json::json;
 
 struct Args {
@@ -42,8 +44,6 @@ struct Args {
     destinations: usize,
     concurrency: usize,
     latency_ms: u64,
-    phase: Option<String>,
-    dir: Option<PathBuf>,
     workloads: Vec<String>,
 }
 
@@ -53,8 +53,6 @@ fn args() -> Args {
         destinations: 100,
         concurrency: 16,
         latency_ms: 25,
-        phase: None,
-        dir: None,
         workloads: ["W1", "W2", "W2b", "W3", "W4"].map(String::from).to_vec(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
@@ -66,8 +64,6 @@ fn args() -> Args {
             "--destinations" => a.destinations = next.parse().expect("--destinations N"),
             "--concurrency" => a.concurrency = next.parse().expect("--concurrency N"),
             "--latency-ms" => a.latency_ms = next.parse().expect("--latency-ms N"),
-            "--phase" => a.phase = Some(next),
-            "--dir" => a.dir = Some(PathBuf::from(next)),
             "--workloads" => a.workloads = next.split(',').map(str::to_string).collect(),
             other => panic!("unknown argument {other}"),
         }
@@ -76,42 +72,86 @@ fn args() -> Args {
     a
 }
 
-/// One workload, in this (child) process.
-fn run_phase(dir: &Path) -> anyhow::Result<()> {
-    groupsync::procstat::tune_allocator();
-    let config = Config::load(&dir.join("groupsync.toml"))?;
-    let BackendConfig::Google(g) = &config.backend else {
-        anyhow::bail!("expected a google backend");
+/// What the run of one workload cost: groupsync's own process, as the operating system counted
+/// it.
+struct Usage {
+    wall_s: f64,
+    cpu_s: f64,
+    peak_rss_kb: u64,
+}
+
+/// Runs `groupsync run bench` (the real command, as an administrator would) with the config in
+/// `dir`, and measures it: wall time from spawn to exit, and the process's CPU time and peak RSS
+/// from `wait4`. `BENCH_WRAP` (a profiler such as heaptrack) runs it under that command.
+fn run_groupsync(bin: &Path, dir: &Path, w: &str) -> anyhow::Result<Usage> {
+    let mut cmd = match std::env::var("BENCH_WRAP") {
+        Ok(wrap) => {
+            let mut c = Command::new(wrap);
+            c.arg(bin);
+            c
+        }
+        Err(_) => Command::new(bin),
     };
-    let concurrency = g.concurrency;
-    let backend = Counting::new(GoogleBackend::new(g.clone()).map_err(anyhow::Error::msg)?);
-    let store = Mutex::new(Store::open(&config.state)?);
-    let job = groupsync::job::load_named(&config.jobs_dir, "bench")?;
-    let opts = RunOptions {
-        concurrency,
-        default_group: "My Contacts".into(),
-        ..Default::default()
-    };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let out_path = dir.join(format!("{w}.out"));
+    let err_path = dir.join(format!("{w}.err"));
+    cmd.args(["run", "bench", "--json"])
+        .env("GROUPSYNC_CONFIG", dir.join("groupsync.toml"))
+        .env_remove("RUST_LOG")
+        .stdout(std::fs::File::create(&out_path)?)
+        .stderr(std::fs::File::create(&err_path)?);
     let start = Instant::now();
-    let report = rt.block_on(engine::run_job(&backend, &store, &job.to_run(), &opts));
-    let wall = start.elapsed().as_secs_f64();
-    if report.outcome != engine::Outcome::Ok {
-        anyhow::bail!("run ended {:?}: {:?}", report.outcome, report.message);
-    }
-    println!(
-        "{}",
-        json!({
-            "wall_s": wall,
-            "counts": report.counts,
-            "peak_rss_kb": groupsync::procstat::peak_rss_kb(),
-            "cpu_s": groupsync::procstat::cpu_seconds(),
-        })
+    let child = cmd.spawn()?;
+    let mut status = 0;
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: wait4 writes the child's exit status and a whole `rusage` into the pointers it is
+    // given; the rusage is zero-initialised, so it is valid even if the call fails.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, ru.as_mut_ptr()) };
+    let wall_s = start.elapsed().as_secs_f64();
+    // SAFETY: see above.
+    let ru = unsafe { ru.assume_init() };
+    anyhow::ensure!(
+        pid > 0,
+        "waiting for groupsync: {}",
+        std::io::Error::last_os_error()
     );
-    Ok(())
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        anyhow::bail!(
+            "{w}: groupsync run failed ({status:#x}): {}\n{}",
+            std::fs::read_to_string(&err_path).unwrap_or_default(),
+            std::fs::read_to_string(&out_path).unwrap_or_default()
+        );
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    Ok(Usage {
+        wall_s,
+        cpu_s: t(ru.ru_utime) + t(ru.ru_stime),
+        // Linux counts ru_maxrss in KiB.
+        peak_rss_kb: ru.ru_maxrss.max(0) as u64,
+    })
+}
+
+/// The `groupsync` binary next to this program (`target/release/groupsync` for
+/// `target/release/examples/bench_google`), refused when missing or built before the library
+/// this program was built with (a stale binary would measure old code).
+fn groupsync_binary() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| anyhow::anyhow!("cannot tell where {} lives", me.display()))?;
+    let bin = dir.join("groupsync");
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified());
+    match (modified(&bin), modified(&dir.join("libgroupsync.rlib"))) {
+        (Err(_), _) => anyhow::bail!(
+            "{} is missing: build it first (cargo build --release)",
+            bin.display()
+        ),
+        (Ok(b), Ok(lib)) if b < lib => anyhow::bail!(
+            "{} is older than the library: rebuild it (cargo build --release)",
+            bin.display()
+        ),
+        _ => Ok(bin),
+    }
 }
 
 fn person(i: usize, rev: usize) -> serde_json::Value {
@@ -137,11 +177,82 @@ fn write_job(dir: &Path, dests: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let a = args();
-    if a.phase.is_some() {
-        return run_phase(a.dir.as_deref().expect("--dir"));
+/// Runs workloads for the parent: one request line (`<workload> <dir>`) in, one usage line
+/// (`<wall s> <cpu s> <peak RSS KiB>` or `error <message>`) out.
+///
+/// A process starts as a copy of its parent, and Linux counts the copy's memory into the peak
+/// RSS that `wait4` reports, even after `exec`. Spawned from the parent, which holds the fake's
+/// data, every run would report the parent's size; spawned from this small process, started
+/// before the fake holds anything, each run reports its own.
+fn spawner(bin: &Path) -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let stdin = std::io::stdin();
+    for line in stdin.lock().lines() {
+        let line = line?;
+        let Some((w, dir)) = line.split_once(' ') else {
+            continue;
+        };
+        match run_groupsync(bin, Path::new(dir), w) {
+            Ok(u) => println!("{} {} {}", u.wall_s, u.cpu_s, u.peak_rss_kb),
+            Err(e) => println!("error {}", format!("{e:#}").replace('\n', " | ")),
+        }
     }
+    Ok(())
+}
+
+/// The parent's end of the spawner.
+struct Spawner {
+    child: std::process::Child,
+    to: std::process::ChildStdin,
+    from: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Spawner {
+    fn start() -> anyhow::Result<Spawner> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("--spawner")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let to = child.stdin.take().expect("piped");
+        let from = std::io::BufReader::new(child.stdout.take().expect("piped"));
+        Ok(Spawner { child, to, from })
+    }
+
+    fn run(&mut self, w: &str, dir: &Path) -> anyhow::Result<Usage> {
+        use std::io::{BufRead as _, Write as _};
+        writeln!(self.to, "{w} {}", dir.display())?;
+        self.to.flush()?;
+        let mut line = String::new();
+        self.from.read_line(&mut line)?;
+        if let Some(e) = line.strip_prefix("error ") {
+            anyhow::bail!("{}", e.trim());
+        }
+        let v: Vec<&str> = line.split_whitespace().collect();
+        anyhow::ensure!(v.len() == 3, "the spawner answered {line:?}");
+        Ok(Usage {
+            wall_s: v[0].parse()?,
+            cpu_s: v[1].parse()?,
+            peak_rss_kb: v[2].parse()?,
+        })
+    }
+}
+
+impl Drop for Spawner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let bin = groupsync_binary()?;
+    if std::env::args().nth(1).as_deref() == Some("--spawner") {
+        return spawner(&bin);
+    }
+    let a = args();
+    // Before the fake holds anything (see `spawner`).
+    let mut spawner = Spawner::start()?;
     let fake = FakeGoogle::start(Options {
         latency: Duration::from_millis(a.latency_ms),
         ..Options::default()
@@ -254,26 +365,11 @@ fn main() -> anyhow::Result<()> {
         }
         fake.reset_counts();
         let fake_cpu = groupsync::procstat::cpu_seconds();
-        let mut cmd = match std::env::var("BENCH_WRAP") {
-            Ok(w) => {
-                let mut c = Command::new(w);
-                c.arg(std::env::current_exe()?);
-                c
-            }
-            Err(_) => Command::new(std::env::current_exe()?),
-        };
-        let out = cmd.args(["--phase", w, "--dir"]).arg(&dir).output()?;
-        if !out.status.success() {
-            anyhow::bail!("{w} failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        let v = spawner.run(w, &dir)?;
         let fake_cpu = groupsync::procstat::cpu_seconds() - fake_cpu;
-        // The phase prints one JSON line (a wrapper such as heaptrack may print more).
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().rfind(|l| l.starts_with('{')).unwrap_or("{}");
-        let v: serde_json::Value = serde_json::from_str(line)?;
         let counts = fake.counts();
         let late = fake.late_calls();
-        let wall = v["wall_s"].as_f64().unwrap_or(0.0);
+        let wall = v.wall_s;
         let api_calls: u64 = counts
             .iter()
             .filter(|(k, _)| k.as_str() != "token")
@@ -305,13 +401,13 @@ fn main() -> anyhow::Result<()> {
             wall,
             bound,
             wall / bound,
-            v["cpu_s"].as_f64().unwrap_or(0.0),
+            v.cpu_s,
             fake_cpu,
             late,
             api_calls,
             per_dest,
             min_per_dest,
-            v["peak_rss_kb"].as_f64().unwrap_or(0.0) / 1024.0,
+            v.peak_rss_kb as f64 / 1024.0,
             by.join(" ")
         )?;
         last = counts;

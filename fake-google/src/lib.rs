@@ -434,7 +434,9 @@ impl FakeGoogle {
 
     pub fn reset_counts(&self) {
         self.state.counts.lock().unwrap().clear();
-        self.state.late.store(0, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .late
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// API calls since the last `reset_counts` whose own work in the fake took longer than

@@ -571,11 +571,12 @@ impl GoogleBackend {
                     body.push(',');
                 }
                 body.push_str("{\"contactPerson\":");
-                body.push_str(&person::new_contact_json(
+                person::write_new_contact_json(
                     chunk[*i],
                     &group.id,
                     self.cfg.visible_tag,
-                ));
+                    &mut body,
+                );
                 body.push('}');
             }
             body.push_str("],\"readMask\":\"metadata\",\"sources\":[\"");
@@ -583,34 +584,39 @@ impl GoogleBackend {
             body.push_str("\"]}");
             let body = bytes::Bytes::from(body);
             let email = self.email(user);
-            match self
-                .client
-                .send(&Call {
-                    raw_body: Some(&body),
-                    ..Self::people_call(
-                        &email,
-                        "people.batchCreateContacts",
-                        Method::POST,
-                        self.people("people:batchCreateContacts"),
-                        vec![],
-                        false,
-                    )
-                })
-                .await
-            {
-                Ok(v) => {
-                    let created = v.get("createdPeople").and_then(Value::as_array);
-                    for (n, i) in todo.iter().enumerate() {
-                        if let Some(p) =
-                            created.and_then(|a| a.get(n)).and_then(|r| r.get("person"))
-                        {
-                            done.insert(
-                                *i,
-                                Written {
-                                    id: p["resourceName"].as_str().unwrap_or("").to_string(),
-                                    etag: p["etag"].as_str().unwrap_or("").to_string(),
-                                },
-                            );
+            let call = Call {
+                raw_body: Some(&body),
+                ..Self::people_call(
+                    &email,
+                    "people.batchCreateContacts",
+                    Method::POST,
+                    self.people("people:batchCreateContacts"),
+                    vec![],
+                    false,
+                )
+            };
+            match self.client.send_text(&call).await.and_then(|text| {
+                // Read into borrowed parts, not a JSON tree: only names and etags are kept.
+                let answer: person::CreateAnswer = if text.trim().is_empty() {
+                    person::CreateAnswer::default()
+                } else {
+                    serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?
+                };
+                Ok(answer
+                    .created
+                    .into_iter()
+                    .map(|c| {
+                        c.person.map(|p| Written {
+                            id: p.resource_name.into_owned(),
+                            etag: p.etag.into_owned(),
+                        })
+                    })
+                    .collect::<Vec<_>>())
+            }) {
+                Ok(created) => {
+                    for (n, w) in created.into_iter().enumerate().take(todo.len()) {
+                        if let Some(w) = w {
+                            done.insert(todo[n], w);
                         }
                     }
                     if done.len() < chunk.len() && last_err.is_none() {

@@ -704,6 +704,30 @@ pub struct BatchGetItem<'a> {
     pub person: Option<&'a serde_json::value::RawValue>,
 }
 
+/// A batchCreateContacts answer read with `readMask=metadata`: each created person's resource
+/// name and etag, in the order of the request, and nothing else.
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct CreateAnswer<'a> {
+    #[serde(rename = "createdPeople", borrow, default)]
+    pub created: Vec<CreatedItem<'a>>,
+}
+
+/// One item of a batchCreateContacts answer.
+#[derive(Debug, serde::Deserialize)]
+pub struct CreatedItem<'a> {
+    #[serde(borrow, default)]
+    pub person: Option<CreatedPerson<'a>>,
+}
+
+/// The parts of a created person a copy's ledger row needs.
+#[derive(Debug, serde::Deserialize)]
+pub struct CreatedPerson<'a> {
+    #[serde(rename = "resourceName", borrow, default)]
+    pub resource_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub etag: std::borrow::Cow<'a, str>,
+}
+
 /// What tells contacts apart without reading them whole: name, etag, deleted (in a sync), and
 /// the groups they are in.
 #[derive(Debug, Default, serde::Deserialize)]
