@@ -24,7 +24,6 @@
 //! `BENCH_WRAP=heaptrack` runs each workload under a profiler such as heaptrack).
 //! A measuring program, not a test: nothing here asserts.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -316,7 +315,6 @@ fn main() -> anyhow::Result<()> {
         "minimum",
         "peak MB"
     )?;
-    let mut last: BTreeMap<String, u64> = BTreeMap::new();
     for w in a.workloads.iter().map(String::as_str) {
         let mut d = a.destinations;
         // Per destination: the minimum calls, and the calls on one destination's critical path.
@@ -410,9 +408,7 @@ fn main() -> anyhow::Result<()> {
             v.peak_rss_kb as f64 / 1024.0,
             by.join(" ")
         )?;
-        last = counts;
     }
-    let _ = last;
     writeln!(
         table,
         "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; x bnd = wall / bound; late = calls the fake answered after the latency because its own work took longer; cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"

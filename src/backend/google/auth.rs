@@ -219,7 +219,8 @@ impl TokenSource {
             jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key)
         })
         .await
-        .map_err(|e| BackendError::Invalid(format!("signing the token request failed: {e}")))?
+        .map_err(|e| e.to_string())
+        .and_then(|signed| signed.map_err(|e| e.to_string()))
         .map_err(|e| BackendError::Invalid(format!("signing the token request failed: {e}")))?;
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),

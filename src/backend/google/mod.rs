@@ -565,23 +565,23 @@ impl GoogleBackend {
                 tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
             }
             // Written out as text into one buffer: the fields are JSON already, no tree is built.
-            let mut body = String::from("{\"contacts\":[");
+            let mut body = b"{\"contacts\":[".to_vec();
             for (n, i) in todo.iter().enumerate() {
                 if n > 0 {
-                    body.push(',');
+                    body.push(b',');
                 }
-                body.push_str("{\"contactPerson\":");
+                body.extend_from_slice(b"{\"contactPerson\":");
                 person::write_new_contact_json(
                     chunk[*i],
                     &group.id,
                     self.cfg.visible_tag,
                     &mut body,
                 );
-                body.push('}');
+                body.push(b'}');
             }
-            body.push_str("],\"readMask\":\"metadata\",\"sources\":[\"");
-            body.push_str(CONTACT_SOURCES);
-            body.push_str("\"]}");
+            body.extend_from_slice(b"],\"readMask\":\"metadata\",\"sources\":[\"");
+            body.extend_from_slice(CONTACT_SOURCES.as_bytes());
+            body.extend_from_slice(b"\"]}");
             let body = bytes::Bytes::from(body);
             let email = self.email(user);
             let call = Call {

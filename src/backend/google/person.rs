@@ -72,12 +72,9 @@ pub fn property_of(field: &str) -> String {
     format!("X-GOOGLE-{}", field.to_ascii_uppercase())
 }
 
+/// The Person field a card property (any case) carries.
 fn field_of(property: &str) -> Option<&'static str> {
-    let rest = property.strip_prefix("X-GOOGLE-")?;
-    COPIED_FIELDS
-        .iter()
-        .copied()
-        .find(|f| f.eq_ignore_ascii_case(rest))
+    field_index(property).map(|i| COPIED_FIELDS[i])
 }
 
 /// Plain vCard names an administrator may use in a job's `fields`, and the Person fields they
@@ -354,8 +351,7 @@ pub fn fields_of(card: &VCard, fields: &[&str]) -> Map<String, Value> {
         out.insert((*f).to_string(), Value::Array(vec![]));
     }
     for e in &card.entries {
-        let name = e.name.as_str().to_ascii_uppercase();
-        let Some(field) = field_of(&name) else {
+        let Some(field) = field_of(e.name.as_str()) else {
             continue;
         };
         if !fields.contains(&field) {
@@ -387,17 +383,10 @@ pub fn copy_client_data(card: &VCard, tag: &str, source: &str) -> Value {
     Value::Array(cd)
 }
 
-/// The body of a new copy as JSON text, written from the fields' JSON in the card without
-/// building a JSON tree (the same content as `new_contact`).
-pub fn new_contact_json(card: &VCard, group: &str, visible_tag: bool) -> String {
-    let mut out = String::new();
-    write_new_contact_json(card, group, visible_tag, &mut out);
-    out
-}
-
-/// `new_contact_json`, appended to `out`. Called once per copy written, so it borrows from the
-/// card and allocates next to nothing.
-pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out: &mut String) {
+/// The body of a new copy as JSON text, appended to `out`: the fields' JSON in the card written
+/// out without building a JSON tree (`new_contact` in the tests reads it back as one). Called
+/// once per copy written, so it borrows from the card and allocates next to nothing.
+pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out: &mut Vec<u8>) {
     // (index in COPIED_FIELDS, the entry's JSON), in card order; sorted by field below.
     let mut items: Vec<(usize, &str)> = Vec::with_capacity(card.entries.len());
     for e in &card.entries {
@@ -422,7 +411,7 @@ pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out:
     let visible = tag_and_source.filter(|_| visible_tag).map(|(t, _)| t);
     let user_defined = COPIED_FIELDS.len() - 1;
     debug_assert_eq!(COPIED_FIELDS[user_defined], "userDefined");
-    out.push('{');
+    out.push(b'{');
     let mut rest = &items[..];
     for (f, field) in COPIED_FIELDS.iter().enumerate() {
         let n = rest.iter().take_while(|(i, _)| *i == f).count();
@@ -432,73 +421,52 @@ pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out:
         if these.is_empty() && extra.is_none() {
             continue;
         }
-        out.push('"');
-        out.push_str(field);
-        out.push_str("\":[");
+        out.push(b'"');
+        out.extend_from_slice(field.as_bytes());
+        out.extend_from_slice(b"\":[");
         for (k, (_, text)) in these.iter().enumerate() {
             if k > 0 {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str(text);
+            out.extend_from_slice(text.as_bytes());
         }
         if let Some(t) = extra {
             if !these.is_empty() {
-                out.push(',');
+                out.push(b',');
             }
-            out.push_str("{\"key\":\"");
-            out.push_str(TAG_KEY);
-            out.push_str("\",\"value\":");
+            out.extend_from_slice(b"{\"key\":\"");
+            out.extend_from_slice(TAG_KEY.as_bytes());
+            out.extend_from_slice(b"\",\"value\":");
             push_json_str(out, t);
-            out.push('}');
+            out.push(b'}');
         }
-        out.push_str("],");
+        out.extend_from_slice(b"],");
     }
     if let Some((t, src)) = tag_and_source {
-        out.push_str("\"clientData\":[{\"key\":\"");
-        out.push_str(TAG_KEY);
-        out.push_str("\",\"value\":\"");
-        push_json_str_inner(out, t);
-        out.push(':');
-        push_json_str_inner(out, src);
-        out.push('"');
-        out.push('}');
+        out.extend_from_slice(b"\"clientData\":[{\"key\":\"");
+        out.extend_from_slice(TAG_KEY.as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
+        push_json_str(out, &format!("{t}:{src}"));
+        out.push(b'}');
         if let Some(url) = card::first_text_ref(card, PHOTO_PROPERTY) {
-            out.push_str(",{\"key\":\"");
-            out.push_str(PHOTO_KEY);
-            out.push_str("\",\"value\":");
+            out.extend_from_slice(b",{\"key\":\"");
+            out.extend_from_slice(PHOTO_KEY.as_bytes());
+            out.extend_from_slice(b"\",\"value\":");
             push_json_str(out, url);
-            out.push('}');
+            out.push(b'}');
         }
-        out.push_str("],");
+        out.extend_from_slice(b"],");
     }
-    out.push_str("\"memberships\":[{\"contactGroupMembership\":{\"contactGroupResourceName\":");
+    out.extend_from_slice(
+        b"\"memberships\":[{\"contactGroupMembership\":{\"contactGroupResourceName\":",
+    );
     push_json_str(out, group);
-    out.push_str("}}]}");
+    out.extend_from_slice(b"}}]}");
 }
 
-/// `s` as a JSON string, quotes included, appended to `out`.
-fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
-    push_json_str_inner(out, s);
-    out.push('"');
-}
-
-/// `s` escaped for the inside of a JSON string, appended to `out`.
-fn push_json_str_inner(out: &mut String, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                use std::fmt::Write as _;
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
+/// `s` as a JSON string, quotes included, appended to `out` (escaped by serde_json).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("a string serialises into a vector");
 }
 
 /// The index in `COPIED_FIELDS` of the Person field a card property (any case) carries.
@@ -514,10 +482,12 @@ fn field_index(property: &str) -> Option<usize> {
         .position(|f| f.eq_ignore_ascii_case(rest))
 }
 
-/// `new_contact_json` as a JSON tree (for tests).
+/// `write_new_contact_json` read back as a JSON tree (for tests).
 #[cfg(test)]
 pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
-    serde_json::from_str(&new_contact_json(card, group, visible_tag)).expect("valid JSON")
+    let mut out = vec![];
+    write_new_contact_json(card, group, visible_tag, &mut out);
+    serde_json::from_slice(&out).expect("valid JSON")
 }
 
 #[cfg(test)]
