@@ -9,14 +9,14 @@
 
 use futures::StreamExt;
 use serde::Serialize;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use tracing::Instrument;
 
 use calcard::vcard::VCard;
 
-use crate::backend::{Backend, BackendError, Changes, GroupRef, User};
+use crate::backend::{Backend, BackendError, Delta, GroupRef, Known, User};
 use crate::card;
 use crate::plan::{
     self, DeleteOp, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow, LedgerView,
@@ -728,6 +728,114 @@ async fn snapshot<B: Backend>(
     ))
 }
 
+/// What a change token's delta told of one destination, kept for the first attempt's snapshot
+/// (see `snapshot_from_changes`).
+struct ReadDelta {
+    /// The token the read gave back, valid from the moment it began.
+    token: String,
+    /// The group the token was taken for.
+    group_id: String,
+    /// Contacts in the group that changed since (the engine's own writes left out), summarised.
+    changed: Vec<DestEntry>,
+    /// Remembered copies deleted since, or no longer in the group.
+    gone: HashSet<String>,
+    /// The ledger, when the read needed it.
+    ledger: Option<LedgerView>,
+}
+
+/// A destination's ledger with a lookup by contact id (a delta names contacts, not sources).
+struct LedgerByContact {
+    view: LedgerView,
+    order: Vec<u32>,
+}
+
+impl LedgerByContact {
+    fn new(view: LedgerView) -> Self {
+        let order = view.contact_order();
+        LedgerByContact { view, order }
+    }
+
+    fn get(&self, contact_id: &str) -> Option<&LedgerRow> {
+        self.view.find_contact(&self.order, contact_id)
+    }
+}
+
+/// Summarises a destination from its ledger and what changed since its change token, without
+/// reading the group whole. The ledger is what the group held when the destination last
+/// converged, as this job wrote or read it; the delta names every contact that changed since.
+/// A remembered copy the delta does not name is therefore unchanged, and is summarised from
+/// the ledger — except a copy whose source changed (or left the group) since it was written:
+/// those are read again by id, so an update knows its fresh etag and which fields it changes,
+/// and a delete names what it deletes. `None` when reading them would take more calls than
+/// reading the group whole. The user's own contacts in the group that did not change are not
+/// read, so `untouched` counts only those that did.
+#[allow(clippy::too_many_arguments)]
+async fn snapshot_from_changes<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group: &GroupRef,
+    group_name: &str,
+    default_group: &str,
+    source: &SourceSet,
+    ledger: &LedgerView,
+    delta: ReadDelta,
+) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
+    let ReadDelta {
+        token,
+        changed,
+        gone,
+        ..
+    } = delta;
+    let read: HashSet<&str> = changed.iter().map(|e| e.id.as_str()).collect();
+    let mut entries = Vec::with_capacity(ledger.len() + changed.len());
+    let mut fetch = vec![];
+    for l in ledger.rows() {
+        let id = l.contact_id();
+        if gone.contains(id) || read.contains(id) {
+            continue;
+        }
+        let sid = l.source_id();
+        let item = source.items.get(sid);
+        let held = source.unreadable.contains_key(sid);
+        if !held && (l.etag().is_empty() || item.is_none_or(|i| i.digest != l.digest())) {
+            fetch.push(id.to_string());
+            continue;
+        }
+        entries.push(DestEntry {
+            id: id.to_string(),
+            etag: l.etag().to_string(),
+            kind: DestKind::Copy {
+                source: Some(sid.to_string()),
+                digest: l.digest().to_string(),
+                name: item.map(|i| i.name.clone()).unwrap_or_default(),
+                fields: vec![],
+            },
+        });
+    }
+    drop(read);
+    let fetch_calls = fetch.len().div_ceil(backend.batch_size().max(1));
+    let read_calls = ledger.len().div_ceil(backend.page_size().max(1)).max(1);
+    if fetch_calls > read_calls {
+        return Ok(None);
+    }
+    if !fetch.is_empty() {
+        for c in backend.fetch_contacts(user, group, &fetch).await? {
+            entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, Some(source)));
+        }
+    }
+    entries.extend(changed);
+    Ok(Some((
+        DestSnapshot {
+            user: user.clone(),
+            group: Some(group.clone()),
+            group_is_default: group_name == default_group,
+            entries,
+        },
+        Some(token),
+    )))
+}
+
 fn lcm(a: usize, b: usize) -> usize {
     let gcd = |mut a: usize, mut b: usize| {
         while b != 0 {
@@ -832,8 +940,9 @@ async fn process_destination<B: Backend>(
             }
         },
     }
-    // With change tokens: one cheap call tells whether anything that concerns this group changed
-    // since this destination last converged to the same source.
+    // With change tokens: read only what changed since this destination last converged. When
+    // nothing that concerns the group changed and the source is the same, that one call is the
+    // whole run; otherwise what it read feeds the first attempt's snapshot.
     let saved_token = if backend.change_tokens() && !opts.force {
         lock(store)
             .change_token(&spec.name, &user.id)
@@ -842,27 +951,91 @@ async fn process_destination<B: Backend>(
     } else {
         None
     };
-    if let Mode::Active { fingerprint, .. } = &mode
+    let mut delta: Option<ReadDelta> = None;
+    if let Mode::Active {
+        fingerprint,
+        source,
+        ..
+    } = &mode
         && let Some((token, group_id)) = saved_token
-        && converged_under_token(store, spec, user, fingerprint)
     {
-        // The copies' etags are read only if the token's delta is not empty.
-        let known = || lock(store).copy_etags(&spec.name, &user.id).ok();
-        match backend.changes_since(user, &token, &group_id, &known).await {
-            Ok(Changes::None { token: next }) => {
-                if !opts.dry_run {
-                    let s = lock(store);
-                    let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
-                    let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
-                }
-                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
-                report.plan = Some(Plan::up_to_date(user, copies));
-                return report;
+        // Loaded at the first change only: a destination where nothing changed never needs it.
+        let ledger: OnceLock<Option<LedgerByContact>> = OnceLock::new();
+        let known = |id: &str, etag: &str| {
+            let l = ledger.get_or_init(|| {
+                lock(store)
+                    .ledger(&spec.name, &user.id)
+                    .ok()
+                    .map(LedgerByContact::new)
+            });
+            match l {
+                // The state database failed: everything counts as changed (and the run
+                // below reports the failure).
+                None => Known::Changed,
+                Some(l) => match l.get(id) {
+                    None => Known::No,
+                    Some(row) if !etag.is_empty() && row.etag() == etag => Known::AsWritten,
+                    Some(_) => Known::Changed,
+                },
             }
-            Ok(Changes::Expired) => {
+        };
+        let mut changed = vec![];
+        let mut gone = HashSet::new();
+        let read = backend
+            .read_changes(
+                user,
+                &token,
+                &group_id,
+                &known,
+                &mut |c| {
+                    changed.push(DestEntry::classify(
+                        spec,
+                        c.id,
+                        c.etag,
+                        &c.card,
+                        Some(*source),
+                    ))
+                },
+                &mut |id| {
+                    gone.insert(id);
+                },
+            )
+            .await;
+        let ledger = ledger.into_inner();
+        match read {
+            Ok(Delta::Read { token: next }) => {
+                if changed.is_empty()
+                    && gone.is_empty()
+                    && converged_under_token(store, spec, user, fingerprint)
+                {
+                    if !opts.dry_run {
+                        let s = lock(store);
+                        let _ =
+                            s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
+                        let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
+                    }
+                    let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
+                    report.plan = Some(Plan::up_to_date(user, copies));
+                    return report;
+                }
+                match ledger {
+                    // Read now, or by `known` if something changed (`None`: it failed, and the
+                    // whole group is read below, which reports it).
+                    None | Some(Some(_)) => {
+                        delta = Some(ReadDelta {
+                            token: next,
+                            group_id,
+                            changed,
+                            gone,
+                            ledger: ledger.flatten().map(|l| l.view),
+                        })
+                    }
+                    Some(None) => {}
+                }
+            }
+            Ok(Delta::Expired) => {
                 tracing::info!(job = %spec.name, dest = %user.name, "change token expired; reading the whole group");
             }
-            Ok(Changes::Some) => {}
             Err(e) => {
                 tracing::info!(job = %spec.name, dest = %user.name, "could not read changes ({e}); reading the whole group");
             }
@@ -898,28 +1071,63 @@ async fn process_destination<B: Backend>(
             Mode::Active { source, .. } => Some(*source),
             Mode::Removal => None,
         };
-        let ledger = match &mode {
-            Mode::Active { .. } => match lock(store).ledger(&spec.name, &user.id) {
+        // The changes read above stand for this attempt's read while the group is the one
+        // they were read for.
+        let delta = delta
+            .take()
+            .filter(|d| group.as_ref().is_some_and(|g| g.id == d.group_id));
+        let ledger = match (&mode, delta.as_ref().and_then(|d| d.ledger.clone())) {
+            (Mode::Active { .. }, Some(l)) => Some(l),
+            (Mode::Active { .. }, None) => match lock(store).ledger(&spec.name, &user.id) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     report.error = Some(e.to_string());
                     return report;
                 }
             },
-            Mode::Removal => None,
+            (Mode::Removal, _) => None,
         };
-        let (snap, token) = match snapshot(
-            backend,
-            spec,
-            user,
-            group,
-            target_group,
-            &opts.default_group,
-            source_set,
-            ledger.as_ref(),
-        )
-        .await
-        {
+        let from_changes = match (delta, source_set, &group, &ledger) {
+            (Some(d), Some(source), Some(g), Some(ledger)) => {
+                let read = snapshot_from_changes(
+                    backend,
+                    spec,
+                    user,
+                    g,
+                    target_group,
+                    &opts.default_group,
+                    source,
+                    ledger,
+                    d,
+                )
+                .await;
+                match read {
+                    Ok(s) => s,
+                    Err(e) => {
+                        report.error = Some(format!("reading {}: {e}", user.name));
+                        return report;
+                    }
+                }
+            }
+            _ => None,
+        };
+        let read = match from_changes {
+            Some(s) => Ok(s),
+            None => {
+                snapshot(
+                    backend,
+                    spec,
+                    user,
+                    group,
+                    target_group,
+                    &opts.default_group,
+                    source_set,
+                    ledger.as_ref(),
+                )
+                .await
+            }
+        };
+        let (snap, token) = match read {
             Ok(s) => s,
             Err(e) => {
                 report.error = Some(format!("reading {}: {e}", user.name));

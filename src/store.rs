@@ -545,7 +545,7 @@ impl Store {
     }
 
     /// The provider's change token for a destination and the id of its group (see
-    /// `Backend::changes_since`), if the last run left one.
+    /// `Backend::read_changes`), if the last run left one.
     pub fn change_token(&self, job: &str, user_id: &str) -> Result<Option<(String, String)>> {
         Ok(self
             .conn

@@ -5,7 +5,7 @@ use calcard::vcard::VCard;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, Changes, Contact, GroupRef, KnownCopies, Result, User, Written};
+use super::{Backend, Contact, Delta, GroupRef, Known, Result, User, Written};
 use crate::card::FieldSelection;
 
 /// Call counts of a `Counting` backend.
@@ -16,7 +16,7 @@ pub struct Calls {
     pub create_group: AtomicU64,
     pub delete_group: AtomicU64,
     pub scan_group: AtomicU64,
-    pub changes_since: AtomicU64,
+    pub read_changes: AtomicU64,
     pub contacts_read: AtomicU64,
     pub fetch_contacts: AtomicU64,
     pub create_contact: AtomicU64,
@@ -33,7 +33,7 @@ pub struct CallCounts {
     pub create_group: u64,
     pub delete_group: u64,
     pub scan_group: u64,
-    pub changes_since: u64,
+    pub read_changes: u64,
     pub contacts_read: u64,
     pub fetch_contacts: u64,
     pub create_contact: u64,
@@ -51,7 +51,7 @@ impl CallCounts {
             ("create_group", self.create_group),
             ("delete_group", self.delete_group),
             ("scan_group", self.scan_group),
-            ("changes_since", self.changes_since),
+            ("read_changes", self.read_changes),
             ("contacts_read", self.contacts_read),
             ("fetch_contacts", self.fetch_contacts),
             ("create_contact", self.create_contact),
@@ -71,7 +71,7 @@ impl CallCounts {
             create_group: d(2),
             delete_group: d(3),
             scan_group: d(4),
-            changes_since: d(5),
+            read_changes: d(5),
             contacts_read: d(6),
             fetch_contacts: d(7),
             create_contact: d(8),
@@ -96,7 +96,7 @@ impl CallCounts {
         self.resolve_user
             + self.find_group
             + self.scan_group
-            + self.changes_since
+            + self.read_changes
             + self.fetch_contacts
     }
 }
@@ -125,7 +125,7 @@ impl<B> Counting<B> {
             create_group: g(&c.create_group),
             delete_group: g(&c.delete_group),
             scan_group: g(&c.scan_group),
-            changes_since: g(&c.changes_since),
+            read_changes: g(&c.read_changes),
             contacts_read: g(&c.contacts_read),
             fetch_contacts: g(&c.fetch_contacts),
             create_contact: g(&c.create_contact),
@@ -304,15 +304,34 @@ impl<B: Backend> Backend for Counting<B> {
             .await
     }
 
-    async fn changes_since(
+    async fn read_changes(
         &self,
         user: &User,
         token: &str,
         group_id: &str,
-        known: &KnownCopies<'_>,
-    ) -> Result<Changes> {
-        bump(&self.calls.changes_since);
-        self.inner.changes_since(user, token, group_id, known).await
+        known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        sink: &mut (dyn FnMut(Contact) + Send),
+        gone: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Delta> {
+        bump(&self.calls.read_changes);
+        let counter = &self.calls.contacts_read;
+        self.inner
+            .read_changes(
+                user,
+                token,
+                group_id,
+                known,
+                &mut |c| {
+                    bump(counter);
+                    sink(c)
+                },
+                gone,
+            )
+            .await
+    }
+
+    fn page_size(&self) -> usize {
+        self.inner.page_size()
     }
 
     async fn create_contacts(

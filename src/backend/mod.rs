@@ -12,7 +12,6 @@ pub mod memory;
 pub mod vdir;
 
 use calcard::vcard::VCard;
-use std::collections::HashMap;
 use std::future::Future;
 
 use crate::card::FieldSelection;
@@ -104,18 +103,23 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
-/// Loads the copies the engine remembers at one destination: contact id → etag (see
-/// `Backend::changes_since`).
-pub type KnownCopies<'a> = dyn Fn() -> Option<HashMap<String, String>> + Send + Sync + 'a;
+/// How the engine knows a contact a change token's delta names (see `Backend::read_changes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// Not one of the copies the engine remembers at this destination.
+    No,
+    /// A remembered copy, with another etag than the one the engine wrote or last read.
+    Changed,
+    /// A remembered copy with exactly the etag the engine wrote or last read.
+    AsWritten,
+}
 
-/// What a provider's change token says about one user's contacts (see `Backend::changes_since`).
+/// What `Backend::read_changes` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Changes {
-    /// Nothing the engine must look at changed; keep this new token for next time.
-    None { token: String },
-    /// Something in the group, or one of the known copies, changed: read the group again.
-    Some,
-    /// The provider no longer honours the token: read the group again.
+pub enum Delta {
+    /// The changes were read; this new token is valid from the moment the read began.
+    Read { token: String },
+    /// The provider no longer honours the token: the group must be read whole.
     Expired,
 }
 
@@ -241,8 +245,7 @@ pub trait Backend: Send + Sync {
     }
 
     /// True when the provider hands out change tokens (Google sync tokens): a token taken by
-    /// `scan_group_with_token` lets `changes_since` tell in one cheap call whether a group needs
-    /// reading again.
+    /// `scan_group_with_token` lets `read_changes` read only what changed since.
     fn change_tokens(&self) -> bool {
         false
     }
@@ -280,21 +283,32 @@ pub trait Backend: Send + Sync {
         self.scan_group_with_token(user, group, sink)
     }
 
-    /// Whether the user's contacts changed since `token` in a way that concerns the group
-    /// `group_id`. `known()` gives each copy the engine remembers and the etag it last saw or
-    /// wrote (`None` if it cannot: then treat everything as changed); call it only when something
-    /// changed, as it reads the state database. A changed contact that is a known copy with that
-    /// etag is the engine's own write; any other change to a known copy, a known copy deleted,
-    /// or any change to a member of the group is `Changes::Some`. Changes elsewhere in the
-    /// user's contacts are ignored.
-    fn changes_since(
+    /// Reads what changed in a user's contacts since `token` (taken by `scan_group_known` or
+    /// an earlier `read_changes`), so a destination can be brought in line without reading its
+    /// group whole. `known(id, etag)` says whether a contact is a copy the engine remembers and
+    /// whether it has the etag the engine wrote or last read (pass an empty etag for a deleted
+    /// contact). A changed contact now in the group `group_id` is handed to `sink` whole, unless
+    /// it is `Known::AsWritten` (the engine's own write). A remembered copy (any `Known` but
+    /// `No`) deleted since, or no longer in the group, is handed to `gone`. Every other change
+    /// (contacts elsewhere in the user's contacts) is left out. A provider without change
+    /// tokens answers `Delta::Expired`.
+    fn read_changes(
         &self,
         _user: &User,
         _token: &str,
         _group_id: &str,
-        _known: &KnownCopies<'_>,
-    ) -> impl Future<Output = Result<Changes>> + Send {
-        async { Ok(Changes::Some) }
+        _known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        _sink: &mut (dyn FnMut(Contact) + Send),
+        _gone: &mut (dyn FnMut(String) + Send),
+    ) -> impl Future<Output = Result<Delta>> + Send {
+        async { Ok(Delta::Expired) }
+    }
+
+    /// How many contacts one call of a group read answers (Google: 1,000 a page). The engine
+    /// compares it with `batch_size` to choose between reading a few named contacts and reading
+    /// the whole group again.
+    fn page_size(&self) -> usize {
+        1000
     }
 
     /// How many contacts one batch call takes (1: the provider has no batch endpoint). The engine

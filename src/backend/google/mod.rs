@@ -27,7 +27,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{
-    Backend, BackendError, Changes, Contact, GroupRef, KnownCopies, Result, User, Written,
+    Backend, BackendError, Contact, Delta, GroupRef, Known, Result, User, Written,
 };
 use crate::card::FieldSelection;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
@@ -1025,37 +1025,62 @@ impl Backend for GoogleBackend {
         Ok(token)
     }
 
-    async fn changes_since(
+    async fn read_changes(
         &self,
         user: &User,
         token: &str,
         group_id: &str,
-        known: &KnownCopies<'_>,
-    ) -> Result<Changes> {
+        known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        sink: &mut (dyn FnMut(Contact) + Send),
+        gone: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Delta> {
+        self.repairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != &user.id);
         let fields = read_fields();
-        let mut relevant = false;
-        // Loaded at the first change only: a destination where nothing changed never needs it.
-        let mut loaded: Option<Option<HashMap<String, String>>> = None;
+        let mut bad = None;
         let r = self
-            .list_connections_synced(user, &fields, Some(token), true, &mut |p, _| {
-                let Some(known) = loaded.get_or_insert_with(known) else {
-                    relevant = true;
-                    return false;
-                };
-                let deleted = p.deleted();
-                relevant = match known.get(&p.resource_name) {
-                    Some(_) if deleted => true,
-                    Some(k) => k != &p.etag || !p.member_of(group_id),
-                    None => !deleted && p.member_of(group_id),
-                };
-                !relevant
+            .list_connections_synced(user, &fields, Some(token), true, &mut |head, raw| {
+                if head.deleted() {
+                    if known(&head.resource_name, "") != Known::No {
+                        gone(head.resource_name);
+                    }
+                    return true;
+                }
+                let k = known(&head.resource_name, &head.etag);
+                if !head.member_of(group_id) {
+                    if k != Known::No {
+                        gone(head.resource_name);
+                    }
+                    return true;
+                }
+                if k == Known::AsWritten {
+                    return true;
+                }
+                match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(p) => {
+                        sink(self.contact_of(user, &p));
+                        true
+                    }
+                    Err(e) => {
+                        bad = Some(format!("{}: {e}", head.resource_name));
+                        false
+                    }
+                }
             })
             .await;
+        if let Some(why) = bad {
+            return Err(BackendError::Invalid(format!(
+                "changes in the contacts of {}: unreadable contact {why}",
+                user.name
+            )));
+        }
         match r {
-            Ok(_) if relevant => Ok(Changes::Some),
-            Ok(Some(token)) => Ok(Changes::None { token }),
-            Ok(None) => Ok(Changes::Some),
-            Err(e) if e.status == 410 || e.has_reason("EXPIRED_SYNC_TOKEN") => Ok(Changes::Expired),
+            Ok(Some(token)) => Ok(Delta::Read { token }),
+            // The last page came without a token: read the group whole.
+            Ok(None) => Ok(Delta::Expired),
+            Err(e) if e.status == 410 || e.has_reason("EXPIRED_SYNC_TOKEN") => Ok(Delta::Expired),
             Err(e) => Err(api(e, &format!("changes in the contacts of {}", user.name))),
         }
     }
