@@ -249,6 +249,31 @@ pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(Arc<str>, u6
         .collect()
 }
 
+/// A `field_digests` list as text (`NAME=digest` lines), for the state database.
+pub fn field_digests_text(fields: &[(Arc<str>, u64)]) -> String {
+    let mut text = String::with_capacity(fields.len() * 40);
+    for (name, digest) in fields {
+        text.push_str(name);
+        text.push('=');
+        text.push_str(&format!("{digest:016x}"));
+        text.push('\n');
+    }
+    text
+}
+
+/// Reads `field_digests_text` back; `None` if the text is not one it wrote.
+pub fn field_digests_from_text(text: &str) -> Option<Vec<(Arc<str>, u64)>> {
+    text.lines()
+        .map(|l| {
+            let (name, digest) = l.rsplit_once('=')?;
+            Some((
+                intern(name.to_string()),
+                u64::from_str_radix(digest, 16).ok()?,
+            ))
+        })
+        .collect()
+}
+
 /// One shared copy of each property name: digest lists are kept for every contact of every
 /// destination being synced, and hold a few dozen distinct names between them.
 fn intern(name: String) -> Arc<str> {

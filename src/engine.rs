@@ -497,6 +497,13 @@ async fn run_inner<B: Backend>(
     }
 
     let source_fingerprint = source.fingerprint(spec);
+    // What the last run read of the source contacts that changed since: copies written from
+    // them are known field by field without being read again.
+    let previous = if active.is_empty() || !backend.change_tokens() {
+        HashMap::new()
+    } else {
+        previous_source(&lock(store), &spec.name, &source)
+    };
     // Active destinations, `concurrency` at a time.
     let stopped = AtomicBool::new(false);
     let concurrency = opts.concurrency.max(1);
@@ -513,6 +520,7 @@ async fn run_inner<B: Backend>(
                 run_id,
                 Mode::Active {
                     source: &source,
+                    previous: &previous,
                     stopped: &stopped,
                     fingerprint: &source_fingerprint,
                 },
@@ -524,6 +532,23 @@ async fn run_inner<B: Backend>(
         .collect()
         .await;
     report.destinations.extend(results);
+    drop(previous);
+    if !opts.dry_run && report.source_read && backend.change_tokens() {
+        let saved = lock(store).save_source_contacts(
+            &spec.name,
+            source.items.values().map(|i| {
+                (
+                    i.id.as_str(),
+                    i.digest.as_str(),
+                    i.name.as_str(),
+                    card::field_digests_text(&i.fields),
+                )
+            }),
+        );
+        if let Err(e) = saved {
+            tracing::warn!(job = %spec.name, "could not remember the source contacts: {e}");
+        }
+    }
     // Report destinations in job-file order, whatever order they finished in.
     let order = |u: &str| names.iter().position(|d| d == u).unwrap_or(usize::MAX);
     report.destinations.sort_by_key(|d| order(&d.user));
@@ -743,6 +768,48 @@ struct ReadDelta {
     ledger: Option<LedgerView>,
 }
 
+/// A source contact as the job's last run read it (see `Store::source_contacts`).
+#[derive(Debug)]
+struct PreviousSource {
+    digest: String,
+    name: String,
+    /// Digest of each managed property (see `card::field_digests`).
+    fields: Vec<(Arc<str>, u64)>,
+}
+
+/// The source contacts the job's last run read that are not the same in `source` (edited, or
+/// gone from it). Unreadable rows are left out: their copies are then read again.
+fn previous_source(
+    store: &Store,
+    job: &str,
+    source: &SourceSet,
+) -> HashMap<String, PreviousSource> {
+    let rows = match store.source_contacts(job) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(
+                job,
+                "could not read what the last run saw of the source: {e}"
+            );
+            return HashMap::new();
+        }
+    };
+    rows.into_iter()
+        .filter(|(id, digest, _, _)| source.items.get(id).is_none_or(|i| &i.digest != digest))
+        .filter_map(|(id, digest, name, fields)| {
+            let fields = card::field_digests_from_text(&fields)?;
+            Some((
+                id,
+                PreviousSource {
+                    digest,
+                    name,
+                    fields,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// A destination's ledger with a lookup by contact id (a delta names contacts, not sources).
 struct LedgerByContact {
     view: LedgerView,
@@ -777,7 +844,7 @@ async fn snapshot_from_changes<B: Backend>(
     group: &GroupRef,
     group_name: &str,
     default_group: &str,
-    source: &SourceSet,
+    (source, previous): (&SourceSet, &HashMap<String, PreviousSource>),
     ledger: &LedgerView,
     delta: ReadDelta,
 ) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
@@ -797,19 +864,32 @@ async fn snapshot_from_changes<B: Backend>(
         }
         let sid = l.source_id();
         let item = source.items.get(sid);
-        let held = source.unreadable.contains_key(sid);
-        if !held && (l.etag().is_empty() || item.is_none_or(|i| i.digest != l.digest())) {
-            fetch.push(id.to_string());
-            continue;
-        }
+        // Written from the source as it is now (or held: its source cannot be read), or from
+        // the source as the last run read it: known without reading it.
+        let (name, fields) = match (item, previous.get(sid)) {
+            _ if l.etag().is_empty() => {
+                fetch.push(id.to_string());
+                continue;
+            }
+            (Some(i), _) if i.digest == l.digest() => (i.name.clone(), vec![]),
+            _ if source.unreadable.contains_key(sid) => (String::new(), vec![]),
+            (item, Some(p)) if p.digest == l.digest() => (
+                item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
+                p.fields.clone(),
+            ),
+            _ => {
+                fetch.push(id.to_string());
+                continue;
+            }
+        };
         entries.push(DestEntry {
             id: id.to_string(),
             etag: l.etag().to_string(),
             kind: DestKind::Copy {
                 source: Some(sid.to_string()),
                 digest: l.digest().to_string(),
-                name: item.map(|i| i.name.clone()).unwrap_or_default(),
-                fields: vec![],
+                name,
+                fields,
             },
         });
     }
@@ -821,7 +901,13 @@ async fn snapshot_from_changes<B: Backend>(
     }
     if !fetch.is_empty() {
         for c in backend.fetch_contacts(user, group, &fetch).await? {
-            entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, Some(source)));
+            entries.push(DestEntry::classify(
+                spec,
+                c.id,
+                c.etag,
+                &c.card,
+                Some(source),
+            ));
         }
     }
     entries.extend(changed);
@@ -876,6 +962,8 @@ enum Mode<'a> {
     /// In the job: bring its copies in line with the source.
     Active {
         source: &'a SourceSet,
+        /// The last run's reading of source contacts that changed since (see `previous_source`).
+        previous: &'a HashMap<String, PreviousSource>,
         stopped: &'a AtomicBool,
         /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
         fingerprint: &'a str,
@@ -1010,8 +1098,7 @@ async fn process_destination<B: Backend>(
                 {
                     if !opts.dry_run {
                         let s = lock(store);
-                        let _ =
-                            s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
+                        let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
                         let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
                     }
                     let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
@@ -1087,8 +1174,15 @@ async fn process_destination<B: Backend>(
             },
             (Mode::Removal, _) => None,
         };
-        let from_changes = match (delta, source_set, &group, &ledger) {
-            (Some(d), Some(source), Some(g), Some(ledger)) => {
+        let from_changes = match (delta, &mode, &group, &ledger) {
+            (
+                Some(d),
+                Mode::Active {
+                    source, previous, ..
+                },
+                Some(g),
+                Some(ledger),
+            ) => {
                 let read = snapshot_from_changes(
                     backend,
                     spec,
@@ -1096,7 +1190,7 @@ async fn process_destination<B: Backend>(
                     g,
                     target_group,
                     &opts.default_group,
-                    source,
+                    (source, previous),
                     ledger,
                     d,
                 )

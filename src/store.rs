@@ -108,6 +108,16 @@ const MIGRATION_SLICE: &[M] = &[
         "ALTER TABLE destinations ADD COLUMN change_token TEXT;
     ALTER TABLE destinations ADD COLUMN group_id TEXT;",
     ),
+    M::up(
+        "CREATE TABLE source_contacts (
+        job TEXT NOT NULL,
+        source_id TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        name TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        PRIMARY KEY (job, source_id)
+    );",
+    ),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
@@ -406,6 +416,7 @@ impl Store {
             "DELETE FROM jobs WHERE name = ?1",
             "DELETE FROM destinations WHERE job = ?1",
             "DELETE FROM copies WHERE job = ?1",
+            "DELETE FROM source_contacts WHERE job = ?1",
         ] {
             self.conn.execute(sql, [job]).map_err(self.err())?;
         }
@@ -734,6 +745,66 @@ impl Store {
             "RELEASE settle"
         } else {
             "ROLLBACK TO settle; RELEASE settle"
+        };
+        let ended = self.conn.execute_batch(end);
+        written.map_err(self.err())?;
+        ended.map_err(self.err())?;
+        self.batch_tick(false)
+    }
+
+    /// The source contacts as the job's last run read them: (source id, digest, name, field
+    /// digests as `card::field_digests_text` wrote them). A copy the ledger says was written
+    /// from one of these digests is known field by field without being read again.
+    pub fn source_contacts(&self, job: &str) -> Result<Vec<(String, String, String, String)>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT source_id, digest, name, fields FROM source_contacts WHERE job = ?1",
+            )
+            .map_err(self.err())?;
+        st.query_map([job], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())
+    }
+
+    /// Remembers the source contacts a run read (see `source_contacts`): rows that changed are
+    /// written, rows of contacts no longer read are removed, the rest is left as it is.
+    /// `current` yields (source id, digest, name, field digests text).
+    pub fn save_source_contacts<'a>(
+        &self,
+        job: &str,
+        current: impl Iterator<Item = (&'a str, &'a str, &'a str, String)>,
+    ) -> Result<()> {
+        self.conn
+            .execute_batch("SAVEPOINT source_contacts")
+            .map_err(self.err())?;
+        let written = (|| -> rusqlite::Result<()> {
+            let mut old: std::collections::HashMap<String, String> = self
+                .conn
+                .prepare_cached("SELECT source_id, digest FROM source_contacts WHERE job = ?1")?
+                .query_map([job], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut put = self.conn.prepare_cached(
+                "INSERT OR REPLACE INTO source_contacts (job, source_id, digest, name, fields) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for (id, digest, name, fields) in current {
+                if old.remove(id).as_deref() != Some(digest) {
+                    put.execute(params![job, id, digest, name, fields])?;
+                }
+            }
+            let mut del = self
+                .conn
+                .prepare_cached("DELETE FROM source_contacts WHERE job = ?1 AND source_id = ?2")?;
+            for id in old.keys() {
+                del.execute(params![job, id])?;
+            }
+            Ok(())
+        })();
+        let end = if written.is_ok() {
+            "RELEASE source_contacts"
+        } else {
+            "ROLLBACK TO source_contacts; RELEASE source_contacts"
         };
         let ended = self.conn.execute_batch(end);
         written.map_err(self.err())?;

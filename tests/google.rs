@@ -437,6 +437,10 @@ fn reruns_read_only_what_changed() {
     r.run_ok();
     let get = counts(&r);
     assert_eq!(get("people.contactGroups.list"), 2, "the source and bob");
+    // bob's sync-token read carried the edited copy and the deleted one's marker: his group
+    // is not read whole.
+    assert_eq!(get("people.people.connections.list"), 1 + 2);
+    assert_eq!(get("people.people.getBatchGet"), 0);
     assert_eq!(get("people.people.batchUpdateContacts"), 1);
     assert_eq!(get("people.people.batchCreateContacts"), 1);
     assert_eq!(r.copies(bob), src);
@@ -483,11 +487,25 @@ fn reruns_read_only_what_changed() {
     assert_eq!(r.copies(bob), src);
     assert_eq!(r.copies(carol), src);
 
-    // A source edit reaches everyone.
+    r.run_ok();
+
+    // A source edit reaches everyone, without reading their groups whole: per destination the
+    // sync-token read, its groups and one batch update. The copies are known from the ledger,
+    // and what the last run read of the source tells which fields the update changes.
     r.fake.with_book("alice@example.com", |b| {
         b.edit(&src[0], |p| p["nicknames"] = json!([{"value": "new"}]))
     });
+    r.fake.reset_counts();
     r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.people.connections.list"), 1 + 2);
+    assert_eq!(get("people.contactGroups.list"), 1 + 2);
+    assert_eq!(get("people.people.getBatchGet"), 0);
+    assert_eq!(get("people.people.batchUpdateContacts"), 2);
+    assert_eq!(
+        get("people.people.batchCreateContacts") + get("people.people.batchDeleteContacts"),
+        0
+    );
     for u in [bob, carol] {
         let (_, p) = by_source(&r, u)
             .into_iter()
@@ -495,6 +513,62 @@ fn reruns_read_only_what_changed() {
             .unwrap();
         assert_eq!(p["nicknames"][0]["value"], json!("new"), "{u}");
     }
+    let log = r
+        .cmd()
+        .args(["log", "sales", "--limit", "2"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert_eq!(
+        log.lines().filter(|l| l.contains("\tupdate\t")).count(),
+        2,
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .skip(1)
+            .all(|l| l.contains("\tX-GOOGLE-NICKNAMES\t")),
+        "the update names the field that changed: {log}"
+    );
+
+    // bob misses a run in which the source changes, and it changes again: his copy was
+    // written from a source the last run did not see, so it is read by id (one batch get)
+    // before it is updated; carol's is not.
+    r.fake.set_suspended(bob, true);
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[0], |p| p["nicknames"] = json!([{"value": "newer"}]))
+    });
+    r.run_ok();
+    r.fake.set_suspended(bob, false);
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[0], |p| p["occupations"] = json!([{"value": "Buyer"}]))
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let get = counts(&r);
+    assert_eq!(get("people.people.connections.list"), 1 + 2);
+    assert_eq!(get("people.people.getBatchGet"), 1);
+    assert_eq!(get("people.people.batchUpdateContacts"), 2);
+    for u in [bob, carol] {
+        let (_, p) = by_source(&r, u)
+            .into_iter()
+            .find(|(s, _)| s == &src[0])
+            .unwrap();
+        assert_eq!(p["nicknames"][0]["value"], json!("newer"), "{u}");
+        assert_eq!(p["occupations"][0]["value"], json!("Buyer"), "{u}");
+    }
+    let log = r
+        .cmd()
+        .args(["log", "sales", "--limit", "2"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\tbob@example.com\tupdate\t")
+                && l.contains("X-GOOGLE-NICKNAMES,X-GOOGLE-OCCUPATIONS")),
+        "{log}"
+    );
     r.assert_no_violations();
 }
 

@@ -114,7 +114,10 @@ impl MemoryBackend {
         let token = self.fresh("t");
         let now = self.positions(user);
         let deleted = self.deleted.lock().unwrap().len();
-        self.tokens.lock().unwrap().insert(token.clone(), (deleted, now));
+        self.tokens
+            .lock()
+            .unwrap()
+            .insert(token.clone(), (deleted, now));
         token
     }
 
@@ -486,10 +489,14 @@ impl Backend for MemoryBackend {
                     gone(id.clone());
                 }
             } else if k != Known::AsWritten {
-                let card = self.with_group(user, &GroupRef {
-                    id: gid.clone(),
-                    ..Default::default()
-                }, |g| Ok(g.contacts.get(id).map(|(_, c)| c.clone())))?;
+                let card = self.with_group(
+                    user,
+                    &GroupRef {
+                        id: gid.clone(),
+                        ..Default::default()
+                    },
+                    |g| Ok(g.contacts.get(id).map(|(_, c)| c.clone())),
+                )?;
                 if let Some(card) = card {
                     sink(Contact {
                         id: id.clone(),

@@ -26,9 +26,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{
-    Backend, BackendError, Contact, Delta, GroupRef, Known, Result, User, Written,
-};
+use super::{Backend, BackendError, Contact, Delta, GroupRef, Known, Result, User, Written};
 use crate::card::FieldSelection;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
 use http::{ApiError, Call, Client};
