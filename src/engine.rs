@@ -873,10 +873,19 @@ async fn snapshot_from_changes<B: Backend>(
             }
             (Some(i), _) if i.digest == l.digest() => (i.name.clone(), vec![]),
             _ if source.unreadable.contains_key(sid) => (String::new(), vec![]),
-            (item, Some(p)) if p.digest == l.digest() => (
-                item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
-                p.fields.clone(),
-            ),
+            (item, Some(p))
+                if p.digest == l.digest()
+                    && !p
+                        .fields
+                        .iter()
+                        .chain(item.iter().flat_map(|i| i.fields.iter()))
+                        .any(|(name, _)| backend.read_before_update(name)) =>
+            {
+                (
+                    item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
+                    p.fields.clone(),
+                )
+            }
             _ => {
                 fetch.push(id.to_string());
                 continue;

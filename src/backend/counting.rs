@@ -334,6 +334,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.page_size()
     }
 
+    fn read_before_update(&self, property: &str) -> bool {
+        self.inner.read_before_update(property)
+    }
+
     async fn create_contacts(
         &self,
         user: &User,

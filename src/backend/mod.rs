@@ -304,6 +304,13 @@ pub trait Backend: Send + Sync {
         async { Ok(Delta::Expired) }
     }
 
+    /// True when a copy carrying this card property must be read before it is updated (Google:
+    /// a photo, whose state on the copy only a read tells); other copies may be updated from
+    /// what the engine remembers of them (see `read_changes`).
+    fn read_before_update(&self, _property: &str) -> bool {
+        false
+    }
+
     /// How many contacts one call of a group read answers (Google: 1,000 a page). The engine
     /// compares it with `batch_size` to choose between reading a few named contacts and reading
     /// the whole group again.

@@ -968,6 +968,11 @@ impl Backend for GoogleBackend {
         true
     }
 
+    fn read_before_update(&self, property: &str) -> bool {
+        // What photo a copy has now is known only from reading it (its gSyncPhoto clientData).
+        property == person::PHOTO_PROPERTY
+    }
+
     async fn scan_group_with_token(
         &self,
         user: &User,
