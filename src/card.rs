@@ -446,6 +446,17 @@ mod tests {
     const V3: &str = "BEGIN:VCARD\r\nVERSION:3.0\r\nUID:abc\r\nFN:Jane Doe\r\nN:Doe;Jane;;;\r\nEMAIL;TYPE=INTERNET,WORK:jane@example.com\r\nitem1.X-ABLabel:Other\r\nX-CUSTOM;FOO=bar:keep me\r\nORG:Example\\, Inc.;Sales\r\nEND:VCARD\r\n";
 
     #[test]
+    fn field_digests_survive_their_text_form() {
+        let card = parse(V3).unwrap();
+        let fields = field_digests(&card, &FieldSelection::All);
+        assert!(fields.len() > 3, "{fields:?}");
+        let text = field_digests_text(&fields);
+        assert_eq!(field_digests_from_text(&text), Some(fields));
+        assert_eq!(field_digests_from_text("EMAIL=not hex\n"), None);
+        assert_eq!(field_digests_from_text(""), Some(vec![]));
+    }
+
+    #[test]
     fn v3_round_trips_with_params_and_unknown_properties() {
         let card = parse(V3).unwrap();
         let out = to_text(&card);

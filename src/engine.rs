@@ -536,14 +536,15 @@ async fn run_inner<B: Backend>(
     if !opts.dry_run && report.source_read && backend.change_tokens() {
         let saved = lock(store).save_source_contacts(
             &spec.name,
-            source.items.values().map(|i| {
-                (
-                    i.id.as_str(),
-                    i.digest.as_str(),
-                    i.name.as_str(),
-                    card::field_digests_text(&i.fields),
-                )
-            }),
+            source
+                .items
+                .values()
+                .map(|i| (i.id.as_str(), i.digest.as_str(), i.name.as_str())),
+            |id| {
+                source.items.get(id).map_or_else(String::new, |i| {
+                    card::field_digests_text(&card::field_digests(&i.copy, &spec.fields))
+                })
+            },
         );
         if let Err(e) = saved {
             tracing::warn!(job = %spec.name, "could not remember the source contacts: {e}");
@@ -784,7 +785,10 @@ fn previous_source(
     job: &str,
     source: &SourceSet,
 ) -> HashMap<String, PreviousSource> {
-    let rows = match store.source_contacts(job) {
+    let rows = store.source_contacts(job, |id, digest| {
+        source.items.get(id).is_none_or(|i| i.digest != digest)
+    });
+    let rows = match rows {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(
@@ -795,7 +799,6 @@ fn previous_source(
         }
     };
     rows.into_iter()
-        .filter(|(id, digest, _, _)| source.items.get(id).is_none_or(|i| &i.digest != digest))
         .filter_map(|(id, digest, name, fields)| {
             let fields = card::field_digests_from_text(&fields)?;
             Some((
@@ -878,7 +881,7 @@ async fn snapshot_from_changes<B: Backend>(
                     && !p
                         .fields
                         .iter()
-                        .chain(item.iter().flat_map(|i| i.fields.iter()))
+                        .chain(item.iter().flat_map(|i| i.fields(&spec.fields)))
                         .any(|(name, _)| backend.read_before_update(name)) =>
             {
                 (

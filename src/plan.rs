@@ -49,10 +49,19 @@ pub struct SourceItem {
     pub name: String,
     /// Digest of the managed part (see `card::managed_digest`).
     pub digest: String,
-    /// Digest of each managed property (see `card::field_digests`).
-    pub fields: Vec<(std::sync::Arc<str>, u64)>,
+    /// Digest of each managed property (see `card::field_digests`), worked out the first time
+    /// an update needs them: most source contacts are never updated anywhere in a run.
+    fields: std::sync::OnceLock<Vec<(std::sync::Arc<str>, u64)>>,
     /// The copy a destination must hold (its UID is used only when creating).
     pub copy: VCard,
+}
+
+impl SourceItem {
+    /// Digest of each managed property of the copy (see `card::field_digests`).
+    pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
+        self.fields
+            .get_or_init(|| card::field_digests(&self.copy, selection))
+    }
 }
 
 /// The source group as read in this run.
@@ -80,7 +89,6 @@ impl SourceSet {
                 let uid = copy_uid(&job.tag, &id);
                 let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
                 let digest = card::managed_digest(&copy, &job.fields);
-                let fields = card::field_digests(&copy, &job.fields);
                 let name = card::display_name(&card);
                 self.items.insert(
                     id.clone(),
@@ -88,7 +96,7 @@ impl SourceSet {
                         id,
                         name,
                         digest,
-                        fields,
+                        fields: Default::default(),
                         copy,
                     },
                 );
@@ -271,6 +279,17 @@ impl LedgerRow {
         self.part(3)
     }
 
+    /// True if `entry` is exactly what this row says this job last wrote for `item`: same
+    /// contact, same etag (nobody changed it since), written from the same source content. Such
+    /// a copy is in sync even when the provider stores it in its own form (reordered,
+    /// normalised).
+    fn written_as(&self, item: &SourceItem, entry: &DestEntry) -> bool {
+        self.contact_id() == entry.id
+            && self.etag() == entry.etag
+            && !self.etag().is_empty()
+            && self.digest() == item.digest
+    }
+
     /// True if this row remembers exactly `copy`.
     pub fn is(&self, copy: &LedgerCopy) -> bool {
         self.contact_id() == copy.contact_id
@@ -351,18 +370,6 @@ impl LedgerView {
             .binary_search_by(|i| self.rows[*i as usize].contact_id().cmp(contact_id))
             .ok()
             .map(|i| &self.rows[order[i] as usize])
-    }
-
-    /// True if `entry` is exactly what this job last wrote for `item`: same contact, same etag
-    /// (nobody changed it since), written from the same source content. Such a copy is in sync
-    /// even when the provider stores it in its own form (reordered, normalised).
-    fn written_as(&self, item: &SourceItem, entry: &DestEntry) -> bool {
-        self.get(&item.id).is_some_and(|l| {
-            l.contact_id() == entry.id
-                && l.etag() == entry.etag
-                && !l.etag().is_empty()
-                && l.digest() == item.digest
-        })
     }
 }
 
@@ -531,31 +538,40 @@ pub fn plan_destination(
             name: job.target_group.clone(),
         });
     }
-    let mut by_source: BTreeMap<&str, Vec<&DestEntry>> = BTreeMap::new();
+    // The copies by source id: one sorted vector (stable: a source's copies stay in the order
+    // read), walked side by side with the source and the ledger, which are sorted the same way.
+    // Thousands of copies are planned per destination; no map or lookup per copy.
+    let mut copies: Vec<(&str, &DestEntry)> = Vec::with_capacity(dest.entries.len());
     let mut deletes = vec![];
     let mut updates = vec![];
-    let mut copies_total = 0usize;
+    let mut orphans = 0usize;
     for e in &dest.entries {
         match &e.kind {
             DestKind::Own | DestKind::OtherJob => plan.untouched += 1,
             DestKind::Copy {
                 source: Some(s), ..
-            } => {
-                copies_total += 1;
-                by_source.entry(s.as_str()).or_default().push(e);
-            }
+            } => copies.push((s.as_str(), e)),
             DestKind::Copy { source: None, .. } => {
-                copies_total += 1;
+                orphans += 1;
                 deletes.push(delete_op(e, DeleteReason::Orphan));
             }
         }
     }
-    for (sid, copies) in &by_source {
-        if source.unreadable.contains_key(*sid) {
-            plan.held += copies.len();
-            plan.kept.extend(copies.iter().map(|c| {
-                let remembered = ledger
-                    .get(sid)
+    let copies_total = copies.len() + orphans;
+    copies.sort_by(|a, b| a.0.cmp(b.0));
+    let mut items = source.items.iter().peekable();
+    let mut rows = ledger.rows().peekable();
+    for group in copies.chunk_by(|a, b| a.0 == b.0) {
+        let sid = group[0].0;
+        while rows.next_if(|r| r.source_id() < sid).is_some() {}
+        let row = rows.next_if(|r| r.source_id() == sid);
+        while items.next_if(|(k, _)| k.as_str() < sid).is_some() {}
+        let item = items.next_if(|(k, _)| k.as_str() == sid).map(|(_, i)| i);
+        let copies = group.iter().map(|(_, e)| *e);
+        if source.unreadable.contains_key(sid) {
+            plan.held += group.len();
+            plan.kept.extend(copies.map(|c| {
+                let remembered = row
                     .filter(|l| l.contact_id() == c.id)
                     .map(LedgerRow::to_copy);
                 (
@@ -568,7 +584,7 @@ pub fn plan_destination(
             }));
             continue;
         }
-        match source.items.get(*sid) {
+        match item {
             None => {
                 for c in copies {
                     deletes.push(delete_op(c, DeleteReason::SourceGone));
@@ -579,13 +595,13 @@ pub fn plan_destination(
                 // last wrote from this content (the provider may store it in its own form).
                 let in_sync = |c: &DestEntry| {
                     matches!(&c.kind, DestKind::Copy { digest, .. } if *digest == item.digest)
-                        || ledger.written_as(item, c)
+                        || row.is_some_and(|l| l.written_as(item, c))
                 };
                 let keeper = copies
-                    .iter()
+                    .clone()
                     .min_by_key(|c| (!in_sync(c), c.id.as_str()))
                     .expect("non-empty");
-                for c in copies.iter().filter(|c| c.id != keeper.id) {
+                for c in copies.filter(|c| c.id != keeper.id) {
                     deletes.push(delete_op(c, DeleteReason::Duplicate));
                 }
                 match &keeper.kind {
@@ -606,7 +622,7 @@ pub fn plan_destination(
                             etag: keeper.etag.clone(),
                             source_id: item.id.clone(),
                             name: item.name.clone(),
-                            fields: card::changed_fields(fields, &item.fields),
+                            fields: card::changed_fields(fields, item.fields(&job.fields)),
                             before: digest.clone(),
                         })))
                     }
@@ -617,28 +633,31 @@ pub fn plan_destination(
             }
         }
     }
-    // Sized once: a first run's plan holds a create per source contact.
-    let creates = source
+    // Source contacts without a copy, in source order (both sorted by source id).
+    let mut copied = copies.iter().map(|(s, _)| *s).peekable();
+    let missing: Vec<&SourceItem> = source
         .items
-        .keys()
-        .filter(|sid| !by_source.contains_key(sid.as_str()))
-        .count();
+        .iter()
+        .filter(|(sid, _)| {
+            while copied.next_if(|c| *c < sid.as_str()).is_some() {}
+            copied.peek() != Some(&sid.as_str())
+        })
+        .map(|(_, item)| item)
+        .collect();
     plan.ops
-        .reserve_exact(creates + updates.len() + deletes.len());
-    for (sid, item) in &source.items {
-        if !by_source.contains_key(sid.as_str()) {
-            plan.ops.push(Op::Create {
-                source_id: sid.clone(),
-                name: item.name.clone(),
-                recreate: ledger.contains(sid),
-            });
-        }
+        .reserve_exact(missing.len() + updates.len() + deletes.len());
+    for item in missing {
+        plan.ops.push(Op::Create {
+            source_id: item.id.clone(),
+            name: item.name.clone(),
+            recreate: ledger.contains(&item.id),
+        });
     }
     plan.ops.extend(updates);
     plan.ops.extend(deletes);
     // The ledger after the apply: rows of copies kept, created or updated stay (created and
     // updated ones are recorded as they are written); kept rows already right are not rewritten.
-    let answered: std::collections::HashSet<&str> = plan
+    let mut answered: Vec<&str> = plan
         .kept
         .iter()
         .map(|(s, _)| s.as_str())
@@ -648,15 +667,24 @@ pub fn plan_destination(
             _ => None,
         }))
         .collect();
+    answered.sort_unstable();
+    let mut answered_iter = answered.iter().peekable();
     plan.forget = ledger
         .rows()
         .map(LedgerRow::source_id)
-        .filter(|s| !answered.contains(s))
+        .filter(|s| {
+            while answered_iter.next_if(|a| **a < *s).is_some() {}
+            answered_iter.peek() != Some(&s)
+        })
         .map(str::to_string)
         .collect();
     drop(answered);
-    plan.kept
-        .retain(|(s, c)| !ledger.get(s).is_some_and(|r| r.is(c)));
+    // `kept` is in source id order, as the ledger's rows are.
+    let mut rows = ledger.rows().peekable();
+    plan.kept.retain(|(s, c)| {
+        while rows.next_if(|r| r.source_id() < s.as_str()).is_some() {}
+        !rows.peek().is_some_and(|r| r.source_id() == s && r.is(c))
+    });
     let counted = plan
         .ops
         .iter()
