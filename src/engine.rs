@@ -834,11 +834,13 @@ impl LedgerByContact {
 /// reading the group whole. The ledger is what the group held when the destination last
 /// converged, as this job wrote or read it; the delta names every contact that changed since.
 /// A remembered copy the delta does not name is therefore unchanged, and is summarised from
-/// the ledger — except a copy whose source changed (or left the group) since it was written:
-/// those are read again by id, so an update knows its fresh etag and which fields it changes,
-/// and a delete names what it deletes. `None` when reading them would take more calls than
-/// reading the group whole. The user's own contacts in the group that did not change are not
-/// read, so `untouched` counts only those that did.
+/// the ledger: as in sync if it was written from the source as it is now, or field by field
+/// from `previous` (what the last run read of its source) if it was written from that. The
+/// others — written from a source the last run did not see, without an etag in the ledger, or
+/// carrying a property the backend must read before an update (`read_before_update`) — are
+/// read by id. `None` when that would take more calls than reading the group whole. The user's
+/// own contacts in the group that did not change are not read, so `untouched` counts only
+/// those that did.
 #[allow(clippy::too_many_arguments)]
 async fn snapshot_from_changes<B: Backend>(
     backend: &B,

@@ -156,6 +156,17 @@ impl Rig {
         v
     }
 
+    /// The job's change log, its last `n` lines (after the header).
+    fn last_changes(&self, n: usize) -> String {
+        let out = self
+            .cmd()
+            .args(["log", "sales", "--limit", &n.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     fn source_ids(&self) -> Vec<String> {
         let mut v: Vec<String> = self
             .group("alice@example.com", "Sales")
@@ -507,18 +518,11 @@ fn reruns_read_only_what_changed() {
         0
     );
     for u in [bob, carol] {
-        let (_, p) = by_source(&r, u)
-            .into_iter()
-            .find(|(s, _)| s == &src[0])
-            .unwrap();
+        let copies = by_source(&r, u);
+        let p = &copies[&src[0]];
         assert_eq!(p["nicknames"][0]["value"], json!("new"), "{u}");
     }
-    let log = r
-        .cmd()
-        .args(["log", "sales", "--limit", "2"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = r.last_changes(2);
     assert_eq!(
         log.lines().filter(|l| l.contains("\tupdate\t")).count(),
         2,
@@ -550,19 +554,12 @@ fn reruns_read_only_what_changed() {
     assert_eq!(get("people.people.getBatchGet"), 1);
     assert_eq!(get("people.people.batchUpdateContacts"), 2);
     for u in [bob, carol] {
-        let (_, p) = by_source(&r, u)
-            .into_iter()
-            .find(|(s, _)| s == &src[0])
-            .unwrap();
+        let copies = by_source(&r, u);
+        let p = &copies[&src[0]];
         assert_eq!(p["nicknames"][0]["value"], json!("newer"), "{u}");
         assert_eq!(p["occupations"][0]["value"], json!("Buyer"), "{u}");
     }
-    let log = r
-        .cmd()
-        .args(["log", "sales", "--limit", "2"])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&log.stdout);
+    let log = r.last_changes(2);
     assert!(
         log.lines()
             .any(|l| l.contains("\tbob@example.com\tupdate\t")
