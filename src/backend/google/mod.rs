@@ -436,6 +436,29 @@ impl GoogleBackend {
         }
     }
 
+    /// Forgets the repairs noted at the user's last read: a new read notes them again.
+    fn forget_repairs(&self, user: &User) {
+        self.repairs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(u, _), _| u != &user.id);
+    }
+
+    /// Parses a contact listed by `list_connections_synced` whole and hands it to `sink`; the
+    /// error names the contact.
+    fn read_whole(
+        &self,
+        user: &User,
+        head: &person::Head,
+        raw: &serde_json::value::RawValue,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> std::result::Result<(), String> {
+        let p: Value =
+            serde_json::from_str(raw.get()).map_err(|e| format!("{}: {e}", head.resource_name))?;
+        sink(self.contact_of(user, &p));
+        Ok(())
+    }
+
     fn contact_of(&self, user: &User, p: &Value) -> Contact {
         let id = p
             .get("resourceName")
@@ -991,10 +1014,7 @@ impl Backend for GoogleBackend {
         sink: &mut (dyn FnMut(Contact) + Send),
         known_sink: &mut (dyn FnMut(String, String) + Send),
     ) -> Result<Option<String>> {
-        self.repairs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(u, _), _| u != &user.id);
+        self.forget_repairs(user);
         let fields = read_fields();
         let mut bad = None;
         let token = self
@@ -1007,12 +1027,9 @@ impl Backend for GoogleBackend {
                         known_sink(head.resource_name, head.etag);
                         return true;
                     }
-                    match serde_json::from_str::<Value>(raw.get()) {
-                        Ok(p) => sink(self.contact_of(user, &p)),
-                        Err(e) => {
-                            bad = Some(format!("{}: {e}", head.resource_name));
-                            return false;
-                        }
+                    if let Err(why) = self.read_whole(user, &head, raw, sink) {
+                        bad = Some(why);
+                        return false;
                     }
                 }
                 true
@@ -1037,10 +1054,7 @@ impl Backend for GoogleBackend {
         sink: &mut (dyn FnMut(Contact) + Send),
         gone: &mut (dyn FnMut(String) + Send),
     ) -> Result<Delta> {
-        self.repairs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(u, _), _| u != &user.id);
+        self.forget_repairs(user);
         let fields = read_fields();
         let mut bad = None;
         let r = self
@@ -1061,13 +1075,10 @@ impl Backend for GoogleBackend {
                 if k == Known::AsWritten {
                     return true;
                 }
-                match serde_json::from_str::<Value>(raw.get()) {
-                    Ok(p) => {
-                        sink(self.contact_of(user, &p));
-                        true
-                    }
-                    Err(e) => {
-                        bad = Some(format!("{}: {e}", head.resource_name));
+                match self.read_whole(user, &head, raw, sink) {
+                    Ok(()) => true,
+                    Err(why) => {
+                        bad = Some(why);
                         false
                     }
                 }

@@ -434,26 +434,16 @@ pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out:
             if !these.is_empty() {
                 out.push(b',');
             }
-            out.extend_from_slice(b"{\"key\":\"");
-            out.extend_from_slice(TAG_KEY.as_bytes());
-            out.extend_from_slice(b"\",\"value\":");
-            push_json_str(out, t);
-            out.push(b'}');
+            push_key_value(out, TAG_KEY, t);
         }
         out.extend_from_slice(b"],");
     }
     if let Some((t, src)) = tag_and_source {
-        out.extend_from_slice(b"\"clientData\":[{\"key\":\"");
-        out.extend_from_slice(TAG_KEY.as_bytes());
-        out.extend_from_slice(b"\",\"value\":");
-        push_json_str(out, &format!("{t}:{src}"));
-        out.push(b'}');
+        out.extend_from_slice(b"\"clientData\":[");
+        push_key_value(out, TAG_KEY, &format!("{t}:{src}"));
         if let Some(url) = card::first_text_ref(card, PHOTO_PROPERTY) {
-            out.extend_from_slice(b",{\"key\":\"");
-            out.extend_from_slice(PHOTO_KEY.as_bytes());
-            out.extend_from_slice(b"\",\"value\":");
-            push_json_str(out, url);
-            out.push(b'}');
+            out.push(b',');
+            push_key_value(out, PHOTO_KEY, url);
         }
         out.extend_from_slice(b"],");
     }
@@ -467,6 +457,15 @@ pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out:
 /// `s` as a JSON string, quotes included, appended to `out` (escaped by serde_json).
 fn push_json_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(out, s).expect("a string serialises into a vector");
+}
+
+/// Appends `{"key":<key>,"value":<value>}` (a clientData or userDefined entry).
+fn push_key_value(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.extend_from_slice(b"{\"key\":");
+    push_json_str(out, key);
+    out.extend_from_slice(b",\"value\":");
+    push_json_str(out, value);
+    out.push(b'}');
 }
 
 /// The index in `COPIED_FIELDS` of the Person field a card property (any case) carries.
