@@ -231,9 +231,12 @@ fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
 }
 
 /// Runs one job. Never panics on provider errors: they end up in the report.
-pub async fn run_job<B: Backend>(
-    backend: &B,
-    store: &Mutex<Store>,
+///
+/// Destinations run as tasks, `opts.concurrency` at a time, so their reading, planning and
+/// writing use every core the runtime has; this is why the backend and the state come in `Arc`s.
+pub async fn run_job<B: Backend + 'static>(
+    backend: &Arc<B>,
+    store: &Arc<Mutex<Store>>,
     job: &JobRun,
     opts: &RunOptions,
 ) -> JobReport {
@@ -312,9 +315,9 @@ pub async fn run_job<B: Backend>(
     report
 }
 
-async fn run_inner<B: Backend>(
-    backend: &B,
-    store: &Mutex<Store>,
+async fn run_inner<B: Backend + 'static>(
+    backend: &Arc<B>,
+    store: &Arc<Mutex<Store>>,
     job: &JobRun,
     opts: &RunOptions,
     report: &mut JobReport,
@@ -348,7 +351,7 @@ async fn run_inner<B: Backend>(
 
     // Which destinations are in the job (dynamic sets read now), and which were synced before
     // but are no longer in it.
-    let (names, _) = destination_names(backend, job).await?;
+    let (names, _) = destination_names(&**backend, job).await?;
     let dynamic = job.destinations.iter().any(|d| is_dynamic_set(d));
     let stored = lock(store).destinations(&spec.name)?;
     {
@@ -505,34 +508,29 @@ async fn run_inner<B: Backend>(
         previous_source(&lock(store), &spec.name, &source)
     };
     // Active destinations, `concurrency` at a time.
-    let stopped = AtomicBool::new(false);
+    let active_inputs = Arc::new(ActiveInputs {
+        source,
+        previous,
+        fingerprint: source_fingerprint,
+        stopped: AtomicBool::new(false),
+    });
     let concurrency = opts.concurrency.max(1);
-    let run_id = report.run_id.unwrap_or(0);
-    let results: Vec<DestReport> = futures::stream::iter(active.iter())
-        .map(|user| {
-            process_destination(
-                backend,
-                store,
-                job,
-                opts,
-                user,
-                &spec.target_group,
-                run_id,
-                Mode::Active {
-                    source: &source,
-                    previous: &previous,
-                    stopped: &stopped,
-                    fingerprint: &source_fingerprint,
-                },
-            )
-            .instrument(tracing::info_span!("dest", dest = %user.name))
-        })
-        .buffered(concurrency)
-        .inspect(|r| report_progress(opts, r))
-        .collect()
-        .await;
+    let shared = DestShared {
+        backend: backend.clone(),
+        store: store.clone(),
+        job: Arc::new(job.clone()),
+        opts: opts.clone(),
+        run_id: report.run_id.unwrap_or(0),
+    };
+    let results = run_destinations(
+        &shared,
+        concurrency,
+        active.into_iter().map(|u| (u, spec.target_group.clone())),
+        Some(&active_inputs),
+    )
+    .await;
     report.destinations.extend(results);
-    drop(previous);
+    let source = &active_inputs.source;
     if !opts.dry_run && report.source_read && backend.change_tokens() {
         let saved = lock(store).save_source_contacts(
             &spec.name,
@@ -565,37 +563,123 @@ async fn run_inner<B: Backend>(
         ));
         return Ok(());
     }
-    if stopped.load(Ordering::SeqCst) {
+    if active_inputs.stopped.load(Ordering::SeqCst) {
         report.outcome = Outcome::Stopped;
+        // The first destination, in job-file order, that hit the limit (others may have been
+        // skipped, or not run because of it).
         report.message = report
             .destinations
             .iter()
+            .filter(|d| d.plan.as_ref().is_some_and(|p| p.limit_exceeded.is_some()))
             .find_map(|d| d.stopped.clone())
             .or(report.message.take());
         return Ok(());
     }
 
     // Removed destinations: copies deleted, users' own contacts kept, group removed.
-    let removals: Vec<DestReport> = futures::stream::iter(removed.iter())
-        .map(|(user, target_group)| {
-            process_destination(
-                backend,
-                store,
-                job,
-                opts,
-                user,
-                target_group,
-                run_id,
-                Mode::Removal,
-            )
-            .instrument(tracing::info_span!("dest", dest = %user.name, removal = true))
-        })
-        .buffered(concurrency)
-        .inspect(|r| report_progress(opts, r))
-        .collect()
-        .await;
+    let removals = run_destinations(&shared, concurrency, removed.into_iter(), None).await;
     report.destinations.extend(removals);
     Ok(())
+}
+
+/// What every destination task of a run shares.
+struct DestShared<B> {
+    backend: Arc<B>,
+    store: Arc<Mutex<Store>>,
+    job: Arc<JobRun>,
+    opts: RunOptions,
+    run_id: i64,
+}
+
+/// What the active destinations of a run share, read-only but for `stopped`.
+struct ActiveInputs {
+    source: SourceSet,
+    /// The last run's reading of source contacts that changed since (see `previous_source`).
+    previous: HashMap<String, PreviousSource>,
+    /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
+    fingerprint: String,
+    /// Set by the first destination that hits a safety limit: no other starts.
+    stopped: AtomicBool,
+}
+
+/// Runs `process_destination` for each (user, target group), each as its own task,
+/// `concurrency` at a time; active destinations with `inputs`, removed ones without. Reports
+/// come back in the order of `dests`, whatever order they finished in; a task that panicked is
+/// reported as a failed destination, and the others go on.
+async fn run_destinations<B: Backend + 'static>(
+    shared: &DestShared<B>,
+    concurrency: usize,
+    dests: impl Iterator<Item = (User, String)>,
+    inputs: Option<&Arc<ActiveInputs>>,
+) -> Vec<DestReport> {
+    let removal = inputs.is_none();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
+    let mut reports: Vec<Option<DestReport>> = vec![];
+    let mut dests = dests.enumerate();
+    loop {
+        while tasks.len() < concurrency
+            && let Some((i, (user, target_group))) = dests.next()
+        {
+            reports.push(None);
+            let name = user.name.clone();
+            let span = if removal {
+                tracing::info_span!("dest", dest = %user.name, removal = true)
+            } else {
+                tracing::info_span!("dest", dest = %user.name)
+            };
+            let backend = shared.backend.clone();
+            let store = shared.store.clone();
+            let job = shared.job.clone();
+            let opts = shared.opts.clone();
+            let run_id = shared.run_id;
+            let inputs = inputs.cloned();
+            let task = async move {
+                let mode = match &inputs {
+                    Some(a) => Mode::Active {
+                        source: &a.source,
+                        previous: &a.previous,
+                        stopped: &a.stopped,
+                        fingerprint: &a.fingerprint,
+                    },
+                    None => Mode::Removal,
+                };
+                process_destination(
+                    &*backend,
+                    &store,
+                    &job,
+                    &opts,
+                    &user,
+                    &target_group,
+                    run_id,
+                    mode,
+                )
+                .await
+            };
+            let handle = tasks.spawn(task.instrument(span));
+            running.insert(handle.id(), (i, name));
+        }
+        let Some(done) = tasks.join_next_with_id().await else {
+            break;
+        };
+        let (i, report) = match done {
+            Ok((id, report)) => (running.remove(&id).map_or(usize::MAX, |r| r.0), report),
+            Err(e) => {
+                let (i, user) = running.remove(&e.id()).unwrap_or_default();
+                let why = if e.is_panic() {
+                    "internal error: the destination's task panicked (see the log)"
+                } else {
+                    "internal error: the destination's task was cancelled"
+                };
+                (i, failed_dest(&user, removal, why.into()))
+            }
+        };
+        report_progress(&shared.opts, &report);
+        if let Some(slot) = reports.get_mut(i) {
+            *slot = Some(report);
+        }
+    }
+    reports.into_iter().flatten().collect()
 }
 
 /// The job's destination users: plain names as written, then the members of its dynamic sets

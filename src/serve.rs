@@ -82,8 +82,8 @@ pub trait AfterRun: Send + Sync {
 
 /// The daemon's settings.
 pub struct Daemon<'a, B> {
-    pub backend: &'a B,
-    pub store: &'a Mutex<Store>,
+    pub backend: &'a Arc<B>,
+    pub store: &'a Arc<Mutex<Store>>,
     pub jobs_dir: PathBuf,
     /// The state database's path (its lock file sits next to it).
     pub state: PathBuf,
@@ -101,7 +101,7 @@ fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.with_timezone(&Utc))
 }
 
-impl<B: Backend> Daemon<'_, B> {
+impl<B: Backend + 'static> Daemon<'_, B> {
     fn emit(&self, e: Event) {
         if let Some(tx) = &self.events {
             let _ = tx.send(e);

@@ -462,13 +462,12 @@ fn deletion_limit_stops_the_job_unless_forced() {
         fs::remove_file(t.group("alice", "Team").join(format!("p{i:03}.vcf"))).unwrap();
     }
     let before = t.cards("bob", "Team");
-    t.cmd()
-        .arg("run")
-        .assert()
-        .code(3)
-        .stdout(predicate::str::contains(
-            "STOPPED: deletion limit: bob would lose 12 of its 30 copies",
-        ));
+    t.cmd().arg("run").assert().code(3).stdout(
+        predicate::str::is_match(
+            "STOPPED: deletion limit: (bob|carol) would lose 12 of its 30 copies",
+        )
+        .unwrap(),
+    );
     assert_eq!(t.cards("bob", "Team"), before);
     assert_eq!(t.copies("carol", "Team").len(), 30);
     t.cmd().args(["run", "--force"]).assert().success();
@@ -694,6 +693,13 @@ fn completions_man_and_broken_pipe() {
 #[test]
 fn log_shows_each_change_with_fields_and_digests() {
     let t = Tree::new(3);
+    // The log lists changes in the order they were made; destinations run in parallel, so one
+    // at a time keeps that order the same from run to run.
+    fs::write(
+        t.path().join("groupsync.toml"),
+        "state = \"state.db\"\njobs_dir = \"jobs\"\n\n[backend]\nkind = \"vdir\"\nroot = \"contacts\"\nconcurrency = 1\n",
+    )
+    .unwrap();
     t.write_job("team", &["bob", "carol"], "");
     t.cmd().arg("run").assert().success();
     // The source renames one contact; bob tampers with another's email; a third leaves the source.

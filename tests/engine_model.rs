@@ -15,7 +15,7 @@
 use calcard::vcard::VCard;
 use proptest::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use groupsync::backend::memory::{DEFAULT_GROUP, Faults, MemoryBackend};
 use groupsync::card::{self, ContactFilter, FieldSelection};
@@ -165,8 +165,8 @@ fn without_prop(card: &VCard, name: &str) -> VCard {
 }
 
 struct World {
-    backend: MemoryBackend,
-    store: Mutex<Store>,
+    backend: Arc<MemoryBackend>,
+    store: Arc<Mutex<Store>>,
     job: JobRun,
     fields: FieldSelection,
     filter: ContactFilter,
@@ -184,7 +184,7 @@ struct World {
 
 impl World {
     fn new(p: &Params) -> World {
-        let backend = MemoryBackend::new();
+        let backend = Arc::new(MemoryBackend::new());
         backend.add_user(SOURCE);
         for u in USERS {
             backend.add_user(u);
@@ -223,7 +223,7 @@ impl World {
         }
         World {
             backend,
-            store: Mutex::new(Store::open_in_memory().unwrap()),
+            store: Arc::new(Mutex::new(Store::open_in_memory().unwrap())),
             job: JobRun {
                 spec: JobSpec {
                     name: "job".into(),

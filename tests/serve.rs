@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -20,15 +20,15 @@ fn utc(s: &str) -> DateTime<Utc> {
 
 struct Rig {
     dir: tempfile::TempDir,
-    backend: MemoryBackend,
-    store: Mutex<Store>,
+    backend: Arc<MemoryBackend>,
+    store: Arc<Mutex<Store>>,
 }
 
 impl Rig {
     fn new() -> Rig {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("jobs")).unwrap();
-        let backend = MemoryBackend::new();
+        let backend = Arc::new(MemoryBackend::new());
         for u in ["src", "u1", "u2", "u3"] {
             backend.add_user(u);
         }
@@ -42,7 +42,9 @@ impl Rig {
                 .unwrap(),
             );
         }
-        let store = Mutex::new(Store::open(&dir.path().join("state.db")).unwrap());
+        let store = Arc::new(Mutex::new(
+            Store::open(&dir.path().join("state.db")).unwrap(),
+        ));
         Rig {
             dir,
             backend,

@@ -9,7 +9,7 @@ use clap::Parser;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use groupsync::backend::counting::{CallCounts, Counting};
@@ -290,8 +290,8 @@ fn run_phase(phase: &str, dir: &Path) -> anyhow::Result<()> {
     let BackendConfig::Vdir { root, concurrency } = &config.backend else {
         anyhow::bail!("the benchmark builds a vdir tree; its config must use kind = \"vdir\"");
     };
-    let backend = Counting::new(VdirBackend::new(root));
-    let store = Mutex::new(Store::open(&config.state)?);
+    let backend = Arc::new(Counting::new(VdirBackend::new(root)));
+    let store = Arc::new(Mutex::new(Store::open(&config.state)?));
     let job = groupsync::job::load_named(&config.jobs_dir, "bench")?;
     let opts = RunOptions {
         concurrency: *concurrency,

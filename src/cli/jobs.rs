@@ -5,6 +5,7 @@
 use clap::Subcommand;
 use std::collections::BTreeSet;
 use std::io::Write;
+use std::sync::Arc;
 
 use super::run::run_one;
 use super::{Ctx, exit, usage};
@@ -66,9 +67,9 @@ pub enum JobCommand {
     },
 }
 
-pub async fn job<B: Backend>(
+pub async fn job<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     cmd: &JobCommand,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
@@ -107,7 +108,10 @@ pub async fn job<B: Backend>(
 }
 
 /// Fails with "invalid destination user" for the first user the backend does not know.
-async fn check_users<B: Backend>(backend: &B, users: &[String]) -> anyhow::Result<()> {
+async fn check_users<B: Backend + 'static>(
+    backend: &Arc<B>,
+    users: &[String],
+) -> anyhow::Result<()> {
     for u in users {
         if crate::engine::is_dynamic_set(u) {
             crate::engine::check_dynamic_set(u).map_err(usage)?;
@@ -139,9 +143,9 @@ fn check_unique(users: &[String]) -> anyhow::Result<()> {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn new<B: Backend>(
+async fn new<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     name: &str,
     source: &str,
     group: &str,
@@ -201,9 +205,9 @@ async fn new<B: Backend>(
         .0)
 }
 
-async fn add_dest<B: Backend>(
+async fn add_dest<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     name: &str,
     users: &[String],
     now: bool,
@@ -253,9 +257,9 @@ async fn add_dest<B: Backend>(
     Ok(run_one(ctx, backend, &job, &opts, out).await?.0)
 }
 
-async fn remove_dest<B: Backend>(
+async fn remove_dest<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     name: &str,
     users: &[String],
     defer: bool,
@@ -415,9 +419,9 @@ fn show(ctx: &Ctx, name: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
     Ok(exit::OK)
 }
 
-async fn delete<B: Backend>(
+async fn delete<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     name: &str,
     purge: bool,
     out: &mut dyn Write,

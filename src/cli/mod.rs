@@ -31,6 +31,7 @@ use crate::lock::{self, StateLock};
 use crate::notify::Notifier;
 use crate::serve::AfterRun;
 use crate::store::Store;
+use std::sync::Arc;
 
 /// Exit codes (fixed: scripts and systemd units rely on them).
 pub mod exit {
@@ -141,7 +142,7 @@ pub struct Ctx {
     /// Show a progress bar for runs (on a terminal only, never with --json).
     pub progress: bool,
     pub lock_wait: Duration,
-    pub store: Mutex<Store>,
+    pub store: Arc<Mutex<Store>>,
 }
 
 impl Ctx {
@@ -224,7 +225,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         json: cli.json,
         progress,
         lock_wait: Duration::from_secs(cli.lock_wait),
-        store: Mutex::new(store),
+        store: Arc::new(Mutex::new(store)),
         config,
     };
     match ctx.config.backend.clone() {
@@ -232,7 +233,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             check_root(&root, &ctx.config.path)?;
             dispatch(
                 &ctx,
-                &Counting::new(VdirBackend::new(root)),
+                Counting::new(VdirBackend::new(root)),
                 &cli.command,
                 &mut out,
             )
@@ -267,12 +268,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 default_collection,
             })
             .map_err(cfg_err)?;
-            dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
+            dispatch(&ctx, Counting::new(backend), &cli.command, &mut out).await
         }
         BackendConfig::Google(g) => {
             let backend = crate::backend::google::GoogleBackend::new(g)
                 .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
-            dispatch(&ctx, &Counting::new(backend), &cli.command, &mut out).await
+            dispatch(&ctx, Counting::new(backend), &cli.command, &mut out).await
         }
     }
 }
@@ -288,12 +289,13 @@ fn check_root(root: &Path, config: &Path) -> Result<(), ConfigError> {
     }
 }
 
-async fn dispatch<B: Backend>(
+async fn dispatch<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: B,
     command: &Command,
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<u8> {
+    let backend = &Arc::new(backend);
     match command {
         Command::Job(c) => jobs::job(ctx, backend, c, out).await,
         Command::Plan(a) => run::plan(ctx, backend, a, out).await,
@@ -301,8 +303,8 @@ async fn dispatch<B: Backend>(
         Command::Status => status::status(ctx, out),
         Command::History(a) => history::history(ctx, a, out),
         Command::Log(a) => log::log(ctx, a, out),
-        Command::Restore(a) => restore::restore(ctx, backend, a, out).await,
-        Command::Check => check::check(ctx, backend, out).await,
+        Command::Restore(a) => restore::restore(ctx, &**backend, a, out).await,
+        Command::Check => check::check(ctx, &**backend, out).await,
         Command::Serve => serve::serve(ctx, backend).await,
         Command::Completions(_) | Command::Man => {
             unreachable!("handled before loading the configuration")

@@ -2,6 +2,7 @@
 //! reports. `plan` is `run --dry-run`: it reads everything and writes nothing.
 
 use std::io::Write;
+use std::sync::Arc;
 
 use super::{Ctx, exit, output, usage};
 use crate::backend::Backend;
@@ -53,9 +54,9 @@ pub fn select_jobs(ctx: &Ctx, names: &[String]) -> anyhow::Result<(Vec<Job>, boo
 }
 
 /// Runs jobs and prints their reports; returns the worst exit code.
-pub async fn run_jobs<B: Backend>(
+pub async fn run_jobs<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     jobs: &[Job],
     opts: &RunOptions,
     out: &mut dyn Write,
@@ -133,9 +134,9 @@ pub fn worst(a: u8, b: u8) -> u8 {
     if rank(b) > rank(a) { b } else { a }
 }
 
-pub async fn plan<B: Backend>(
+pub async fn plan<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     args: &PlanArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
@@ -158,9 +159,9 @@ pub async fn plan<B: Backend>(
     })
 }
 
-pub async fn run<B: Backend>(
+pub async fn run<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     args: &RunArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
@@ -188,9 +189,9 @@ pub async fn run<B: Backend>(
 }
 
 /// Runs one job with options (used by the `job` commands after an edit).
-pub async fn run_one<B: Backend>(
+pub async fn run_one<B: Backend + 'static>(
     ctx: &Ctx,
-    backend: &B,
+    backend: &Arc<B>,
     job: &Job,
     opts: &RunOptions,
     out: &mut dyn Write,

@@ -1,6 +1,7 @@
 //! `groupsync serve`: the daemon, with metrics over HTTP when `[metrics] listen` is set. Stops
 //! on SIGTERM or Ctrl-C after finishing the destination in progress.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Ctx, exit};
@@ -29,7 +30,7 @@ async fn shutdown_signal() {
     }
 }
 
-pub async fn serve<B: Backend>(ctx: &Ctx, backend: &B) -> anyhow::Result<u8> {
+pub async fn serve<B: Backend + 'static>(ctx: &Ctx, backend: &Arc<B>) -> anyhow::Result<u8> {
     let metrics_task = match ctx.config.metrics.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
