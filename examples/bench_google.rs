@@ -302,7 +302,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     writeln!(
         table,
-        "{:<4} {:>7} {:>8} {:>6} {:>8} {:>8} {:>5} {:>8} {:>9} {:>8} {:>8}  calls by method",
+        "{:<4} {:>7} {:>8} {:>6} {:>8} {:>8} {:>5} {:>6} {:>8} {:>9} {:>8} {:>8}  calls by method",
         "",
         "wall s",
         "bound s",
@@ -310,6 +310,7 @@ fn main() -> anyhow::Result<()> {
         "cpu s",
         "fake s",
         "late",
+        "gap ms",
         "calls",
         "per dest",
         "minimum",
@@ -372,6 +373,7 @@ fn main() -> anyhow::Result<()> {
         let fake_cpu = groupsync::procstat::cpu_seconds() - fake_cpu;
         let counts = fake.counts();
         let late = fake.late_calls();
+        let (gap, _) = fake.client_gap();
         let wall = v.wall_s;
         let api_calls: u64 = counts
             .iter()
@@ -399,7 +401,7 @@ fn main() -> anyhow::Result<()> {
             .collect();
         writeln!(
             table,
-            "{:<4} {:>7.2} {:>8.2} {:>6.2} {:>8.2} {:>8.2} {:>5} {:>8} {:>9.2} {:>8} {:>8.1}  {}",
+            "{:<4} {:>7.2} {:>8.2} {:>6.2} {:>8.2} {:>8.2} {:>5} {:>6.1} {:>8} {:>9.2} {:>8} {:>8.1}  {}",
             w,
             wall,
             bound,
@@ -407,6 +409,7 @@ fn main() -> anyhow::Result<()> {
             v.cpu_s,
             fake_cpu,
             late,
+            gap.as_secs_f64() * 1000.0,
             api_calls,
             per_dest,
             min_per_dest,
@@ -416,7 +419,7 @@ fn main() -> anyhow::Result<()> {
     }
     writeln!(
         table,
-        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; x bnd = wall / bound; late = calls the fake answered after the latency because its own work took longer; cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
+        "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; x bnd = wall / bound; late = calls the fake answered after the latency because its own work took longer; gap ms = mean time from the fake's answer to a user's next People API call (groupsync's share of the critical path, waiting for a core included); cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
     )?;
     print!("{table}");
     let v = fake.violations();

@@ -1075,7 +1075,7 @@ enum Mode<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn process_destination<B: Backend>(
     backend: &B,
-    store: &Mutex<Store>,
+    store: &Arc<Mutex<Store>>,
     job: &JobRun,
     opts: &RunOptions,
     user: &User,
@@ -1450,7 +1450,7 @@ enum ApplyError {
 #[allow(clippy::too_many_arguments)]
 async fn apply<B: Backend>(
     backend: &B,
-    store: &Mutex<Store>,
+    store: &Arc<Mutex<Store>>,
     spec: &JobSpec,
     run_id: i64,
     user: &User,
@@ -1460,28 +1460,6 @@ async fn apply<B: Backend>(
     applied: &mut Counts,
 ) -> Result<Option<GroupRef>, ApplyError> {
     lock(store).batch_begin()?;
-    let result = apply_ops(
-        backend, store, spec, run_id, user, group, plan, source, applied,
-    )
-    .await;
-    let committed = lock(store).batch_end();
-    let group = result?;
-    committed?;
-    Ok(group)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn apply_ops<B: Backend>(
-    backend: &B,
-    store: &Mutex<Store>,
-    spec: &JobSpec,
-    run_id: i64,
-    user: &User,
-    mut group: Option<GroupRef>,
-    plan: &mut Plan,
-    source: Option<&SourceSet>,
-    applied: &mut Counts,
-) -> Result<Option<GroupRef>, ApplyError> {
     let base = Change {
         run_id,
         job: &spec.name,
@@ -1489,6 +1467,189 @@ async fn apply_ops<B: Backend>(
         user: &user.name,
         ..Default::default()
     };
+    let mut deferred = Deferred::default();
+    let result = apply_ops(
+        backend,
+        store,
+        spec,
+        &base,
+        user,
+        group,
+        plan,
+        source,
+        applied,
+        &mut deferred,
+    )
+    .await;
+    // What was written before a failure is recorded all the same.
+    let recorded = deferred.write(store, &base);
+    let committed = lock(store).batch_end();
+    let group = result?;
+    recorded?;
+    committed?;
+    Ok(group)
+}
+
+/// Ledger rows and log lines of the batches a destination has written, not yet in the state
+/// database: they are written while the destination's next call is in flight (`overlapped`), so
+/// recording one batch is off the destination's critical path. A crash before they are written
+/// loses them like an uncommitted transaction would: the copies are found again by their tags.
+#[derive(Default)]
+struct Deferred {
+    writes: Vec<DeferredWrite>,
+}
+
+enum DeferredWrite {
+    Copy {
+        source_id: String,
+        contact_id: String,
+        digest: String,
+        etag: String,
+    },
+    Log {
+        action: &'static str,
+        source_id: Option<String>,
+        contact_id: String,
+        name: Option<String>,
+        detail: Option<String>,
+        fields: Option<String>,
+        before: Option<String>,
+        after: Option<String>,
+    },
+}
+
+/// Whose writes a `Deferred` holds: a `Change` without borrows, to write from another thread.
+struct DeferredBase {
+    run_id: i64,
+    job: String,
+    user_id: String,
+    user: String,
+}
+
+impl DeferredBase {
+    fn of(base: &Change<'_>) -> Self {
+        DeferredBase {
+            run_id: base.run_id,
+            job: base.job.to_string(),
+            user_id: base.user_id.to_string(),
+            user: base.user.to_string(),
+        }
+    }
+
+    fn change(&self) -> Change<'_> {
+        Change {
+            run_id: self.run_id,
+            job: &self.job,
+            user_id: &self.user_id,
+            user: &self.user,
+            ..Default::default()
+        }
+    }
+}
+
+impl Deferred {
+    fn copy(&mut self, source_id: &str, contact_id: &str, digest: &str, etag: &str) {
+        self.writes.push(DeferredWrite::Copy {
+            source_id: source_id.to_string(),
+            contact_id: contact_id.to_string(),
+            digest: digest.to_string(),
+            etag: etag.to_string(),
+        });
+    }
+
+    /// Writes everything deferred, in order, under one lock of the state.
+    fn write(&mut self, store: &Mutex<Store>, base: &Change<'_>) -> Result<(), StoreError> {
+        if self.writes.is_empty() {
+            return Ok(());
+        }
+        let s = lock(store);
+        for w in self.writes.drain(..) {
+            match w {
+                DeferredWrite::Copy {
+                    source_id,
+                    contact_id,
+                    digest,
+                    etag,
+                } => s.record_copy(
+                    base.job,
+                    base.user_id,
+                    &source_id,
+                    &contact_id,
+                    &digest,
+                    &etag,
+                )?,
+                DeferredWrite::Log {
+                    action,
+                    source_id,
+                    contact_id,
+                    name,
+                    detail,
+                    fields,
+                    before,
+                    after,
+                } => s.log_change(&Change {
+                    action,
+                    source_id: source_id.as_deref(),
+                    contact_id: Some(&contact_id),
+                    name: name.as_deref(),
+                    detail: detail.as_deref(),
+                    fields: fields.as_deref(),
+                    before: before.as_deref(),
+                    after: after.as_deref(),
+                    ..base.clone()
+                })?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs a provider call with the deferred writes of the batches before it: the call is started
+/// (its request goes out at its first poll), the deferred writes are made on the blocking pool
+/// while it is in flight, then both are awaited. (Made on this task, the writes would also hold
+/// up the connection task that sends the request: tokio runs a task just woken on the same
+/// thread, after the one that woke it.) A failed state write is reported after the call has
+/// finished, so a write in flight is never abandoned halfway.
+async fn overlapped<T>(
+    store: &Arc<Mutex<Store>>,
+    base: &Change<'_>,
+    deferred: &mut Deferred,
+    call: impl std::future::Future<Output = T>,
+) -> Result<T, ApplyError> {
+    let mut call = std::pin::pin!(call);
+    let first = futures::poll!(call.as_mut());
+    let written = (!deferred.writes.is_empty()).then(|| {
+        let mut writes = std::mem::take(deferred);
+        let store = store.clone();
+        let base = DeferredBase::of(base);
+        tokio::task::spawn_blocking(move || writes.write(&store, &base.change()))
+    });
+    let out = match first {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => call.await,
+    };
+    if let Some(written) = written {
+        written
+            .await
+            .map_err(|e| ApplyError::Other(format!("recording the last batch: {e}")))??;
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn apply_ops<B: Backend>(
+    backend: &B,
+    store: &Arc<Mutex<Store>>,
+    spec: &JobSpec,
+    base: &Change<'_>,
+    user: &User,
+    mut group: Option<GroupRef>,
+    plan: &mut Plan,
+    source: Option<&SourceSet>,
+    applied: &mut Counts,
+    deferred: &mut Deferred,
+) -> Result<Option<GroupRef>, ApplyError> {
+    let run_id = base.run_id;
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Ledger rows of copies left as they are that must change, and rows to remove.
     let kept: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
@@ -1560,7 +1721,13 @@ async fn apply_ops<B: Backend>(
                     }
                 }
                 let cards: Vec<&VCard> = items.iter().map(|(_, _, _, it)| &it.copy).collect();
-                let results = backend.create_contacts(user, &g, &cards).await;
+                let results = overlapped(
+                    store,
+                    base,
+                    deferred,
+                    backend.create_contacts(user, &g, &cards),
+                )
+                .await?;
                 let mut first_err = None;
                 for ((source_id, name, recreate, item), result) in items.iter().zip(results) {
                     let written = match result {
@@ -1570,22 +1737,17 @@ async fn apply_ops<B: Backend>(
                             continue;
                         }
                     };
-                    lock(store).record_copy(
-                        &spec.name,
-                        &user.id,
-                        source_id,
-                        &written.id,
-                        &item.digest,
-                        &written.etag,
-                    )?;
-                    log(Change {
+                    deferred.copy(source_id, &written.id, &item.digest, &written.etag);
+                    deferred.writes.push(DeferredWrite::Log {
                         action: if *recreate { "recreate" } else { "create" },
-                        source_id: Some(source_id),
-                        contact_id: Some(&written.id),
-                        name: Some(name),
-                        after: Some(&item.digest),
-                        ..base.clone()
-                    })?;
+                        source_id: Some(source_id.to_string()),
+                        contact_id: written.id,
+                        name: Some(name.to_string()),
+                        detail: None,
+                        fields: None,
+                        before: None,
+                        after: Some(item.digest.clone()),
+                    });
                     applied.created += 1;
                 }
                 if let Some(e) = first_err {
@@ -1606,9 +1768,13 @@ async fn apply_ops<B: Backend>(
                     .iter()
                     .map(|(u, item)| (u.contact_id.as_str(), u.etag.as_str(), &item.copy))
                     .collect();
-                let results = backend
-                    .update_contacts(user, &g, &calls, &spec.fields)
-                    .await;
+                let results = overlapped(
+                    store,
+                    base,
+                    deferred,
+                    backend.update_contacts(user, &g, &calls, &spec.fields),
+                )
+                .await?;
                 let mut first_err = None;
                 for ((u, item), result) in items.iter().zip(results) {
                     let new_etag = match result {
@@ -1618,25 +1784,17 @@ async fn apply_ops<B: Backend>(
                             continue;
                         }
                     };
-                    lock(store).record_copy(
-                        &spec.name,
-                        &user.id,
-                        &u.source_id,
-                        &u.contact_id,
-                        &item.digest,
-                        &new_etag,
-                    )?;
-                    let fields = u.fields.join(",");
-                    log(Change {
+                    deferred.copy(&u.source_id, &u.contact_id, &item.digest, &new_etag);
+                    deferred.writes.push(DeferredWrite::Log {
                         action: "update",
-                        source_id: Some(&u.source_id),
-                        contact_id: Some(&u.contact_id),
-                        name: Some(&u.name),
-                        fields: Some(&fields),
-                        before: Some(&u.before),
-                        after: Some(&item.digest),
-                        ..base.clone()
-                    })?;
+                        source_id: Some(u.source_id.clone()),
+                        contact_id: u.contact_id.clone(),
+                        name: Some(u.name.clone()),
+                        detail: None,
+                        fields: Some(u.fields.join(",")),
+                        before: Some(u.before.clone()),
+                        after: Some(item.digest.clone()),
+                    });
                     applied.updated += 1;
                 }
                 if let Some(e) = first_err {
@@ -1720,7 +1878,13 @@ async fn apply_ops<B: Backend>(
                         .iter()
                         .map(|(id, etag, ..)| (id.as_str(), etag.as_str()))
                         .collect();
-                    let results = backend.delete_contacts(user, &g, &calls).await;
+                    let results = overlapped(
+                        store,
+                        base,
+                        deferred,
+                        backend.delete_contacts(user, &g, &calls),
+                    )
+                    .await?;
                     let mut first_err = None;
                     for ((contact_id, _, source_id, name, reason, before, _), result) in
                         chunk.iter().zip(results)
@@ -1729,15 +1893,16 @@ async fn apply_ops<B: Backend>(
                             first_err.get_or_insert(e);
                             continue;
                         }
-                        log(Change {
+                        deferred.writes.push(DeferredWrite::Log {
                             action: "delete",
-                            source_id: source_id.as_deref(),
-                            contact_id: Some(contact_id),
-                            name: Some(name),
-                            detail: Some(reason),
-                            before: Some(before),
-                            ..base.clone()
-                        })?;
+                            source_id: source_id.as_ref().map(|s| s.to_string()),
+                            contact_id: contact_id.to_string(),
+                            name: Some(name.to_string()),
+                            detail: Some(reason.clone()),
+                            fields: None,
+                            before: Some(before.to_string()),
+                            after: None,
+                        });
                         applied.deleted += 1;
                     }
                     if let Some(e) = first_err {
@@ -1756,18 +1921,29 @@ async fn apply_ops<B: Backend>(
                         _ => None,
                     })
                     .collect();
-                let results = backend.move_contacts_to_default(user, &g, &ids).await;
+                let results = overlapped(
+                    store,
+                    base,
+                    deferred,
+                    backend.move_contacts_to_default(user, &g, &ids),
+                )
+                .await?;
                 let mut first_err = None;
                 for (contact_id, result) in ids.iter().zip(results) {
                     if let Err(e) = result {
                         first_err.get_or_insert(e);
                         continue;
                     }
-                    log(Change {
+                    deferred.writes.push(DeferredWrite::Log {
                         action: "move-to-default",
-                        contact_id: Some(contact_id),
-                        ..base.clone()
-                    })?;
+                        source_id: None,
+                        contact_id: contact_id.to_string(),
+                        name: None,
+                        detail: None,
+                        fields: None,
+                        before: None,
+                        after: None,
+                    });
                     applied.moved += 1;
                 }
                 if let Some(e) = first_err {
@@ -1777,7 +1953,7 @@ async fn apply_ops<B: Backend>(
             Op::DeleteGroup { name } => {
                 i += 1;
                 let g = group_ref()?;
-                match backend.delete_group(user, &g).await {
+                match overlapped(store, base, deferred, backend.delete_group(user, &g)).await? {
                     Ok(()) => log(Change {
                         action: "delete-group",
                         contact_id: Some(&g.id),
@@ -1793,6 +1969,7 @@ async fn apply_ops<B: Backend>(
         }
     }
     if source.is_some() {
+        deferred.write(store, base)?;
         lock(store).settle_ledger(&spec.name, &user.id, &kept, &forget)?;
     }
     Ok(group)

@@ -626,3 +626,71 @@ proptest! {
         run_case(p, actions, &rt)?;
     }
 }
+
+/// A batch that fails part way: the copies written before the failure are in the ledger and in
+/// the change log. (A batch's records are written while the next call is in flight, or when the
+/// destination ends; a failure must not drop them.)
+#[test]
+fn writes_before_a_failure_are_recorded() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = Arc::new(MemoryBackend::new());
+    backend.add_user(SOURCE);
+    backend.add_user("u0");
+    for i in 0..7 {
+        backend.put(SOURCE, "G", make_card(i, false));
+    }
+    backend.set_batch_size(3);
+    // The group is the first write, then batches of 3 creates: the sixth write, in the second
+    // batch, fails after one create of that batch went through.
+    backend.set_faults(Faults {
+        fail_write: Some(backend.writes() + 5),
+        cut_at_write: None,
+    });
+    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
+    let job = JobRun {
+        spec: JobSpec {
+            name: "job".into(),
+            tag: TAG.into(),
+            target_group: "Team".into(),
+            fields: FieldSelection::All,
+            filter: ContactFilter::default(),
+            limits: Limits::default(),
+        },
+        source: SOURCE.into(),
+        group: "G".into(),
+        destinations: vec!["u0".into()],
+        exclude: vec![],
+    };
+    let opts = RunOptions {
+        concurrency: 1,
+        default_group: DEFAULT_GROUP.into(),
+        ..Default::default()
+    };
+    let report = rt.block_on(engine::run_job(&backend, &store, &job, &opts));
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let written: BTreeSet<String> = backend
+        .dump("u0")
+        .into_iter()
+        .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
+        .map(|(_, id, _)| id)
+        .collect();
+    assert_eq!(
+        written.len(),
+        4,
+        "3 creates of the first batch and 1 of the second: {report:?}"
+    );
+    assert_eq!(report.destinations[0].applied.created, 4);
+    let s = store.lock().unwrap();
+    assert_eq!(s.ledger("job", "u0").unwrap().len(), 4);
+    let logged: BTreeSet<String> = s
+        .changes("job", Some("u0"), None, 100)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.action == "create")
+        .filter_map(|c| c.contact_id)
+        .collect();
+    assert_eq!(logged, written);
+}

@@ -15,6 +15,7 @@
 mod people;
 pub mod spec;
 mod stored;
+mod timer;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -150,6 +151,13 @@ pub struct State {
     counts: Mutex<BTreeMap<String, u64>>,
     /// API calls whose own work took longer than `Options::latency` (answered late).
     late: std::sync::atomic::AtomicU64,
+    /// When each user's last People API answer was sent, and the time and number of gaps
+    /// between such an answer and that user's next call (see `Fake::client_gap`).
+    answered: Mutex<HashMap<String, Instant>>,
+    /// Ends the injected latency on time (see `timer`).
+    timer: timer::Timer,
+    gap_us: std::sync::atomic::AtomicU64,
+    gaps: std::sync::atomic::AtomicU64,
     faults: Mutex<Vec<Fault>>,
     inflight: Mutex<HashSet<String>>,
     quota: Mutex<HashMap<String, (Instant, u32)>>,
@@ -228,6 +236,10 @@ impl FakeGoogle {
             violations: Default::default(),
             counts: Default::default(),
             late: Default::default(),
+            answered: Default::default(),
+            timer: timer::Timer::new(),
+            gap_us: Default::default(),
+            gaps: Default::default(),
             faults: Default::default(),
             inflight: Default::default(),
             quota: Default::default(),
@@ -252,7 +264,10 @@ impl FakeGoogle {
                     .await
                     .expect("bind 127.0.0.1:0");
                 addr_tx.send(listener.local_addr().expect("addr")).ok();
-                let app = axum::Router::new().fallback(handle).with_state(st);
+                let app = axum::Router::new()
+                    .fallback(handle)
+                    .layer(axum::middleware::from_fn(stamp_arrival))
+                    .with_state(st);
                 axum::serve(listener, app)
                     .with_graceful_shutdown(async {
                         let _ = stop_rx.await;
@@ -437,6 +452,23 @@ impl FakeGoogle {
         self.state
             .late
             .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.state.answered.lock().unwrap().clear();
+        self.state
+            .gap_us
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        self.state
+            .gaps
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Since the last `reset_counts`: the mean time between the fake sending a user an answer
+    /// from the People API and that user's next People API call arriving, and how many such
+    /// gaps there were. It is the client's share of a destination's critical path (reading the
+    /// answer, planning, writing the next request, and waiting for a core to do it on).
+    pub fn client_gap(&self) -> (Duration, u64) {
+        let n = self.state.gaps.load(std::sync::atomic::Ordering::Relaxed);
+        let us = self.state.gap_us.load(std::sync::atomic::Ordering::Relaxed);
+        (Duration::from_micros(us.checked_div(n).unwrap_or(0)), n)
     }
 
     /// API calls since the last `reset_counts` whose own work in the fake took longer than
@@ -523,14 +555,25 @@ impl State {
     }
 }
 
+/// When a request's head arrived, before its body was read: the injected latency counts from
+/// there, as a server's answer time does.
+#[derive(Clone, Copy)]
+struct Arrived(Instant);
+
+async fn stamp_arrival(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    req.extensions_mut().insert(Arrived(Instant::now()));
+    next.run(req).await
+}
+
 async fn handle(
     axum::extract::State(st): axum::extract::State<Arc<State>>,
+    arrived: Option<axum::Extension<Arrived>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = tokio::time::Instant::now();
+    let started = arrived.map_or_else(Instant::now, |a| a.0.0);
     let path = uri.path().to_string();
     let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -628,6 +671,15 @@ async fn handle(
             ));
         }
     }
+    let user_key = (api == "people").then(|| email.to_ascii_lowercase());
+    if let Some(k) = &user_key
+        && let Some(t) = st.answered.lock().unwrap().remove(k)
+    {
+        let gap = started.saturating_duration_since(t);
+        st.gap_us
+            .fetch_add(gap.as_micros() as u64, std::sync::atomic::Ordering::Relaxed);
+        st.gaps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     let mut delay = Duration::ZERO;
     let resp = dispatch(
         &st, api, &id, &params, &query, json_body, &email, &scopes, &opts, &mut delay,
@@ -635,7 +687,7 @@ async fn handle(
     // The call takes `latency` in all, the fake's own work included (at least that work): a
     // server's answer time, not a network delay added on top of the fake's CPU.
     match opts.latency.checked_sub(started.elapsed()) {
-        Some(rest) => tokio::time::sleep(rest).await,
+        Some(_) => st.timer.sleep_until(started + opts.latency).await,
         None => {
             if !opts.latency.is_zero() {
                 st.late.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -643,6 +695,9 @@ async fn handle(
         }
     }
     drop(guard);
+    if let Some(k) = user_key {
+        st.answered.lock().unwrap().insert(k, Instant::now());
+    }
     // A hang: whatever was done is done; the answer comes late (the client gave up by then).
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;

@@ -392,10 +392,10 @@ impl GoogleBackend {
         request_token: bool,
         each: &mut (dyn FnMut(person::Head, &serde_json::value::RawValue) -> bool + Send),
     ) -> std::result::Result<Option<String>, ApiError> {
-        let mut page: Option<String> = None;
-        loop {
-            // Every parameter but the page and sync tokens must be the same on the call that
-            // took the token and the calls that use it.
+        let email = self.email(user);
+        // Every parameter but the page and sync tokens must be the same on the call that took
+        // the token and the calls that use it.
+        let fetch = |page: Option<String>| {
             let mut q = vec![
                 ("pageSize", "1000".to_string()),
                 ("personFields", fields.to_string()),
@@ -407,10 +407,9 @@ impl GoogleBackend {
             if let Some(t) = since {
                 q.push(("syncToken", t.to_string()));
             }
-            if let Some(p) = &page {
-                q.push(("pageToken", p.clone()));
+            if let Some(p) = page {
+                q.push(("pageToken", p));
             }
-            let email = self.email(user);
             let call = Self::people_call(
                 &email,
                 "people.connections.list",
@@ -419,19 +418,40 @@ impl GoogleBackend {
                 q,
                 true,
             );
-            let (text, _permit) = self.client.send_large(&call).await?;
+            futures::future::maybe_done(async move { self.client.send_large(&call).await })
+        };
+        let named = Self::people_call(
+            &email,
+            "people.connections.list",
+            Method::GET,
+            String::new(),
+            vec![],
+            true,
+        );
+        let mut next = Box::pin(fetch(None));
+        loop {
+            next.as_mut().await;
+            let (text, _permit) = next.as_mut().take_output().expect("a page is taken once")?;
             let v: person::ConnectionsPage<'_> =
-                serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?;
+                serde_json::from_str(&text).map_err(|_| http::bad_body(&named))?;
+            let more = v.next_page_token.clone().filter(|t| !t.is_empty());
+            // The next page is asked for before this one is read, so reading a page costs no
+            // time on the user's critical path. Yielding once lets the connection task send
+            // the request before this task goes on.
+            if let Some(t) = &more {
+                next = Box::pin(fetch(Some(t.clone())));
+                let _ = futures::poll!(next.as_mut());
+                tokio::task::yield_now().await;
+            }
             for raw in v.connections {
                 let head: person::Head =
-                    serde_json::from_str(raw.get()).map_err(|_| http::bad_body(&call))?;
+                    serde_json::from_str(raw.get()).map_err(|_| http::bad_body(&named))?;
                 if !each(head, raw) {
                     return Ok(None);
                 }
             }
-            match v.next_page_token {
-                Some(t) if !t.is_empty() => page = Some(t),
-                _ => return Ok(v.next_sync_token),
+            if more.is_none() {
+                return Ok(v.next_sync_token);
             }
         }
     }
