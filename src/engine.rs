@@ -1467,7 +1467,7 @@ async fn apply<B: Backend>(
         user: &user.name,
         ..Default::default()
     };
-    let mut deferred = Deferred::default();
+    let mut deferred = Deferred::new(&base);
     let result = apply_ops(
         backend,
         store,
@@ -1482,7 +1482,7 @@ async fn apply<B: Backend>(
     )
     .await;
     // What was written before a failure is recorded all the same.
-    let recorded = deferred.write(store, &base);
+    let recorded = deferred.write(store);
     let committed = lock(store).batch_end();
     let group = result?;
     recorded?;
@@ -1494,8 +1494,9 @@ async fn apply<B: Backend>(
 /// database: they are written while the destination's next call is in flight (`overlapped`), so
 /// recording one batch is off the destination's critical path. A crash before they are written
 /// loses them like an uncommitted transaction would: the copies are found again by their tags.
-#[derive(Default)]
 struct Deferred {
+    /// Whose writes these are (run, job, user), shared by every batch of the destination.
+    base: Arc<DeferredBase>,
     writes: Vec<DeferredWrite>,
 }
 
@@ -1518,7 +1519,7 @@ enum DeferredWrite {
     },
 }
 
-/// Whose writes a `Deferred` holds: a `Change` without borrows, to write from another thread.
+/// A `Change`'s run, job and user without borrows, to write from another thread.
 struct DeferredBase {
     run_id: i64,
     job: String,
@@ -1526,28 +1527,27 @@ struct DeferredBase {
     user: String,
 }
 
-impl DeferredBase {
-    fn of(base: &Change<'_>) -> Self {
-        DeferredBase {
-            run_id: base.run_id,
-            job: base.job.to_string(),
-            user_id: base.user_id.to_string(),
-            user: base.user.to_string(),
-        }
-    }
-
-    fn change(&self) -> Change<'_> {
-        Change {
-            run_id: self.run_id,
-            job: &self.job,
-            user_id: &self.user_id,
-            user: &self.user,
-            ..Default::default()
-        }
-    }
-}
-
 impl Deferred {
+    fn new(base: &Change<'_>) -> Self {
+        Deferred {
+            base: Arc::new(DeferredBase {
+                run_id: base.run_id,
+                job: base.job.to_string(),
+                user_id: base.user_id.to_string(),
+                user: base.user.to_string(),
+            }),
+            writes: vec![],
+        }
+    }
+
+    /// The writes deferred so far, to be written elsewhere; this one is left empty.
+    fn take(&mut self) -> Deferred {
+        Deferred {
+            base: self.base.clone(),
+            writes: std::mem::take(&mut self.writes),
+        }
+    }
+
     fn copy(&mut self, source_id: &str, contact_id: &str, digest: &str, etag: &str) {
         self.writes.push(DeferredWrite::Copy {
             source_id: source_id.to_string(),
@@ -1558,10 +1558,18 @@ impl Deferred {
     }
 
     /// Writes everything deferred, in order, under one lock of the state.
-    fn write(&mut self, store: &Mutex<Store>, base: &Change<'_>) -> Result<(), StoreError> {
+    fn write(&mut self, store: &Mutex<Store>) -> Result<(), StoreError> {
         if self.writes.is_empty() {
             return Ok(());
         }
+        let b = &*self.base;
+        let base = Change {
+            run_id: b.run_id,
+            job: &b.job,
+            user_id: &b.user_id,
+            user: &b.user,
+            ..Default::default()
+        };
         let s = lock(store);
         for w in self.writes.drain(..) {
             match w {
@@ -1612,17 +1620,15 @@ impl Deferred {
 /// finished, so a write in flight is never abandoned halfway.
 async fn overlapped<T>(
     store: &Arc<Mutex<Store>>,
-    base: &Change<'_>,
     deferred: &mut Deferred,
     call: impl std::future::Future<Output = T>,
 ) -> Result<T, ApplyError> {
     let mut call = std::pin::pin!(call);
     let first = futures::poll!(call.as_mut());
     let written = (!deferred.writes.is_empty()).then(|| {
-        let mut writes = std::mem::take(deferred);
+        let mut writes = deferred.take();
         let store = store.clone();
-        let base = DeferredBase::of(base);
-        tokio::task::spawn_blocking(move || writes.write(&store, &base.change()))
+        tokio::task::spawn_blocking(move || writes.write(&store))
     });
     let out = match first {
         std::task::Poll::Ready(out) => out,
@@ -1721,13 +1727,8 @@ async fn apply_ops<B: Backend>(
                     }
                 }
                 let cards: Vec<&VCard> = items.iter().map(|(_, _, _, it)| &it.copy).collect();
-                let results = overlapped(
-                    store,
-                    base,
-                    deferred,
-                    backend.create_contacts(user, &g, &cards),
-                )
-                .await?;
+                let results =
+                    overlapped(store, deferred, backend.create_contacts(user, &g, &cards)).await?;
                 let mut first_err = None;
                 for ((source_id, name, recreate, item), result) in items.iter().zip(results) {
                     let written = match result {
@@ -1770,7 +1771,6 @@ async fn apply_ops<B: Backend>(
                     .collect();
                 let results = overlapped(
                     store,
-                    base,
                     deferred,
                     backend.update_contacts(user, &g, &calls, &spec.fields),
                 )
@@ -1878,13 +1878,9 @@ async fn apply_ops<B: Backend>(
                         .iter()
                         .map(|(id, etag, ..)| (id.as_str(), etag.as_str()))
                         .collect();
-                    let results = overlapped(
-                        store,
-                        base,
-                        deferred,
-                        backend.delete_contacts(user, &g, &calls),
-                    )
-                    .await?;
+                    let results =
+                        overlapped(store, deferred, backend.delete_contacts(user, &g, &calls))
+                            .await?;
                     let mut first_err = None;
                     for ((contact_id, _, source_id, name, reason, before, _), result) in
                         chunk.iter().zip(results)
@@ -1923,7 +1919,6 @@ async fn apply_ops<B: Backend>(
                     .collect();
                 let results = overlapped(
                     store,
-                    base,
                     deferred,
                     backend.move_contacts_to_default(user, &g, &ids),
                 )
@@ -1953,7 +1948,7 @@ async fn apply_ops<B: Backend>(
             Op::DeleteGroup { name } => {
                 i += 1;
                 let g = group_ref()?;
-                match overlapped(store, base, deferred, backend.delete_group(user, &g)).await? {
+                match overlapped(store, deferred, backend.delete_group(user, &g)).await? {
                     Ok(()) => log(Change {
                         action: "delete-group",
                         contact_id: Some(&g.id),
@@ -1969,7 +1964,7 @@ async fn apply_ops<B: Backend>(
         }
     }
     if source.is_some() {
-        deferred.write(store, base)?;
+        deferred.write(store)?;
         lock(store).settle_ledger(&spec.name, &user.id, &kept, &forget)?;
     }
     Ok(group)

@@ -567,13 +567,12 @@ async fn stamp_arrival(mut req: axum::extract::Request, next: axum::middleware::
 
 async fn handle(
     axum::extract::State(st): axum::extract::State<Arc<State>>,
-    arrived: Option<axum::Extension<Arrived>>,
+    axum::Extension(Arrived(started)): axum::Extension<Arrived>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let started = arrived.map_or_else(Instant::now, |a| a.0.0);
     let path = uri.path().to_string();
     let query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))

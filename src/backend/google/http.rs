@@ -173,7 +173,7 @@ impl Client {
         if text.trim().is_empty() {
             return Ok(Value::Null);
         }
-        serde_json::from_str(&text).map_err(|_| bad_body(call))
+        serde_json::from_str(&text).map_err(|_| bad_body(call.name))
     }
 
     /// Sends a call as `send` does and returns the body as text, for callers that read large
@@ -326,15 +326,12 @@ async fn read_text(mut resp: reqwest::Response) -> reqwest::Result<String> {
 }
 
 /// The error for a successful answer whose body is not the JSON expected.
-pub fn bad_body(call: &Call<'_>) -> ApiError {
+pub fn bad_body(method: &str) -> ApiError {
     ApiError {
         status: 200,
         code: "BAD_RESPONSE".into(),
         reasons: vec![],
-        message: format!(
-            "{} answered with a body that is not the JSON expected",
-            call.name
-        ),
+        message: format!("{method} answered with a body that is not the JSON expected"),
         body: Value::Null,
         ambiguous: true,
     }

@@ -420,20 +420,12 @@ impl GoogleBackend {
             );
             futures::future::maybe_done(async move { self.client.send_large(&call).await })
         };
-        let named = Self::people_call(
-            &email,
-            "people.connections.list",
-            Method::GET,
-            String::new(),
-            vec![],
-            true,
-        );
         let mut next = Box::pin(fetch(None));
         loop {
             next.as_mut().await;
             let (text, _permit) = next.as_mut().take_output().expect("a page is taken once")?;
-            let v: person::ConnectionsPage<'_> =
-                serde_json::from_str(&text).map_err(|_| http::bad_body(&named))?;
+            let v: person::ConnectionsPage<'_> = serde_json::from_str(&text)
+                .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
             // The next page is asked for before this one is read, so reading a page costs no
             // time on the user's critical path. Yielding once lets the connection task send
@@ -444,8 +436,8 @@ impl GoogleBackend {
                 tokio::task::yield_now().await;
             }
             for raw in v.connections {
-                let head: person::Head =
-                    serde_json::from_str(raw.get()).map_err(|_| http::bad_body(&named))?;
+                let head: person::Head = serde_json::from_str(raw.get())
+                    .map_err(|_| http::bad_body("people.connections.list"))?;
                 if !each(head, raw) {
                     return Ok(None);
                 }
@@ -641,7 +633,7 @@ impl GoogleBackend {
                 let answer: person::CreateAnswer = if text.trim().is_empty() {
                     person::CreateAnswer::default()
                 } else {
-                    serde_json::from_str(&text).map_err(|_| http::bad_body(&call))?
+                    serde_json::from_str(&text).map_err(|_| http::bad_body(call.name))?
                 };
                 Ok(answer
                     .created
@@ -1147,10 +1139,10 @@ impl Backend for GoogleBackend {
             let fail = |e| api(e, &format!("contacts of {}", user.name));
             let text = self.client.send_text(&call).await.map_err(fail)?;
             let answer: person::BatchGetAnswer<'_> =
-                serde_json::from_str(&text).map_err(|_| fail(http::bad_body(&call)))?;
+                serde_json::from_str(&text).map_err(|_| fail(http::bad_body(call.name)))?;
             for raw in answer.responses.into_iter().filter_map(|r| r.person) {
                 let p: Value =
-                    serde_json::from_str(raw.get()).map_err(|_| fail(http::bad_body(&call)))?;
+                    serde_json::from_str(raw.get()).map_err(|_| fail(http::bad_body(call.name)))?;
                 if p.get("resourceName").is_some() {
                     out.push(self.contact_of(user, &p));
                 }
