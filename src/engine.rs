@@ -540,7 +540,7 @@ async fn run_inner<B: Backend + 'static>(
                 .map(|i| (i.id.as_str(), i.digest.as_str(), i.name.as_str())),
             |id| {
                 source.items.get(id).map_or_else(String::new, |i| {
-                    card::field_digests_text(&card::field_digests(&i.copy, &spec.fields))
+                    card::field_digests_text(i.fields(&spec.fields))
                 })
             },
         );
@@ -774,6 +774,7 @@ async fn snapshot<B: Backend>(
     default_group: &str,
     source: Option<&SourceSet>,
     ledger: Option<&LedgerView>,
+    expected: usize,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
     // contact id → the ledger's row for the copy (source id, digest, etag of our write)
     let mut written: HashMap<&str, &LedgerRow> = HashMap::new();
@@ -790,7 +791,9 @@ async fn snapshot<B: Backend>(
         }
     }
     let known = |id: &str, etag: &str| written.get(id).is_some_and(|l| l.etag() == etag);
-    let mut entries = vec![];
+    // Sized from the start: a grown vector of thousands of entries would carry up to twice
+    // its length, for every destination in flight.
+    let mut entries = Vec::with_capacity(expected);
     let mut hits = vec![];
     let mut sink = |c: crate::backend::Contact| {
         entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
@@ -1258,10 +1261,12 @@ async fn process_destination<B: Backend>(
         };
         // The changes read above stand for this attempt's read while the group is the one
         // they were read for.
-        let delta = delta
+        let mut delta = delta
             .take()
             .filter(|d| group.as_ref().is_some_and(|g| g.id == d.group_id));
-        let ledger = match (&mode, delta.as_ref().and_then(|d| d.ledger.clone())) {
+        // The ledger the changes were read against is this attempt's ledger: moved, not copied
+        // (thousands of rows per destination).
+        let ledger = match (&mode, delta.as_mut().and_then(|d| d.ledger.take())) {
             (Mode::Active { .. }, Some(l)) => Some(l),
             (Mode::Active { .. }, None) => match lock(store).ledger(&spec.name, &user.id) {
                 Ok(l) => Some(l),
@@ -1315,11 +1320,17 @@ async fn process_destination<B: Backend>(
                     &opts.default_group,
                     source_set,
                     ledger.as_ref(),
+                    // How many contacts to expect: the copies remembered (a removal has no
+                    // ledger loaded; the count is one index lookup).
+                    match &ledger {
+                        Some(l) => l.len(),
+                        None => lock(store).copy_count(&spec.name, &user.id).unwrap_or(0),
+                    },
                 )
                 .await
             }
         };
-        let (snap, token) = match read {
+        let (mut snap, token) = match read {
             Ok(s) => s,
             Err(e) => {
                 report.error = Some(format!("reading {}: {e}", user.name));
@@ -1344,7 +1355,7 @@ async fn process_destination<B: Backend>(
                 }
                 (plan, Some(*source))
             }
-            Mode::Removal => (plan::plan_removal(&snap), None),
+            Mode::Removal => (plan::plan_removal(&mut snap), None),
         };
         // The plan holds what the apply needs; the summary of every contact can go now.
         let DestSnapshot {
@@ -1726,7 +1737,11 @@ async fn apply_ops<B: Backend>(
                         items.push((source_id, name, *recreate, item_of(source_id)?));
                     }
                 }
-                let cards: Vec<&VCard> = items.iter().map(|(_, _, _, it)| &it.copy).collect();
+                let cards = items
+                    .iter()
+                    .map(|(_, _, _, it)| it.copy())
+                    .collect::<Result<Vec<&VCard>, String>>()
+                    .map_err(ApplyError::Other)?;
                 let results =
                     overlapped(store, deferred, backend.create_contacts(user, &g, &cards)).await?;
                 let mut first_err = None;
@@ -1765,9 +1780,15 @@ async fn apply_ops<B: Backend>(
                         items.push((&**u, item_of(&u.source_id)?));
                     }
                 }
+                let copies = items
+                    .iter()
+                    .map(|(_, item)| item.copy_once())
+                    .collect::<Result<Vec<_>, String>>()
+                    .map_err(ApplyError::Other)?;
                 let calls: Vec<(&str, &str, &VCard)> = items
                     .iter()
-                    .map(|(u, item)| (u.contact_id.as_str(), u.etag.as_str(), &item.copy))
+                    .zip(&copies)
+                    .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), &**c))
                     .collect();
                 let results = overlapped(
                     store,

@@ -10,6 +10,7 @@
 use calcard::vcard::VCard;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use crate::backend::{GroupRef, User};
 use crate::card::{self, ContactFilter, FieldSelection};
@@ -51,16 +52,49 @@ pub struct SourceItem {
     pub digest: String,
     /// Digest of each managed property (see `card::field_digests`), worked out the first time
     /// an update needs them: most source contacts are never updated anywhere in a run.
-    fields: std::sync::OnceLock<Vec<(std::sync::Arc<str>, u64)>>,
-    /// The copy a destination must hold (its UID is used only when creating).
-    pub copy: VCard,
+    fields: OnceLock<Vec<(std::sync::Arc<str>, u64)>>,
+    /// The copy a destination must hold (its UID is used only when creating), as vCard text: one
+    /// allocation instead of a few dozen. A run holds one per source contact for its whole
+    /// length, and on most runs few of them are written anywhere.
+    copy_text: Box<str>,
+    /// The copy read back from `copy_text`, kept once a create needed it: a first fan-out
+    /// creates every copy at every destination.
+    copy: OnceLock<VCard>,
 }
 
 impl SourceItem {
     /// Digest of each managed property of the copy (see `card::field_digests`).
     pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
-        self.fields
-            .get_or_init(|| card::field_digests(&self.copy, selection))
+        self.fields.get_or_init(|| match self.copy.get() {
+            Some(c) => card::field_digests(c, selection),
+            None => card::read_copy(&self.copy_text)
+                .map(|c| card::field_digests(&c, selection))
+                .unwrap_or_default(),
+        })
+    }
+
+    /// The copy, read once and kept for the rest of the run (for creates: every destination of
+    /// a fan-out needs the same one).
+    pub fn copy(&self) -> Result<&VCard, String> {
+        if let Some(c) = self.copy.get() {
+            return Ok(c);
+        }
+        let c = card::read_copy(&self.copy_text)
+            .map_err(|e| format!("the copy of source contact {}: {e}", self.id))?;
+        // A clone is sized exactly; the parser's vectors and strings carry spare room, and this
+        // one is held for the rest of the run.
+        Ok(self.copy.get_or_init(|| c.clone()))
+    }
+
+    /// The copy for one write (an update: each destination updates different contacts, so
+    /// the copy is read for the batch and dropped, unless a create already keeps it).
+    pub fn copy_once(&self) -> Result<std::borrow::Cow<'_, VCard>, String> {
+        match self.copy.get() {
+            Some(c) => Ok(std::borrow::Cow::Borrowed(c)),
+            None => card::read_copy(&self.copy_text)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| format!("the copy of source contact {}: {e}", self.id)),
+        }
     }
 }
 
@@ -88,7 +122,12 @@ impl SourceSet {
                 }
                 let uid = copy_uid(&job.tag, &id);
                 let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
+                // A copy read back from its text equals it (`to_text` writes every property
+                // `read_copy` reads; tests/vcards.rs checks it on realistic cards), so the
+                // digest is taken here, without reading it back.
                 let digest = card::managed_digest(&copy, &job.fields);
+                let copy_text = card::to_text(&copy).into_boxed_str();
+                drop(copy);
                 let name = card::display_name(&card);
                 self.items.insert(
                     id.clone(),
@@ -97,7 +136,8 @@ impl SourceSet {
                         name,
                         digest,
                         fields: Default::default(),
-                        copy,
+                        copy_text,
+                        copy: Default::default(),
                     },
                 );
             }
@@ -545,6 +585,8 @@ pub fn plan_destination(
     let mut deletes = vec![];
     let mut updates = vec![];
     let mut orphans = 0usize;
+    // Source ids of copies kept as the ledger remembers them, in source id order.
+    let mut remembered: Vec<&str> = vec![];
     for e in &dest.entries {
         match &e.kind {
             DestKind::Own | DestKind::OtherJob => plan.untouched += 1,
@@ -607,6 +649,16 @@ pub fn plan_destination(
                 match &keeper.kind {
                     DestKind::Copy { .. } if in_sync(keeper) => {
                         plan.unchanged += 1;
+                        // Most copies are as the ledger remembers them: only their source id
+                        // is noted (no row to write, nothing to allocate).
+                        if row.is_some_and(|l| {
+                            l.contact_id() == keeper.id
+                                && l.digest() == item.digest
+                                && l.etag() == keeper.etag
+                        }) {
+                            remembered.push(sid);
+                            continue;
+                        }
                         plan.kept.push((
                             item.id.clone(),
                             LedgerCopy {
@@ -661,6 +713,7 @@ pub fn plan_destination(
         .kept
         .iter()
         .map(|(s, _)| s.as_str())
+        .chain(remembered.iter().copied())
         .chain(plan.ops.iter().filter_map(|o| match o {
             Op::Create { source_id, .. } => Some(source_id.as_str()),
             Op::Update(u) => Some(u.source_id.as_str()),
@@ -731,8 +784,9 @@ fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
 
 /// Plans the removal of a destination from the job: every tagged copy is deleted, the user's own
 /// contacts in the group move to the default collection, and the group is deleted when nothing
-/// else (another job's copies) remains in it.
-pub fn plan_removal(dest: &DestSnapshot) -> Plan {
+/// else (another job's copies) remains in it. The snapshot's entries are moved into the plan
+/// (thousands of copies per destination are not held twice); `dest.entries` is left empty.
+pub fn plan_removal(dest: &mut DestSnapshot) -> Plan {
     let mut plan = Plan {
         user: dest.user.name.clone(),
         user_id: dest.user.id.clone(),
@@ -749,19 +803,32 @@ pub fn plan_removal(dest: &DestSnapshot) -> Plan {
         return plan;
     };
     let mut moves = vec![];
-    let mut deletes = vec![];
+    let mut deletes = Vec::with_capacity(dest.entries.len());
     let mut other_jobs = 0;
-    for e in &dest.entries {
-        match &e.kind {
-            DestKind::Copy { .. } => deletes.push(delete_op(e, DeleteReason::DestinationRemoved)),
-            DestKind::Own if !dest.group_is_default => moves.push(Op::MoveToDefault {
-                contact_id: e.id.clone(),
-            }),
+    for e in std::mem::take(&mut dest.entries) {
+        match e.kind {
+            DestKind::Copy {
+                source,
+                name,
+                digest,
+                ..
+            } => deletes.push(Op::Delete(Box::new(DeleteOp {
+                contact_id: e.id,
+                etag: e.etag,
+                source_id: source,
+                name,
+                reason: DeleteReason::DestinationRemoved,
+                before: digest,
+            }))),
+            DestKind::Own if !dest.group_is_default => {
+                moves.push(Op::MoveToDefault { contact_id: e.id })
+            }
             DestKind::Own => plan.untouched += 1,
             DestKind::OtherJob => other_jobs += 1,
         }
     }
     plan.untouched += other_jobs;
+    plan.ops.reserve_exact(moves.len() + deletes.len() + 1);
     plan.ops.extend(moves);
     plan.ops.extend(deletes);
     if other_jobs == 0 && !dest.group_is_default {

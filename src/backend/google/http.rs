@@ -131,7 +131,7 @@ pub struct Client {
 }
 
 /// How many large answers are read and held at once.
-const LARGE_ANSWERS: usize = 4;
+const LARGE_ANSWERS: usize = 2;
 
 /// What one call is.
 pub struct Call<'a> {
