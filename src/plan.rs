@@ -58,16 +58,17 @@ pub struct SourceItem {
     /// length, and on most runs few of them are written anywhere.
     copy_text: Box<str>,
     /// The copy read back from `copy_text`, kept once a create needed it: a first fan-out
-    /// creates every copy at every destination.
-    copy: OnceLock<VCard>,
+    /// creates every copy at every destination. Destinations that need it at the same time wait
+    /// for the one reading it.
+    copy: OnceLock<Result<VCard, String>>,
 }
 
 impl SourceItem {
     /// Digest of each managed property of the copy (see `card::field_digests`).
     pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
         self.fields.get_or_init(|| match self.copy.get() {
-            Some(c) => card::field_digests(c, selection),
-            None => card::read_copy(&self.copy_text)
+            Some(Ok(c)) => card::field_digests(c, selection),
+            _ => card::read_copy(&self.copy_text)
                 .map(|c| card::field_digests(&c, selection))
                 .unwrap_or_default(),
         })
@@ -76,22 +77,28 @@ impl SourceItem {
     /// The copy, read once and kept for the rest of the run (for creates: every destination of
     /// a fan-out needs the same one).
     pub fn copy(&self) -> Result<&VCard, String> {
-        if let Some(c) = self.copy.get() {
-            return Ok(c);
-        }
-        let c = card::read_copy(&self.copy_text)
-            .map_err(|e| format!("the copy of source contact {}: {e}", self.id))?;
-        // A clone is sized exactly; the parser's vectors and strings carry spare room, and this
-        // one is held for the rest of the run.
-        Ok(self.copy.get_or_init(|| c.clone()))
+        self.copy
+            .get_or_init(|| {
+                // A clone is sized exactly; the parser's vectors and strings carry spare room,
+                // and this one is held for the rest of the run.
+                card::read_copy(&self.copy_text)
+                    .map(|read| {
+                        let exact = read.clone();
+                        drop(read);
+                        exact
+                    })
+                    .map_err(|e| format!("the copy of source contact {}: {e}", self.id))
+            })
+            .as_ref()
+            .map_err(String::clone)
     }
 
     /// The copy for one write (an update: each destination updates different contacts, so
     /// the copy is read for the batch and dropped, unless a create already keeps it).
     pub fn copy_once(&self) -> Result<std::borrow::Cow<'_, VCard>, String> {
         match self.copy.get() {
-            Some(c) => Ok(std::borrow::Cow::Borrowed(c)),
-            None => card::read_copy(&self.copy_text)
+            Some(Ok(c)) => Ok(std::borrow::Cow::Borrowed(c)),
+            _ => card::read_copy(&self.copy_text)
                 .map(std::borrow::Cow::Owned)
                 .map_err(|e| format!("the copy of source contact {}: {e}", self.id)),
         }
