@@ -66,12 +66,16 @@ pub struct SourceItem {
 impl SourceItem {
     /// Digest of each managed property of the copy (see `card::field_digests`).
     pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
-        self.fields.get_or_init(|| match self.copy.get() {
-            Some(Ok(c)) => card::field_digests(c, selection),
-            _ => card::read_copy(&self.copy_text)
-                .map(|c| card::field_digests(&c, selection))
-                .unwrap_or_default(),
+        self.fields.get_or_init(|| match self.copy_once() {
+            Ok(c) => card::field_digests(&c, selection),
+            Err(_) => vec![],
         })
+    }
+
+    /// Reads the copy back from its text.
+    fn read_copy(&self) -> Result<VCard, String> {
+        card::read_copy(&self.copy_text)
+            .map_err(|e| format!("the copy of source contact {}: {e}", self.id))
     }
 
     /// The copy, read once and kept for the rest of the run (for creates: every destination of
@@ -81,13 +85,11 @@ impl SourceItem {
             .get_or_init(|| {
                 // A clone is sized exactly; the parser's vectors and strings carry spare room,
                 // and this one is held for the rest of the run.
-                card::read_copy(&self.copy_text)
-                    .map(|read| {
-                        let exact = read.clone();
-                        drop(read);
-                        exact
-                    })
-                    .map_err(|e| format!("the copy of source contact {}: {e}", self.id))
+                self.read_copy().map(|read| {
+                    let exact = read.clone();
+                    drop(read);
+                    exact
+                })
             })
             .as_ref()
             .map_err(String::clone)
@@ -98,9 +100,7 @@ impl SourceItem {
     pub fn copy_once(&self) -> Result<std::borrow::Cow<'_, VCard>, String> {
         match self.copy.get() {
             Some(Ok(c)) => Ok(std::borrow::Cow::Borrowed(c)),
-            _ => card::read_copy(&self.copy_text)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| format!("the copy of source contact {}: {e}", self.id)),
+            _ => self.read_copy().map(std::borrow::Cow::Owned),
         }
     }
 }
@@ -339,9 +339,12 @@ impl LedgerRow {
 
     /// True if this row remembers exactly `copy`.
     pub fn is(&self, copy: &LedgerCopy) -> bool {
-        self.contact_id() == copy.contact_id
-            && self.digest() == copy.digest
-            && self.etag() == copy.etag
+        self.remembers(&copy.contact_id, &copy.digest, &copy.etag)
+    }
+
+    /// True if this row remembers exactly this contact, written from this digest, with this etag.
+    fn remembers(&self, contact_id: &str, digest: &str, etag: &str) -> bool {
+        self.contact_id() == contact_id && self.digest() == digest && self.etag() == etag
     }
 
     pub fn to_copy(&self) -> LedgerCopy {
@@ -602,7 +605,7 @@ pub fn plan_destination(
             } => copies.push((s.as_str(), e)),
             DestKind::Copy { source: None, .. } => {
                 orphans += 1;
-                deletes.push(delete_op(e, DeleteReason::Orphan));
+                deletes.push(delete_op(e.clone(), DeleteReason::Orphan));
             }
         }
     }
@@ -636,7 +639,7 @@ pub fn plan_destination(
         match item {
             None => {
                 for c in copies {
-                    deletes.push(delete_op(c, DeleteReason::SourceGone));
+                    deletes.push(delete_op(c.clone(), DeleteReason::SourceGone));
                 }
             }
             Some(item) => {
@@ -651,18 +654,15 @@ pub fn plan_destination(
                     .min_by_key(|c| (!in_sync(c), c.id.as_str()))
                     .expect("non-empty");
                 for c in copies.filter(|c| c.id != keeper.id) {
-                    deletes.push(delete_op(c, DeleteReason::Duplicate));
+                    deletes.push(delete_op(c.clone(), DeleteReason::Duplicate));
                 }
                 match &keeper.kind {
                     DestKind::Copy { .. } if in_sync(keeper) => {
                         plan.unchanged += 1;
                         // Most copies are as the ledger remembers them: only their source id
                         // is noted (no row to write, nothing to allocate).
-                        if row.is_some_and(|l| {
-                            l.contact_id() == keeper.id
-                                && l.digest() == item.digest
-                                && l.etag() == keeper.etag
-                        }) {
+                        if row.is_some_and(|l| l.remembers(&keeper.id, &item.digest, &keeper.etag))
+                        {
                             remembered.push(sid);
                             continue;
                         }
@@ -769,19 +769,19 @@ pub fn plan_destination(
     plan
 }
 
-fn delete_op(e: &DestEntry, reason: DeleteReason) -> Op {
-    let (source_id, name, before) = match &e.kind {
+fn delete_op(e: DestEntry, reason: DeleteReason) -> Op {
+    let (source_id, name, before) = match e.kind {
         DestKind::Copy {
             source,
             name,
             digest,
             ..
-        } => (source.clone(), name.clone(), digest.clone()),
+        } => (source, name, digest),
         _ => (None, String::new(), String::new()),
     };
     Op::Delete(Box::new(DeleteOp {
-        contact_id: e.id.clone(),
-        etag: e.etag.clone(),
+        contact_id: e.id,
+        etag: e.etag,
         source_id,
         name,
         reason,
@@ -814,19 +814,7 @@ pub fn plan_removal(dest: &mut DestSnapshot) -> Plan {
     let mut other_jobs = 0;
     for e in std::mem::take(&mut dest.entries) {
         match e.kind {
-            DestKind::Copy {
-                source,
-                name,
-                digest,
-                ..
-            } => deletes.push(Op::Delete(Box::new(DeleteOp {
-                contact_id: e.id,
-                etag: e.etag,
-                source_id: source,
-                name,
-                reason: DeleteReason::DestinationRemoved,
-                before: digest,
-            }))),
+            DestKind::Copy { .. } => deletes.push(delete_op(e, DeleteReason::DestinationRemoved)),
             DestKind::Own if !dest.group_is_default => {
                 moves.push(Op::MoveToDefault { contact_id: e.id })
             }

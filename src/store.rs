@@ -721,12 +721,7 @@ impl Store {
         if kept.is_empty() && forget.is_empty() {
             return Ok(());
         }
-        // A savepoint: all or nothing, inside the open batch when other destinations share one
-        // (then committed with it, in order), else a transaction of its own.
-        self.conn
-            .execute_batch("SAVEPOINT settle")
-            .map_err(self.err())?;
-        let written = (|| -> rusqlite::Result<()> {
+        self.all_or_nothing(|| {
             let mut del = self.conn.prepare_cached(
                 "DELETE FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3",
             )?;
@@ -740,16 +735,7 @@ impl Store {
                 put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])?;
             }
             Ok(())
-        })();
-        let end = if written.is_ok() {
-            "RELEASE settle"
-        } else {
-            "ROLLBACK TO settle; RELEASE settle"
-        };
-        let ended = self.conn.execute_batch(end);
-        written.map_err(self.err())?;
-        ended.map_err(self.err())?;
-        self.batch_tick(false)
+        })
     }
 
     /// The source contacts as the job's last run read them: (source id, digest, name, field
@@ -805,10 +791,7 @@ impl Store {
         current: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
         fields: impl Fn(&str) -> String,
     ) -> Result<()> {
-        self.conn
-            .execute_batch("SAVEPOINT source_contacts")
-            .map_err(self.err())?;
-        let written = (|| -> rusqlite::Result<()> {
+        self.all_or_nothing(|| {
             let mut old: std::collections::HashMap<String, String> = self
                 .conn
                 .prepare_cached("SELECT source_id, digest FROM source_contacts WHERE job = ?1")?
@@ -829,11 +812,20 @@ impl Store {
                 del.execute(params![job, id])?;
             }
             Ok(())
-        })();
+        })
+    }
+
+    /// Runs `write` in a savepoint: all of it or none of it, inside the open batch when other
+    /// destinations share one (then committed with it, in order), else a transaction of its own.
+    fn all_or_nothing(&self, write: impl FnOnce() -> rusqlite::Result<()>) -> Result<()> {
+        self.conn
+            .execute_batch("SAVEPOINT all_or_nothing")
+            .map_err(self.err())?;
+        let written = write();
         let end = if written.is_ok() {
-            "RELEASE source_contacts"
+            "RELEASE all_or_nothing"
         } else {
-            "ROLLBACK TO source_contacts; RELEASE source_contacts"
+            "ROLLBACK TO all_or_nothing; RELEASE all_or_nothing"
         };
         let ended = self.conn.execute_batch(end);
         written.map_err(self.err())?;
