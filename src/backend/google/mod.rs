@@ -362,10 +362,10 @@ impl GoogleBackend {
         each: &mut (dyn FnMut(Value) + Send),
     ) -> Result<()> {
         let mut bad = false;
-        self.list_connections_synced(user, fields, None, false, &mut |_, raw| {
-            match serde_json::from_str(raw.get()) {
-                Ok(p) => each(p),
-                Err(_) => bad = true,
+        self.list_connections_synced(user, fields, None, false, &mut |_, whole| {
+            match whole.raw().map(|raw| serde_json::from_str(raw.get())) {
+                Some(Ok(p)) => each(p),
+                _ => bad = true,
             }
             !bad
         })
@@ -382,15 +382,17 @@ impl GoogleBackend {
 
     /// connections.list with sync tokens: `since` lists only what changed after that token,
     /// `request_token` asks for the next token (it comes with the last page). Each contact is
-    /// handed to `each` as its head (name, etag, groups) and its raw JSON, parsed only by callers
-    /// that need it; `each` returns false to stop reading early (no token is returned then).
+    /// handed to `each` as its head (name, etag, groups) and a way to its raw JSON, split out of
+    /// the page only when a caller needs a contact whole (a page where every contact is known by
+    /// its head is scanned once); `each` returns false to stop reading early (no token is
+    /// returned then).
     async fn list_connections_synced(
         &self,
         user: &User,
         fields: &str,
         since: Option<&str>,
         request_token: bool,
-        each: &mut (dyn FnMut(person::Head, &serde_json::value::RawValue) -> bool + Send),
+        each: &mut (dyn FnMut(person::Head<'_>, person::Whole<'_, '_>) -> bool + Send),
     ) -> std::result::Result<Option<String>, ApiError> {
         let email = self.email(user);
         // Every parameter but the page and sync tokens must be the same on the call that took
@@ -424,7 +426,7 @@ impl GoogleBackend {
         loop {
             next.as_mut().await;
             let (text, _permit) = next.as_mut().take_output().expect("a page is taken once")?;
-            let v: person::ConnectionsPage<'_> = serde_json::from_str(&text)
+            let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
             // The next page is asked for before this one is read, so reading a page costs no
@@ -435,10 +437,9 @@ impl GoogleBackend {
                 let _ = futures::poll!(next.as_mut());
                 tokio::task::yield_now().await;
             }
-            for raw in v.connections {
-                let head: person::Head = serde_json::from_str(raw.get())
-                    .map_err(|_| http::bad_body("people.connections.list"))?;
-                if !each(head, raw) {
+            let mut raws = person::PageRaw::new(&text);
+            for (i, head) in v.connections.into_iter().enumerate() {
+                if !each(head, person::Whole::new(&mut raws, i)) {
                     return Ok(None);
                 }
             }
@@ -461,10 +462,13 @@ impl GoogleBackend {
     fn read_whole(
         &self,
         user: &User,
-        head: &person::Head,
-        raw: &serde_json::value::RawValue,
+        head: &person::Head<'_>,
+        whole: person::Whole<'_, '_>,
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> std::result::Result<(), String> {
+        let raw = whole
+            .raw()
+            .ok_or_else(|| format!("{}: the page is not a list of contacts", head.resource_name))?;
         let p: Value =
             serde_json::from_str(raw.get()).map_err(|e| format!("{}: {e}", head.resource_name))?;
         sink(self.contact_of(user, &p));
@@ -1030,16 +1034,16 @@ impl Backend for GoogleBackend {
         let fields = read_fields();
         let mut bad = None;
         let token = self
-            .list_connections_synced(user, &fields, None, true, &mut |head, raw| {
+            .list_connections_synced(user, &fields, None, true, &mut |head, whole| {
                 if let Some(g) = group
                     && head.member_of(&g.id)
                 {
                     // A copy as the engine wrote it: no need to read it whole.
                     if known(&head.resource_name, &head.etag) {
-                        known_sink(head.resource_name, head.etag);
+                        known_sink(head.resource_name.into_owned(), head.etag.into_owned());
                         return true;
                     }
-                    if let Err(why) = self.read_whole(user, &head, raw, sink) {
+                    if let Err(why) = self.read_whole(user, &head, whole, sink) {
                         bad = Some(why);
                         return false;
                     }
@@ -1070,24 +1074,24 @@ impl Backend for GoogleBackend {
         let fields = read_fields();
         let mut bad = None;
         let r = self
-            .list_connections_synced(user, &fields, Some(token), true, &mut |head, raw| {
+            .list_connections_synced(user, &fields, Some(token), true, &mut |head, whole| {
                 if head.deleted() {
                     if known(&head.resource_name, "") != Known::No {
-                        gone(head.resource_name);
+                        gone(head.resource_name.into_owned());
                     }
                     return true;
                 }
                 let k = known(&head.resource_name, &head.etag);
                 if !head.member_of(group_id) {
                     if k != Known::No {
-                        gone(head.resource_name);
+                        gone(head.resource_name.into_owned());
                     }
                     return true;
                 }
                 if k == Known::AsWritten {
                     return true;
                 }
-                match self.read_whole(user, &head, raw, sink) {
+                match self.read_whole(user, &head, whole, sink) {
                     Ok(()) => true,
                     Err(why) => {
                         bad = Some(why);

@@ -697,15 +697,70 @@ pub struct CreatedPerson<'a> {
     pub etag: std::borrow::Cow<'a, str>,
 }
 
+/// One page of connections.list read for what tells its contacts apart (see `Head`): one scan
+/// of the page, the rest of each contact skipped. The raw JSON of a contact is found again, by
+/// its position, only when a caller needs it whole (see `PageRaw`).
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadsPage<'a> {
+    #[serde(borrow, default)]
+    pub connections: Vec<Head<'a>>,
+    pub next_page_token: Option<String>,
+    pub next_sync_token: Option<String>,
+}
+
+/// The raw JSON of the contacts of one page, split out of the page's text the first time a
+/// contact is asked for whole: a page where every contact is known by its head is scanned once.
+pub struct PageRaw<'a> {
+    text: &'a str,
+    raws: Option<Vec<&'a serde_json::value::RawValue>>,
+}
+
+impl<'a> PageRaw<'a> {
+    pub fn new(text: &'a str) -> Self {
+        PageRaw { text, raws: None }
+    }
+
+    /// The raw JSON of the page's contact at position `i` (`None` if the page has no such
+    /// contact, or is not JSON).
+    pub fn get(&mut self, i: usize) -> Option<&'a serde_json::value::RawValue> {
+        if self.raws.is_none() {
+            let page: ConnectionsPage<'a> = serde_json::from_str(self.text).ok()?;
+            self.raws = Some(page.connections);
+        }
+        self.raws.as_ref()?.get(i).copied()
+    }
+}
+
+/// One contact of a page, for a caller that needs more than its head.
+pub struct Whole<'p, 'a> {
+    page: &'p mut PageRaw<'a>,
+    index: usize,
+}
+
+impl<'p, 'a> Whole<'p, 'a> {
+    pub fn new(page: &'p mut PageRaw<'a>, index: usize) -> Self {
+        Whole { page, index }
+    }
+
+    /// The contact's raw JSON (`None` if the page cannot be split into contacts).
+    pub fn raw(self) -> Option<&'a serde_json::value::RawValue> {
+        self.page.get(self.index)
+    }
+}
+
 /// What tells contacts apart without reading them whole: name, etag, deleted (in a sync), and
-/// the groups they are in.
+/// the groups they are in. Borrowed from the page's text: thousands are read per destination.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-pub struct Head {
-    pub resource_name: String,
-    pub etag: String,
+pub struct Head<'a> {
+    #[serde(borrow)]
+    pub resource_name: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    pub etag: std::borrow::Cow<'a, str>,
     metadata: HeadMetadata,
-    memberships: Vec<HeadMembership>,
+    #[serde(borrow)]
+    memberships: Vec<HeadMembership<'a>>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -716,17 +771,19 @@ struct HeadMetadata {
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct HeadMembership {
-    contact_group_membership: Option<HeadGroup>,
+struct HeadMembership<'a> {
+    #[serde(borrow)]
+    contact_group_membership: Option<HeadGroup<'a>>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase", default)]
-struct HeadGroup {
-    contact_group_resource_name: String,
+struct HeadGroup<'a> {
+    #[serde(borrow)]
+    contact_group_resource_name: std::borrow::Cow<'a, str>,
 }
 
-impl Head {
+impl Head<'_> {
     /// True for a contact a sync reports as deleted.
     pub fn deleted(&self) -> bool {
         self.metadata.deleted
