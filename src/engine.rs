@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use calcard::vcard::VCard;
@@ -20,7 +20,7 @@ use crate::backend::{Backend, BackendError, Delta, GroupRef, Known, User};
 use crate::card;
 use crate::plan::{
     self, DeleteOp, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow, LedgerView,
-    Op, Plan, SourceSet, UpdateOp,
+    Op, Plan, Scope, SourceSet, UpdateOp,
 };
 use crate::store::{Change, Counts, Store, StoreError};
 
@@ -502,8 +502,8 @@ async fn run_inner<B: Backend + 'static>(
     let source_fingerprint = source.fingerprint(spec);
     // What the last run read of the source contacts that changed since: copies written from
     // them are known field by field without being read again.
-    let previous = if active.is_empty() || !backend.change_tokens() {
-        HashMap::new()
+    let (previous, since) = if active.is_empty() || !backend.change_tokens() {
+        (HashMap::new(), None)
     } else {
         previous_source(&lock(store), &spec.name, &source)
     };
@@ -511,6 +511,7 @@ async fn run_inner<B: Backend + 'static>(
     let active_inputs = Arc::new(ActiveInputs {
         source,
         previous,
+        since,
         fingerprint: source_fingerprint,
         stopped: AtomicBool::new(false),
     });
@@ -543,6 +544,11 @@ async fn run_inner<B: Backend + 'static>(
                     card::field_digests_text(i.fields(&spec.fields))
                 })
             },
+            // The rows are the whole source only when every contact could be read.
+            source
+                .unreadable
+                .is_empty()
+                .then_some(active_inputs.fingerprint.as_str()),
         );
         if let Err(e) = saved {
             tracing::warn!(job = %spec.name, "could not remember the source contacts: {e}");
@@ -596,6 +602,8 @@ struct ActiveInputs {
     source: SourceSet,
     /// The last run's reading of source contacts that changed since (see `previous_source`).
     previous: HashMap<String, PreviousSource>,
+    /// Which source contacts changed since the last run (see `SourceDiff`).
+    since: Option<SourceDiff>,
     /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
     fingerprint: String,
     /// Set by the first destination that hits a safety limit: no other starts.
@@ -639,6 +647,7 @@ async fn run_destinations<B: Backend + 'static>(
                     Some(a) => Mode::Active {
                         source: &a.source,
                         previous: &a.previous,
+                        since: a.since.as_ref(),
                         stopped: &a.stopped,
                         fingerprint: &a.fingerprint,
                     },
@@ -836,6 +845,7 @@ async fn snapshot<B: Backend>(
             group,
             group_is_default: group_name == default_group,
             entries,
+            scope: None,
         },
         token,
     ))
@@ -852,8 +862,10 @@ struct ReadDelta {
     changed: Vec<DestEntry>,
     /// Remembered copies deleted since, or no longer in the group.
     gone: HashSet<String>,
-    /// The ledger, when the read needed it.
+    /// The ledger, when the read needed it: whole, or the part `scope` names.
     ledger: Option<LedgerView>,
+    /// Set when only part of the destination needs a plan (see `plan::Scope`).
+    scope: Option<Scope>,
 }
 
 /// A source contact as the job's last run read it (see `Store::source_contacts`).
@@ -865,27 +877,62 @@ struct PreviousSource {
     fields: Vec<(Arc<str>, u64)>,
 }
 
+/// Which source contacts changed since the last run that saved what it read of the source
+/// (see `Store::save_source_contacts`).
+#[derive(Debug)]
+struct SourceDiff {
+    /// The fingerprint of the source as that run read it (see `SourceSet::fingerprint`).
+    fingerprint: String,
+    /// Source ids whose contact is not the same now: edited, gone, new, or unreadable. Sorted.
+    ids: BTreeSet<String>,
+}
+
 /// The source contacts the job's last run read that are not the same in `source` (edited, or
-/// gone from it). Unreadable rows are left out: their copies are then read again.
+/// gone from it), and, when that run saved the whole source it read, which source ids changed
+/// since. Rows whose field digests cannot be read are left out of the first: their copies are
+/// then read again.
 fn previous_source(
     store: &Store,
     job: &str,
     source: &SourceSet,
-) -> HashMap<String, PreviousSource> {
-    let rows = store.source_contacts(job, |id, digest| {
-        source.items.get(id).is_none_or(|i| i.digest != digest)
+) -> (HashMap<String, PreviousSource>, Option<SourceDiff>) {
+    // Source ids the last run read that are still in the source, to find the new ones.
+    let mut still: HashSet<&str> = HashSet::new();
+    let rows = store.source_contacts(job, |id, digest| match source.items.get_key_value(id) {
+        Some((k, i)) => {
+            still.insert(k.as_str());
+            i.digest != digest
+        }
+        None => true,
     });
-    let rows = match rows {
-        Ok(r) => r,
-        Err(e) => {
+    let fingerprint = store.source_fingerprint(job);
+    let (rows, fingerprint) = match (rows, fingerprint) {
+        (Ok(r), Ok(f)) => (r, f),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(
                 job,
                 "could not read what the last run saw of the source: {e}"
             );
-            return HashMap::new();
+            return (HashMap::new(), None);
         }
     };
-    rows.into_iter()
+    let since = fingerprint.map(|fingerprint| SourceDiff {
+        fingerprint,
+        ids: rows
+            .iter()
+            .map(|(id, ..)| id.clone())
+            .chain(
+                source
+                    .items
+                    .keys()
+                    .filter(|k| !still.contains(k.as_str()))
+                    .cloned(),
+            )
+            .chain(source.unreadable.keys().cloned())
+            .collect(),
+    });
+    let previous = rows
+        .into_iter()
         .filter_map(|(id, digest, name, fields)| {
             let fields = card::field_digests_from_text(&fields)?;
             Some((
@@ -897,7 +944,8 @@ fn previous_source(
                 },
             ))
         })
-        .collect()
+        .collect();
+    (previous, since)
 }
 
 /// A destination's ledger with a lookup by contact id (a delta names contacts, not sources).
@@ -915,6 +963,119 @@ impl LedgerByContact {
     fn get(&self, contact_id: &str) -> Option<&LedgerRow> {
         self.view.find_contact(&self.order, contact_id)
     }
+}
+
+/// How many contacts of a change token's delta are looked up in the ledger one at a time (an
+/// index lookup each) before the whole ledger is loaded instead.
+const POINT_LOOKUPS: usize = 64;
+
+/// What the ledger says of the contacts a change token's delta names, as the delta is read:
+/// a few are looked up one at a time, and past `POINT_LOOKUPS` the whole ledger is loaded.
+enum Probe {
+    /// The rows looked up so far, by contact id (`None`: no copy the ledger knows).
+    Points(HashMap<String, Option<LedgerRow>>),
+    /// The whole ledger (`None`: the state database failed).
+    Whole(Option<LedgerByContact>),
+}
+
+impl Probe {
+    /// Whether the contact `id` with `etag` is a copy as this job wrote it, changed since, or
+    /// not a copy the ledger knows.
+    fn known(
+        &mut self,
+        store: &Mutex<Store>,
+        job: &str,
+        user_id: &str,
+        id: &str,
+        etag: &str,
+    ) -> Known {
+        if let Probe::Points(found) = self
+            && !found.contains_key(id)
+        {
+            if found.len() < POINT_LOOKUPS {
+                match lock(store).copy_by_contact(job, user_id, id) {
+                    Ok(row) => {
+                        found.insert(id.to_string(), row);
+                    }
+                    Err(_) => *self = Probe::Whole(None),
+                }
+            } else {
+                *self = Probe::Whole(
+                    lock(store)
+                        .ledger(job, user_id)
+                        .ok()
+                        .map(LedgerByContact::new),
+                );
+            }
+        }
+        let row = match self {
+            Probe::Points(found) => found.get(id).and_then(Option::as_ref),
+            Probe::Whole(Some(l)) => l.get(id),
+            // The state database failed: everything counts as changed (and the run below
+            // reports the failure).
+            Probe::Whole(None) => return Known::Changed,
+        };
+        match row {
+            None => Known::No,
+            Some(row) if !etag.is_empty() && row.etag() == etag => Known::AsWritten,
+            Some(_) => Known::Changed,
+        }
+    }
+}
+
+/// The part of a destination a change token's delta leaves to plan, when the destination
+/// converged to the source as the last run read it (`since`): the source contacts that changed
+/// since, the copies the delta names (`found`, by contact id) and the source contacts the
+/// changed contacts (`changed`) are copies of. `None` when that is not known, or not small
+/// enough to be worth looking up one at a time; then the whole ledger is loaded.
+fn delta_scope(
+    store: &Mutex<Store>,
+    spec: &JobSpec,
+    user: &User,
+    since: &SourceDiff,
+    changed: &[DestEntry],
+    found: &HashMap<String, Option<LedgerRow>>,
+) -> Option<(LedgerView, Scope)> {
+    let mark = lock(store)
+        .fingerprint(&spec.name, &user.id)
+        .ok()
+        .flatten()?;
+    if mark != destination_mark(&since.fingerprint, TOKEN_VERSION) {
+        return None;
+    }
+    let mut ids: BTreeSet<&str> = since.ids.iter().map(String::as_str).collect();
+    for e in changed {
+        if let DestKind::Copy {
+            source: Some(s), ..
+        } = &e.kind
+        {
+            ids.insert(s);
+        }
+    }
+    ids.extend(found.values().flatten().map(LedgerRow::source_id));
+    let s = lock(store);
+    let total = s.copy_count(&spec.name, &user.id).ok()?;
+    if ids.len() > total / 2 {
+        return None;
+    }
+    let part = s
+        .ledger_rows(&spec.name, &user.id, ids.iter().copied())
+        .ok()?;
+    drop(s);
+    let outside = total.checked_sub(part.len())?;
+    tracing::debug!(
+        job = %spec.name,
+        dest = %user.name,
+        "planning the copies of {} source contacts; the other {outside} copies are as the last run left them",
+        ids.len()
+    );
+    Some((
+        part,
+        Scope {
+            source_ids: ids.into_iter().map(str::to_string).collect(),
+            outside,
+        },
+    ))
 }
 
 /// Summarises a destination from its ledger and what changed since its change token, without
@@ -944,6 +1105,7 @@ async fn snapshot_from_changes<B: Backend>(
         token,
         changed,
         gone,
+        scope,
         ..
     } = delta;
     let read: HashSet<&str> = changed.iter().map(|e| e.id.as_str()).collect();
@@ -996,7 +1158,8 @@ async fn snapshot_from_changes<B: Backend>(
     }
     drop(read);
     let fetch_calls = fetch.len().div_ceil(backend.batch_size().max(1));
-    let read_calls = ledger.len().div_ceil(backend.page_size().max(1)).max(1);
+    let copies = ledger.len() + scope.as_ref().map_or(0, |s| s.outside);
+    let read_calls = copies.div_ceil(backend.page_size().max(1)).max(1);
     if fetch_calls > read_calls {
         return Ok(None);
     }
@@ -1018,6 +1181,7 @@ async fn snapshot_from_changes<B: Backend>(
             group: Some(group.clone()),
             group_is_default: group_name == default_group,
             entries,
+            scope,
         },
         Some(token),
     )))
@@ -1065,6 +1229,8 @@ enum Mode<'a> {
         source: &'a SourceSet,
         /// The last run's reading of source contacts that changed since (see `previous_source`).
         previous: &'a HashMap<String, PreviousSource>,
+        /// Which source contacts changed since the last run (see `SourceDiff`).
+        since: Option<&'a SourceDiff>,
         stopped: &'a AtomicBool,
         /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
         fingerprint: &'a str,
@@ -1144,29 +1310,19 @@ async fn process_destination<B: Backend>(
     if let Mode::Active {
         fingerprint,
         source,
+        since,
         ..
     } = &mode
         && let Some((token, group_id)) = saved_token
     {
-        // Loaded at the first change only: a destination where nothing changed never needs it.
-        let ledger: OnceLock<Option<LedgerByContact>> = OnceLock::new();
+        // Looked up at the first change only: a destination where nothing changed never needs
+        // the ledger, and one where little changed needs a few rows of it.
+        let probe = Mutex::new(Probe::Points(HashMap::new()));
         let known = |id: &str, etag: &str| {
-            let l = ledger.get_or_init(|| {
-                lock(store)
-                    .ledger(&spec.name, &user.id)
-                    .ok()
-                    .map(LedgerByContact::new)
-            });
-            match l {
-                // The state database failed: everything counts as changed (and the run
-                // below reports the failure).
-                None => Known::Changed,
-                Some(l) => match l.get(id) {
-                    None => Known::No,
-                    Some(row) if !etag.is_empty() && row.etag() == etag => Known::AsWritten,
-                    Some(_) => Known::Changed,
-                },
-            }
+            probe
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .known(store, &spec.name, &user.id, id, etag)
         };
         let mut changed = vec![];
         let mut gone = HashSet::new();
@@ -1190,7 +1346,7 @@ async fn process_destination<B: Backend>(
                 },
             )
             .await;
-        let ledger = ledger.into_inner();
+        let probe = probe.into_inner().unwrap_or_else(|p| p.into_inner());
         match read {
             Ok(Delta::Read { token: next }) => {
                 if changed.is_empty()
@@ -1206,19 +1362,31 @@ async fn process_destination<B: Backend>(
                     report.plan = Some(Plan::up_to_date(user, copies));
                     return report;
                 }
-                match ledger {
-                    // Read now, or by `known` if something changed (`None`: it failed, and the
-                    // whole group is read below, which reports it).
-                    None | Some(Some(_)) => {
-                        delta = Some(ReadDelta {
-                            token: next,
-                            group_id,
-                            changed,
-                            gone,
-                            ledger: ledger.flatten().map(|l| l.view),
-                        })
+                // The ledger as `known` loaded it, or the part the plan needs (`Whole(None)`:
+                // the state database failed, and the whole group is read below, which reports
+                // it).
+                let part = match (&probe, since) {
+                    (Probe::Points(found), Some(since)) => {
+                        delta_scope(store, spec, user, since, &changed, found)
                     }
-                    Some(None) => {}
+                    _ => None,
+                };
+                let ledger = match (probe, part) {
+                    (_, Some((part, scope))) => Some((Some(part), Some(scope))),
+                    (Probe::Whole(Some(l)), None) => Some((Some(l.view), None)),
+                    // Loaded by the attempt below.
+                    (Probe::Points(_), None) => Some((None, None)),
+                    (Probe::Whole(None), None) => None,
+                };
+                if let Some((ledger, scope)) = ledger {
+                    delta = Some(ReadDelta {
+                        token: next,
+                        group_id,
+                        changed,
+                        gone,
+                        ledger,
+                        scope,
+                    });
                 }
             }
             Ok(Delta::Expired) => {
@@ -1265,8 +1433,10 @@ async fn process_destination<B: Backend>(
             .take()
             .filter(|d| group.as_ref().is_some_and(|g| g.id == d.group_id));
         // The ledger the changes were read against is this attempt's ledger: moved, not copied
-        // (thousands of rows per destination).
-        let ledger = match (&mode, delta.as_mut().and_then(|d| d.ledger.take())) {
+        // (thousands of rows per destination). Only part of it when the changes leave only part
+        // of the destination to plan.
+        let partial = delta.as_ref().is_some_and(|d| d.scope.is_some());
+        let mut ledger = match (&mode, delta.as_mut().and_then(|d| d.ledger.take())) {
             (Mode::Active { .. }, Some(l)) => Some(l),
             (Mode::Active { .. }, None) => match lock(store).ledger(&spec.name, &user.id) {
                 Ok(l) => Some(l),
@@ -1311,6 +1481,16 @@ async fn process_destination<B: Backend>(
         let read = match from_changes {
             Some(s) => Ok(s),
             None => {
+                // The group is read whole: so is the ledger.
+                if partial {
+                    match lock(store).ledger(&spec.name, &user.id) {
+                        Ok(l) => ledger = Some(l),
+                        Err(e) => {
+                            report.error = Some(e.to_string());
+                            return report;
+                        }
+                    }
+                }
                 snapshot(
                     backend,
                     spec,

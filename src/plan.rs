@@ -259,6 +259,22 @@ pub struct DestSnapshot {
     /// True when the target group is the user's default collection (never moved out of, never deleted).
     pub group_is_default: bool,
     pub entries: Vec<DestEntry>,
+    /// `None`: `entries` is the whole group. `Some`: only part of it was read (see `Scope`).
+    pub scope: Option<Scope>,
+}
+
+/// What a snapshot of part of a destination holds. `entries` and the ledger given to the
+/// planner hold, whole, the copies of the source ids in `source_ids` (and every contact that
+/// changed since the destination last converged); every other copy the ledger remembers is in
+/// sync with its source, exactly as remembered, and the only copy of it: there are `outside`
+/// of them, and nothing is planned for them. The engine builds such a snapshot from a change
+/// token's delta when the destination converged to the source as the last run read it: then
+/// only source contacts that changed since, and copies that changed since, need a plan.
+#[derive(Debug, Clone, Default)]
+pub struct Scope {
+    /// Sorted, without duplicates.
+    pub source_ids: Vec<String>,
+    pub outside: usize,
 }
 
 /// What the state database remembers of one copy: its id, the source digest it was written
@@ -565,6 +581,8 @@ impl Plan {
 }
 
 /// Plans one active destination: after these operations its tagged copies equal the source.
+/// With a `scope` (a snapshot of part of the destination), the plan is the part of the whole
+/// plan that concerns the source ids in scope; the copies outside it count as unchanged.
 pub fn plan_destination(
     source: &SourceSet,
     dest: &DestSnapshot,
@@ -692,16 +710,18 @@ pub fn plan_destination(
             }
         }
     }
-    // Source contacts without a copy, in source order (both sorted by source id).
+    // Source contacts without a copy, in source order (both sorted by source id). Outside the
+    // scope of a partial snapshot, every source contact has its copy.
     let mut copied = copies.iter().map(|(s, _)| *s).peekable();
-    let missing: Vec<&SourceItem> = source
-        .items
-        .iter()
-        .filter(|(sid, _)| {
-            while copied.next_if(|c| *c < sid.as_str()).is_some() {}
-            copied.peek() != Some(&sid.as_str())
+    let in_scope: Box<dyn Iterator<Item = &SourceItem>> = match &dest.scope {
+        None => Box::new(source.items.values()),
+        Some(s) => Box::new(s.source_ids.iter().filter_map(|id| source.items.get(id))),
+    };
+    let missing: Vec<&SourceItem> = in_scope
+        .filter(|item| {
+            while copied.next_if(|c| *c < item.id.as_str()).is_some() {}
+            copied.peek() != Some(&item.id.as_str())
         })
-        .map(|(_, item)| item)
         .collect();
     plan.ops
         .reserve_exact(missing.len() + updates.len() + deletes.len());
@@ -755,7 +775,9 @@ pub fn plan_destination(
             )
         })
         .count();
-    let base = copies_total.max(ledger.len());
+    let outside = dest.scope.as_ref().map_or(0, |s| s.outside);
+    plan.unchanged += outside;
+    let base = copies_total.max(ledger.len()) + outside;
     let allowed = job
         .limits
         .max_delete

@@ -118,8 +118,21 @@ const MIGRATION_SLICE: &[M] = &[
         PRIMARY KEY (job, source_id)
     );",
     ),
+    M::up(
+        "CREATE INDEX copies_contact ON copies(job, user_id, contact_id);
+    ALTER TABLE jobs ADD COLUMN source_fingerprint TEXT;",
+    ),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
+
+/// A ledger row from (source id, contact id, digest, etag) columns.
+fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
+    let text = |i: usize| {
+        r.get_ref(i)
+            .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+    };
+    Ok(LedgerRow::new(text(0)?, text(1)?, text(2)?, text(3)?))
+}
 
 /// Errors of the state database; all of them stop the command (exit 1 or 2 at the edge).
 #[derive(Debug, thiserror::Error)]
@@ -620,16 +633,52 @@ impl Store {
         let count = self.copy_count(job, user_id)?;
         let mut rows: Vec<LedgerRow> = Vec::with_capacity(count);
         let found = st
-            .query_map(params![job, user_id], |r| {
-                let text = |i: usize| {
-                    r.get_ref(i)
-                        .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
-                };
-                Ok(LedgerRow::new(text(0)?, text(1)?, text(2)?, text(3)?))
-            })
+            .query_map(params![job, user_id], ledger_row)
             .map_err(self.err())?;
         for row in found {
             rows.push(row.map_err(self.err())?);
+        }
+        Ok(LedgerView::new(rows))
+    }
+
+    /// What the ledger remembers of the copy with this contact id at one destination (an index
+    /// lookup: a change token's delta names a few contacts among thousands).
+    pub fn copy_by_contact(
+        &self,
+        job: &str,
+        user_id: &str,
+        contact_id: &str,
+    ) -> Result<Option<LedgerRow>> {
+        self.conn
+            .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2 AND contact_id = ?3")
+            .and_then(|mut st| {
+                st.query_row(params![job, user_id, contact_id], ledger_row)
+                    .optional()
+            })
+            .map_err(self.err())
+    }
+
+    /// The part of a destination's ledger that remembers copies of these source ids (one
+    /// lookup each): what a plan of only those source contacts needs.
+    pub fn ledger_rows<'a>(
+        &self,
+        job: &str,
+        user_id: &str,
+        source_ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<LedgerView> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2 AND source_id = ?3")
+            .map_err(self.err())?;
+        let mut rows = vec![];
+        for sid in source_ids {
+            if let Some(r) = st
+                .query_row(params![job, user_id, sid], ledger_row)
+                .optional()
+                .map_err(self.err())?
+            {
+                rows.push(r);
+            }
         }
         Ok(LedgerView::new(rows))
     }
@@ -745,7 +794,7 @@ impl Store {
     pub fn source_contacts(
         &self,
         job: &str,
-        wanted: impl Fn(&str, &str) -> bool,
+        mut wanted: impl FnMut(&str, &str) -> bool,
     ) -> Result<Vec<(String, String, String, String)>> {
         let mut st = self
             .conn
@@ -784,14 +833,19 @@ impl Store {
     /// Remembers the source contacts a run read (see `source_contacts`): rows that changed are
     /// written, rows of contacts no longer read are removed, the rest is left as it is.
     /// `current` yields (source id, digest, name); `fields(source id)` gives the field digests
-    /// text of a row to write.
+    /// text of a row to write. `fingerprint` is the fingerprint of the source these rows are
+    /// (see `source_fingerprint`), `None` when they are not all of it.
     pub fn save_source_contacts<'a>(
         &self,
         job: &str,
         current: impl Iterator<Item = (&'a str, &'a str, &'a str)>,
         fields: impl Fn(&str) -> String,
+        fingerprint: Option<&str>,
     ) -> Result<()> {
         self.all_or_nothing(|| {
+            self.conn
+                .prepare_cached("UPDATE jobs SET source_fingerprint = ?2 WHERE name = ?1")?
+                .execute(params![job, fingerprint])?;
             let mut old: std::collections::HashMap<String, String> = self
                 .conn
                 .prepare_cached("SELECT source_id, digest FROM source_contacts WHERE job = ?1")?
@@ -813,6 +867,21 @@ impl Store {
             }
             Ok(())
         })
+    }
+
+    /// The fingerprint of the source the job's `source_contacts` are (all of it, as the last run
+    /// that saved them read it), if it was saved.
+    pub fn source_fingerprint(&self, job: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT source_fingerprint FROM jobs WHERE name = ?1",
+                [job],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()
+            .map_err(self.err())?
+            .flatten())
     }
 
     /// Runs `write` in a savepoint: all of it or none of it, inside the open batch when other
@@ -1154,16 +1223,30 @@ mod tests {
     fn source_contacts_keep_the_last_read_and_forget_the_rest() {
         let s = Store::open_in_memory().unwrap();
         let save = |job: &str, rows: &[(&str, &str)]| {
-            s.save_source_contacts(job, rows.iter().map(|(i, d)| (*i, *d, "Name")), |id| {
-                let d = rows.iter().find(|r| r.0 == id).unwrap().1;
-                format!("N={d}\n")
-            })
+            s.save_source_contacts(
+                job,
+                rows.iter().map(|(i, d)| (*i, *d, "Name")),
+                |id| {
+                    let d = rows.iter().find(|r| r.0 == id).unwrap().1;
+                    format!("N={d}\n")
+                },
+                Some(&format!("fp-{}", rows.len())),
+            )
             .unwrap()
         };
+        s.remember_job("j", "gSync1").unwrap();
         save("j", &[("s1", "a"), ("s2", "b")]);
         save("k", &[("s1", "z")]);
         // s1 edited, s2 gone, s3 new.
+        save("j", &[("s1", "a2"), ("s3", "c"), ("s4", "d")]);
+        assert_eq!(s.source_fingerprint("j").unwrap().as_deref(), Some("fp-3"));
+        assert_eq!(
+            s.source_fingerprint("k").unwrap(),
+            None,
+            "no job row: nothing saved"
+        );
         save("j", &[("s1", "a2"), ("s3", "c")]);
+        assert_eq!(s.source_fingerprint("j").unwrap().as_deref(), Some("fp-2"));
         assert_eq!(
             s.source_contacts("j", |_, d| d == "c").unwrap(),
             vec![("s3".into(), "c".into(), "Name".into(), "N=c\n".into())]
@@ -1219,6 +1302,22 @@ mod tests {
                 ("s3".to_string(), "e3".to_string()),
                 ("s4".to_string(), "e4".to_string())
             ]
+        );
+        // Part of the ledger, by source id or by contact id; another user's rows are not mixed in.
+        s.record_copy("j", "v", "s3", "other", "d", "e9").unwrap();
+        let part = s.ledger_rows("j", "u", ["s4", "s9", "s2"]).unwrap();
+        assert_eq!(
+            part.rows()
+                .map(|r| (r.source_id(), r.contact_id(), r.etag()))
+                .collect::<Vec<_>>(),
+            vec![("s2", "c2", "e2"), ("s4", "c4", "e4")]
+        );
+        let r = s.copy_by_contact("j", "u", "c3").unwrap().unwrap();
+        assert_eq!((r.source_id(), r.digest(), r.etag()), ("s3", "d", "e3"));
+        assert!(s.copy_by_contact("j", "u", "other").unwrap().is_none());
+        assert!(
+            s.copy_by_contact("j", "u", "c1").unwrap().is_none(),
+            "forgotten"
         );
         s.forget_job("j").unwrap();
         assert_eq!(s.ledger_count("j").unwrap(), 0);
