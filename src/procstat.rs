@@ -3,21 +3,24 @@
 //! allocator to keep its memory (`tune_allocator`). The measurements must not be used to make
 //! decisions in a run.
 
-/// Asks glibc's allocator to serve every block of 128 KiB or more with its own mapping, given
+/// Asks glibc's allocator to serve every block of 512 KiB or more with its own mapping, given
 /// back to the system when freed. By default glibc raises that threshold each time such a block
 /// is freed, and later pages of an API answer (a megabyte or two each) then come from the heap
 /// and stay in the resident set after they are freed: a full read of every destination peaked
-/// 20 MB higher without this. It also keeps one arena for all threads: destinations run on both
-/// worker threads and their state writes on the blocking pool, and an arena per thread, each
-/// keeping what was freed in it, put W3 at 5,000 × 100 at 53–57 MB instead of 48 MB, with no
-/// difference in CPU time that the benchmark could tell from its noise. Called once at start-up
-/// by `main` (and by the benchmarks, which run the library without `main`). Does nothing with
-/// another C library.
+/// 20 MB higher without this. Those pages now go to buffers the Google client keeps for the
+/// next page, so the threshold only has to stay above hyper's read buffers (up to 400 KiB per
+/// connection): at 128 KiB each of them was a fresh mapping, faulted in page by page, which
+/// cost a rerun (W2) a fifth of its CPU time. It also keeps one arena for all threads:
+/// destinations run on both worker threads and their state writes on the blocking pool, and an
+/// arena per thread, each keeping what was freed in it, put W3 at 5,000 × 100 at 53–57 MB
+/// instead of 48 MB, with no difference in CPU time that the benchmark could tell from its
+/// noise. Called once at start-up by `main` (and by the benchmarks, which run the library
+/// without `main`). Does nothing with another C library.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets allocator parameters; it is called before any thread starts.
     unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }

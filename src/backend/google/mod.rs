@@ -425,7 +425,7 @@ impl GoogleBackend {
         let mut next = Box::pin(fetch(None));
         loop {
             next.as_mut().await;
-            let (text, _permit) = next.as_mut().take_output().expect("a page is taken once")?;
+            let text = next.as_mut().take_output().expect("a page is taken once")?;
             let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
