@@ -22,7 +22,7 @@ use crate::plan::{
     self, DeleteOp, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow, LedgerView,
     Op, Plan, Scope, SourceSet, UpdateOp,
 };
-use crate::store::{Change, Counts, Store, StoreError};
+use crate::store::{Change, Counts, Store, StoreError, TrashEntry};
 
 /// A job as the engine runs it.
 #[derive(Debug, Clone)]
@@ -851,6 +851,41 @@ async fn snapshot<B: Backend>(
     ))
 }
 
+/// Reads a destination leaving the job. Each contact is read only for its tags, unless `whole`
+/// (a dry run, whose plan names what it would delete): a real removal reads what it deletes
+/// whole for the trash, and names it from that (see `apply_ops`).
+async fn removal_snapshot<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group: Option<GroupRef>,
+    (group_name, default_group): (&str, &str),
+    expected: usize,
+    whole: bool,
+) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    let mut entries = Vec::with_capacity(expected);
+    let mut sink = |c: crate::backend::Contact| {
+        entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
+    };
+    if let Some(g) = &group {
+        if whole {
+            backend.scan_group(user, g, &mut sink).await?;
+        } else {
+            backend.scan_group_tags(user, g, &mut sink).await?;
+        }
+    }
+    Ok((
+        DestSnapshot {
+            user: user.clone(),
+            group,
+            group_is_default: group_name == default_group,
+            entries,
+            scope: None,
+        },
+        None,
+    ))
+}
+
 /// What a change token's delta told of one destination, kept for the first attempt's snapshot
 /// (see `snapshot_from_changes`).
 struct ReadDelta {
@@ -1480,6 +1515,19 @@ async fn process_destination<B: Backend>(
         };
         let read = match from_changes {
             Some(s) => Ok(s),
+            None if removal => {
+                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
+                removal_snapshot(
+                    backend,
+                    spec,
+                    user,
+                    group,
+                    (target_group, &opts.default_group),
+                    copies,
+                    opts.dry_run,
+                )
+                .await
+            }
             None => {
                 // The group is read whole: so is the ledger.
                 if partial {
@@ -1500,12 +1548,8 @@ async fn process_destination<B: Backend>(
                     &opts.default_group,
                     source_set,
                     ledger.as_ref(),
-                    // How many contacts to expect: the copies remembered (a removal has no
-                    // ledger loaded; the count is one index lookup).
-                    match &ledger {
-                        Some(l) => l.len(),
-                        None => lock(store).copy_count(&spec.name, &user.id).unwrap_or(0),
-                    },
+                    // How many contacts to expect: the copies remembered.
+                    ledger.as_ref().map_or(0, LedgerView::len),
                 )
                 .await
             }
@@ -2035,9 +2079,8 @@ async fn apply_ops<B: Backend>(
                             contact_id,
                             etag,
                             source_id,
-                            name,
                             reason,
-                            before,
+                            ..
                         } = &**d;
                         // Already gone: nothing to delete.
                         let Some(current) = fetched.remove(contact_id) else {
@@ -2049,10 +2092,14 @@ async fn apply_ops<B: Backend>(
                             }
                             .into());
                         }
-                        let payload = match &current.card {
-                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
-                                card::to_text(c)
-                            }
+                        // Named and summarised as it is now, as the trash keeps it (a removal
+                        // read only its tags).
+                        let (payload, name, before) = match &current.card {
+                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => (
+                                card::to_text(c),
+                                card::display_name(c),
+                                card::managed_digest(c, &spec.fields),
+                            ),
                             _ => {
                                 return Err(ApplyError::Other(format!(
                                     "contact {contact_id} of {} no longer carries tag {}; left alone",
@@ -2068,12 +2115,17 @@ async fn apply_ops<B: Backend>(
                     }
                 }
                 // Every payload is checked before any is trashed or deleted.
-                for (contact_id, _, _, name, reason, _, payload) in &doomed {
-                    lock(store).trash(
-                        run_id, &spec.name, &user.id, &user.name, &g.name, contact_id, name,
-                        reason, payload,
-                    )?;
-                }
+                let trash: Vec<TrashEntry<'_>> = doomed
+                    .iter()
+                    .map(|(contact_id, _, _, name, reason, _, payload)| TrashEntry {
+                        contact_id,
+                        name,
+                        reason,
+                        payload,
+                    })
+                    .collect();
+                lock(store).trash(run_id, &spec.name, (&user.id, &user.name, &g.name), &trash)?;
+                drop(trash);
                 for chunk in doomed.chunks(delete_batch) {
                     let calls: Vec<(&str, &str)> = chunk
                         .iter()

@@ -211,6 +211,16 @@ pub struct TrashRecord {
     pub restored_at: Option<String>,
 }
 
+/// A contact about to be deleted, for the trash (see `Store::trash`).
+#[derive(Debug, Clone, Copy)]
+pub struct TrashEntry<'a> {
+    pub contact_id: &'a str,
+    pub name: &'a str,
+    pub reason: &'a str,
+    /// The contact as a vCard.
+    pub payload: &'a str,
+}
+
 /// One line to append to the change log.
 #[derive(Debug, Clone, Default)]
 pub struct Change<'a> {
@@ -1050,30 +1060,30 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Keeps a deleted contact's payload; returns the trash id.
-    #[allow(clippy::too_many_arguments)]
+    /// Keeps the payloads of contacts about to be deleted from one user's group, all of them or
+    /// none, and commits them at once (with the open batch): a delete is never sent before its
+    /// contact is in the trash. One transaction for a run of deletes, not one per contact.
     pub fn trash(
         &self,
         run_id: i64,
         job: &str,
-        user_id: &str,
-        user: &str,
-        group: &str,
-        contact_id: &str,
-        name: &str,
-        reason: &str,
-        payload: &str,
-    ) -> Result<i64> {
-        self.conn
-            .execute(
+        (user_id, user, group): (&str, &str, &str),
+        entries: &[TrashEntry<'_>],
+    ) -> Result<()> {
+        let at = now();
+        self.all_or_nothing(|| {
+            let mut put = self.conn.prepare_cached(
                 "INSERT INTO trash (run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![run_id, now(), job, user_id, user, group, contact_id, name, reason, payload],
-            )
-            .map_err(self.err())?;
-        let id = self.conn.last_insert_rowid();
-        self.batch_tick(true)?;
-        Ok(id)
+            )?;
+            for e in entries {
+                put.execute(params![
+                    run_id, at, job, user_id, user, group, e.contact_id, e.name, e.reason, e.payload
+                ])?;
+            }
+            Ok(())
+        })?;
+        self.batch_tick(true)
     }
 
     /// Trash entries not yet restored, newest first, optionally narrowed.

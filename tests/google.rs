@@ -365,6 +365,25 @@ fn every_semantic_on_the_fake() {
         );
     });
     assert_eq!(r.copies("carol@example.com"), src2);
+    // The removal read bob's contacts for their tags only; what it deleted is in the trash, read
+    // whole and named, one entry per copy.
+    let out = r
+        .cmd()
+        .args(["restore", "--json", "--dest", bob])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let trash: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = trash
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["reason"] == "destination-removed")
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.len(), src2.len(), "{trash}");
+    assert!(names.iter().all(|n| !n.is_empty()), "{trash}");
+    assert!(names.iter().any(|n| n.contains("Renamed")), "{trash}");
     // 9: adding a destination syncs it.
     r.write_job(&["carol@example.com", "dave@example.com"]);
     r.run_ok();

@@ -202,6 +202,22 @@ impl<B: Backend> Backend for Counting<B> {
             .await
     }
 
+    async fn scan_group_tags(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        bump(&self.calls.scan_group);
+        let counter = &self.calls.contacts_read;
+        self.inner
+            .scan_group_tags(user, group, &mut |c| {
+                bump(counter);
+                sink(c)
+            })
+            .await
+    }
+
     async fn fetch_contacts(
         &self,
         user: &User,

@@ -238,6 +238,19 @@ pub trait Backend: Send + Sync {
         etag: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 
+    /// Reads a group as `scan_group` does, for a destination leaving the job: each contact is
+    /// read only as far as telling this job's copies from the rest needs (the tag properties
+    /// `card::tag_of` and `card::source_of` read). What a removal deletes is read whole for the
+    /// trash before it is deleted. A provider that cannot read less hands contacts whole.
+    fn scan_group_tags(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> impl Future<Output = Result<()>> + Send {
+        self.scan_group(user, group, sink)
+    }
+
     /// True when `GroupRef::version` changes with every change in a group (CardDAV getctag);
     /// when false the engine does not read a group again just to learn its new version.
     fn group_versions(&self) -> bool {
