@@ -625,9 +625,21 @@ async fn run_destinations<B: Backend + 'static>(
     let mut running: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
     let mut reports: Vec<Option<DestReport>> = vec![];
     let mut dests = dests.enumerate();
+    // The next `concurrency` destinations are got ready (`Backend::prepare_destination`) while
+    // the running ones are in flight.
+    let mut ahead = std::collections::VecDeque::new();
     loop {
+        while ahead.len() + tasks.len() < 2 * concurrency
+            && let Some(d) = dests.next()
+        {
+            let backend = shared.backend.clone();
+            let (_, (user, _)): &(usize, (User, String)) = &d;
+            let user = user.clone();
+            tokio::spawn(async move { backend.prepare_destination(&user).await });
+            ahead.push_back(d);
+        }
         while tasks.len() < concurrency
-            && let Some((i, (user, target_group))) = dests.next()
+            && let Some((i, (user, target_group))) = ahead.pop_front()
         {
             reports.push(None);
             let name = user.name.clone();

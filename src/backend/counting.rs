@@ -202,6 +202,10 @@ impl<B: Backend> Backend for Counting<B> {
             .await
     }
 
+    async fn prepare_destination(&self, user: &User) {
+        self.inner.prepare_destination(user).await
+    }
+
     async fn scan_group_tags(
         &self,
         user: &User,

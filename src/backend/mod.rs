@@ -157,6 +157,14 @@ pub trait Backend: Send + Sync {
         async {}
     }
 
+    /// Called for a destination about to be processed while earlier ones are still in flight,
+    /// so the provider can get ready for it off its critical path (Google: the user's access
+    /// token, an RS256 signature and a round trip to the token endpoint). Errors are left for
+    /// the destination's own calls to meet.
+    fn prepare_destination(&self, _user: &User) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Expands a dynamic destination set (`group:sales@example.com`, `ou:/Sales`,
     /// `domain:example.com`) to user names, read from the provider's directory now. An error is
     /// never an empty set.

@@ -879,6 +879,15 @@ impl Backend for GoogleBackend {
         self.prefetch_users(names).await
     }
 
+    /// Takes the user's People API token ahead of its first call (cached, then found there).
+    async fn prepare_destination(&self, user: &User) {
+        let _ = self
+            .client
+            .tokens
+            .token(&self.email(user), CONTACTS_SCOPE)
+            .await;
+    }
+
     async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
         let mut out = vec![];
         let scopes = DIRECTORY_SCOPES.join(" ");
