@@ -852,15 +852,26 @@ async fn snapshot<B: Backend>(
         });
     }
     Ok((
-        DestSnapshot {
-            user: user.clone(),
-            group,
-            group_is_default: group_name == default_group,
-            entries,
-            scope: None,
-        },
+        snapshot_of(user, group, group_name == default_group, entries, None),
         token,
     ))
+}
+
+/// A destination's snapshot as read in this run (see `DestSnapshot`).
+fn snapshot_of(
+    user: &User,
+    group: Option<GroupRef>,
+    group_is_default: bool,
+    entries: Vec<DestEntry>,
+    scope: Option<Scope>,
+) -> DestSnapshot {
+    DestSnapshot {
+        user: user.clone(),
+        group,
+        group_is_default,
+        entries,
+        scope,
+    }
 }
 
 /// Reads a destination leaving the job. Each contact is read only for its tags, unless `whole`
@@ -887,13 +898,7 @@ async fn removal_snapshot<B: Backend>(
         }
     }
     Ok((
-        DestSnapshot {
-            user: user.clone(),
-            group,
-            group_is_default: group_name == default_group,
-            entries,
-            scope: None,
-        },
+        snapshot_of(user, group, group_name == default_group, entries, None),
         None,
     ))
 }
@@ -1223,13 +1228,13 @@ async fn snapshot_from_changes<B: Backend>(
     }
     entries.extend(changed);
     Ok(Some((
-        DestSnapshot {
-            user: user.clone(),
-            group: Some(group.clone()),
-            group_is_default: group_name == default_group,
+        snapshot_of(
+            user,
+            Some(group.clone()),
+            group_name == default_group,
             entries,
             scope,
-        },
+        ),
         Some(token),
     )))
 }
