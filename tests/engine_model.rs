@@ -694,3 +694,66 @@ fn writes_before_a_failure_are_recorded() {
         .collect();
     assert_eq!(logged, written);
 }
+
+/// A destination whose task panics (a bug in a provider) is reported as failed, with the reason;
+/// the others are synced, and the job fails.
+#[test]
+fn a_panicking_destination_fails_alone() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = Arc::new(MemoryBackend::new());
+    backend.add_user(SOURCE);
+    for u in USERS {
+        backend.add_user(u);
+    }
+    for i in 0..5 {
+        backend.put(SOURCE, "G", make_card(i, false));
+    }
+    backend.panic_for("u1");
+    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
+    let job = JobRun {
+        spec: JobSpec {
+            name: "job".into(),
+            tag: TAG.into(),
+            target_group: "Team".into(),
+            fields: FieldSelection::All,
+            filter: ContactFilter::default(),
+            limits: Limits::default(),
+        },
+        source: SOURCE.into(),
+        group: "G".into(),
+        destinations: USERS.iter().map(|u| u.to_string()).collect(),
+        exclude: vec![],
+    };
+    let opts = RunOptions {
+        concurrency: 2,
+        default_group: DEFAULT_GROUP.into(),
+        ..Default::default()
+    };
+    let report = rt.block_on(engine::run_job(&backend, &store, &job, &opts));
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let names: Vec<&str> = report
+        .destinations
+        .iter()
+        .map(|d| d.user.as_str())
+        .collect();
+    assert_eq!(names, USERS, "every destination reported, in job order");
+    for d in &report.destinations {
+        let tagged = backend
+            .dump(&d.user)
+            .into_iter()
+            .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
+            .count();
+        if d.user == "u1" {
+            let e = d.error.as_deref().unwrap_or_default();
+            assert!(e.contains("panicked"), "{d:?}");
+            assert_eq!(tagged, 0);
+        } else {
+            assert_eq!(d.error, None, "{d:?}");
+            assert_eq!(tagged, 5, "{} synced", d.user);
+        }
+    }
+}

@@ -73,6 +73,8 @@ pub struct MemoryBackend {
     /// Every deleted contact, in order: (user, contact id). A change token's delta names the
     /// ones deleted after it was taken, even those created after it.
     deleted: Mutex<Vec<(String, String)>>,
+    /// Looking up a group of this user panics (see `panic_for`).
+    panic_user: Mutex<Option<String>>,
 }
 
 impl MemoryBackend {
@@ -89,6 +91,12 @@ impl MemoryBackend {
     /// group versions, as Google does.
     pub fn set_change_tokens(&self, on: bool) {
         self.tokens_on.store(on, Ordering::Relaxed);
+    }
+
+    /// Makes looking up any group of `user` (an id) panic, as a bug in a provider would: one
+    /// destination's panic must be reported as that destination's failure, never end the run.
+    pub fn panic_for(&self, user: &str) {
+        *self.panic_user.lock().unwrap() = Some(user.to_string());
     }
 
     /// Makes every change token handed out so far expire.
@@ -341,6 +349,9 @@ impl Backend for MemoryBackend {
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         self.check_read()?;
+        if self.panic_user.lock().unwrap().as_deref() == Some(user.id.as_str()) {
+            panic!("injected panic looking up a group of {}", user.name);
+        }
         let users = self.users.lock().unwrap();
         let u = users.get(&user.id).ok_or_else(|| BackendError::NotFound {
             what: format!("user {}", user.name),
