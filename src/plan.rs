@@ -496,9 +496,11 @@ pub struct DeleteOp {
     pub contact_id: String,
     pub etag: String,
     pub source_id: Option<String>,
+    /// The copy's name and the digest of its managed content, as the snapshot read them: what
+    /// a plan shows. The change log and the trash take both from the copy as it is read for the
+    /// trash, just before the delete (a removal reads its group for the tags only).
     pub name: String,
     pub reason: DeleteReason,
-    /// Digest of the copy's managed content.
     pub before: String,
 }
 

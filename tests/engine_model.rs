@@ -627,6 +627,25 @@ proptest! {
     }
 }
 
+/// The job of the fixed cases below: all fields of every contact of `SOURCE`'s group "G", into
+/// "Team", to `destinations`.
+fn fixed_job(destinations: &[&str]) -> JobRun {
+    JobRun {
+        spec: JobSpec {
+            name: "job".into(),
+            tag: TAG.into(),
+            target_group: "Team".into(),
+            fields: FieldSelection::All,
+            filter: ContactFilter::default(),
+            limits: Limits::default(),
+        },
+        source: SOURCE.into(),
+        group: "G".into(),
+        destinations: destinations.iter().map(|d| d.to_string()).collect(),
+        exclude: vec![],
+    }
+}
+
 /// A batch that fails part way: the copies written before the failure are in the ledger and in
 /// the change log. (A batch's records are written while the next call is in flight, or when the
 /// destination ends; a failure must not drop them.)
@@ -650,20 +669,7 @@ fn writes_before_a_failure_are_recorded() {
         cut_at_write: None,
     });
     let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
-    let job = JobRun {
-        spec: JobSpec {
-            name: "job".into(),
-            tag: TAG.into(),
-            target_group: "Team".into(),
-            fields: FieldSelection::All,
-            filter: ContactFilter::default(),
-            limits: Limits::default(),
-        },
-        source: SOURCE.into(),
-        group: "G".into(),
-        destinations: vec!["u0".into()],
-        exclude: vec![],
-    };
+    let job = fixed_job(&["u0"]);
     let opts = RunOptions {
         concurrency: 1,
         default_group: DEFAULT_GROUP.into(),
@@ -714,20 +720,7 @@ fn a_panicking_destination_fails_alone() {
     }
     backend.panic_for("u1");
     let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
-    let job = JobRun {
-        spec: JobSpec {
-            name: "job".into(),
-            tag: TAG.into(),
-            target_group: "Team".into(),
-            fields: FieldSelection::All,
-            filter: ContactFilter::default(),
-            limits: Limits::default(),
-        },
-        source: SOURCE.into(),
-        group: "G".into(),
-        destinations: USERS.iter().map(|u| u.to_string()).collect(),
-        exclude: vec![],
-    };
+    let job = fixed_job(&USERS);
     let opts = RunOptions {
         concurrency: 2,
         default_group: DEFAULT_GROUP.into(),

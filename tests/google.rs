@@ -1325,3 +1325,49 @@ fn the_fake_refuses_what_google_refuses() {
         assert!(v.last().unwrap().contains("sequentially"), "{v:?}");
     });
 }
+
+/// A destination leaving the job is read for its tags only: its copies go, another job's copy
+/// in the same group stays (and so does the group), and the user's own contact moves to My
+/// Contacts untouched otherwise.
+#[test]
+fn a_removal_leaves_another_jobs_copies_alone() {
+    let r = Rig::new(3);
+    r.run_ok();
+    let bob = "bob@example.com";
+    let group_rn = r.fake.with_book(bob, |b| b.group_by_name("Sales").unwrap());
+    let member = json!([{"contactGroupMembership": {"contactGroupResourceName": group_rn}}]);
+    let (other, own) = r.fake.with_book(bob, |b| {
+        let other = b.add_contact(json!({
+            "names": [{"givenName": "Other"}],
+            "clientData": [{"key": "gSync", "value": "gSync999:people/elsewhere"}],
+            "memberships": member,
+        }));
+        let own = b.add_contact(json!({
+            "names": [{"givenName": "Own"}],
+            "memberships": member,
+        }));
+        (other, own)
+    });
+    let other_before = r.fake.with_book(bob, |b| b.contact(&other).unwrap());
+    r.write_job(&["carol@example.com"]);
+    r.run_ok();
+    let left: Vec<String> = r
+        .group(bob, "Sales")
+        .iter()
+        .map(|p| p["resourceName"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(left, vec![other.clone()], "only the other job's copy stays");
+    r.fake.with_book(bob, |b| {
+        assert_eq!(b.contact(&other).unwrap(), other_before);
+        assert!(
+            b.contact(&own).unwrap()["memberships"]
+                .to_string()
+                .contains("contactGroups/myContacts")
+        );
+        assert!(
+            !b.all_contacts()
+                .any(|p| machine_tag(&p).is_some_and(|(t, _)| t == TAG)),
+            "copies left"
+        );
+    });
+}
