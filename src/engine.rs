@@ -2023,13 +2023,13 @@ async fn apply_ops<B: Backend>(
                 }
                 let copies = items
                     .iter()
-                    .map(|(_, item)| item.copy_once())
+                    .map(|(_, item)| item.copy())
                     .collect::<Result<Vec<_>, String>>()
                     .map_err(ApplyError::Other)?;
                 let calls: Vec<(&str, &str, &VCard)> = items
                     .iter()
-                    .zip(&copies)
-                    .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), &**c))
+                    .zip(copies)
+                    .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), c))
                     .collect();
                 let results = overlapped(
                     store,

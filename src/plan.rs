@@ -57,17 +57,18 @@ pub struct SourceItem {
     /// allocation instead of a few dozen. A run holds one per source contact for its whole
     /// length, and on most runs few of them are written anywhere.
     copy_text: Box<str>,
-    /// The copy read back from `copy_text`, kept once a create needed it: a first fan-out
-    /// creates every copy at every destination. Destinations that need it at the same time wait
-    /// for the one reading it.
+    /// The copy read back from `copy_text`, kept once a write or a comparison needed it: a
+    /// first fan-out creates every copy at every destination, and an edited source contact is
+    /// updated at every destination. It never holds more than a fan-out does. Destinations
+    /// that need it at the same time wait for the one reading it.
     copy: OnceLock<Result<VCard, String>>,
 }
 
 impl SourceItem {
     /// Digest of each managed property of the copy (see `card::field_digests`).
     pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
-        self.fields.get_or_init(|| match self.copy_once() {
-            Ok(c) => card::field_digests(&c, selection),
+        self.fields.get_or_init(|| match self.copy() {
+            Ok(c) => card::field_digests(c, selection),
             Err(_) => vec![],
         })
     }
@@ -78,8 +79,8 @@ impl SourceItem {
             .map_err(|e| format!("the copy of source contact {}: {e}", self.id))
     }
 
-    /// The copy, read once and kept for the rest of the run (for creates: every destination of
-    /// a fan-out needs the same one).
+    /// The copy, read once and kept for the rest of the run (every destination written needs
+    /// the same one).
     pub fn copy(&self) -> Result<&VCard, String> {
         self.copy
             .get_or_init(|| {
@@ -93,15 +94,6 @@ impl SourceItem {
             })
             .as_ref()
             .map_err(String::clone)
-    }
-
-    /// The copy for one write (an update: each destination updates different contacts, so
-    /// the copy is read for the batch and dropped, unless a create already keeps it).
-    pub fn copy_once(&self) -> Result<std::borrow::Cow<'_, VCard>, String> {
-        match self.copy.get() {
-            Some(Ok(c)) => Ok(std::borrow::Cow::Borrowed(c)),
-            _ => self.read_copy().map(std::borrow::Cow::Owned),
-        }
     }
 }
 

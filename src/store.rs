@@ -638,10 +638,9 @@ impl Store {
             .conn
             .prepare_cached("SELECT source_id, contact_id, digest, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
             .map_err(self.err())?;
-        // Sized from a count (an index lookup): the ledgers of every destination in flight are
-        // held at once, and a grown vector would carry up to twice its rows.
-        let count = self.copy_count(job, user_id)?;
-        let mut rows: Vec<LedgerRow> = Vec::with_capacity(count);
+        // Grown as read (a count first would cost a scan of its own); `LedgerView::new` sizes
+        // it exactly, and it is the one held while the destination is planned.
+        let mut rows: Vec<LedgerRow> = vec![];
         let found = st
             .query_map(params![job, user_id], ledger_row)
             .map_err(self.err())?;

@@ -161,6 +161,30 @@ fn ok(v: Value) -> Response {
         .into_response()
 }
 
+/// An answer whose body is already JSON text.
+fn ok_text(body: String) -> Response {
+    (
+        StatusCode::OK,
+        [("content-type", "application/json; charset=UTF-8")],
+        body,
+    )
+        .into_response()
+}
+
+/// The object `v` with `key` set to `raw` (JSON text), as text: a person already written as
+/// text is put in an answer without being read back into a tree.
+fn with_raw(v: Value, key: &str, raw: &str) -> String {
+    let s = v.to_string();
+    let open = &s[..s.len() - 1];
+    let comma = if open.len() > 1 { "," } else { "" };
+    format!("{open}{comma}\"{key}\":{raw}}}")
+}
+
+/// A JSON array of elements already written as text.
+fn raw_array(items: &[String]) -> String {
+    format!("[{}]", items.join(","))
+}
+
 fn capitalise(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -356,8 +380,12 @@ impl Book {
     /// Stores a person with Google's output-only fields filled in.
     fn store(&mut self, rn: &str, p: Value) {
         let etag = self.etag();
-        self.contacts
-            .insert(rn.to_string(), Stored::new(etag, p, enrich));
+        self.put(rn, Stored::new(etag, p, enrich));
+    }
+
+    /// Keeps `stored` (its etag just taken with `etag`) as the contact `rn`, changed now.
+    fn put(&mut self, rn: &str, stored: Stored) {
+        self.contacts.insert(rn.to_string(), stored);
         let seq = self.seq;
         self.changed.insert(rn.to_string(), seq);
         self.deleted.remove(rn);
@@ -761,7 +789,9 @@ pub(crate) fn call(
                 }
             };
             let total = listing.len();
-            let mut page = String::from("[");
+            let mut page =
+                String::with_capacity(listing.len().saturating_sub(from).min(size) * 1024 + 2);
+            page.push('[');
             for (i, item) in listing.iter().skip(from).take(size).enumerate() {
                 if i > 0 {
                     page.push(',');
@@ -801,14 +831,21 @@ pub(crate) fn call(
                     names.len()
                 )));
             }
-            let responses: Vec<Value> = names
+            let responses: Vec<String> = names
                 .iter()
                 .map(|n| match b.contacts.get(*n) {
-                    Some(p) => json!({"requestedResourceName": n, "person": p.masked(n, &fields), "httpStatusCode": 200, "status": {}}),
-                    None => json!({"requestedResourceName": n, "httpStatusCode": 404, "status": {"code": 5, "message": "Requested entity was not found."}}),
+                    Some(p) => with_raw(
+                        json!({"requestedResourceName": n, "httpStatusCode": 200, "status": {}}),
+                        "person",
+                        &p.json_text(n, &fields),
+                    ),
+                    None => json!({"requestedResourceName": n, "httpStatusCode": 404, "status": {"code": 5, "message": "Requested entity was not found."}}).to_string(),
                 })
                 .collect();
-            Ok(ok(json!({"responses": responses})))
+            Ok(ok_text(format!(
+                "{{\"responses\":{}}}",
+                raw_array(&responses)
+            )))
         }
         "people.people.batchCreateContacts" => {
             let contacts = match body.get_mut("contacts").map(Value::take) {
@@ -846,7 +883,11 @@ pub(crate) fn call(
                     Ok(()) => {
                         let rn = format!("people/c{:019}", b.next());
                         b.store(&rn, p);
-                        created.push(json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": b.contacts[&rn].masked(&rn, &read)}));
+                        created.push(with_raw(
+                            json!({"requestedResourceName": rn, "httpStatusCode": 200}),
+                            "person",
+                            &b.contacts[&rn].json_text(&rn, &read),
+                        ));
                     }
                     Err((_, code, msg, _)) => {
                         if fail_item != Some(i) {
@@ -864,7 +905,10 @@ pub(crate) fn call(
                     json!([{"@type": "type.googleapis.com/google.people.v1.BatchCreateContactsErrorDetails", "contactErrors": errors}]),
                 ));
             }
-            Ok(ok(json!({"createdPeople": created})))
+            Ok(ok_text(format!(
+                "{{\"createdPeople\":{}}}",
+                raw_array(&created)
+            )))
         }
         "people.people.batchUpdateContacts" => {
             let contacts = match body.get_mut("contacts").map(Value::take) {
@@ -888,10 +932,10 @@ pub(crate) fn call(
                 Some(s) => mask(s, PERSON_FIELDS, "readMask")?,
                 None => return Err(bad("read_mask is required")),
             };
-            let mut results = Map::new();
+            let mut results = vec![];
             let mut errors = Map::new();
             for (i, (rn, p)) in contacts.into_iter().enumerate() {
-                let Some(current) = b.contact(&rn) else {
+                let Some(current) = b.contacts.get(&rn) else {
                     errors.insert(
                         rn,
                         json!({"code": 5, "message": "Requested entity was not found."}),
@@ -902,7 +946,7 @@ pub(crate) fn call(
                     errors.insert(rn, json!({"code": 3, "message": "injected item failure"}));
                     continue;
                 }
-                if p.get("etag") != current.get("etag") {
+                if p.get("etag").and_then(Value::as_str) != Some(current.etag()) {
                     errors.insert(rn, json!({"code": 9, "message": "Request person.etag is different than the current person.etag. Clear local cache and get the latest person."}));
                     continue;
                 }
@@ -911,26 +955,32 @@ pub(crate) fn call(
                     errors.insert(rn, json!({"code": 3, "message": m}));
                     continue;
                 }
-                let mut next = current.clone();
-                for f in &update {
-                    match p.get(f.as_str()) {
-                        Some(v) => next[f.as_str()] = v.clone(),
-                        None => {
-                            if let Some(o) = next.as_object_mut() {
-                                o.remove(f.as_str());
-                            }
-                        }
+                let groups = if update.iter().any(|f| f == "memberships") {
+                    let mut m = json!({});
+                    if let Some(v) = p.get("memberships") {
+                        m["memberships"] = v.clone();
                     }
-                }
-                if update.iter().any(|f| f == "memberships")
-                    && let Err((_, _, m, _)) = b.check_memberships(&mut next)
-                {
-                    client_errors.push(format!("{rn}: {m}"));
-                    errors.insert(rn, json!({"code": 9, "message": m}));
-                    continue;
-                }
-                b.store(&rn, next);
-                results.insert(rn.clone(), json!({"requestedResourceName": rn, "httpStatusCode": 200, "person": b.contacts[&rn].masked(&rn, &read)}));
+                    if let Err((_, _, msg, _)) = b.check_memberships(&mut m) {
+                        client_errors.push(format!("{rn}: {msg}"));
+                        errors.insert(rn, json!({"code": 9, "message": msg}));
+                        continue;
+                    }
+                    Some(member_of(&m))
+                } else {
+                    None
+                };
+                let etag = b.etag();
+                let next = b.contacts[&rn].updated(etag, &update, &p, groups, enrich);
+                b.put(&rn, next);
+                results.push(format!(
+                    "{}:{}",
+                    Value::from(rn.as_str()),
+                    with_raw(
+                        json!({"requestedResourceName": rn, "httpStatusCode": 200}),
+                        "person",
+                        &b.contacts[&rn].json_text(&rn, &read),
+                    )
+                ));
             }
             if !errors.is_empty() {
                 return Err((
@@ -940,7 +990,10 @@ pub(crate) fn call(
                     json!([{"@type": "type.googleapis.com/google.people.v1.BatchUpdateContactsErrorDetails", "contactErrors": errors}]),
                 ));
             }
-            Ok(ok(json!({"updateResult": results})))
+            Ok(ok_text(format!(
+                "{{\"updateResult\":{{{}}}}}",
+                results.join(",")
+            )))
         }
         "people.people.batchDeleteContacts" => {
             let names: Vec<String> = body["resourceNames"]
@@ -1002,7 +1055,11 @@ pub(crate) fn call(
                     None => vec![],
                 }
             };
-            Ok(ok(json!({"person": b.contacts[&rn].masked(&rn, &read)})))
+            Ok(ok_text(with_raw(
+                json!({}),
+                "person",
+                &b.contacts[&rn].json_text(&rn, &read),
+            )))
         }
         other => Err((
             501,

@@ -124,16 +124,6 @@ fn read_fields() -> String {
     f.join(",")
 }
 
-/// A JSON object of the given members, moved in.
-fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
-    Value::Object(
-        members
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
-}
-
 fn domain_of(email: &str) -> &str {
     email.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
 }
@@ -469,24 +459,17 @@ impl GoogleBackend {
         let raw = whole
             .raw()
             .ok_or_else(|| format!("{}: the page is not a list of contacts", head.resource_name))?;
-        let p: Value =
-            serde_json::from_str(raw.get()).map_err(|e| format!("{}: {e}", head.resource_name))?;
+        let p =
+            person::Doc::parse(raw.get()).map_err(|e| format!("{}: {e}", head.resource_name))?;
         sink(self.contact_of(user, &p));
         Ok(())
     }
 
-    fn contact_of(&self, user: &User, p: &Value) -> Contact {
-        let id = p
-            .get("resourceName")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let etag = p
-            .get("etag")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let info = person::tag_info(p);
+    fn contact_of(&self, user: &User, p: &person::Doc<'_>) -> Contact {
+        let id = p.str("resourceName").into_owned();
+        let etag = p.str("etag").into_owned();
+        let small = p.tag_fields();
+        let info = person::tag_info(&small);
         let repair = (self.cfg.visible_tag
             && info
                 .machine
@@ -494,7 +477,7 @@ impl GoogleBackend {
                 .is_some_and(|(t, _)| info.visible.as_ref() != Some(t)))
         .then_some("visible-tag");
         if repair.is_some() {
-            let user_defined = p
+            let user_defined = small
                 .get("userDefined")
                 .and_then(Value::as_array)
                 .map(|a| {
@@ -515,7 +498,7 @@ impl GoogleBackend {
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((user.id.clone(), id.clone()), Repair { user_defined });
         }
-        let card = person::to_card(p, repair);
+        let card = person::doc_to_card(p, &small, repair);
         if info.machine.is_some() {
             let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
             match person::photo_of_card(&card) {
@@ -744,30 +727,40 @@ impl GoogleBackend {
     async fn update_batch(
         &self,
         user: &User,
-        chunk: &[&(String, Value, bool)],
+        chunk: &[&(String, Vec<u8>, bool)],
         mask: &[&str],
     ) -> Vec<(String, Result<String>)> {
-        let contacts: serde_json::Map<String, Value> = chunk
-            .iter()
-            .map(|(id, p, _)| (id.clone(), p.clone()))
-            .collect();
-        let body = object([
-            ("contacts", Value::Object(contacts)),
-            ("updateMask", mask.join(",").into()),
-            ("readMask", "metadata".into()),
-            ("sources", json!([CONTACT_SOURCES])),
-        ]);
+        // Written out as text into one buffer: the bodies are JSON already, no tree is built.
+        let mut body = b"{\"contacts\":{".to_vec();
+        for (n, (id, p, _)) in chunk.iter().enumerate() {
+            if n > 0 {
+                body.push(b',');
+            }
+            serde_json::to_writer(&mut body, id).expect("a string serialises into a vector");
+            body.push(b':');
+            body.extend_from_slice(p);
+        }
+        body.extend_from_slice(b"},\"updateMask\":");
+        serde_json::to_writer(&mut body, &mask.join(",")).expect("a string serialises");
+        body.extend_from_slice(b",\"readMask\":\"metadata\",\"sources\":[\"");
+        body.extend_from_slice(CONTACT_SOURCES.as_bytes());
+        body.extend_from_slice(b"\"]}");
+        let body = bytes::Bytes::from(body);
+        let email = self.email(user);
         let what = |id: &str| format!("contact {id} of {}", user.name);
         match self
-            .as_user(
-                user,
-                "people.batchUpdateContacts",
-                Method::POST,
-                self.people("people:batchUpdateContacts"),
-                vec![],
-                Some(&body),
-                true,
-            )
+            .client
+            .send(&Call {
+                raw_body: Some(&body),
+                ..Self::people_call(
+                    &email,
+                    "people.batchUpdateContacts",
+                    Method::POST,
+                    self.people("people:batchUpdateContacts"),
+                    vec![],
+                    true,
+                )
+            })
             .await
         {
             Ok(v) => {
@@ -1032,13 +1025,13 @@ impl Backend for GoogleBackend {
                 }
                 let p = whole
                     .raw()
-                    .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+                    .and_then(|raw| person::Doc::parse(raw.get()).ok());
                 match p {
                     Some(p) => {
                         sink(Contact {
                             id: head.resource_name.into_owned(),
                             etag: head.etag.into_owned(),
-                            card: Ok(person::to_card(&p, None)),
+                            card: Ok(person::doc_to_card(&p, &p.tag_fields(), None)),
                         });
                         true
                     }
@@ -1202,9 +1195,9 @@ impl Backend for GoogleBackend {
             let answer: person::BatchGetAnswer<'_> =
                 serde_json::from_str(&text).map_err(|_| fail(http::bad_body(call.name)))?;
             for raw in answer.responses.into_iter().filter_map(|r| r.person) {
-                let p: Value =
-                    serde_json::from_str(raw.get()).map_err(|_| fail(http::bad_body(call.name)))?;
-                if p.get("resourceName").is_some() {
+                let p =
+                    person::Doc::parse(raw.get()).map_err(|_| fail(http::bad_body(call.name)))?;
+                if p.has("resourceName") {
                     out.push(self.contact_of(user, &p));
                 }
             }
@@ -1295,39 +1288,45 @@ impl Backend for GoogleBackend {
         if photos {
             managed.push("clientData");
         }
-        // Each contact's body; `true` when it needs userDefined written although the job does
-        // not manage it (its visible tag is put back, the user's other entries kept).
-        let mut bodies: Vec<(String, Value, bool)> = Vec::with_capacity(items.len());
+        // Each contact's body (JSON text); `true` when it needs userDefined written although
+        // the job does not manage it (its visible tag is put back, the user's other entries
+        // kept).
+        let mut bodies: Vec<(String, Vec<u8>, bool)> = Vec::with_capacity(items.len());
         {
             let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
             for (id, etag, card) in items {
-                let mut p = person::fields_of(card, &managed);
+                let mut p = person::field_entries(card, &managed);
                 let mut extra = false;
                 if self.cfg.visible_tag
                     && let Some((tag, _)) = person::tag_of_card(card)
                 {
                     let ud = if manages_ud {
-                        p.get("userDefined").and_then(Value::as_array).cloned()
+                        p.remove("userDefined")
                     } else {
-                        repairs
-                            .get(&(user.id.clone(), id.to_string()))
-                            .map(|r| r.user_defined.clone())
+                        repairs.get(&(user.id.clone(), id.to_string())).map(|r| {
+                            r.user_defined
+                                .iter()
+                                .map(|e| e.to_string().into())
+                                .collect()
+                        })
                     };
                     if let Some(mut ud) = ud {
-                        ud.push(json!({ "key": person::TAG_KEY, "value": tag }));
-                        p.insert("userDefined".into(), Value::Array(ud));
+                        ud.push(person::key_value_json(person::TAG_KEY, &tag).into());
+                        p.insert("userDefined", ud);
                         extra = !manages_ud;
                     }
                 }
                 if photos && let Some((tag, source)) = person::tag_of_card(card) {
+                    let cd = person::copy_client_data(card, &tag, &source);
+                    let entries = cd.as_array().into_iter().flatten();
                     p.insert(
-                        "clientData".into(),
-                        person::copy_client_data(card, &tag, &source),
+                        "clientData",
+                        entries.map(|e| e.to_string().into()).collect(),
                     );
                 }
-                p.insert("etag".into(), json!(etag));
-                p.insert("resourceName".into(), json!(id));
-                bodies.push((id.to_string(), Value::Object(p), extra));
+                let mut body = Vec::with_capacity(1024);
+                person::write_update_json(&p, id, etag, &mut body);
+                bodies.push((id.to_string(), body, extra));
             }
         }
         let mut results: HashMap<String, Result<String>> = HashMap::new();
@@ -1336,7 +1335,7 @@ impl Backend for GoogleBackend {
             if extra {
                 mask.push("userDefined");
             }
-            let group: Vec<&(String, Value, bool)> =
+            let group: Vec<&(String, Vec<u8>, bool)> =
                 bodies.iter().filter(|b| b.2 == extra).collect();
             for chunk in group.chunks(200) {
                 let done = self.update_batch(user, chunk, &mask).await;
