@@ -122,6 +122,31 @@ const MIGRATION_SLICE: &[M] = &[
         "CREATE INDEX copies_contact ON copies(job, user_id, contact_id);
     ALTER TABLE jobs ADD COLUMN source_fingerprint TEXT;",
     ),
+    // How many copies each destination's ledger holds, kept by the database itself: counting
+    // a destination's rows is a scan of thousands of index entries, and every run reports it.
+    M::up(
+        "CREATE TABLE copy_counts (
+        job TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        n INTEGER NOT NULL,
+        PRIMARY KEY (job, user_id)
+    );
+    INSERT INTO copy_counts (job, user_id, n)
+        SELECT job, user_id, COUNT(*) FROM copies GROUP BY job, user_id;
+    CREATE TRIGGER copies_counted_in AFTER INSERT ON copies BEGIN
+        INSERT INTO copy_counts (job, user_id, n) VALUES (NEW.job, NEW.user_id, 1)
+            ON CONFLICT (job, user_id) DO UPDATE SET n = n + 1;
+    END;
+    CREATE TRIGGER copies_counted_out AFTER DELETE ON copies BEGIN
+        UPDATE copy_counts SET n = n - 1 WHERE job = OLD.job AND user_id = OLD.user_id;
+    END;
+    CREATE TRIGGER copies_counted_moved AFTER UPDATE OF job, user_id ON copies
+        WHEN NEW.job IS NOT OLD.job OR NEW.user_id IS NOT OLD.user_id BEGIN
+        UPDATE copy_counts SET n = n - 1 WHERE job = OLD.job AND user_id = OLD.user_id;
+        INSERT INTO copy_counts (job, user_id, n) VALUES (NEW.job, NEW.user_id, 1)
+            ON CONFLICT (job, user_id) DO UPDATE SET n = n + 1;
+    END;",
+    ),
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
@@ -492,7 +517,7 @@ impl Store {
             .prepare(
                 "SELECT d.job, d.user_id, d.user_name, d.target_group, d.first_synced_at, d.last_attempt_at, d.last_success_at,
                         d.last_outcome, d.last_error,
-                        (SELECT COUNT(*) FROM copies c WHERE c.job = d.job AND c.user_id = d.user_id)
+                        coalesce((SELECT n FROM copy_counts c WHERE c.job = d.job AND c.user_id = d.user_id), 0)
                  FROM destinations d WHERE d.job = ?1 ORDER BY d.user_name",
             )
             .map_err(self.err())?;
@@ -711,24 +736,27 @@ impl Store {
             .map_err(self.err())
     }
 
-    /// Number of copies the ledger remembers at one destination.
+    /// Number of copies the ledger remembers at one destination (kept in `copy_counts` by
+    /// triggers on `copies`: one row read, not a count of thousands).
     pub fn copy_count(&self, job: &str, user_id: &str) -> Result<usize> {
         self.conn
-            .query_row(
-                "SELECT COUNT(*) FROM copies WHERE job = ?1 AND user_id = ?2",
-                params![job, user_id],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n.max(0) as usize)
+            .prepare_cached("SELECT n FROM copy_counts WHERE job = ?1 AND user_id = ?2")
+            .and_then(|mut st| {
+                st.query_row(params![job, user_id], |r| r.get::<_, i64>(0))
+                    .optional()
+            })
+            .map(|n| n.unwrap_or(0).max(0) as usize)
             .map_err(self.err())
     }
 
     /// Number of copies the ledger remembers for a job, all destinations together.
     pub fn ledger_count(&self, job: &str) -> Result<i64> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM copies WHERE job = ?1", [job], |r| {
-                r.get(0)
-            })
+            .query_row(
+                "SELECT coalesce(SUM(n), 0) FROM copy_counts WHERE job = ?1",
+                [job],
+                |r| r.get(0),
+            )
             .map_err(self.err())
     }
 
@@ -786,8 +814,11 @@ impl Store {
             for s in forget {
                 del.execute(params![job, user_id, s])?;
             }
+            // An upsert, not `INSERT OR REPLACE`: a replaced row would be deleted without its
+            // delete trigger, and `copy_counts` would count it twice.
             let mut put = self.conn.prepare_cached(
-                "INSERT OR REPLACE INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest, etag = excluded.etag",
             )?;
             for (s, c) in kept {
                 put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])?;
@@ -1193,6 +1224,77 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         MIGRATIONS.validate().unwrap();
+    }
+
+    /// The number of rows `copies` holds at each destination, counted.
+    fn counted(s: &Store) -> Vec<(String, String, i64)> {
+        let mut st = s
+            .conn
+            .prepare(
+                "SELECT job, user_id, COUNT(*) FROM copies GROUP BY job, user_id ORDER BY 1, 2",
+            )
+            .unwrap();
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A database made before `copy_counts` existed gets the counts of the copies it holds.
+    #[test]
+    fn the_copy_counts_start_from_the_copies_held() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        let before = MIGRATION_SLICE.len() - 1;
+        MIGRATIONS.to_version(&mut conn, before).unwrap();
+        for (job, user, n) in [("j", "a", 3), ("j", "b", 1), ("k", "a", 2)] {
+            for i in 0..n {
+                conn.execute(
+                    "INSERT INTO copies (job, user_id, source_id, contact_id, digest) VALUES (?1, ?2, ?3, 'c', 'd')",
+                    params![job, user, format!("s{i}")],
+                )
+                .unwrap();
+            }
+        }
+        let s = Store::setup(conn, ":memory:".into(), false).unwrap();
+        assert_eq!(s.copy_count("j", "a").unwrap(), 3);
+        assert_eq!(s.copy_count("j", "b").unwrap(), 1);
+        assert_eq!(s.copy_count("k", "a").unwrap(), 2);
+        assert_eq!(s.copy_count("k", "b").unwrap(), 0);
+        assert_eq!(s.ledger_count("j").unwrap(), 4);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+
+        /// Whatever writes the ledger — copies recorded again and anew, settled, forgotten one
+        /// by one, a destination or a job forgotten — each destination's count is the number
+        /// of its rows.
+        #[test]
+        fn copy_counts_follow_every_write(ops in proptest::collection::vec((0u8..5, 0u8..2, 0u8..3, 0u8..6), 1..60)) {
+            let s = Store::open_in_memory().unwrap();
+            for (op, job, user, source) in ops {
+                let (job, user, sid) = (format!("j{job}"), format!("u{user}"), format!("s{source}"));
+                match op {
+                    0 => s.record_copy(&job, &user, &sid, &format!("c{source}"), "d", "e").unwrap(),
+                    1 => {
+                        let kept = vec![(sid.clone(), LedgerCopy { contact_id: "c".into(), digest: "d2".into(), etag: "e2".into() })];
+                        s.settle_ledger(&job, &user, &kept, &[]).unwrap();
+                    }
+                    2 => s.settle_ledger(&job, &user, &[], std::slice::from_ref(&sid)).unwrap(),
+                    3 => s.forget_destination(&job, &user).unwrap(),
+                    _ => s.forget_job(&job).unwrap(),
+                }
+                for j in ["j0", "j1"] {
+                    let want: Vec<_> = counted(&s).into_iter().filter(|(x, _, _)| x == j).collect();
+                    let total: i64 = want.iter().map(|(_, _, n)| n).sum();
+                    proptest::prop_assert_eq!(s.ledger_count(j).unwrap(), total);
+                    for u in ["u0", "u1", "u2"] {
+                        let n = want.iter().find(|(_, x, _)| x == u).map_or(0, |(_, _, n)| *n);
+                        proptest::prop_assert_eq!(s.copy_count(j, u).unwrap() as i64, n, "{} {}", j, u);
+                    }
+                }
+            }
+        }
     }
 
     #[test]

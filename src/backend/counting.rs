@@ -5,7 +5,7 @@ use calcard::vcard::VCard;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, Contact, Delta, GroupRef, Known, Result, User, Written};
+use super::{Backend, Contact, Delta, GroupRef, KnownCopies, Result, User, Written};
 use crate::card::FieldSelection;
 
 /// Call counts of a `Counting` backend.
@@ -329,7 +329,7 @@ impl<B: Backend> Backend for Counting<B> {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        known: &dyn KnownCopies,
         sink: &mut (dyn FnMut(Contact) + Send),
         gone: &mut (dyn FnMut(String) + Send),
     ) -> Result<Delta> {

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Backend, BackendError, Contact, Delta, GroupRef, Known, Result, User, Written};
+use super::{
+    Backend, BackendError, Contact, Delta, GroupRef, Known, KnownCopies, Result, User, Written,
+};
 use crate::card::{self, FieldSelection};
 
 /// Name of every user's default collection.
@@ -480,7 +482,7 @@ impl Backend for MemoryBackend {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        known: &dyn KnownCopies,
         sink: &mut (dyn FnMut(Contact) + Send),
         gone: &mut (dyn FnMut(String) + Send),
     ) -> Result<Delta> {
@@ -490,11 +492,19 @@ impl Backend for MemoryBackend {
         };
         let next = self.take_token(&user.id);
         let now = self.positions(&user.id);
-        for (id, (gid, etag)) in &now {
-            if then.get(id) == Some(&(gid.clone(), etag.clone())) {
-                continue;
-            }
-            let k = known(id, etag);
+        let changed: Vec<(&String, &(String, String))> = now
+            .iter()
+            .filter(|(id, at)| then.get(*id) != Some(*at))
+            .collect();
+        let deleted: Vec<String> = self.deleted.lock().unwrap()[deleted_then..]
+            .iter()
+            .filter(|(u, id)| u == &user.id && !now.contains_key(id))
+            .map(|(_, id)| id.clone())
+            .collect();
+        // One page: the whole delta.
+        known.page(changed.len() + deleted.len());
+        for (id, (gid, etag)) in changed {
+            let k = known.known(id, etag);
             if gid != group_id {
                 if k != Known::No {
                     gone(id.clone());
@@ -517,13 +527,8 @@ impl Backend for MemoryBackend {
                 }
             }
         }
-        let deleted: Vec<String> = self.deleted.lock().unwrap()[deleted_then..]
-            .iter()
-            .filter(|(u, id)| u == &user.id && !now.contains_key(id))
-            .map(|(_, id)| id.clone())
-            .collect();
         for id in deleted {
-            if known(&id, "") != Known::No {
+            if known.known(&id, "") != Known::No {
                 gone(id);
             }
         }

@@ -114,6 +114,26 @@ pub enum Known {
     AsWritten,
 }
 
+/// What the engine knows of the contacts a change token's delta names, asked by
+/// `Backend::read_changes` contact by contact.
+pub trait KnownCopies: Send + Sync {
+    /// A hint before a run of `n` contacts is asked about (a page of the delta): the engine
+    /// looks a few up one at a time, and loads its whole ledger for many.
+    fn page(&self, n: usize) {
+        let _ = n;
+    }
+
+    /// Whether the contact `id` with `etag` (empty for a deleted contact) is a copy the engine
+    /// remembers, and whether it has the etag the engine wrote or last read.
+    fn known(&self, id: &str, etag: &str) -> Known;
+}
+
+impl<F: Fn(&str, &str) -> Known + Send + Sync> KnownCopies for F {
+    fn known(&self, id: &str, etag: &str) -> Known {
+        self(id, etag)
+    }
+}
+
 /// What `Backend::read_changes` found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delta {
@@ -306,9 +326,10 @@ pub trait Backend: Send + Sync {
 
     /// Reads what changed in a user's contacts since `token` (taken by `scan_group_known` or
     /// an earlier `read_changes`), so a destination can be brought in line without reading its
-    /// group whole. `known(id, etag)` says whether a contact is a copy the engine remembers and
-    /// whether it has the etag the engine wrote or last read (pass an empty etag for a deleted
-    /// contact). A changed contact now in the group `group_id` is handed to `sink` whole, unless
+    /// group whole. `known` says whether a contact is a copy the engine remembers and whether it
+    /// has the etag the engine wrote or last read (pass an empty etag for a deleted contact), and
+    /// hears how many contacts each page of the delta holds before they are asked about
+    /// (`KnownCopies::page`). A changed contact now in the group `group_id` is handed to `sink` whole, unless
     /// it is `Known::AsWritten` (the engine's own write). A remembered copy (any `Known` but
     /// `No`) deleted since, or no longer in the group, is handed to `gone`. Every other change
     /// (contacts elsewhere in the user's contacts) is left out. A provider without change
@@ -318,7 +339,7 @@ pub trait Backend: Send + Sync {
         _user: &User,
         _token: &str,
         _group_id: &str,
-        _known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        _known: &dyn KnownCopies,
         _sink: &mut (dyn FnMut(Contact) + Send),
         _gone: &mut (dyn FnMut(String) + Send),
     ) -> impl Future<Output = Result<Delta>> + Send {

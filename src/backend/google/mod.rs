@@ -26,7 +26,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::{Backend, BackendError, Contact, Delta, GroupRef, Known, Result, User, Written};
+use super::{
+    Backend, BackendError, Contact, Delta, GroupRef, Known, KnownCopies, Result, User, Written,
+};
 use crate::card::FieldSelection;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
 use http::{ApiError, Call, Client};
@@ -428,8 +430,9 @@ impl GoogleBackend {
                 tokio::task::yield_now().await;
             }
             let mut raws = person::PageRaw::new(&text);
+            let len = v.connections.len();
             for (i, head) in v.connections.into_iter().enumerate() {
-                if !each(head, person::Whole::new(&mut raws, i)) {
+                if !each(head, person::Whole::new(&mut raws, i, len)) {
                     return Ok(None);
                 }
             }
@@ -1116,7 +1119,7 @@ impl Backend for GoogleBackend {
         user: &User,
         token: &str,
         group_id: &str,
-        known: &(dyn Fn(&str, &str) -> Known + Send + Sync),
+        known: &dyn KnownCopies,
         sink: &mut (dyn FnMut(Contact) + Send),
         gone: &mut (dyn FnMut(String) + Send),
     ) -> Result<Delta> {
@@ -1125,13 +1128,16 @@ impl Backend for GoogleBackend {
         let mut bad = None;
         let r = self
             .list_connections_synced(user, &fields, Some(token), true, &mut |head, whole| {
+                if whole.index() == 0 {
+                    known.page(whole.page_len());
+                }
                 if head.deleted() {
-                    if known(&head.resource_name, "") != Known::No {
+                    if known.known(&head.resource_name, "") != Known::No {
                         gone(head.resource_name.into_owned());
                     }
                     return true;
                 }
-                let k = known(&head.resource_name, &head.etag);
+                let k = known.known(&head.resource_name, &head.etag);
                 if !head.member_of(group_id) {
                     if k != Known::No {
                         gone(head.resource_name.into_owned());

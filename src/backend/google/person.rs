@@ -1096,11 +1096,23 @@ impl<'a> PageRaw<'a> {
 pub struct Whole<'p, 'a> {
     page: &'p mut PageRaw<'a>,
     index: usize,
+    len: usize,
 }
 
 impl<'p, 'a> Whole<'p, 'a> {
-    pub fn new(page: &'p mut PageRaw<'a>, index: usize) -> Self {
-        Whole { page, index }
+    /// The contact at `index` of a page of `len` contacts.
+    pub fn new(page: &'p mut PageRaw<'a>, index: usize, len: usize) -> Self {
+        Whole { page, index, len }
+    }
+
+    /// Where the contact is on its page.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// How many contacts its page holds.
+    pub fn page_len(&self) -> usize {
+        self.len
     }
 
     /// The contact's raw JSON (`None` if the page cannot be split into contacts).
