@@ -471,8 +471,7 @@ impl GoogleBackend {
     fn contact_of(&self, user: &User, p: &person::Doc<'_>) -> Contact {
         let id = p.str("resourceName").into_owned();
         let etag = p.str("etag").into_owned();
-        let small = p.tag_fields();
-        let info = person::tag_info(&small);
+        let info = p.tag_info();
         let repair = (self.cfg.visible_tag
             && info
                 .machine
@@ -480,28 +479,13 @@ impl GoogleBackend {
                 .is_some_and(|(t, _)| info.visible.as_ref() != Some(t)))
         .then_some("visible-tag");
         if repair.is_some() {
-            let user_defined = small
-                .get("userDefined")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter(|e| e.get("key").and_then(Value::as_str) != Some(person::TAG_KEY))
-                        .map(|e| {
-                            let mut e = e.clone();
-                            if let Some(o) = e.as_object_mut() {
-                                o.remove("metadata");
-                            }
-                            e
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
+            let user_defined = p.user_entries_but_tag();
             self.repairs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .insert((user.id.clone(), id.clone()), Repair { user_defined });
         }
-        let card = person::doc_to_card(p, &small, repair);
+        let card = person::doc_to_card(p, &info, repair);
         if info.machine.is_some() {
             let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
             match person::photo_of_card(&card) {
@@ -1034,7 +1018,7 @@ impl Backend for GoogleBackend {
                         sink(Contact {
                             id: head.resource_name.into_owned(),
                             etag: head.etag.into_owned(),
-                            card: Ok(person::doc_to_card(&p, &p.tag_fields(), None)),
+                            card: Ok(person::doc_to_card(&p, &p.tag_info(), None)),
                         });
                         true
                     }

@@ -158,16 +158,6 @@ pub fn photo_of_card(card: &VCard) -> Option<String> {
         .map(str::to_string)
 }
 
-/// A clientData value of a Person.
-fn client_data<'a>(person: &'a Value, key: &str) -> Option<&'a str> {
-    person
-        .get("clientData")?
-        .as_array()?
-        .iter()
-        .find(|e| e.get("key").and_then(Value::as_str) == Some(key))
-        .and_then(|e| e.get("value").and_then(Value::as_str))
-}
-
 fn text_entry(name: &str, value: String) -> VCardEntry {
     VCardEntry {
         group: None,
@@ -216,6 +206,14 @@ struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 /// One field entry (a JSON object) by key, each value left as raw JSON. Ordered by key, as a
 /// `serde_json::Map` is: the copy's text must be the one a JSON tree of it would write.
 type Entry<'a> = BTreeMap<Text<'a>, &'a RawValue>;
+
+/// The string `key` of an entry, when it is one.
+fn entry_text<'a>(entry: &Entry<'a>, key: &str) -> Option<Cow<'a, str>> {
+    let raw = entry.get(&Text(Cow::Borrowed(key)))?;
+    serde_json::from_str::<Text<'a>>(raw.get())
+        .ok()
+        .map(|Text(s)| s)
+}
 
 /// The string `key` of an entry, when it is one and not blank.
 fn entry_str<'a>(entry: &Entry<'a>, key: &str) -> Option<Cow<'a, str>> {
@@ -270,10 +268,61 @@ impl<'a> Doc<'a> {
         serde_json::from_str(first.get()).ok()
     }
 
-    /// The small fields the tag and the photo are read from (clientData, userDefined, photos),
-    /// as a JSON tree: an object holding those present.
-    pub fn tag_fields(&self) -> Value {
-        self.tree_of(&["clientData", "userDefined", "photos"])
+    /// The entries of an array field that are objects.
+    fn objects(&self, field: &str) -> Vec<Entry<'a>> {
+        self.entries(field)
+            .into_iter()
+            .filter_map(|r| serde_json::from_str(r.get()).ok())
+            .collect()
+    }
+
+    /// The value of the first `key`/`value` entry of `field` (clientData, userDefined) whose
+    /// key is `key`.
+    fn keyed(&self, field: &str, key: &str) -> Option<Cow<'a, str>> {
+        self.objects(field)
+            .into_iter()
+            .find(|e| entry_text(e, "key").is_some_and(|k| k == key))
+            .and_then(|e| entry_text(&e, "value"))
+    }
+
+    /// What the tag fields say (as [`tag_info`] of the person's tree).
+    pub fn tag_info(&self) -> TagInfo {
+        TagInfo {
+            machine: self.keyed("clientData", TAG_KEY).and_then(|v| {
+                let (t, s) = v.split_once(':')?;
+                Some((t.to_string(), s.to_string()))
+            }),
+            visible: self.keyed("userDefined", TAG_KEY).map(Cow::into_owned),
+        }
+    }
+
+    /// The URL of the person's own photo (as [`custom_photo`] of its tree).
+    fn custom_photo(&self) -> Option<Cow<'a, str>> {
+        self.objects("photos")
+            .into_iter()
+            .find(|p| p.get(&Text(Cow::Borrowed("default"))).map(|r| r.get()) != Some("true"))
+            .and_then(|p| entry_text(&p, "url"))
+    }
+
+    /// The userDefined entries but the visible tag, each without its metadata: what a repair
+    /// of the visible tag writes back.
+    pub fn user_entries_but_tag(&self) -> Vec<Value> {
+        self.tree_of(&["userDefined"])
+            .get("userDefined")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter(|e| e.get("key").and_then(Value::as_str) != Some(TAG_KEY))
+                    .map(|e| {
+                        let mut e = e.clone();
+                        if let Some(o) = e.as_object_mut() {
+                            o.remove("metadata");
+                        }
+                        e
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The fields `keys` as a JSON tree (an object holding those present).
@@ -386,12 +435,11 @@ pub fn memberships(person: &Value) -> Vec<String> {
 pub fn to_card(person: &Value, repair: Option<&str>) -> VCard {
     let text = person.to_string();
     let doc = Doc::parse(&text).unwrap_or_default();
-    doc_to_card(&doc, &doc.tag_fields(), repair)
+    doc_to_card(&doc, &doc.tag_info(), repair)
 }
 
-/// [`to_card`] of a Person read as a [`Doc`], `small` its [`Doc::tag_fields`].
-pub fn doc_to_card(doc: &Doc<'_>, small: &Value, repair: Option<&str>) -> VCard {
-    let info = tag_info(small);
+/// [`to_card`] of a Person read as a [`Doc`], `info` its [`Doc::tag_info`].
+pub fn doc_to_card(doc: &Doc<'_>, info: &TagInfo, repair: Option<&str>) -> VCard {
     let tagged = info.machine.is_some();
     let mut entries = vec![
         std_entry(VCardProperty::Version, "4.0".into()),
@@ -399,7 +447,12 @@ pub fn doc_to_card(doc: &Doc<'_>, small: &Value, repair: Option<&str>) -> VCard 
     ];
     let mut text = Vec::with_capacity(256);
     for field in COPIED_FIELDS {
-        for raw in doc.entries(field) {
+        let entries_of_field = doc.entries(field);
+        if entries_of_field.is_empty() {
+            continue;
+        }
+        let property = property_of(field);
+        for raw in entries_of_field {
             let Ok(item) = serde_json::from_str::<Entry<'_>>(raw.get()) else {
                 continue;
             };
@@ -415,7 +468,7 @@ pub fn doc_to_card(doc: &Doc<'_>, small: &Value, repair: Option<&str>) -> VCard 
                 continue;
             }
             let json = String::from_utf8(text.clone()).expect("serde_json writes UTF-8");
-            entries.push(text_entry(&property_of(field), json));
+            entries.push(text_entry(&property, json));
             let derived = match *field {
                 "emailAddresses" => Some((VCardProperty::Email, "value")),
                 "organizations" => Some((VCardProperty::Org, "name")),
@@ -430,21 +483,21 @@ pub fn doc_to_card(doc: &Doc<'_>, small: &Value, repair: Option<&str>) -> VCard 
     }
     // The photo: a source's own photo by its URL; on a copy, the source photo it was given,
     // while it still has a photo (one the user removed or replaced reads as different).
-    let photo = match (tagged, custom_photo(small)) {
+    let photo = match (tagged, doc.custom_photo()) {
         (_, None) => None,
-        (false, Some(url)) => Some(url.to_string()),
+        (false, Some(url)) => Some(url.into_owned()),
         (true, Some(url)) => Some(
-            client_data(small, PHOTO_KEY)
-                .map(str::to_string)
+            doc.keyed("clientData", PHOTO_KEY)
+                .map(Cow::into_owned)
                 .unwrap_or_else(|| format!("unknown:{url}")),
         ),
     };
     if let Some(p) = photo {
         entries.push(text_entry(PHOTO_PROPERTY, p));
     }
-    if let Some((tag, source)) = info.machine {
-        entries.push(text_entry(card::TAG_PROPERTY, tag));
-        entries.push(text_entry(card::SOURCE_PROPERTY, source));
+    if let Some((tag, source)) = &info.machine {
+        entries.push(text_entry(card::TAG_PROPERTY, tag.clone()));
+        entries.push(text_entry(card::SOURCE_PROPERTY, source.clone()));
         if let Some(r) = repair {
             entries.push(text_entry(REPAIR_PROPERTY, r.to_string()));
         }
@@ -636,6 +689,16 @@ pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A clientData value of a Person.
+    fn client_data<'a>(person: &'a Value, key: &str) -> Option<&'a str> {
+        person
+            .get("clientData")?
+            .as_array()?
+            .iter()
+            .find(|e| e.get("key").and_then(Value::as_str) == Some(key))
+            .and_then(|e| e.get("value").and_then(Value::as_str))
+    }
 
     fn source() -> Value {
         json!({
@@ -950,11 +1013,19 @@ mod tests {
             Just(Some(
                 json!([{"key": TAG_KEY, "value": "gSync7:people/c42"}, {"key": PHOTO_KEY, "value": "https://p/1"}])
             )),
+            Just(Some(
+                json!([{"key": 7, "value": "x"}, "odd", {"key": TAG_KEY, "value": 3}, {"key": TAG_KEY, "value": "gSync7:people/c<1>"}])
+            )),
+            Just(Some(json!([{"key": TAG_KEY, "value": "no-colon"}]))),
         ];
         let photos = prop_oneof![
             Just(None),
             Just(Some(json!([{"url": "https://lh3/x", "default": false}]))),
             Just(Some(json!([{"url": "https://lh3/d", "default": true}]))),
+            Just(Some(
+                json!([{"url": "https://lh3/d", "default": true}, {"default": false}, {"url": "https://lh3/y"}])
+            )),
+            Just(Some(json!([{"url": "https://lh3/d", "default": "true"}]))),
         ];
         let visible = prop_oneof![
             Just(None),
@@ -1002,7 +1073,7 @@ mod tests {
             let repair = repair.then_some("visible-tag");
             let tree: Value = serde_json::from_str(&text).unwrap();
             let doc = Doc::parse(&text).unwrap();
-            let fast = doc_to_card(&doc, &doc.tag_fields(), repair);
+            let fast = doc_to_card(&doc, &doc.tag_info(), repair);
             proptest::prop_assert_eq!(card::to_text(&fast), card::to_text(&tree_card(&tree, repair)));
             proptest::prop_assert_eq!(doc.str("etag"), "%E<&>");
         }
