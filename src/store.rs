@@ -150,6 +150,12 @@ const MIGRATION_SLICE: &[M] = &[
 ];
 const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
+/// Puts one ledger row (job, user id, source id, contact id, digest, etag), new or in place of
+/// the one for that source id. An upsert, not `INSERT OR REPLACE`: a replaced row would be
+/// deleted without its delete trigger, and `copy_counts` would count it twice.
+const PUT_COPY: &str = "INSERT INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+    ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest, etag = excluded.etag";
+
 /// A ledger row from (source id, contact id, digest, etag) columns.
 fn ledger_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LedgerRow> {
     let text = |i: usize| {
@@ -785,11 +791,10 @@ impl Store {
         etag: &str,
     ) -> Result<()> {
         self.conn
-            .prepare_cached(
-                "INSERT INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest, etag = excluded.etag",
-            )
-            .and_then(|mut st| st.execute(params![job, user_id, source_id, contact_id, digest, etag]))
+            .prepare_cached(PUT_COPY)
+            .and_then(|mut st| {
+                st.execute(params![job, user_id, source_id, contact_id, digest, etag])
+            })
             .map_err(self.err())?;
         self.batch_tick(false)
     }
@@ -814,12 +819,7 @@ impl Store {
             for s in forget {
                 del.execute(params![job, user_id, s])?;
             }
-            // An upsert, not `INSERT OR REPLACE`: a replaced row would be deleted without its
-            // delete trigger, and `copy_counts` would count it twice.
-            let mut put = self.conn.prepare_cached(
-                "INSERT INTO copies (job, user_id, source_id, contact_id, digest, etag) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT(job, user_id, source_id) DO UPDATE SET contact_id = excluded.contact_id, digest = excluded.digest, etag = excluded.etag",
-            )?;
+            let mut put = self.conn.prepare_cached(PUT_COPY)?;
             for (s, c) in kept {
                 put.execute(params![job, user_id, s, c.contact_id, c.digest, c.etag])?;
             }

@@ -119,6 +119,29 @@ fn api(e: ApiError, what: &str) -> BackendError {
     }
 }
 
+/// A read asked for ahead: its request is sent, its answer is taken later (`answer`).
+type Ahead<F> = std::pin::Pin<Box<futures::future::MaybeDone<F>>>;
+
+/// Starts `read` and lets the connection task send its request before the caller goes on. The
+/// next page or batch of a read is asked for this way before the current one is read, so
+/// reading it costs no time on the user's critical path.
+async fn ask_ahead<F: std::future::Future>(read: F) -> Ahead<F> {
+    let mut asked = Box::pin(futures::future::maybe_done(read));
+    let _ = futures::poll!(asked.as_mut());
+    // Yielding once lets the connection task send the request.
+    tokio::task::yield_now().await;
+    asked
+}
+
+/// The answer of a read asked for ahead.
+async fn answer<F: std::future::Future>(asked: &mut Ahead<F>) -> F::Output {
+    asked.as_mut().await;
+    asked
+        .as_mut()
+        .take_output()
+        .expect("an answer is taken once")
+}
+
 /// The People fields read for every contact: the copied ones plus what tells copies apart.
 fn read_fields() -> String {
     let mut f: Vec<&str> = person::COPIED_FIELDS.to_vec();
@@ -412,22 +435,17 @@ impl GoogleBackend {
                 q,
                 true,
             );
-            futures::future::maybe_done(async move { self.client.send_large(&call).await })
+            async move { self.client.send_large(&call).await }
         };
-        let mut next = Box::pin(fetch(None));
+        let mut next = ask_ahead(fetch(None)).await;
         loop {
-            next.as_mut().await;
-            let text = next.as_mut().take_output().expect("a page is taken once")?;
+            let text = answer(&mut next).await?;
             let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
-            // The next page is asked for before this one is read, so reading a page costs no
-            // time on the user's critical path. Yielding once lets the connection task send
-            // the request before this task goes on.
+            // The next page is asked for before this one is read.
             if let Some(t) = &more {
-                next = Box::pin(fetch(Some(t.clone())));
-                let _ = futures::poll!(next.as_mut());
-                tokio::task::yield_now().await;
+                next = ask_ahead(fetch(Some(t.clone()))).await;
             }
             let mut raws = person::PageRaw::new(&text);
             let len = v.connections.len();
@@ -1182,28 +1200,20 @@ impl Backend for GoogleBackend {
         let fail = |e| api(e, &format!("contacts of {}", user.name));
         let fetch = |chunk: &[String]| {
             let call = call_for(chunk);
-            futures::future::maybe_done(async move { self.client.send_text(&call).await })
+            async move { self.client.send_text(&call).await }
         };
         let mut chunks = ids.chunks(200);
         let Some(first) = chunks.next() else {
             return Ok(out);
         };
-        let mut next = Box::pin(fetch(first));
+        let mut next = ask_ahead(fetch(first)).await;
         loop {
-            next.as_mut().await;
-            let text = next
-                .as_mut()
-                .take_output()
-                .expect("an answer is taken once")
-                .map_err(fail)?;
+            let text = answer(&mut next).await.map_err(fail)?;
             // The next batch is asked for before this one is read, as the pages of a listing
-            // are: reading 200 persons costs no time on the user's critical path. Reads only;
-            // no two mutations for one user are ever in flight.
+            // are. Reads only: no two mutations for one user are ever in flight.
             let more = chunks.next();
             if let Some(c) = more {
-                next = Box::pin(fetch(c));
-                let _ = futures::poll!(next.as_mut());
-                tokio::task::yield_now().await;
+                next = ask_ahead(fetch(c)).await;
             }
             // Parsed one person at a time: a tree of the whole answer (200 persons) would be
             // held at every destination being removed at once.
@@ -1335,12 +1345,11 @@ impl Backend for GoogleBackend {
                     }
                 }
                 if photos && let Some((tag, source)) = person::tag_of_card(card) {
-                    let cd = person::copy_client_data(card, &tag, &source);
-                    let entries = cd.as_array().into_iter().flatten();
-                    p.insert(
-                        "clientData",
-                        entries.map(|e| e.to_string().into()).collect(),
-                    );
+                    let machine = format!("{tag}:{source}");
+                    let entries = person::copy_client_data(card, &machine)
+                        .map(|(key, value)| person::key_value_json(key, value).into())
+                        .collect();
+                    p.insert("clientData", entries);
                 }
                 let mut body = Vec::with_capacity(1024);
                 person::write_update_json(&p, id, etag, &mut body);

@@ -12,8 +12,8 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use calcard::vcard::{VCard, VCardEntry, VCardProperty, VCardValue};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
 use crate::card::{self, FieldSelection};
 
@@ -138,24 +138,9 @@ pub fn manages_photos(fields: &FieldSelection) -> bool {
     fields.manages(PHOTO_PROPERTY)
 }
 
-/// The URL of a Person's own photo (not Google's default letter avatar).
-pub fn custom_photo(person: &Value) -> Option<&str> {
-    person
-        .get("photos")?
-        .as_array()?
-        .iter()
-        .find(|p| p.get("default").and_then(Value::as_bool) != Some(true))
-        .and_then(|p| p.get("url").and_then(Value::as_str))
-}
-
 /// The photo a card should have (the source photo's URL), if any.
 pub fn photo_of_card(card: &VCard) -> Option<String> {
-    card.entries
-        .iter()
-        .find(|e| e.name.as_str().eq_ignore_ascii_case(PHOTO_PROPERTY))
-        .and_then(|e| e.values.first())
-        .and_then(|v| v.as_text())
-        .map(str::to_string)
+    card::first_text_ref(card, PHOTO_PROPERTY).map(str::to_string)
 }
 
 fn text_entry(name: &str, value: String) -> VCardEntry {
@@ -217,9 +202,7 @@ fn entry_text<'a>(entry: &Entry<'a>, key: &str) -> Option<Cow<'a, str>> {
 
 /// The string `key` of an entry, when it is one and not blank.
 fn entry_str<'a>(entry: &Entry<'a>, key: &str) -> Option<Cow<'a, str>> {
-    let raw = entry.get(&Text(Cow::Borrowed(key)))?;
-    let Text(s) = serde_json::from_str(raw.get()).ok()?;
-    (!s.trim().is_empty()).then_some(s)
+    entry_text(entry, key).filter(|s| !s.trim().is_empty())
 }
 
 /// A Person as read from the API, its fields left as raw JSON until they are needed: a card is
@@ -307,36 +290,20 @@ impl<'a> Doc<'a> {
     /// The userDefined entries but the visible tag, each without its metadata: what a repair
     /// of the visible tag writes back.
     pub fn user_entries_but_tag(&self) -> Vec<Value> {
-        self.tree_of(&["userDefined"])
-            .get("userDefined")
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter(|e| e.get("key").and_then(Value::as_str) != Some(TAG_KEY))
-                    .map(|e| {
-                        let mut e = e.clone();
-                        if let Some(o) = e.as_object_mut() {
-                            o.remove("metadata");
-                        }
-                        e
-                    })
-                    .collect()
+        let entries: Vec<Value> = self
+            .raw("userDefined")
+            .and_then(|r| serde_json::from_str(r.get()).ok())
+            .unwrap_or_default();
+        entries
+            .into_iter()
+            .filter(|e| e.get("key").and_then(Value::as_str) != Some(TAG_KEY))
+            .map(|mut e| {
+                if let Some(o) = e.as_object_mut() {
+                    o.remove("metadata");
+                }
+                e
             })
-            .unwrap_or_default()
-    }
-
-    /// The fields `keys` as a JSON tree (an object holding those present).
-    fn tree_of(&self, keys: &[&str]) -> Value {
-        let mut o = Map::new();
-        for k in keys {
-            if let Some(v) = self
-                .raw(k)
-                .and_then(|r| serde_json::from_str::<Value>(r.get()).ok())
-            {
-                o.insert((*k).to_string(), v);
-            }
-        }
-        Value::Object(o)
+            .collect()
     }
 }
 
@@ -390,44 +357,10 @@ pub struct TagInfo {
     pub visible: Option<String>,
 }
 
-/// Reads the tag fields of a Person.
+/// Reads the tag fields of a Person (as [`Doc::tag_info`] does).
 pub fn tag_info(person: &Value) -> TagInfo {
-    let find = |field: &str| {
-        person
-            .get(field)
-            .and_then(Value::as_array)
-            .and_then(|a| {
-                a.iter()
-                    .find(|e| e.get("key").and_then(Value::as_str) == Some(TAG_KEY))
-            })
-            .and_then(|e| e.get("value").and_then(Value::as_str))
-            .map(str::to_string)
-    };
-    TagInfo {
-        machine: find("clientData").and_then(|v| {
-            let (t, s) = v.split_once(':')?;
-            Some((t.to_string(), s.to_string()))
-        }),
-        visible: find("userDefined"),
-    }
-}
-
-/// The group resource names a Person is a member of.
-pub fn memberships(person: &Value) -> Vec<String> {
-    person
-        .get("memberships")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|m| {
-                    m.get("contactGroupMembership")?
-                        .get("contactGroupResourceName")?
-                        .as_str()
-                        .map(str::to_string)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    let text = person.to_string();
+    Doc::parse(&text).unwrap_or_default().tag_info()
 }
 
 /// The engine's card for a Person. `repair` names what a tagged copy lacks (visible tag, group
@@ -571,13 +504,14 @@ pub fn tag_of_card(card: &VCard) -> Option<(String, String)> {
     Some((card::tag_of(card)?, card::source_of(card)?))
 }
 
-/// The clientData of a copy: the machine tag, and the source photo it is given.
-pub fn copy_client_data(card: &VCard, tag: &str, source: &str) -> Value {
-    let mut cd = vec![json!({ "key": TAG_KEY, "value": format!("{tag}:{source}") })];
-    if let Some(url) = photo_of_card(card) {
-        cd.push(json!({ "key": PHOTO_KEY, "value": url }));
-    }
-    Value::Array(cd)
+/// The clientData of a copy, as (key, value) entries: the machine tag (`machine` =
+/// `<tag>:<source>`), and the source photo it is given.
+pub fn copy_client_data<'c>(
+    card: &'c VCard,
+    machine: &'c str,
+) -> impl Iterator<Item = (&'static str, &'c str)> {
+    std::iter::once((TAG_KEY, machine))
+        .chain(card::first_text_ref(card, PHOTO_PROPERTY).map(|url| (PHOTO_KEY, url)))
 }
 
 /// The body of a new copy as JSON text, appended to `out`: the fields' JSON in the card written
@@ -637,10 +571,12 @@ pub fn write_new_contact_json(card: &VCard, group: &str, visible_tag: bool, out:
     }
     if let Some((t, src)) = tag_and_source {
         out.extend_from_slice(b"\"clientData\":[");
-        push_key_value(out, TAG_KEY, &format!("{t}:{src}"));
-        if let Some(url) = card::first_text_ref(card, PHOTO_PROPERTY) {
-            out.push(b',');
-            push_key_value(out, PHOTO_KEY, url);
+        let machine = format!("{t}:{src}");
+        for (i, (key, value)) in copy_client_data(card, &machine).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            push_key_value(out, key, value);
         }
         out.extend_from_slice(b"],");
     }
@@ -689,6 +625,39 @@ pub fn new_contact(card: &VCard, group: &str, visible_tag: bool) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Map, json};
+
+    /// The URL of a Person's own photo (not Google's default letter avatar).
+    pub fn custom_photo(person: &Value) -> Option<&str> {
+        person
+            .get("photos")?
+            .as_array()?
+            .iter()
+            .find(|p| p.get("default").and_then(Value::as_bool) != Some(true))
+            .and_then(|p| p.get("url").and_then(Value::as_str))
+    }
+
+    /// Reads the tag fields of a Person's tree: the reference `Doc::tag_info` must agree with.
+    fn tree_tag_info(person: &Value) -> TagInfo {
+        let find = |field: &str| {
+            person
+                .get(field)
+                .and_then(Value::as_array)
+                .and_then(|a| {
+                    a.iter()
+                        .find(|e| e.get("key").and_then(Value::as_str) == Some(TAG_KEY))
+                })
+                .and_then(|e| e.get("value").and_then(Value::as_str))
+                .map(str::to_string)
+        };
+        TagInfo {
+            machine: find("clientData").and_then(|v| {
+                let (t, s) = v.split_once(':')?;
+                Some((t.to_string(), s.to_string()))
+            }),
+            visible: find("userDefined"),
+        }
+    }
 
     /// A clientData value of a Person.
     fn client_data<'a>(person: &'a Value, key: &str) -> Option<&'a str> {
@@ -792,7 +761,11 @@ mod tests {
             }
         }
         if let (Some(t), Some(s)) = (&tag, &source) {
-            body.insert("clientData".into(), copy_client_data(card, t, s));
+            let mut cd = vec![json!({ "key": TAG_KEY, "value": format!("{t}:{s}") })];
+            if let Some(url) = photo_of_card(card) {
+                cd.push(json!({ "key": PHOTO_KEY, "value": url }));
+            }
+            body.insert("clientData".into(), Value::Array(cd));
         }
         body.insert(
             "memberships".into(),
@@ -886,7 +859,7 @@ mod tests {
             }
             "(no name)".into()
         };
-        let info = tag_info(person);
+        let info = tree_tag_info(person);
         let tagged = info.machine.is_some();
         let mut entries = vec![
             std_entry(VCardProperty::Version, "4.0".into()),
