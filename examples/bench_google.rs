@@ -153,6 +153,68 @@ fn groupsync_binary() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Where a workload's wall time went, from the fake's timeline of People API calls.
+struct Phases {
+    before_s: f64,
+    after_s: f64,
+    dests: usize,
+    calls: usize,
+    busy_s: f64,
+    idle_s: f64,
+    slot_s: f64,
+}
+
+impl Phases {
+    fn of(
+        calls: &[fake_google::TimedCall],
+        source: &str,
+        spawned: Instant,
+        exited: Instant,
+        concurrency: usize,
+    ) -> Phases {
+        use std::collections::HashMap;
+        let mut spans: HashMap<&str, (Instant, Instant, f64, usize)> = HashMap::new();
+        for c in calls.iter().filter(|c| c.user != source) {
+            let busy = (c.answered - c.arrived).as_secs_f64();
+            let e = spans
+                .entry(c.user.as_str())
+                .or_insert((c.arrived, c.answered, 0.0, 0));
+            e.0 = e.0.min(c.arrived);
+            e.1 = e.1.max(c.answered);
+            e.2 += busy;
+            e.3 += 1;
+        }
+        let first = spans.values().map(|s| s.0).min().unwrap_or(exited);
+        let last = spans.values().map(|s| s.1).max().unwrap_or(exited);
+        let span: f64 = spans.values().map(|s| (s.1 - s.0).as_secs_f64()).sum();
+        let busy: f64 = spans.values().map(|s| s.2).sum();
+        let slots = concurrency as f64 * (last.saturating_duration_since(first)).as_secs_f64();
+        Phases {
+            before_s: first.saturating_duration_since(spawned).as_secs_f64(),
+            after_s: exited.saturating_duration_since(last).as_secs_f64(),
+            dests: spans.len(),
+            calls: spans.values().map(|s| s.3).sum(),
+            busy_s: busy,
+            idle_s: span - busy,
+            slot_s: (slots - span).max(0.0),
+        }
+    }
+
+    fn row(&self, w: &str, _lat: f64) -> String {
+        let per = |x: f64| x * 1000.0 / self.dests.max(1) as f64;
+        format!(
+            "{:<4} {:>8.2} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1}",
+            w,
+            self.before_s,
+            self.after_s,
+            self.calls as f64 / self.dests.max(1) as f64,
+            per(self.busy_s),
+            per(self.idle_s),
+            per(self.slot_s),
+        )
+    }
+}
+
 fn person(i: usize, rev: usize) -> serde_json::Value {
     json!({
         "names": [{"givenName": format!("Given{i}"), "familyName": format!("Family{i} r{rev}")}],
@@ -295,6 +357,7 @@ fn main() -> anyhow::Result<()> {
     let lat = a.latency_ms as f64 / 1000.0;
     let waves = |d: usize| d.div_ceil(a.concurrency) as f64;
     let mut table = String::new();
+    let mut phases = String::new();
     writeln!(
         table,
         "bench_google: {} contacts x {} destinations, {} ms per call, concurrency {}",
@@ -369,8 +432,44 @@ fn main() -> anyhow::Result<()> {
         }
         fake.reset_counts();
         let fake_cpu = groupsync::procstat::cpu_seconds();
+        let spawned = Instant::now();
         let v = spawner.run(w, &dir)?;
+        let exited = Instant::now();
+        // `BENCH_TIMELINE=W4:user0000@example.com` prints that user's calls in that workload.
+        if let Ok(t) = std::env::var("BENCH_TIMELINE")
+            && let Some((tw, tu)) = t.split_once(':')
+            && tw == w
+        {
+            let calls = fake.timeline();
+            let mut last: Option<Instant> = None;
+            for c in calls.iter().filter(|c| c.user == tu) {
+                let since = |t: Instant| t.saturating_duration_since(spawned).as_secs_f64() * 1e3;
+                let gap = last.map_or(0.0, |l| {
+                    c.arrived.saturating_duration_since(l).as_secs_f64() * 1e3
+                });
+                eprintln!(
+                    "{:>9.1} {:>9.1} gap {:>6.1}  {}",
+                    since(c.arrived),
+                    since(c.answered),
+                    gap,
+                    c.method
+                );
+                last = Some(c.answered);
+            }
+        }
         let fake_cpu = groupsync::procstat::cpu_seconds() - fake_cpu;
+        writeln!(
+            phases,
+            "{}",
+            Phases::of(
+                &fake.timeline(),
+                "source@example.com",
+                spawned,
+                exited,
+                a.concurrency
+            )
+            .row(w, lat)
+        )?;
         let counts = fake.counts();
         let late = fake.late_calls();
         let (gap, _) = fake.client_gap();
@@ -420,6 +519,11 @@ fn main() -> anyhow::Result<()> {
     writeln!(
         table,
         "calls = API calls (token requests listed, not counted); per dest = (calls - source reads) / destinations touched; minimum = fewest calls per destination the API allows for that workload; bound = critical path at this concurrency and latency; x bnd = wall / bound; late = calls the fake answered after the latency because its own work took longer; gap ms = mean time from the fake's answer to a user's next People API call (groupsync's share of the critical path, waiting for a core included); cpu = groupsync's CPU time (user + system) for the whole process, fake = the fake's CPU time in the same run (both share this machine's cores)"
+    )?;
+    writeln!(
+        table,
+        "\nwhere the wall time went (People API calls as the fake saw them)\n{:<4} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}\n{phases}before = from start to the first destination's first call (the source read included); after = from the last answer to exit; per destination: calls = People API calls, busy = those calls' time at the fake, idle = the rest of its span (first call to last answer) = groupsync's work between its calls, slot = its share of the concurrency slots' time outside any destination's span (starting and finishing destinations)",
+        "", "before s", "after s", "calls", "busy ms", "idle ms", "slot ms"
     )?;
     print!("{table}");
     let v = fake.violations();

@@ -625,11 +625,15 @@ async fn run_destinations<B: Backend + 'static>(
     let mut running: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
     let mut reports: Vec<Option<DestReport>> = vec![];
     let mut dests = dests.enumerate();
+    // `concurrency` destinations at the provider, and as many recording their state after their
+    // last call (see `Slot`).
+    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
     // The next `concurrency` destinations are got ready (`Backend::prepare_destination`) while
     // the running ones are in flight.
     let mut ahead = std::collections::VecDeque::new();
     loop {
-        while ahead.len() + tasks.len() < 2 * concurrency
+        while ahead.len() < concurrency
             && let Some(d) = dests.next()
         {
             let backend = shared.backend.clone();
@@ -638,50 +642,59 @@ async fn run_destinations<B: Backend + 'static>(
             tokio::spawn(async move { backend.prepare_destination(&user).await });
             ahead.push_back(d);
         }
-        while tasks.len() < concurrency
-            && let Some((i, (user, target_group))) = ahead.pop_front()
-        {
-            reports.push(None);
-            let name = user.name.clone();
-            let span = if removal {
-                tracing::info_span!("dest", dest = %user.name, removal = true)
-            } else {
-                tracing::info_span!("dest", dest = %user.name)
-            };
-            let backend = shared.backend.clone();
-            let store = shared.store.clone();
-            let job = shared.job.clone();
-            let opts = shared.opts.clone();
-            let run_id = shared.run_id;
-            let inputs = inputs.cloned();
-            let task = async move {
-                let mode = match &inputs {
-                    Some(a) => Mode::Active {
-                        source: &a.source,
-                        previous: &a.previous,
-                        since: a.since.as_ref(),
-                        stopped: &a.stopped,
-                        fingerprint: &a.fingerprint,
-                    },
-                    None => Mode::Removal,
+        let done = tokio::select! {
+            biased;
+            permit = slots.clone().acquire_owned(), if !ahead.is_empty() => {
+                let Some((i, (user, target_group))) = ahead.pop_front() else {
+                    continue;
                 };
-                process_destination(
-                    &*backend,
-                    &store,
-                    &job,
-                    &opts,
-                    &user,
-                    &target_group,
-                    run_id,
-                    mode,
-                )
-                .await
-            };
-            let handle = tasks.spawn(task.instrument(span));
-            running.insert(handle.id(), (i, name));
-        }
-        let Some(done) = tasks.join_next_with_id().await else {
-            break;
+                let mut slot = Slot {
+                    provider: Some(permit.expect("the slots are never closed")),
+                    finishing: finishing.clone(),
+                };
+                reports.push(None);
+                let name = user.name.clone();
+                let span = if removal {
+                    tracing::info_span!("dest", dest = %user.name, removal = true)
+                } else {
+                    tracing::info_span!("dest", dest = %user.name)
+                };
+                let backend = shared.backend.clone();
+                let store = shared.store.clone();
+                let job = shared.job.clone();
+                let opts = shared.opts.clone();
+                let run_id = shared.run_id;
+                let inputs = inputs.cloned();
+                let task = async move {
+                    let mode = match &inputs {
+                        Some(a) => Mode::Active {
+                            source: &a.source,
+                            previous: &a.previous,
+                            since: a.since.as_ref(),
+                            stopped: &a.stopped,
+                            fingerprint: &a.fingerprint,
+                        },
+                        None => Mode::Removal,
+                    };
+                    process_destination(
+                        &*backend,
+                        &store,
+                        &job,
+                        &opts,
+                        &user,
+                        &target_group,
+                        run_id,
+                        mode,
+                        &mut slot,
+                    )
+                    .await
+                };
+                let handle = tasks.spawn(task.instrument(span));
+                running.insert(handle.id(), (i, name));
+                continue;
+            }
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => done,
+            else => break,
         };
         let (i, report) = match done {
             Ok((id, report)) => (running.remove(&id).map_or(usize::MAX, |r| r.0), report),
@@ -1296,15 +1309,17 @@ async fn snapshot_from_changes<B: Backend>(
         return Ok(None);
     }
     if !fetch.is_empty() {
-        for c in backend.fetch_contacts(user, group, &fetch).await? {
-            entries.push(DestEntry::classify(
-                spec,
-                c.id,
-                c.etag,
-                &c.card,
-                Some(source),
-            ));
-        }
+        backend
+            .fetch_contacts(user, group, &fetch, &mut |c| {
+                entries.push(DestEntry::classify(
+                    spec,
+                    c.id,
+                    c.etag,
+                    &c.card,
+                    Some(source),
+                ))
+            })
+            .await?;
     }
     entries.extend(changed);
     Ok(Some((
@@ -1383,6 +1398,7 @@ async fn process_destination<B: Backend>(
     target_group: &str,
     run_id: i64,
     mode: Mode<'_>,
+    slot: &mut Slot,
 ) -> DestReport {
     let spec = &job.spec;
     let removal = matches!(mode, Mode::Removal);
@@ -1479,15 +1495,16 @@ async fn process_destination<B: Backend>(
                     && gone.is_empty()
                     && converged_under_token(store, spec, user, fingerprint)
                 {
-                    if !opts.dry_run {
-                        let s = lock(store);
-                        let _ = s.set_change_token(&spec.name, &user.id, Some((&next, &group_id)));
-                        let _ = s.destination_outcome(&spec.name, &user.id, run_id, None);
-                    }
                     let copies = total.unwrap_or_else(|| {
                         lock(store).copy_count(&spec.name, &user.id).unwrap_or(0)
                     });
                     report.plan = Some(Plan::up_to_date(user, copies));
+                    if !opts.dry_run {
+                        let mut finish =
+                            Finish::new(&spec.name, user, run_id, FinishOutcome::Record);
+                        finish.token = Some(Some((next, group_id)));
+                        finish.run(store, slot, &mut report).await;
+                    }
                     return report;
                 }
                 // The ledger as `known` loaded it, or the part the plan needs (`Whole(None)`:
@@ -1544,10 +1561,12 @@ async fn process_destination<B: Backend>(
             let known = lock(store).fingerprint(&spec.name, &user.id).ok().flatten();
             if known.as_deref() == Some(mark.as_str()) {
                 let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
-                if !opts.dry_run {
-                    let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, None);
-                }
                 report.plan = Some(Plan::up_to_date(user, copies));
+                if !opts.dry_run {
+                    Finish::new(&spec.name, user, run_id, FinishOutcome::Record)
+                        .run(store, slot, &mut report)
+                        .await;
+                }
                 return report;
             }
         }
@@ -1693,7 +1712,7 @@ async fn process_destination<B: Backend>(
             report.error = Some(e.to_string());
             return report;
         }
-        let result = apply(
+        let (result, mut finish) = apply(
             backend,
             store,
             spec,
@@ -1708,11 +1727,11 @@ async fn process_destination<B: Backend>(
         let wrote = !plan.ops.is_empty();
         report.plan = Some(plan.into_summary());
         if let Mode::Active { fingerprint, .. } = &mode {
-            // Remember what this destination converged to, or forget it if it did not. With
-            // change tokens, the token taken before the writes is kept: the writes themselves
-            // are recognised later by the etags the ledger now holds.
+            // What this destination converged to, remembered if everything is recorded (see
+            // `Finish`). With change tokens, the token taken before the writes is kept: the
+            // writes themselves are recognised later by the etags the ledger now holds.
             let tokened = match (&result, &token) {
-                (Ok(Some(g)), Some(t)) => Some((t.as_str(), g.id.as_str())),
+                (Ok(Some(g)), Some(t)) => Some((t.clone(), g.id.clone())),
                 _ => None,
             };
             let mark = match (&result, wrote) {
@@ -1726,40 +1745,204 @@ async fn process_destination<B: Backend>(
                     .and_then(|g| g.version),
                 _ => None,
             };
-            let s = lock(store);
-            let _ = s.set_fingerprint(
-                &spec.name,
-                &user.id,
-                mark.map(|v| destination_mark(fingerprint, &v)).as_deref(),
-            );
-            let _ = s.set_change_token(&spec.name, &user.id, tokened);
-            drop(s);
+            finish.mark = Some(mark.map(|v| destination_mark(fingerprint, &v)));
+            finish.token = Some(tokened);
         }
         match result {
             Ok(_) => {
-                let recorded = if removal {
-                    lock(store).forget_destination(&spec.name, &user.id)
+                finish.outcome = if removal {
+                    FinishOutcome::Forget
                 } else {
-                    lock(store).destination_outcome(&spec.name, &user.id, run_id, None)
+                    FinishOutcome::Record
                 };
-                if let Err(e) = recorded {
-                    report.error = Some(e.to_string());
-                }
+                finish.run(store, slot, &mut report).await;
                 return report;
             }
             Err(ApplyError::Backend(BackendError::Conflict { .. })) if attempt < 2 => {
                 tracing::info!(job = %spec.name, dest = %user.name, "a contact changed while syncing; reading again");
+                // Recorded before the group is read again, the slot kept.
+                finish.failed = Some("a contact changed while syncing".into());
+                let store = store.clone();
+                let _ = tokio::task::spawn_blocking(move || finish.write(&store)).await;
             }
             Err(e) => {
                 let msg = e.to_string();
                 tracing::warn!(job = %spec.name, dest = %user.name, "destination failed: {msg}");
-                let _ = lock(store).destination_outcome(&spec.name, &user.id, run_id, Some(&msg));
-                report.error = Some(msg);
+                report.error = Some(msg.clone());
+                finish.failed = Some(msg);
+                finish.outcome = FinishOutcome::Record;
+                finish.run(store, slot, &mut report).await;
                 return report;
             }
         }
     }
     report
+}
+
+/// A destination's place among the `concurrency` at the provider: held from its first call to
+/// its last, then handed to the next destination while this one records its state
+/// (`Finish::run`). At most `concurrency` destinations record at once, so a slow state database
+/// holds the provider's slots back rather than piling up finished destinations.
+struct Slot {
+    provider: Option<tokio::sync::OwnedSemaphorePermit>,
+    finishing: Arc<tokio::sync::Semaphore>,
+}
+
+impl Slot {
+    /// Takes a place among those recording, then gives up the place at the provider.
+    async fn hand_on(&mut self) -> tokio::sync::OwnedSemaphorePermit {
+        let recording = self
+            .finishing
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slots are never closed");
+        self.provider = None;
+        recording
+    }
+}
+
+/// What a destination writes to the state after its last provider call: the ledger rows and
+/// log lines of its last batch, the ledger settled after a whole plan, what it converged to,
+/// and its outcome. Written on the blocking pool once its slot is handed on (`run`), so the next
+/// destination's calls are not held up by this one's bookkeeping. Nothing here calls the
+/// provider.
+struct Finish {
+    job: String,
+    user_id: String,
+    run_id: i64,
+    /// Ledger rows and log lines not written yet; written first, in order.
+    deferred: Option<Deferred>,
+    /// Ledger rows of copies left as they were that change (`Plan::kept`), and source ids whose
+    /// rows go (`Plan::forget`): set when the whole plan was applied.
+    settle: Option<Settle>,
+    /// A state batch (`Store::batch_begin`) to end.
+    batch: bool,
+    /// Why the destination failed, if it did.
+    failed: Option<String>,
+    /// What the destination converged to (`Store::set_fingerprint`) and its change token, each
+    /// written when `Some`: as given when the destination succeeded and everything above was
+    /// written, cleared otherwise.
+    mark: Option<Option<String>>,
+    token: Option<Option<(String, String)>>,
+    outcome: FinishOutcome,
+}
+
+/// A copy about to be deleted, as the trash and the change log keep it.
+struct Doomed {
+    contact_id: String,
+    etag: String,
+    source_id: Option<String>,
+    name: String,
+    /// Why it goes (`DeleteReason`, as a word).
+    reason: String,
+    /// Its managed digest as read.
+    before: String,
+    /// Its vCard text, for the trash.
+    payload: String,
+}
+
+/// Ledger rows of copies left as they were that change, and source ids whose rows go (see
+/// `Store::settle_ledger`).
+type Settle = (Vec<(String, LedgerCopy)>, Vec<String>);
+
+/// How a destination's run ends in the state.
+enum FinishOutcome {
+    /// Not at all: the destination is tried again in this run.
+    Retry,
+    /// Its outcome is recorded (`Store::destination_outcome`), with the error if it failed.
+    Record,
+    /// A removed destination cleaned up: it is forgotten (or, if that failed, its error
+    /// recorded).
+    Forget,
+}
+
+impl Finish {
+    fn new(job: &str, user: &User, run_id: i64, outcome: FinishOutcome) -> Finish {
+        Finish {
+            job: job.to_string(),
+            user_id: user.id.clone(),
+            run_id,
+            deferred: None,
+            settle: None,
+            batch: false,
+            failed: None,
+            mark: None,
+            token: None,
+            outcome,
+        }
+    }
+
+    /// Hands the slot on, writes everything on the blocking pool, and reports a state error in
+    /// `report` (a provider error already there stays).
+    async fn run(self, store: &Arc<Mutex<Store>>, slot: &mut Slot, report: &mut DestReport) {
+        let recording = slot.hand_on().await;
+        let store = store.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let written = self.write(&store);
+            drop(recording);
+            written
+        })
+        .await;
+        let error = match written {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("internal error: recording the destination: {e}"),
+        };
+        if report.error.is_none() {
+            tracing::warn!(dest = %report.user, "destination failed: {error}");
+            report.error = Some(error);
+        }
+    }
+
+    /// Writes everything, in order, under one lock of the state; returns the first error.
+    fn write(self, store: &Mutex<Store>) -> Result<(), StoreError> {
+        let s = lock(store);
+        let mut first = Ok(());
+        if let Some(mut d) = self.deferred {
+            first = d.write_to(&s);
+        }
+        if first.is_ok()
+            && let Some((kept, forget)) = &self.settle
+        {
+            first = s.settle_ledger(&self.job, &self.user_id, kept, forget);
+        }
+        if self.batch {
+            let ended = s.batch_end();
+            if first.is_ok() {
+                first = ended;
+            }
+        }
+        let converged = first.is_ok() && self.failed.is_none();
+        if let Some(mark) = &self.mark {
+            let mark = mark.as_deref().filter(|_| converged);
+            let _ = s.set_fingerprint(&self.job, &self.user_id, mark);
+        }
+        if let Some(token) = &self.token {
+            let token = token
+                .as_ref()
+                .filter(|_| converged)
+                .map(|(t, g)| (t.as_str(), g.as_str()));
+            let _ = s.set_change_token(&self.job, &self.user_id, token);
+        }
+        let error = match (&self.failed, &first) {
+            (Some(f), _) => Some(f.clone()),
+            (None, Err(e)) => Some(e.to_string()),
+            (None, Ok(())) => None,
+        };
+        let ended = match (self.outcome, error) {
+            (FinishOutcome::Retry, _) => Ok(()),
+            (FinishOutcome::Forget, None) => s.forget_destination(&self.job, &self.user_id),
+            (_, error) => {
+                s.destination_outcome(&self.job, &self.user_id, self.run_id, error.as_deref())
+            }
+        };
+        // An outcome not recorded after a provider failure is not worth another error.
+        if first.is_ok() && self.failed.is_none() {
+            first = ended;
+        }
+        first
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -1772,9 +1955,10 @@ enum ApplyError {
     Other(String),
 }
 
-/// Applies a plan, in order, stopping at the first failure (the rest is retried next run). The
-/// state writes of one destination are batched into few transactions. Returns the group as it is
-/// after the plan (created, or still the one read).
+/// Applies a plan, in order, stopping at the first failure (the rest is retried next run).
+/// Returns the group as it is after the plan (created, or still the one read), and what is left
+/// to record in the state once the provider is done with (`Finish`): the state writes of a
+/// destination are batched into few transactions, and its last ones are made off its slot.
 #[allow(clippy::too_many_arguments)]
 async fn apply<B: Backend>(
     backend: &B,
@@ -1786,8 +1970,12 @@ async fn apply<B: Backend>(
     plan: &mut Plan,
     source: Option<&SourceSet>,
     applied: &mut Counts,
-) -> Result<Option<GroupRef>, ApplyError> {
-    lock(store).batch_begin()?;
+) -> (Result<Option<GroupRef>, ApplyError>, Finish) {
+    let mut finish = Finish::new(&spec.name, user, run_id, FinishOutcome::Retry);
+    if let Err(e) = lock(store).batch_begin() {
+        return (Err(e.into()), finish);
+    }
+    finish.batch = true;
     let base = Change {
         run_id,
         job: &spec.name,
@@ -1810,12 +1998,14 @@ async fn apply<B: Backend>(
     )
     .await;
     // What was written before a failure is recorded all the same.
-    let recorded = deferred.write(store);
-    let committed = lock(store).batch_end();
-    let group = result?;
-    recorded?;
-    committed?;
-    Ok(group)
+    finish.deferred = Some(deferred);
+    match result {
+        Ok((group, settle)) => {
+            finish.settle = settle;
+            (Ok(group), finish)
+        }
+        Err(e) => (Err(e), finish),
+    }
 }
 
 /// Ledger rows and log lines of the batches a destination has written, not yet in the state
@@ -1890,6 +2080,11 @@ impl Deferred {
         if self.writes.is_empty() {
             return Ok(());
         }
+        self.write_to(&lock(store))
+    }
+
+    /// Writes everything deferred, in order, to the state locked by the caller.
+    fn write_to(&mut self, s: &Store) -> Result<(), StoreError> {
         let b = &*self.base;
         let base = Change {
             run_id: b.run_id,
@@ -1898,7 +2093,6 @@ impl Deferred {
             user: &b.user,
             ..Default::default()
         };
-        let s = lock(store);
         for w in self.writes.drain(..) {
             match w {
                 DeferredWrite::Copy {
@@ -1982,7 +2176,7 @@ async fn apply_ops<B: Backend>(
     source: Option<&SourceSet>,
     applied: &mut Counts,
     deferred: &mut Deferred,
-) -> Result<Option<GroupRef>, ApplyError> {
+) -> Result<(Option<GroupRef>, Option<Settle>), ApplyError> {
     let run_id = base.run_id;
     let log = |c: Change<'_>| lock(store).log_change(&c);
     // Ledger rows of copies left as they are that must change, and rows to remove.
@@ -2146,103 +2340,128 @@ async fn apply_ops<B: Backend>(
                 let ops = same_kind(lcm(200, delete_batch).min(1000));
                 i += ops.len();
                 let g = group_ref()?;
-                // Read 200 at a time; each contact read is turned into its trash payload at
-                // once, so the cards read are not all held until the run's deletes are done.
-                let mut doomed = vec![];
-                for part in ops.chunks(200) {
-                    let ids: Vec<String> = part
-                        .iter()
-                        .filter_map(|op| match op {
-                            Op::Delete(d) => Some(d.contact_id.clone()),
-                            _ => None,
-                        })
-                        .collect();
-                    let mut fetched: std::collections::HashMap<String, crate::backend::Contact> =
-                        backend
-                            .fetch_contacts(user, &g, &ids)
-                            .await?
-                            .into_iter()
-                            .map(|c| (c.id.clone(), c))
-                            .collect();
-                    for op in part {
-                        let Op::Delete(d) = op else {
-                            continue;
+                // Read in batches (the next one in flight while this one is read); each
+                // contact read is turned into its trash payload as it arrives, so the cards read
+                // are not held until the deletes are done.
+                let wanted: HashMap<&str, &DeleteOp> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Delete(d) => Some((d.contact_id.as_str(), &**d)),
+                        _ => None,
+                    })
+                    .collect();
+                let ids: Vec<String> = ops
+                    .iter()
+                    .filter_map(|op| match op {
+                        Op::Delete(d) => Some(d.contact_id.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                let mut read: HashMap<String, Doomed> = HashMap::with_capacity(ids.len());
+                let mut refused: Option<ApplyError> = None;
+                backend
+                    .fetch_contacts(user, &g, &ids, &mut |current| {
+                        let Some(d) = wanted.get(current.id.as_str()) else {
+                            return;
                         };
-                        let DeleteOp {
-                            contact_id,
-                            etag,
-                            source_id,
-                            reason,
-                            ..
-                        } = &**d;
-                        // Already gone: nothing to delete.
-                        let Some(current) = fetched.remove(contact_id) else {
-                            continue;
-                        };
-                        if &current.etag != etag {
-                            return Err(BackendError::Conflict {
-                                what: format!("contact {contact_id} of {}", user.name),
-                            }
-                            .into());
+                        if refused.is_some() {
+                            return;
+                        }
+                        if current.etag != d.etag {
+                            refused = Some(ApplyError::Backend(BackendError::Conflict {
+                                what: format!("contact {} of {}", d.contact_id, user.name),
+                            }));
+                            return;
                         }
                         // Named and summarised as it is now, as the trash keeps it (a removal
                         // read only its tags).
-                        let (payload, name, before) = match &current.card {
-                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => (
-                                card::to_text(c),
-                                card::display_name(c),
-                                card::managed_digest(c, &spec.fields),
-                            ),
-                            _ => {
-                                return Err(ApplyError::Other(format!(
-                                    "contact {contact_id} of {} no longer carries tag {}; left alone",
-                                    user.name, spec.tag
-                                )));
+                        match &current.card {
+                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                                read.insert(
+                                    current.id.clone(),
+                                    Doomed {
+                                        contact_id: d.contact_id.clone(),
+                                        etag: d.etag.clone(),
+                                        source_id: d.source_id.clone(),
+                                        name: card::display_name(c),
+                                        reason: serde_json::to_value(d.reason)
+                                            .ok()
+                                            .and_then(|v| v.as_str().map(str::to_string))
+                                            .unwrap_or_default(),
+                                        before: card::managed_digest(c, &spec.fields),
+                                        payload: card::to_text(c),
+                                    },
+                                );
                             }
-                        };
-                        let reason = serde_json::to_value(reason)
-                            .ok()
-                            .and_then(|v| v.as_str().map(str::to_string))
-                            .unwrap_or_default();
-                        doomed.push((contact_id, etag, source_id, name, reason, before, payload));
-                    }
-                }
-                // Every payload is checked before any is trashed or deleted.
-                let trash: Vec<TrashEntry<'_>> = doomed
-                    .iter()
-                    .map(|(contact_id, _, _, name, reason, _, payload)| TrashEntry {
-                        contact_id,
-                        name,
-                        reason,
-                        payload,
+                            _ => {
+                                refused = Some(ApplyError::Other(format!(
+                                    "contact {} of {} no longer carries tag {}; left alone",
+                                    d.contact_id, user.name, spec.tag
+                                )))
+                            }
+                        }
                     })
-                    .collect();
-                lock(store).trash(run_id, &spec.name, (&user.id, &user.name, &g.name), &trash)?;
-                drop(trash);
+                    .await?;
+                if let Some(e) = refused {
+                    return Err(e);
+                }
+                // In the plan's order; a contact already gone has nothing to delete.
+                let doomed: Vec<Doomed> = ids.iter().filter_map(|id| read.remove(id)).collect();
+                drop(read);
+                // Every payload is checked before any is trashed or deleted; the trash is
+                // written off this thread (a thousand contacts' text), then the deletes go.
+                let doomed = {
+                    let store = store.clone();
+                    let (job, user_id, user_name, group_name) = (
+                        spec.name.clone(),
+                        user.id.clone(),
+                        user.name.clone(),
+                        g.name.clone(),
+                    );
+                    tokio::task::spawn_blocking(move || {
+                        let trash: Vec<TrashEntry<'_>> = doomed
+                            .iter()
+                            .map(|d| TrashEntry {
+                                contact_id: &d.contact_id,
+                                name: &d.name,
+                                reason: &d.reason,
+                                payload: &d.payload,
+                            })
+                            .collect();
+                        let written = lock(&store).trash(
+                            run_id,
+                            &job,
+                            (&user_id, &user_name, &group_name),
+                            &trash,
+                        );
+                        drop(trash);
+                        written.map(|_| doomed)
+                    })
+                    .await
+                    .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??
+                };
                 for chunk in doomed.chunks(delete_batch) {
                     let calls: Vec<(&str, &str)> = chunk
                         .iter()
-                        .map(|(id, etag, ..)| (id.as_str(), etag.as_str()))
+                        .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
                         .collect();
                     let results =
                         overlapped(store, deferred, backend.delete_contacts(user, &g, &calls))
                             .await?;
                     let mut first_err = None;
-                    for ((contact_id, _, source_id, name, reason, before, _), result) in
-                        chunk.iter().zip(results)
-                    {
+                    for (d, result) in chunk.iter().zip(results) {
                         if let Err(e) = result {
                             first_err.get_or_insert(e);
                             continue;
                         }
                         deferred.writes.push(DeferredWrite::Log {
                             action: "delete",
-                            source_id: source_id.as_ref().map(|s| s.to_string()),
-                            contact_id: contact_id.to_string(),
-                            name: Some(name.to_string()),
-                            detail: Some(reason.clone()),
+                            source_id: d.source_id.clone(),
+                            contact_id: d.contact_id.clone(),
+                            name: Some(d.name.clone()),
+                            detail: Some(d.reason.clone()),
                             fields: None,
-                            before: Some(before.to_string()),
+                            before: Some(d.before.clone()),
                             after: None,
                         });
                         applied.deleted += 1;
@@ -2309,16 +2528,82 @@ async fn apply_ops<B: Backend>(
             }
         }
     }
-    if source.is_some() {
-        deferred.write(store)?;
-        lock(store).settle_ledger(&spec.name, &user.id, &kept, &forget)?;
-    }
-    Ok(group)
+    Ok((group, source.is_some().then_some((kept, forget))))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A destination's last state writes (`Finish`): what was written is recorded whatever
+    /// happened; what it converged to (mark, change token) is remembered only when it
+    /// succeeded, and cleared otherwise; its outcome says which; a removed destination that
+    /// succeeded is forgotten, one to be tried again gets no outcome.
+    #[test]
+    fn finish_remembers_convergence_only_on_success() {
+        let store = Mutex::new(Store::open_in_memory().unwrap());
+        let run_id = lock(&store).start_run("j", false).unwrap();
+        let user = User {
+            id: "u1".into(),
+            name: "u@example.com".into(),
+        };
+        let base = Change {
+            run_id,
+            job: "j",
+            user_id: "u1",
+            user: "u@example.com",
+            ..Default::default()
+        };
+        for (i, failed) in [None, Some("the provider said no")].into_iter().enumerate() {
+            lock(&store)
+                .touch_destination("j", "u1", "u@example.com", "G")
+                .unwrap();
+            lock(&store)
+                .set_fingerprint("j", "u1", Some("old"))
+                .unwrap();
+            let mut deferred = Deferred::new(&base);
+            deferred.copy(&format!("s{i}"), &format!("c{i}"), "d", "e");
+            let mut finish = Finish::new("j", &user, run_id, FinishOutcome::Record);
+            finish.deferred = Some(deferred);
+            finish.settle = Some((vec![], vec![]));
+            finish.failed = failed.map(str::to_string);
+            finish.mark = Some(Some("new".into()));
+            finish.token = Some(Some(("t".into(), "g".into())));
+            finish.write(&store).unwrap();
+            let s = lock(&store);
+            assert!(
+                s.copy_by_contact("j", "u1", &format!("c{i}"))
+                    .unwrap()
+                    .is_some()
+            );
+            let ok = failed.is_none();
+            assert_eq!(s.fingerprint("j", "u1").unwrap().is_some(), ok);
+            assert_eq!(s.change_token("j", "u1").unwrap().is_some(), ok);
+            let d = s.destinations("j").unwrap().pop().unwrap();
+            assert_eq!(d.last_error.as_deref(), failed);
+            assert_eq!(
+                d.last_outcome.as_deref(),
+                Some(if ok { "ok" } else { "failed" })
+            );
+        }
+        // Tried again: no outcome recorded, the convergence cleared.
+        lock(&store)
+            .set_fingerprint("j", "u1", Some("old"))
+            .unwrap();
+        let mut finish = Finish::new("j", &user, run_id, FinishOutcome::Retry);
+        finish.failed = Some("a contact changed".into());
+        finish.mark = Some(Some("new".into()));
+        finish.write(&store).unwrap();
+        let d = lock(&store).destinations("j").unwrap().pop().unwrap();
+        assert_eq!(d.last_error.as_deref(), Some("the provider said no"));
+        assert_eq!(lock(&store).fingerprint("j", "u1").unwrap(), None);
+        // A removal that succeeded: forgotten with its ledger.
+        Finish::new("j", &user, run_id, FinishOutcome::Forget)
+            .write(&store)
+            .unwrap();
+        assert!(lock(&store).destinations("j").unwrap().is_empty());
+        assert_eq!(lock(&store).copy_count("j", "u1").unwrap(), 0);
+    }
 
     /// The probe answers a delta's contacts alike whichever way it reads the ledger (one at a
     /// time, counted first, or whole), and reads it the way the page hints call for.

@@ -1371,3 +1371,70 @@ fn a_removal_leaves_another_jobs_copies_alone() {
         );
     });
 }
+
+/// At most `concurrency` destinations are at the provider at once, each from its first People
+/// API call to its last (a destination records its state after its last call, off its slot),
+/// and their state is complete all the same: a rerun finds every destination as it was left.
+#[test]
+fn destinations_at_the_provider_never_exceed_the_concurrency() {
+    let r = Rig::new(5);
+    let users: Vec<String> = (0..8).map(|i| format!("user{i}@example.com")).collect();
+    for u in &users {
+        r.fake.add_user(u, false);
+    }
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    r.write_job(&names);
+    let config = fs::read_to_string(r.path().join("groupsync.toml")).unwrap();
+    fs::write(
+        r.path().join("groupsync.toml"),
+        config.replace("concurrency = 4", "concurrency = 2"),
+    )
+    .unwrap();
+    r.fake.set_options(Options {
+        latency: std::time::Duration::from_millis(5),
+        ..Options::default()
+    });
+    // The most destinations whose spans (first call's arrival to last call's answer) overlap.
+    let most_at_once = |r: &Rig| {
+        let mut spans: std::collections::BTreeMap<
+            String,
+            (std::time::Instant, std::time::Instant),
+        > = Default::default();
+        for c in r.fake.timeline() {
+            if c.user == "alice@example.com" {
+                continue;
+            }
+            let s = spans.entry(c.user).or_insert((c.arrived, c.answered));
+            s.0 = s.0.min(c.arrived);
+            s.1 = s.1.max(c.answered);
+        }
+        assert_eq!(spans.len(), 8, "{spans:?}");
+        spans
+            .values()
+            .map(|(start, _)| {
+                spans
+                    .values()
+                    .filter(|(s, e)| s <= start && start < e)
+                    .count()
+            })
+            .max()
+            .unwrap()
+    };
+    for run in ["first run", "rerun"] {
+        r.fake.reset_counts();
+        r.run_ok();
+        assert_eq!(most_at_once(&r), 2, "{run}");
+    }
+    // Every destination's ledger and change token were recorded: nothing is written again.
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert!(
+        !c.keys()
+            .any(|k| k.contains("batch") || k.contains("create")),
+        "{c:?}"
+    );
+    for u in &users {
+        assert_eq!(r.copies(u), r.source_ids(), "{u}");
+    }
+}

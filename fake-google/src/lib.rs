@@ -158,6 +158,9 @@ pub struct State {
     timer: timer::Timer,
     gap_us: std::sync::atomic::AtomicU64,
     gaps: std::sync::atomic::AtomicU64,
+    /// Every People API call since the last `reset_counts`: who, when it arrived, when it was
+    /// answered (see `Fake::timeline`).
+    timeline: Mutex<Vec<TimedCall>>,
     faults: Mutex<Vec<Fault>>,
     inflight: Mutex<HashSet<String>>,
     quota: Mutex<HashMap<String, (Instant, u32)>>,
@@ -239,6 +242,7 @@ impl FakeGoogle {
             answered: Default::default(),
             timer: timer::Timer::new(),
             gap_us: Default::default(),
+            timeline: Default::default(),
             gaps: Default::default(),
             faults: Default::default(),
             inflight: Default::default(),
@@ -453,6 +457,7 @@ impl FakeGoogle {
             .late
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.state.answered.lock().unwrap().clear();
+        self.state.timeline.lock().unwrap().clear();
         self.state
             .gap_us
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -469,6 +474,11 @@ impl FakeGoogle {
         let n = self.state.gaps.load(std::sync::atomic::Ordering::Relaxed);
         let us = self.state.gap_us.load(std::sync::atomic::Ordering::Relaxed);
         (Duration::from_micros(us.checked_div(n).unwrap_or(0)), n)
+    }
+
+    /// Every People API call since the last `reset_counts`, in the order they were answered.
+    pub fn timeline(&self) -> Vec<TimedCall> {
+        self.state.timeline.lock().unwrap().clone()
     }
 
     /// API calls since the last `reset_counts` whose own work in the fake took longer than
@@ -559,6 +569,17 @@ impl State {
 /// there, as a server's answer time does.
 #[derive(Clone, Copy)]
 struct Arrived(Instant);
+
+/// One People API call as the fake saw it (see `Fake::timeline`).
+#[derive(Clone, Debug)]
+pub struct TimedCall {
+    /// The user it was made as, lower-cased.
+    pub user: String,
+    /// The API method (its discovery id).
+    pub method: String,
+    pub arrived: Instant,
+    pub answered: Instant,
+}
 
 async fn stamp_arrival(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     req.extensions_mut().insert(Arrived(Instant::now()));
@@ -694,8 +715,15 @@ async fn handle(
         }
     }
     drop(guard);
-    if let Some(k) = user_key {
-        st.answered.lock().unwrap().insert(k, Instant::now());
+    if let Some(user) = user_key {
+        let answered = Instant::now();
+        st.timeline.lock().unwrap().push(TimedCall {
+            user: user.clone(),
+            method: id.clone(),
+            arrived: started,
+            answered,
+        });
+        st.answered.lock().unwrap().insert(user, answered);
     }
     // A hang: whatever was done is done; the answer comes late (the client gave up by then).
     if !delay.is_zero() {

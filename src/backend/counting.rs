@@ -227,9 +227,10 @@ impl<B: Backend> Backend for Counting<B> {
         user: &User,
         group: &GroupRef,
         ids: &[String],
-    ) -> Result<Vec<Contact>> {
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
         bump(&self.calls.fetch_contacts);
-        self.inner.fetch_contacts(user, group, ids).await
+        self.inner.fetch_contacts(user, group, ids, sink).await
     }
 
     async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {

@@ -546,19 +546,20 @@ impl Backend for MemoryBackend {
         user: &User,
         group: &GroupRef,
         ids: &[String],
-    ) -> Result<Vec<Contact>> {
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
         self.check_read()?;
         self.with_group(user, group, |g| {
-            Ok(ids
-                .iter()
-                .filter_map(|id| {
-                    g.contacts.get(id).map(|(etag, card)| Contact {
+            for id in ids {
+                if let Some((etag, card)) = g.contacts.get(id) {
+                    sink(Contact {
                         id: id.clone(),
                         etag: etag.clone(),
                         card: Ok(card.clone()),
-                    })
-                })
-                .collect())
+                    });
+                }
+            }
+            Ok(())
         })
     }
 

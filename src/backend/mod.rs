@@ -227,13 +227,16 @@ pub trait Backend: Send + Sync {
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Reads the named contacts of a group (for the trash, before a delete). Missing ids are left out.
+    /// Reads the named contacts of a group (for the trash, before a delete), handing each to
+    /// `sink` as it is read, so a caller can turn each into what it keeps while the next ones
+    /// are read. Missing ids are left out.
     fn fetch_contacts(
         &self,
         user: &User,
         group: &GroupRef,
         ids: &[String],
-    ) -> impl Future<Output = Result<Vec<Contact>>> + Send;
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> impl Future<Output = Result<()>> + Send;
 
     /// Creates a contact in a group and returns what was stored: its id and etag. A provider may
     /// store the card differently from how it was sent (reorder, normalise); the etag is of what

@@ -266,14 +266,14 @@ impl Backend for VdirBackend {
         user: &User,
         group: &GroupRef,
         ids: &[String],
-    ) -> Result<Vec<Contact>> {
-        let mut out = Vec::with_capacity(ids.len());
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
         for id in ids {
             if let Some(c) = self.read_contact(&self.contact_path(user, group, id)?, id)? {
-                out.push(c);
+                sink(c);
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {

@@ -583,9 +583,14 @@ impl Backend for CarddavBackend {
         _user: &User,
         group: &GroupRef,
         ids: &[String],
-    ) -> Result<Vec<Contact>> {
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
         let hrefs: Vec<String> = ids.iter().map(|id| Self::href(group, id)).collect();
-        self.multiget(group, &hrefs).await
+        self.multiget(group, &hrefs)
+            .await?
+            .into_iter()
+            .for_each(sink);
+        Ok(())
     }
 
     async fn create_contact(

@@ -142,6 +142,27 @@ async fn answer<F: std::future::Future>(asked: &mut Ahead<F>) -> F::Output {
         .expect("an answer is taken once")
 }
 
+/// The `nextPageToken` of a listing's page, found in its last few KiB without parsing the
+/// contacts before it: Google writes a response's fields in their declared order, the page token
+/// after the contacts, followed only by counts and the sync token. `None` when it is not there
+/// (the last page, or another layout). A guess the caller checks against the parsed page: a
+/// contact's own text cannot hold this key, but a wrong guess would only cost a read.
+fn next_page_token_at_end(text: &str) -> Option<String> {
+    const TAIL: usize = 4096;
+    let mut from = text.len().saturating_sub(TAIL);
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    let tail = &text[from..];
+    let at = tail.rfind("\"nextPageToken\"")?;
+    let value = tail[at + "\"nextPageToken\"".len()..]
+        .trim_start()
+        .strip_prefix(':')?;
+    let mut de = serde_json::Deserializer::from_str(value);
+    let token = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
+    (!token.is_empty()).then_some(token)
+}
+
 /// The People fields read for every contact: the copied ones plus what tells copies apart.
 fn read_fields() -> String {
     let mut f: Vec<&str> = person::COPIED_FIELDS.to_vec();
@@ -440,11 +461,18 @@ impl GoogleBackend {
         let mut next = ask_ahead(fetch(None)).await;
         loop {
             let text = answer(&mut next).await?;
+            // The next page is asked for before this one is read: with the token found at the
+            // page's end, before it is parsed; checked against the page once parsed.
+            let guess = next_page_token_at_end(&text);
+            if let Some(t) = &guess {
+                next = ask_ahead(fetch(Some(t.clone()))).await;
+            }
             let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
-            // The next page is asked for before this one is read.
-            if let Some(t) = &more {
+            if more != guess
+                && let Some(t) = &more
+            {
                 next = ask_ahead(fetch(Some(t.clone()))).await;
             }
             let mut raws = person::PageRaw::new(&text);
@@ -1178,8 +1206,8 @@ impl Backend for GoogleBackend {
         user: &User,
         _group: &GroupRef,
         ids: &[String],
-    ) -> Result<Vec<Contact>> {
-        let mut out = vec![];
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
         let email = self.email(user);
         let call_for = |chunk: &[String]| {
             let mut q: Vec<(&str, String)> = chunk
@@ -1204,7 +1232,7 @@ impl Backend for GoogleBackend {
         };
         let mut chunks = ids.chunks(200);
         let Some(first) = chunks.next() else {
-            return Ok(out);
+            return Ok(());
         };
         let mut next = ask_ahead(fetch(first)).await;
         loop {
@@ -1223,14 +1251,14 @@ impl Backend for GoogleBackend {
                 let p = person::Doc::parse(raw.get())
                     .map_err(|_| fail(http::bad_body("people.getBatchGet")))?;
                 if p.has("resourceName") {
-                    out.push(self.contact_of(user, &p));
+                    sink(self.contact_of(user, &p));
                 }
             }
             if more.is_none() {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
@@ -1476,5 +1504,65 @@ impl Backend for GoogleBackend {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_page_token_at_end;
+    use serde_json::json;
+
+    /// A page as Google writes it: the contacts, then the page token, the counts and the sync
+    /// token.
+    fn page(values: &[String], page_token: Option<&str>, sync_token: Option<&str>) -> String {
+        let people: Vec<serde_json::Value> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                json!({"resourceName": format!("people/c{i}"), "etag": "e",
+                    "userDefined": [{"key": v, "value": v}], "biographies": [{"value": v}]})
+            })
+            .collect();
+        let mut text = format!(
+            "{{\"connections\":{}",
+            serde_json::to_string(&people).unwrap()
+        );
+        if let Some(t) = page_token {
+            text.push_str(&format!(",\"nextPageToken\": {}", json!(t)));
+        }
+        text.push_str(",\"totalPeople\":7,\"totalItems\":7");
+        if let Some(t) = sync_token {
+            text.push_str(&format!(",\"nextSyncToken\":{}", json!(t)));
+        }
+        text.push('}');
+        text
+    }
+
+    proptest::proptest! {
+        /// The token found at a page's end is the page's own, whatever its contacts hold (the
+        /// key's own name, quotes, a colon), and found whenever Google's layout puts it there.
+        #[test]
+        fn the_page_token_found_at_the_end_is_the_pages(
+            values in proptest::collection::vec(
+                "nextPageToken|\"nextPageToken\": \"x\"|\\PC{0,12}", 0..40),
+            page_token in proptest::option::of("[a-zA-Z0-9:_\"\\\\-]{1,40}"),
+            sync_token in proptest::option::of("[a-zA-Z0-9]{1,200}"),
+        ) {
+            let text = page(&values, page_token.as_deref(), sync_token.as_deref());
+            let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(parsed["nextPageToken"].as_str(), page_token.as_deref());
+            proptest::prop_assert_eq!(next_page_token_at_end(&text), page_token);
+        }
+    }
+
+    /// A page whose token is not near its end (another layout) gives no guess: the page is
+    /// parsed first.
+    #[test]
+    fn a_page_token_before_the_contacts_is_not_guessed() {
+        let filler = "x".repeat(5000);
+        let text = format!(
+            "{{\"nextPageToken\":\"p2\",\"connections\":[{{\"resourceName\":\"people/c1\",\"biographies\":[{{\"value\":\"{filler}\"}}]}}]}}"
+        );
+        assert_eq!(next_page_token_at_end(&text), None);
     }
 }
