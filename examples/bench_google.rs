@@ -441,6 +441,27 @@ fn main() -> anyhow::Result<()> {
             && tw == w
         {
             let calls = fake.timeline();
+            // `W3:*`: the mean gap before each method's calls, over every destination.
+            if tu == "*" {
+                let mut last: std::collections::HashMap<&str, Instant> = Default::default();
+                let mut gaps: std::collections::BTreeMap<&str, (f64, u32)> = Default::default();
+                let mut sorted: Vec<&fake_google::TimedCall> = calls.iter().collect();
+                sorted.sort_by_key(|c| c.arrived);
+                for c in sorted
+                    .into_iter()
+                    .filter(|c| c.user != "source@example.com")
+                {
+                    if let Some(l) = last.get(c.user.as_str()) {
+                        let g = gaps.entry(c.method.as_str()).or_default();
+                        g.0 += c.arrived.saturating_duration_since(*l).as_secs_f64() * 1e3;
+                        g.1 += 1;
+                    }
+                    last.insert(c.user.as_str(), c.answered);
+                }
+                for (m, (sum, n)) in gaps {
+                    eprintln!("gap before {m}: {:.1} ms mean over {n}", sum / n as f64);
+                }
+            }
             let mut last: Option<Instant> = None;
             for c in calls.iter().filter(|c| c.user == tu) {
                 let since = |t: Instant| t.saturating_duration_since(spawned).as_secs_f64() * 1e3;

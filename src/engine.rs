@@ -516,9 +516,18 @@ async fn run_inner<B: Backend + 'static>(
         stopped: AtomicBool::new(false),
     });
     let concurrency = opts.concurrency.max(1);
+    let reader = match lock(store).reader() {
+        Ok(Some(r)) => Arc::new(Mutex::new(r)),
+        Ok(None) => store.clone(),
+        Err(e) => {
+            tracing::debug!(job = %spec.name, "no second connection to the state ({e}); reads share the writer's");
+            store.clone()
+        }
+    };
     let shared = DestShared {
         backend: backend.clone(),
         store: store.clone(),
+        reader,
         job: Arc::new(job.clone()),
         opts: opts.clone(),
         run_id: report.run_id.unwrap_or(0),
@@ -592,6 +601,10 @@ async fn run_inner<B: Backend + 'static>(
 struct DestShared<B> {
     backend: Arc<B>,
     store: Arc<Mutex<Store>>,
+    /// A second connection for the reads of state the run has not written yet (see
+    /// `Store::reader`), so they never wait for another destination's writes; `store` itself
+    /// when there is none.
+    reader: Arc<Mutex<Store>>,
     job: Arc<JobRun>,
     opts: RunOptions,
     run_id: i64,
@@ -626,75 +639,63 @@ async fn run_destinations<B: Backend + 'static>(
     let mut reports: Vec<Option<DestReport>> = vec![];
     let mut dests = dests.enumerate();
     // `concurrency` destinations at the provider, and as many recording their state after their
-    // last call (see `Slot`).
+    // last call (see `Slot`). Tasks are started ahead of their slot: each gets ready
+    // (`Backend::prepare_destination`, its state read) before it waits for one, so a slot
+    // handed on goes to a destination ready to make its first call.
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    // The next `concurrency` destinations are got ready (`Backend::prepare_destination`) while
-    // the running ones are in flight.
-    let mut ahead = std::collections::VecDeque::new();
     loop {
-        while ahead.len() < concurrency
-            && let Some(d) = dests.next()
+        while tasks.len() < 3 * concurrency
+            && let Some((i, (user, target_group))) = dests.next()
         {
+            let mut slot = Slot {
+                provider: None,
+                slots: slots.clone(),
+                finishing: finishing.clone(),
+            };
+            reports.push(None);
+            let name = user.name.clone();
+            let span = if removal {
+                tracing::info_span!("dest", dest = %user.name, removal = true)
+            } else {
+                tracing::info_span!("dest", dest = %user.name)
+            };
             let backend = shared.backend.clone();
-            let (_, (user, _)): &(usize, (User, String)) = &d;
-            let user = user.clone();
-            tokio::spawn(async move { backend.prepare_destination(&user).await });
-            ahead.push_back(d);
+            let store = shared.store.clone();
+            let reader = shared.reader.clone();
+            let job = shared.job.clone();
+            let opts = shared.opts.clone();
+            let run_id = shared.run_id;
+            let inputs = inputs.cloned();
+            let task = async move {
+                let mode = match &inputs {
+                    Some(a) => Mode::Active {
+                        source: &a.source,
+                        previous: &a.previous,
+                        since: a.since.as_ref(),
+                        stopped: &a.stopped,
+                        fingerprint: &a.fingerprint,
+                    },
+                    None => Mode::Removal,
+                };
+                process_destination(
+                    &*backend,
+                    (&store, &reader),
+                    &job,
+                    &opts,
+                    &user,
+                    &target_group,
+                    run_id,
+                    mode,
+                    &mut slot,
+                )
+                .await
+            };
+            let handle = tasks.spawn(task.instrument(span));
+            running.insert(handle.id(), (i, name));
         }
-        let done = tokio::select! {
-            biased;
-            permit = slots.clone().acquire_owned(), if !ahead.is_empty() => {
-                let Some((i, (user, target_group))) = ahead.pop_front() else {
-                    continue;
-                };
-                let mut slot = Slot {
-                    provider: Some(permit.expect("the slots are never closed")),
-                    finishing: finishing.clone(),
-                };
-                reports.push(None);
-                let name = user.name.clone();
-                let span = if removal {
-                    tracing::info_span!("dest", dest = %user.name, removal = true)
-                } else {
-                    tracing::info_span!("dest", dest = %user.name)
-                };
-                let backend = shared.backend.clone();
-                let store = shared.store.clone();
-                let job = shared.job.clone();
-                let opts = shared.opts.clone();
-                let run_id = shared.run_id;
-                let inputs = inputs.cloned();
-                let task = async move {
-                    let mode = match &inputs {
-                        Some(a) => Mode::Active {
-                            source: &a.source,
-                            previous: &a.previous,
-                            since: a.since.as_ref(),
-                            stopped: &a.stopped,
-                            fingerprint: &a.fingerprint,
-                        },
-                        None => Mode::Removal,
-                    };
-                    process_destination(
-                        &*backend,
-                        &store,
-                        &job,
-                        &opts,
-                        &user,
-                        &target_group,
-                        run_id,
-                        mode,
-                        &mut slot,
-                    )
-                    .await
-                };
-                let handle = tasks.spawn(task.instrument(span));
-                running.insert(handle.id(), (i, name));
-                continue;
-            }
-            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => done,
-            else => break,
+        let Some(done) = tasks.join_next_with_id().await else {
+            break;
         };
         let (i, report) = match done {
             Ok((id, report)) => (running.remove(&id).map_or(usize::MAX, |r| r.0), report),
@@ -1391,7 +1392,7 @@ enum Mode<'a> {
 #[allow(clippy::too_many_arguments)]
 async fn process_destination<B: Backend>(
     backend: &B,
-    store: &Arc<Mutex<Store>>,
+    (store, reader): (&Arc<Mutex<Store>>, &Mutex<Store>),
     job: &JobRun,
     opts: &RunOptions,
     user: &User,
@@ -1410,6 +1411,25 @@ async fn process_destination<B: Backend>(
         error: None,
         stopped: None,
     };
+    if opts.cancelled() {
+        report.stopped = Some("not run: groupsync is shutting down".into());
+        return report;
+    }
+    // Got ready before the slot is taken: the provider's preparation (Google: the user's
+    // token) and the change token kept in the state.
+    backend.prepare_destination(user).await;
+    // With change tokens: read only what changed since this destination last converged. When
+    // nothing that concerns the group changed and the source is the same, that one call is the
+    // whole run; otherwise what it read feeds the first attempt's snapshot.
+    let saved_token = if backend.change_tokens() && !opts.force && !removal {
+        lock(reader)
+            .change_token(&spec.name, &user.id)
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    slot.take().await;
     if opts.cancelled() {
         report.stopped = Some("not run: groupsync is shutting down".into());
         return report;
@@ -1443,18 +1463,9 @@ async fn process_destination<B: Backend>(
             }
         },
     }
-    // With change tokens: read only what changed since this destination last converged. When
-    // nothing that concerns the group changed and the source is the same, that one call is the
-    // whole run; otherwise what it read feeds the first attempt's snapshot.
-    let saved_token = if backend.change_tokens() && !opts.force {
-        lock(store)
-            .change_token(&spec.name, &user.id)
-            .ok()
-            .flatten()
-    } else {
-        None
-    };
     let mut delta: Option<ReadDelta> = None;
+    // The group, when it was read alongside the changes.
+    let mut group_read: Option<Result<Option<GroupRef>, BackendError>> = None;
     if let Mode::Active {
         fingerprint,
         source,
@@ -1465,38 +1476,66 @@ async fn process_destination<B: Backend>(
     {
         // Looked up at the first change only: a destination where nothing changed never needs
         // the ledger, and one where little changed needs a few rows of it.
-        let probe = LedgerProbe::new(store, &spec.name, &user.id);
+        let probe = LedgerProbe::new(reader, &spec.name, &user.id);
         let mut changed = vec![];
         let mut gone = HashSet::new();
-        let read = backend
-            .read_changes(
+        // The first change the delta names means the group is read next: it is asked for then,
+        // while the rest of the delta is read (a read alongside a read).
+        let asked = AtomicBool::new(false);
+        let ask = tokio::sync::Notify::new();
+        let wanted = || {
+            if !asked.swap(true, Ordering::Relaxed) {
+                ask.notify_one();
+            }
+        };
+        let read = {
+            let mut each = |c: crate::backend::Contact| {
+                wanted();
+                changed.push(DestEntry::classify(
+                    spec,
+                    c.id,
+                    c.etag,
+                    &c.card,
+                    Some(*source),
+                ))
+            };
+            let mut each_gone = |id| {
+                wanted();
+                gone.insert(id);
+            };
+            let mut reading = std::pin::pin!(backend.read_changes(
                 user,
                 &token,
                 &group_id,
                 &probe,
-                &mut |c| {
-                    changed.push(DestEntry::classify(
-                        spec,
-                        c.id,
-                        c.etag,
-                        &c.card,
-                        Some(*source),
-                    ))
-                },
-                &mut |id| {
-                    gone.insert(id);
-                },
-            )
-            .await;
+                &mut each,
+                &mut each_gone,
+            ));
+            let mut lookup = std::pin::pin!(async {
+                ask.notified().await;
+                backend.find_group(user, target_group).await
+            });
+            let read = loop {
+                tokio::select! {
+                    biased;
+                    read = &mut reading => break read,
+                    g = &mut lookup, if group_read.is_none() => group_read = Some(g),
+                }
+            };
+            if group_read.is_none() && asked.load(Ordering::Relaxed) {
+                group_read = Some(lookup.await);
+            }
+            read
+        };
         let ProbeState { probe, total, .. } = probe.into_inner();
         match read {
             Ok(Delta::Read { token: next }) => {
                 if changed.is_empty()
                     && gone.is_empty()
-                    && converged_under_token(store, spec, user, fingerprint)
+                    && converged_under_token(reader, spec, user, fingerprint)
                 {
                     let copies = total.unwrap_or_else(|| {
-                        lock(store).copy_count(&spec.name, &user.id).unwrap_or(0)
+                        lock(reader).copy_count(&spec.name, &user.id).unwrap_or(0)
                     });
                     report.plan = Some(Plan::up_to_date(user, copies));
                     if !opts.dry_run {
@@ -1512,7 +1551,7 @@ async fn process_destination<B: Backend>(
                 // it).
                 let part = match (&probe, since) {
                     (Probe::Points(found), Some(since)) => {
-                        delta_scope(store, spec, user, since, &changed, found, total)
+                        delta_scope(reader, spec, user, since, &changed, found, total)
                     }
                     _ => None,
                 };
@@ -1543,7 +1582,14 @@ async fn process_destination<B: Backend>(
         }
     }
     for attempt in 0..3 {
-        let group = match backend.find_group(user, target_group).await {
+        // State this destination has not written to in this run: at the first attempt, read
+        // without waiting for the writer.
+        let state: &Mutex<Store> = if attempt == 0 { reader } else { store };
+        let read = match group_read.take() {
+            Some(Ok(g)) => Ok(g),
+            _ => backend.find_group(user, target_group).await,
+        };
+        let group = match read {
             Ok(g) => g,
             Err(e) => {
                 report.error = Some(format!("reading {}: {e}", user.name));
@@ -1558,9 +1604,9 @@ async fn process_destination<B: Backend>(
             && !opts.force
         {
             let mark = destination_mark(fingerprint, version);
-            let known = lock(store).fingerprint(&spec.name, &user.id).ok().flatten();
+            let known = lock(state).fingerprint(&spec.name, &user.id).ok().flatten();
             if known.as_deref() == Some(mark.as_str()) {
-                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
+                let copies = lock(state).copy_count(&spec.name, &user.id).unwrap_or(0);
                 report.plan = Some(Plan::up_to_date(user, copies));
                 if !opts.dry_run {
                     Finish::new(&spec.name, user, run_id, FinishOutcome::Record)
@@ -1585,7 +1631,7 @@ async fn process_destination<B: Backend>(
         let partial = delta.as_ref().is_some_and(|d| d.scope.is_some());
         let mut ledger = match (&mode, delta.as_mut().and_then(|d| d.ledger.take())) {
             (Mode::Active { .. }, Some(l)) => Some(l),
-            (Mode::Active { .. }, None) => match lock(store).ledger(&spec.name, &user.id) {
+            (Mode::Active { .. }, None) => match lock(state).ledger(&spec.name, &user.id) {
                 Ok(l) => Some(l),
                 Err(e) => {
                     report.error = Some(e.to_string());
@@ -1628,7 +1674,7 @@ async fn process_destination<B: Backend>(
         let read = match from_changes {
             Some(s) => Ok(s),
             None if removal => {
-                let copies = lock(store).copy_count(&spec.name, &user.id).unwrap_or(0);
+                let copies = lock(state).copy_count(&spec.name, &user.id).unwrap_or(0);
                 removal_snapshot(
                     backend,
                     spec,
@@ -1643,7 +1689,7 @@ async fn process_destination<B: Backend>(
             None => {
                 // The group is read whole: so is the ledger.
                 if partial {
-                    match lock(store).ledger(&spec.name, &user.id) {
+                    match lock(state).ledger(&spec.name, &user.id) {
                         Ok(l) => ledger = Some(l),
                         Err(e) => {
                             report.error = Some(e.to_string());
@@ -1779,16 +1825,30 @@ async fn process_destination<B: Backend>(
     report
 }
 
-/// A destination's place among the `concurrency` at the provider: held from its first call to
-/// its last, then handed to the next destination while this one records its state
-/// (`Finish::run`). At most `concurrency` destinations record at once, so a slow state database
-/// holds the provider's slots back rather than piling up finished destinations.
+/// A destination's place among the `concurrency` at the provider: taken before its first call
+/// (`take`), held to its last, then handed to the next destination while this one records its
+/// state (`Finish::run`). At most `concurrency` destinations record at once, so a slow state
+/// database holds the provider's slots back rather than piling up finished destinations.
 struct Slot {
     provider: Option<tokio::sync::OwnedSemaphorePermit>,
+    slots: Arc<tokio::sync::Semaphore>,
     finishing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Slot {
+    /// Waits for a place at the provider (kept if held already).
+    async fn take(&mut self) {
+        if self.provider.is_none() {
+            self.provider = Some(
+                self.slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the slots are never closed"),
+            );
+        }
+    }
+
     /// Takes a place among those recording, then gives up the place at the provider.
     async fn hand_on(&mut self) -> tokio::sync::OwnedSemaphorePermit {
         let recording = self
@@ -2334,141 +2394,40 @@ async fn apply_ops<B: Backend>(
                 }
             }
             Op::Delete(_) => {
-                // Read for the trash in reads of 200 and deleted in the provider's batches: take
-                // a run of deletes that fills both (their least common multiple, at most 1,000).
+                // Read for the trash in reads of 200 and deleted in the provider's batches: in
+                // chunks that fill both (their least common multiple, at most 1,000).
                 let delete_batch = backend.delete_batch_size().clamp(1, 1000);
-                let ops = same_kind(lcm(200, delete_batch).min(1000));
+                let ops = same_kind(usize::MAX);
                 i += ops.len();
                 let g = group_ref()?;
-                // Read in batches (the next one in flight while this one is read); each
-                // contact read is turned into its trash payload as it arrives, so the cards read
-                // are not held until the deletes are done.
-                let wanted: HashMap<&str, &DeleteOp> = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::Delete(d) => Some((d.contact_id.as_str(), &**d)),
-                        _ => None,
-                    })
-                    .collect();
-                let ids: Vec<String> = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::Delete(d) => Some(d.contact_id.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                let mut read: HashMap<String, Doomed> = HashMap::with_capacity(ids.len());
-                let mut refused: Option<ApplyError> = None;
-                backend
-                    .fetch_contacts(user, &g, &ids, &mut |current| {
-                        let Some(d) = wanted.get(current.id.as_str()) else {
-                            return;
-                        };
-                        if refused.is_some() {
-                            return;
-                        }
-                        if current.etag != d.etag {
-                            refused = Some(ApplyError::Backend(BackendError::Conflict {
-                                what: format!("contact {} of {}", d.contact_id, user.name),
-                            }));
-                            return;
-                        }
-                        // Named and summarised as it is now, as the trash keeps it (a removal
-                        // read only its tags).
-                        match &current.card {
-                            Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
-                                read.insert(
-                                    current.id.clone(),
-                                    Doomed {
-                                        contact_id: d.contact_id.clone(),
-                                        etag: d.etag.clone(),
-                                        source_id: d.source_id.clone(),
-                                        name: card::display_name(c),
-                                        reason: serde_json::to_value(d.reason)
-                                            .ok()
-                                            .and_then(|v| v.as_str().map(str::to_string))
-                                            .unwrap_or_default(),
-                                        before: card::managed_digest(c, &spec.fields),
-                                        payload: card::to_text(c),
-                                    },
-                                );
-                            }
-                            _ => {
-                                refused = Some(ApplyError::Other(format!(
-                                    "contact {} of {} no longer carries tag {}; left alone",
-                                    d.contact_id, user.name, spec.tag
-                                )))
-                            }
-                        }
-                    })
-                    .await?;
-                if let Some(e) = refused {
-                    return Err(e);
+                // A pipeline, every call still made after the one before: a chunk is read (each
+                // contact turned into its trash payload as it arrives) while the trash of the
+                // chunk before it is written on the blocking pool; then that chunk is deleted,
+                // and this one's trash started. A chunk's trash is written before any of its
+                // contacts is deleted, and only once the chunk before it is deleted: a chunk that
+                // cannot be read or is refused (a contact changed, or lost its tag) stops the run
+                // once the chunk trashed before it is deleted.
+                let mut trashed: Option<Trashing> = None;
+                for chunk in ops.chunks(lcm(200, delete_batch).min(1000)) {
+                    let read = read_for_trash(backend, spec, user, &g, chunk).await;
+                    if let Some(t) = trashed.take() {
+                        delete_trashed(
+                            backend,
+                            store,
+                            user,
+                            &g,
+                            delete_batch,
+                            t,
+                            deferred,
+                            applied,
+                        )
+                        .await?;
+                    }
+                    trashed = Some(write_trash(store, run_id, spec, user, &g, read?));
                 }
-                // In the plan's order; a contact already gone has nothing to delete.
-                let doomed: Vec<Doomed> = ids.iter().filter_map(|id| read.remove(id)).collect();
-                drop(read);
-                // Every payload is checked before any is trashed or deleted; the trash is
-                // written off this thread (a thousand contacts' text), then the deletes go.
-                let doomed = {
-                    let store = store.clone();
-                    let (job, user_id, user_name, group_name) = (
-                        spec.name.clone(),
-                        user.id.clone(),
-                        user.name.clone(),
-                        g.name.clone(),
-                    );
-                    tokio::task::spawn_blocking(move || {
-                        let trash: Vec<TrashEntry<'_>> = doomed
-                            .iter()
-                            .map(|d| TrashEntry {
-                                contact_id: &d.contact_id,
-                                name: &d.name,
-                                reason: &d.reason,
-                                payload: &d.payload,
-                            })
-                            .collect();
-                        let written = lock(&store).trash(
-                            run_id,
-                            &job,
-                            (&user_id, &user_name, &group_name),
-                            &trash,
-                        );
-                        drop(trash);
-                        written.map(|_| doomed)
-                    })
-                    .await
-                    .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??
-                };
-                for chunk in doomed.chunks(delete_batch) {
-                    let calls: Vec<(&str, &str)> = chunk
-                        .iter()
-                        .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
-                        .collect();
-                    let results =
-                        overlapped(store, deferred, backend.delete_contacts(user, &g, &calls))
-                            .await?;
-                    let mut first_err = None;
-                    for (d, result) in chunk.iter().zip(results) {
-                        if let Err(e) = result {
-                            first_err.get_or_insert(e);
-                            continue;
-                        }
-                        deferred.writes.push(DeferredWrite::Log {
-                            action: "delete",
-                            source_id: d.source_id.clone(),
-                            contact_id: d.contact_id.clone(),
-                            name: Some(d.name.clone()),
-                            detail: Some(d.reason.clone()),
-                            fields: None,
-                            before: Some(d.before.clone()),
-                            after: None,
-                        });
-                        applied.deleted += 1;
-                    }
-                    if let Some(e) = first_err {
-                        return Err(e.into());
-                    }
+                if let Some(t) = trashed {
+                    delete_trashed(backend, store, user, &g, delete_batch, t, deferred, applied)
+                        .await?;
                 }
             }
             Op::MoveToDefault { .. } => {
@@ -2529,6 +2488,171 @@ async fn apply_ops<B: Backend>(
         }
     }
     Ok((group, source.is_some().then_some((kept, forget))))
+}
+
+/// The contacts of a run of deletes, read for the trash: each turned into what the trash and
+/// the change log keep as it arrives, in the plan's order; a contact already gone is left out
+/// (nothing to delete). Refused, with nothing kept, when a contact changed since it was planned
+/// (`Conflict`: it is read and planned again) or no longer carries the job's tag.
+async fn read_for_trash<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    g: &GroupRef,
+    ops: &[Op],
+) -> Result<Vec<Doomed>, ApplyError> {
+    let wanted: HashMap<&str, &DeleteOp> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(d) => Some((d.contact_id.as_str(), &**d)),
+            _ => None,
+        })
+        .collect();
+    let ids: Vec<String> = ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Delete(d) => Some(d.contact_id.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut read: HashMap<String, Doomed> = HashMap::with_capacity(ids.len());
+    let mut refused: Option<ApplyError> = None;
+    backend
+        .fetch_contacts(user, g, &ids, &mut |current| {
+            let Some(d) = wanted.get(current.id.as_str()) else {
+                return;
+            };
+            if refused.is_some() {
+                return;
+            }
+            if current.etag != d.etag {
+                refused = Some(ApplyError::Backend(BackendError::Conflict {
+                    what: format!("contact {} of {}", d.contact_id, user.name),
+                }));
+                return;
+            }
+            // Named and summarised as it is now, as the trash keeps it (a removal read only
+            // its tags).
+            match &current.card {
+                Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                    read.insert(
+                        current.id.clone(),
+                        Doomed {
+                            contact_id: d.contact_id.clone(),
+                            etag: d.etag.clone(),
+                            source_id: d.source_id.clone(),
+                            name: card::display_name(c),
+                            reason: serde_json::to_value(d.reason)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                            before: card::managed_digest(c, &spec.fields),
+                            payload: card::to_text(c),
+                        },
+                    );
+                }
+                _ => {
+                    refused = Some(ApplyError::Other(format!(
+                        "contact {} of {} no longer carries tag {}; left alone",
+                        d.contact_id, user.name, spec.tag
+                    )))
+                }
+            }
+        })
+        .await?;
+    if let Some(e) = refused {
+        return Err(e);
+    }
+    Ok(ids.iter().filter_map(|id| read.remove(id)).collect())
+}
+
+/// Contacts whose trash is being written (`write_trash`), handed back once it is.
+type Trashing = tokio::task::JoinHandle<Result<Vec<Doomed>, StoreError>>;
+
+/// Writes contacts about to be deleted to the trash, on the blocking pool (a thousand contacts'
+/// text is a long write for a runtime thread).
+fn write_trash(
+    store: &Arc<Mutex<Store>>,
+    run_id: i64,
+    spec: &JobSpec,
+    user: &User,
+    g: &GroupRef,
+    mut doomed: Vec<Doomed>,
+) -> Trashing {
+    let store = store.clone();
+    let (job, user_id, user_name, group_name) = (
+        spec.name.clone(),
+        user.id.clone(),
+        user.name.clone(),
+        g.name.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let trash: Vec<TrashEntry<'_>> = doomed
+            .iter()
+            .map(|d| TrashEntry {
+                contact_id: &d.contact_id,
+                name: &d.name,
+                reason: &d.reason,
+                payload: &d.payload,
+            })
+            .collect();
+        let written = lock(&store).trash(run_id, &job, (&user_id, &user_name, &group_name), &trash);
+        drop(trash);
+        // The text is in the trash now: what the deletes still need is small.
+        written.map(|_| {
+            for d in &mut doomed {
+                d.payload = String::new();
+            }
+            doomed
+        })
+    })
+}
+
+/// Once their trash is written, deletes the contacts in the provider's batches; each delete is
+/// logged (deferred, see `Deferred`).
+#[allow(clippy::too_many_arguments)]
+async fn delete_trashed<B: Backend>(
+    backend: &B,
+    store: &Arc<Mutex<Store>>,
+    user: &User,
+    g: &GroupRef,
+    delete_batch: usize,
+    trashing: Trashing,
+    deferred: &mut Deferred,
+    applied: &mut Counts,
+) -> Result<(), ApplyError> {
+    let doomed = trashing
+        .await
+        .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??;
+    for chunk in doomed.chunks(delete_batch) {
+        let calls: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
+            .collect();
+        let results = overlapped(store, deferred, backend.delete_contacts(user, g, &calls)).await?;
+        let mut first_err = None;
+        for (d, result) in chunk.iter().zip(results) {
+            if let Err(e) = result {
+                first_err.get_or_insert(e);
+                continue;
+            }
+            deferred.writes.push(DeferredWrite::Log {
+                action: "delete",
+                source_id: d.source_id.clone(),
+                contact_id: d.contact_id.clone(),
+                name: Some(d.name.clone()),
+                detail: Some(d.reason.clone()),
+                fields: None,
+                before: Some(d.before.clone()),
+                after: None,
+            });
+            applied.deleted += 1;
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

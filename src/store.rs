@@ -385,6 +385,32 @@ impl Store {
         })
     }
 
+    /// A second connection to the same database, for reads that must not wait for the writer
+    /// (in WAL mode a reader goes on while a transaction is written and committed). It sees only
+    /// committed writes: it is for state the run has not written to yet. `None` for an
+    /// in-memory database, which a second connection cannot see.
+    pub fn reader(&self) -> Result<Option<Store>> {
+        if self.path == ":memory:" {
+            return Ok(None);
+        }
+        let e = |source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        };
+        let conn = Connection::open_with_flags(
+            &self.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(e)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+        Ok(Some(Store {
+            conn,
+            path: self.path.clone(),
+            batch: std::cell::Cell::new(None),
+            batch_depth: std::cell::Cell::new(0),
+        }))
+    }
+
     fn err(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
         move |source| StoreError::Sqlite {
             path: self.path.clone(),
@@ -1220,6 +1246,26 @@ fn trash_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<TrashRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The second connection reads the same database without waiting for the writer, and
+    /// sees what is committed only: the engine reads through it only state the run has not
+    /// written yet.
+    #[test]
+    fn a_reader_sees_what_is_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let reader = s.reader().unwrap().expect("a file has a reader");
+        s.record_copy("j", "u", "s1", "c1", "d", "e").unwrap();
+        assert!(reader.copy_by_contact("j", "u", "c1").unwrap().is_some());
+        s.batch_begin().unwrap();
+        s.record_copy("j", "u", "s2", "c2", "d", "e").unwrap();
+        assert!(reader.copy_by_contact("j", "u", "c2").unwrap().is_none());
+        assert_eq!(reader.copy_count("j", "u").unwrap(), 1);
+        s.batch_end().unwrap();
+        assert!(reader.copy_by_contact("j", "u", "c2").unwrap().is_some());
+        assert!(reader.record_copy("j", "u", "s3", "c3", "d", "e").is_err());
+        assert!(Store::open_in_memory().unwrap().reader().unwrap().is_none());
+    }
 
     #[test]
     fn migrations_are_valid() {

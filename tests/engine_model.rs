@@ -750,3 +750,83 @@ fn a_panicking_destination_fails_alone() {
         }
     }
 }
+
+/// A removed destination with more copies than one read-and-delete chunk (200 here) is cleaned
+/// up chunk by chunk: each chunk's trash written before its deletes. When a delete fails part
+/// way, the only trash entries whose contacts are still there are those of the chunk being
+/// deleted (the chunk after it was read, but not trashed), and the rerun finishes the cleanup.
+#[test]
+fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = Arc::new(MemoryBackend::new());
+    backend.add_user(SOURCE);
+    backend.add_user("u0");
+    for i in 0..450 {
+        backend.put(SOURCE, "G", make_card(i, false));
+    }
+    backend.set_batch_size(100);
+    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
+    let opts = RunOptions {
+        concurrency: 1,
+        default_group: DEFAULT_GROUP.into(),
+        ..Default::default()
+    };
+    let report = rt.block_on(engine::run_job(
+        &backend,
+        &store,
+        &fixed_job(&["u0"]),
+        &opts,
+    ));
+    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+    let copies = |b: &MemoryBackend| {
+        b.dump("u0")
+            .into_iter()
+            .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
+            .map(|(_, id, _)| id)
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(copies(&backend).len(), 450);
+    // The provider stops answering at the 251st contact delete: in the second chunk's second
+    // batch of 100.
+    backend.set_faults(Faults {
+        fail_write: None,
+        cut_at_write: Some(250),
+    });
+    let removed = fixed_job(&[]);
+    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    let left = copies(&backend);
+    let trashed: Vec<String> = store
+        .lock()
+        .unwrap()
+        .trash_list(Some("job"), Some("u0"), None)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.contact_id)
+        .collect();
+    let deleted = 450 - left.len();
+    assert!((250..=300).contains(&deleted), "{deleted} deleted");
+    // Trashed: the chunks read before the failure (400), never the third.
+    assert_eq!(trashed.len(), 400);
+    let trashed_not_deleted = trashed.iter().filter(|id| left.contains(*id)).count();
+    assert!(trashed_not_deleted <= 200, "{trashed_not_deleted}");
+    assert_eq!(trashed_not_deleted, 400 - deleted);
+    // The rerun finishes: every copy gone, each trashed before it went.
+    backend.set_faults(Faults::default());
+    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
+    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+    assert!(copies(&backend).is_empty());
+    let trashed: BTreeSet<String> = store
+        .lock()
+        .unwrap()
+        .trash_list(Some("job"), Some("u0"), None)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.contact_id)
+        .collect();
+    assert_eq!(trashed.len(), 450);
+}

@@ -163,6 +163,15 @@ fn next_page_token_at_end(text: &str) -> Option<String> {
     (!token.is_empty()).then_some(token)
 }
 
+/// What a listing does after handing a contact over (see `list_connections_synced`).
+enum Then {
+    Next,
+    Stop,
+    /// Yields to the runtime before the next contact, so that what the caller started on this
+    /// one (a request) gets going.
+    Yield,
+}
+
 /// The People fields read for every contact: the copied ones plus what tells copies apart.
 fn read_fields() -> String {
     let mut f: Vec<&str> = person::COPIED_FIELDS.to_vec();
@@ -403,7 +412,7 @@ impl GoogleBackend {
                 Some(Ok(p)) => each(p),
                 _ => bad = true,
             }
-            !bad
+            if bad { Then::Stop } else { Then::Next }
         })
         .await
         .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
@@ -428,7 +437,7 @@ impl GoogleBackend {
         fields: &str,
         since: Option<&str>,
         request_token: bool,
-        each: &mut (dyn FnMut(person::Head<'_>, person::Whole<'_, '_>) -> bool + Send),
+        each: &mut (dyn FnMut(person::Head<'_>, person::Whole<'_, '_>) -> Then + Send),
     ) -> std::result::Result<Option<String>, ApiError> {
         let email = self.email(user);
         // Every parameter but the page and sync tokens must be the same on the call that took
@@ -478,8 +487,10 @@ impl GoogleBackend {
             let mut raws = person::PageRaw::new(&text);
             let len = v.connections.len();
             for (i, head) in v.connections.into_iter().enumerate() {
-                if !each(head, person::Whole::new(&mut raws, i, len)) {
-                    return Ok(None);
+                match each(head, person::Whole::new(&mut raws, i, len)) {
+                    Then::Next => {}
+                    Then::Stop => return Ok(None),
+                    Then::Yield => tokio::task::yield_now().await,
                 }
             }
             if more.is_none() {
@@ -1054,7 +1065,7 @@ impl Backend for GoogleBackend {
             false,
             &mut |head, whole| {
                 if !head.member_of(&group.id) {
-                    return true;
+                    return Then::Next;
                 }
                 let p = whole
                     .raw()
@@ -1066,11 +1077,11 @@ impl Backend for GoogleBackend {
                             etag: head.etag.into_owned(),
                             card: Ok(person::doc_to_card(&p, &p.tag_info(), None)),
                         });
-                        true
+                        Then::Next
                     }
                     None => {
                         bad = Some(head.resource_name.into_owned());
-                        false
+                        Then::Stop
                     }
                 }
             },
@@ -1124,14 +1135,14 @@ impl Backend for GoogleBackend {
                     // A copy as the engine wrote it: no need to read it whole.
                     if known(&head.resource_name, &head.etag) {
                         known_sink(head.resource_name.into_owned(), head.etag.into_owned());
-                        return true;
+                        return Then::Next;
                     }
                     if let Err(why) = self.read_whole(user, &head, whole, sink) {
                         bad = Some(why);
-                        return false;
+                        return Then::Stop;
                     }
                 }
-                true
+                Then::Next
             })
             .await
             .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
@@ -1156,6 +1167,16 @@ impl Backend for GoogleBackend {
         self.forget_repairs(user);
         let fields = read_fields();
         let mut bad = None;
+        // After the first change is handed over, the caller gets to act on it (it reads the
+        // group alongside the rest): the listing yields once.
+        let mut handed = false;
+        let mut handed_over = move || {
+            if std::mem::replace(&mut handed, true) {
+                Then::Next
+            } else {
+                Then::Yield
+            }
+        };
         let r = self
             .list_connections_synced(user, &fields, Some(token), true, &mut |head, whole| {
                 if whole.index() == 0 {
@@ -1164,24 +1185,26 @@ impl Backend for GoogleBackend {
                 if head.deleted() {
                     if known.known(&head.resource_name, "") != Known::No {
                         gone(head.resource_name.into_owned());
+                        return handed_over();
                     }
-                    return true;
+                    return Then::Next;
                 }
                 let k = known.known(&head.resource_name, &head.etag);
                 if !head.member_of(group_id) {
                     if k != Known::No {
                         gone(head.resource_name.into_owned());
+                        return handed_over();
                     }
-                    return true;
+                    return Then::Next;
                 }
                 if k == Known::AsWritten {
-                    return true;
+                    return Then::Next;
                 }
                 match self.read_whole(user, &head, whole, sink) {
-                    Ok(()) => true,
+                    Ok(()) => handed_over(),
                     Err(why) => {
                         bad = Some(why);
-                        false
+                        Then::Stop
                     }
                 }
             })
