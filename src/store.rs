@@ -370,6 +370,10 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(e)?;
+        // A 1 MB page cache (SQLite's default is 2 MB): the writes that fill it (ledger rows,
+        // log lines, the trash) are made off the destinations' critical path, and its reads of
+        // state not written yet go through a reader of its own (`reader`).
+        conn.pragma_update(None, "cache_size", -1024).map_err(e)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(e)?;
         MIGRATIONS
             .to_latest(&mut conn)
@@ -403,6 +407,9 @@ impl Store {
         )
         .map_err(e)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(e)?;
+        // Point lookups and one destination's ledger at a time: a small page cache will do
+        // (the writer's keeps the default 2 MB).
+        conn.pragma_update(None, "cache_size", -256).map_err(e)?;
         Ok(Some(Store {
             conn,
             path: self.path.clone(),

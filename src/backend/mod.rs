@@ -336,7 +336,9 @@ pub trait Backend: Send + Sync {
     /// it is `Known::AsWritten` (the engine's own write). A remembered copy (any `Known` but
     /// `No`) deleted since, or no longer in the group, is handed to `gone`. Every other change
     /// (contacts elsewhere in the user's contacts) is left out. A provider without change
-    /// tokens answers `Delta::Expired`.
+    /// tokens answers `Delta::Expired`. The caller may start work of its own on the first
+    /// change handed over (the engine reads the group alongside the rest): a provider that reads
+    /// the delta in pages yields to the runtime once after handing it over.
     fn read_changes(
         &self,
         _user: &User,
