@@ -200,7 +200,7 @@ impl Phases {
         }
     }
 
-    fn row(&self, w: &str, _lat: f64) -> String {
+    fn row(&self, w: &str) -> String {
         let per = |x: f64| x * 1000.0 / self.dests.max(1) as f64;
         format!(
             "{:<4} {:>8.2} {:>8.2} {:>8.1} {:>9.1} {:>9.1} {:>9.1}",
@@ -489,7 +489,7 @@ fn main() -> anyhow::Result<()> {
                 exited,
                 a.concurrency
             )
-            .row(w, lat)
+            .row(w)
         )?;
         let counts = fake.counts();
         let late = fake.late_calls();

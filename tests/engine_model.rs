@@ -646,6 +646,17 @@ fn fixed_job(destinations: &[&str]) -> JobRun {
     }
 }
 
+/// A provider with the source user, `n` contacts in its group "G", and one destination user u0.
+fn source_and_u0(n: u16) -> Arc<MemoryBackend> {
+    let backend = Arc::new(MemoryBackend::new());
+    backend.add_user(SOURCE);
+    backend.add_user("u0");
+    for i in 0..n {
+        backend.put(SOURCE, "G", make_card(i, false));
+    }
+    backend
+}
+
 /// A batch that fails part way: the copies written before the failure are in the ledger and in
 /// the change log. (A batch's records are written while the next call is in flight, or when the
 /// destination ends; a failure must not drop them.)
@@ -655,12 +666,7 @@ fn writes_before_a_failure_are_recorded() {
         .enable_all()
         .build()
         .unwrap();
-    let backend = Arc::new(MemoryBackend::new());
-    backend.add_user(SOURCE);
-    backend.add_user("u0");
-    for i in 0..7 {
-        backend.put(SOURCE, "G", make_card(i, false));
-    }
+    let backend = source_and_u0(7);
     backend.set_batch_size(3);
     // The group is the first write, then batches of 3 creates: the sixth write, in the second
     // batch, fails after one create of that batch went through.
@@ -762,12 +768,7 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
         .enable_all()
         .build()
         .unwrap();
-    let backend = Arc::new(MemoryBackend::new());
-    backend.add_user(SOURCE);
-    backend.add_user("u0");
-    for i in 0..450 {
-        backend.put(SOURCE, "G", make_card(i, false));
-    }
+    let backend = source_and_u0(450);
     backend.set_batch_size(100);
     let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
     let opts = RunOptions {
@@ -799,20 +800,24 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
     let removed = fixed_job(&[]);
     let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
     assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    // The contact ids in u0's trash entries, one per entry.
+    let trashed = || -> Vec<String> {
+        store
+            .lock()
+            .unwrap()
+            .trash_list(Some("job"), Some("u0"), None)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.contact_id)
+            .collect()
+    };
     let left = copies(&backend);
-    let trashed: Vec<String> = store
-        .lock()
-        .unwrap()
-        .trash_list(Some("job"), Some("u0"), None)
-        .unwrap()
-        .into_iter()
-        .map(|t| t.contact_id)
-        .collect();
+    let trashed_now = trashed();
     let deleted = 450 - left.len();
     assert!((250..=300).contains(&deleted), "{deleted} deleted");
     // Trashed: the chunks read before the failure (400), never the third.
-    assert_eq!(trashed.len(), 400);
-    let trashed_not_deleted = trashed.iter().filter(|id| left.contains(*id)).count();
+    assert_eq!(trashed_now.len(), 400);
+    let trashed_not_deleted = trashed_now.iter().filter(|id| left.contains(*id)).count();
     assert!(trashed_not_deleted <= 200, "{trashed_not_deleted}");
     assert_eq!(trashed_not_deleted, 400 - deleted);
     // The rerun finishes: every copy gone, each trashed before it went.
@@ -820,13 +825,5 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
     let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
     assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
     assert!(copies(&backend).is_empty());
-    let trashed: BTreeSet<String> = store
-        .lock()
-        .unwrap()
-        .trash_list(Some("job"), Some("u0"), None)
-        .unwrap()
-        .into_iter()
-        .map(|t| t.contact_id)
-        .collect();
-    assert_eq!(trashed.len(), 450);
+    assert_eq!(trashed().into_iter().collect::<BTreeSet<_>>().len(), 450);
 }
