@@ -623,8 +623,9 @@ struct ActiveInputs {
     stopped: AtomicBool,
 }
 
-/// Runs `process_destination` for each (user, target group), each as its own task,
-/// `concurrency` at a time; active destinations with `inputs`, removed ones without. Reports
+/// Runs `process_destination` for each (user, target group), each as its own task, at most
+/// `concurrency` of them at the provider at once (see `Slot`); active destinations with
+/// `inputs`, removed ones without. Reports
 /// come back in the order of `dests`, whatever order they finished in; a task that panicked is
 /// reported as a failed destination, and the others go on.
 async fn run_destinations<B: Backend + 'static>(
@@ -2501,20 +2502,18 @@ async fn read_for_trash<B: Backend>(
     g: &GroupRef,
     ops: &[Op],
 ) -> Result<Vec<Doomed>, ApplyError> {
-    let wanted: HashMap<&str, &DeleteOp> = ops
+    let deletes: Vec<&DeleteOp> = ops
         .iter()
         .filter_map(|op| match op {
-            Op::Delete(d) => Some((d.contact_id.as_str(), &**d)),
+            Op::Delete(d) => Some(&**d),
             _ => None,
         })
         .collect();
-    let ids: Vec<String> = ops
+    let wanted: HashMap<&str, &DeleteOp> = deletes
         .iter()
-        .filter_map(|op| match op {
-            Op::Delete(d) => Some(d.contact_id.clone()),
-            _ => None,
-        })
+        .map(|d| (d.contact_id.as_str(), *d))
         .collect();
+    let ids: Vec<String> = deletes.iter().map(|d| d.contact_id.clone()).collect();
     let mut read: HashMap<String, Doomed> = HashMap::with_capacity(ids.len());
     let mut refused: Option<ApplyError> = None;
     backend
