@@ -10,6 +10,7 @@ use calcard::{Entry, Parser};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
@@ -86,9 +87,24 @@ fn truncate(s: &str, n: usize) -> String {
 /// breaks the data URI for other readers (RFC 6350 does not escape URI values), so it is written
 /// unescaped here. calcard reads both forms.
 pub fn to_text(card: &VCard) -> String {
+    write_card(card, None).0
+}
+
+/// [`to_text`] and [`managed_digest`] of a card in one pass: each entry is written once, into
+/// the text, and the managed ones are hashed from there.
+pub fn text_and_digest(card: &VCard, fields: &FieldSelection) -> (String, String) {
+    let (text, digest) = write_card(card, Some(fields));
+    (text, digest.unwrap_or_default())
+}
+
+/// Writes a card (see [`to_text`]), hashing its managed entries (see [`managed_digest`]) when
+/// `fields` is given.
+fn write_card(card: &VCard, fields: Option<&FieldSelection>) -> (String, Option<String>) {
     let v = version(card);
     let is_v4 = v == VCardVersion::V4_0;
-    let mut out = format!("BEGIN:VCARD\r\nVERSION:{v}\r\n");
+    let mut out = String::with_capacity(512);
+    let _ = write!(out, "BEGIN:VCARD\r\nVERSION:{v}\r\n");
+    let mut hasher = fields.map(|_| Sha256::new_with_prefix(format!("{v}\n")));
     for e in &card.entries {
         if matches!(
             e.name,
@@ -96,16 +112,22 @@ pub fn to_text(card: &VCard) -> String {
         ) {
             continue;
         }
-        let mut line = String::new();
-        let _ = e.write_to(&mut line, is_v4);
+        let start = out.len();
+        let _ = e.write_to(&mut out, is_v4);
+        if let (Some(h), Some(f)) = (hasher.as_mut(), fields)
+            && f.manages(&upper_name(e))
+        {
+            h.update(&out.as_bytes()[start..]);
+        }
         if is_v4 && e.values.iter().any(|v| matches!(v, VCardValue::Binary(_))) {
             // "base64\\," is written in one piece, so folding never splits it.
-            line = line.replacen("base64\\,", "base64,", 1);
+            let line = out[start..].replacen("base64\\,", "base64,", 1);
+            out.truncate(start);
+            out.push_str(&line);
         }
-        out.push_str(&line);
     }
     out.push_str("END:VCARD\r\n");
-    out
+    (out, hasher.map(|h| hex_of(&h.finalize())))
 }
 
 /// The version a card declares, defaulting to 3.0 (what most servers and tools write).
@@ -113,8 +135,14 @@ pub fn version(card: &VCard) -> VCardVersion {
     card.version().unwrap_or(VCardVersion::V3_0)
 }
 
-fn upper_name(entry: &VCardEntry) -> String {
-    entry.name.as_str().to_ascii_uppercase()
+/// A property's name in upper case, borrowed when it already is (as every name this tool writes).
+fn upper_name(entry: &VCardEntry) -> Cow<'_, str> {
+    let name = entry.name.as_str();
+    if name.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(name.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(name)
+    }
 }
 
 fn first_text(card: &VCard, name: &str) -> Option<String> {
@@ -253,7 +281,7 @@ pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(Arc<str>, u6
     for e in managed_entries(card, fields) {
         let mut text = String::new();
         let _ = e.write_to(&mut text, is_v4);
-        text.hash(by_name.entry(upper_name(e)).or_default());
+        text.hash(by_name.entry(upper_name(e).into_owned()).or_default());
     }
     by_name
         .into_iter()
@@ -315,7 +343,11 @@ pub fn changed_fields(a: &[(Arc<str>, u64)], b: &[(Arc<str>, u64)]) -> Vec<Strin
 
 /// Hex SHA-256 of bytes, shortened to 32 hex digits (128 bits: collisions are not a concern).
 pub fn hex_digest(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
+    hex_of(&Sha256::digest(bytes))
+}
+
+/// The first half of a SHA-256 digest in hex.
+fn hex_of(d: &[u8]) -> String {
     let mut s = String::with_capacity(32);
     for b in &d[..16] {
         let _ = write!(s, "{b:02x}");
@@ -379,7 +411,7 @@ pub fn merge_copy(existing: &VCard, desired: &VCard, fields: &FieldSelection) ->
             entries.push(e.clone());
         } else if !fields.manages(&name)
             && !matches!(
-                name.as_str(),
+                &*name,
                 "VERSION" | "BEGIN" | "END" | TAG_PROPERTY | SOURCE_PROPERTY
             )
         {
@@ -549,6 +581,32 @@ mod tests {
         );
         assert!(out.lines().all(|l| l.len() <= 76), "{out}");
         assert_eq!(parse(&out).unwrap(), card);
+    }
+
+    #[test]
+    fn one_pass_text_and_digest_are_to_text_and_managed_digest() {
+        let lower = V3.replace("X-CUSTOM", "x-custom").replace("EMAIL", "email");
+        let photo = "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:x\r\nNOTE:n\r\nPHOTO:data:image/jpeg;base64,/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAUDBAQEAwUEBAQFBQUGBwwIBwcHBw8LCwkMEQ8SEhEPERETFhwXExQaFRERGCEYGhwdHx8fExciJCIeJBweHx7/\r\nEND:VCARD\r\n";
+        let selections = [
+            FieldSelection::All,
+            FieldSelection::from_list(Some(&["EMAIL".to_string()])),
+            FieldSelection::from_list(Some(&["PHOTO".to_string(), "x-custom".to_string()])),
+        ];
+        let mut digests = HashSet::new();
+        for text in [V3, lower.as_str(), photo] {
+            let card = parse(text).unwrap();
+            let copy = make_copy(&card, &FieldSelection::All, "gSync42", "src-1", "u1");
+            for c in [&card, &copy] {
+                for f in &selections {
+                    let (text, digest) = text_and_digest(c, f);
+                    assert_eq!(text, to_text(c));
+                    assert_eq!(digest, managed_digest(c, f));
+                    digests.insert(digest);
+                }
+            }
+        }
+        // The selections do tell the cards apart.
+        assert!(digests.len() >= 6, "{digests:?}");
     }
 
     #[test]

@@ -2534,6 +2534,9 @@ async fn read_for_trash<B: Backend>(
             // its tags).
             match &current.card {
                 Ok(c) if card::tag_of(c).as_deref() == Some(spec.tag.as_str()) => {
+                    let (mut payload, before) = card::text_and_digest(c, &spec.fields);
+                    // Held until the trash is written: without the slack of its growth.
+                    payload.shrink_to_fit();
                     read.insert(
                         current.id.clone(),
                         Doomed {
@@ -2545,14 +2548,8 @@ async fn read_for_trash<B: Backend>(
                                 .ok()
                                 .and_then(|v| v.as_str().map(str::to_string))
                                 .unwrap_or_default(),
-                            before: card::managed_digest(c, &spec.fields),
-                            // Held until the trash is written: without the slack of its
-                            // growth (a third of its size, on average).
-                            payload: {
-                                let mut t = card::to_text(c);
-                                t.shrink_to_fit();
-                                t
-                            },
+                            before,
+                            payload,
                         },
                     );
                 }

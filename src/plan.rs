@@ -124,8 +124,8 @@ impl SourceSet {
                 // A copy read back from its text equals it (`to_text` writes every property
                 // `read_copy` reads; tests/vcards.rs checks it on realistic cards), so the
                 // digest is taken here, without reading it back.
-                let digest = card::managed_digest(&copy, &job.fields);
-                let copy_text = card::to_text(&copy).into_boxed_str();
+                let (copy_text, digest) = card::text_and_digest(&copy, &job.fields);
+                let copy_text = copy_text.into_boxed_str();
                 drop(copy);
                 let name = card::display_name(&card);
                 self.items.insert(
