@@ -902,14 +902,19 @@ async fn removal_snapshot<B: Backend>(
     whole: bool,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
     let mut entries = Vec::with_capacity(expected);
-    let mut sink = |c: crate::backend::Contact| {
-        entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
-    };
     if let Some(g) = &group {
         if whole {
-            backend.scan_group(user, g, &mut sink).await?;
+            backend
+                .scan_group(user, g, &mut |c| {
+                    entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
+                })
+                .await?;
         } else {
-            backend.scan_group_tags(user, g, &mut sink).await?;
+            backend
+                .scan_group_tags(user, g, &mut |c| {
+                    entries.push(DestEntry::classify_tags(spec, c.id, c.etag, &c.card))
+                })
+                .await?;
         }
     }
     Ok((

@@ -237,6 +237,29 @@ impl DestEntry {
     }
 }
 
+impl DestEntry {
+    /// [`DestEntry::classify`] of a contact read for its tags only (`Backend::scan_group_tags`,
+    /// a removal's run): a copy carries no name or digest, the read has neither to give.
+    pub fn classify_tags(
+        job: &JobSpec,
+        id: String,
+        etag: String,
+        card: &Result<VCard, String>,
+    ) -> Self {
+        let kind = match card.as_ref().ok().and_then(card::tag_of) {
+            Some(t) if t == job.tag => DestKind::Copy {
+                fields: vec![],
+                source: card.as_ref().ok().and_then(card::source_of),
+                digest: String::new(),
+                name: String::new(),
+            },
+            Some(t) if is_tag(&t) => DestKind::OtherJob,
+            _ => DestKind::Own,
+        };
+        DestEntry { id, etag, kind }
+    }
+}
+
 /// True for a well-formed tag: `gSync` followed by one or more digits.
 pub fn is_tag(s: &str) -> bool {
     s.len() > 5 && s.starts_with("gSync") && s[5..].bytes().all(|b| b.is_ascii_digit())
