@@ -911,4 +911,49 @@ mod tests {
             ("s", "c", "", "")
         );
     }
+
+    /// A contact read for its tags only is told apart as a whole read tells it: this job's copy
+    /// (with its source, or none when the source property is gone), another job's, the user's
+    /// own (untagged, a malformed tag, or unreadable).
+    #[test]
+    fn a_tags_only_read_tells_copies_apart_as_a_whole_read_does() {
+        let job = JobSpec {
+            name: "j".into(),
+            tag: "gSync42".into(),
+            target_group: "Team".into(),
+            fields: FieldSelection::All,
+            filter: ContactFilter::default(),
+            limits: Limits::default(),
+        };
+        let card = |extra: &str| {
+            card::parse(&format!(
+                "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:Jane\r\n{extra}END:VCARD\r\n"
+            ))
+        };
+        let cases = [
+            (
+                card("X-GSYNC:gSync42\r\nX-GSYNC-SOURCE:s1\r\n"),
+                "copy of s1",
+            ),
+            (card("X-GSYNC:gSync42\r\n"), "copy of none"),
+            (card("X-GSYNC:gSync7\r\nX-GSYNC-SOURCE:s1\r\n"), "other job"),
+            (card("X-GSYNC:gSyncX\r\n"), "own"),
+            (card(""), "own"),
+            (Err("unreadable".to_string()), "own"),
+        ];
+        let what = |e: &DestEntry| match &e.kind {
+            DestKind::Copy { source, .. } => {
+                format!("copy of {}", source.as_deref().unwrap_or("none"))
+            }
+            DestKind::OtherJob => "other job".into(),
+            DestKind::Own => "own".into(),
+        };
+        for (c, expected) in cases {
+            let tags = DestEntry::classify_tags(&job, "c".into(), "e".into(), &c);
+            let whole = DestEntry::classify(&job, "c".into(), "e".into(), &c, None);
+            assert_eq!(what(&tags), expected, "{c:?}");
+            assert_eq!(what(&whole), expected, "{c:?}");
+            assert_eq!((tags.id.as_str(), tags.etag.as_str()), ("c", "e"));
+        }
+    }
 }
