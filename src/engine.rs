@@ -650,7 +650,7 @@ async fn run_destinations<B: Backend + 'static>(
             && let Some((i, (user, target_group))) = dests.next()
         {
             let mut slot = Slot {
-                provider: None,
+                provider: Mutex::new(None),
                 slots: slots.clone(),
                 finishing: finishing.clone(),
             };
@@ -1494,6 +1494,12 @@ async fn process_destination<B: Backend>(
                 ask.notify_one();
             }
         };
+        let slot: &Slot = slot;
+        let probing = Probing {
+            probe: &probe,
+            slot,
+            group_asked: &asked,
+        };
         let read = {
             let mut each = |c: crate::backend::Contact| {
                 wanted();
@@ -1513,12 +1519,15 @@ async fn process_destination<B: Backend>(
                 user,
                 &token,
                 &group_id,
-                &probe,
+                &probing,
                 &mut each,
                 &mut each_gone,
             ));
+            // A call of its own: with a place at the provider, taken again if the read stepped
+            // aside before its first change was found.
             let mut lookup = std::pin::pin!(async {
                 ask.notified().await;
+                slot.take().await;
                 backend.find_group(user, target_group).await
             });
             let read = loop {
@@ -1587,6 +1596,8 @@ async fn process_destination<B: Backend>(
             }
         }
     }
+    // Back at the provider, if the change-token read stepped aside.
+    slot.take().await;
     for attempt in 0..3 {
         // State this destination has not written to in this run: at the first attempt, read
         // without waiting for the writer.
@@ -1834,37 +1845,75 @@ async fn process_destination<B: Backend>(
 /// A destination's place among the `concurrency` at the provider: taken before its first call
 /// (`take`), held to its last, then handed to the next destination while this one records its
 /// state (`Finish::run`). At most `concurrency` destinations record at once, so a slow state
-/// database holds the provider's slots back rather than piling up finished destinations.
+/// database holds the provider's slots back rather than piling up finished destinations. A
+/// destination whose change-token read has made its last call steps aside while it reads that
+/// last answer (`step_aside`), and takes a place again before any later call.
 struct Slot {
-    provider: Option<tokio::sync::OwnedSemaphorePermit>,
+    provider: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     slots: Arc<tokio::sync::Semaphore>,
     finishing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Slot {
     /// Waits for a place at the provider (kept if held already).
-    async fn take(&mut self) {
-        if self.provider.is_none() {
-            self.provider = Some(
-                self.slots
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .expect("the slots are never closed"),
-            );
+    async fn take(&self) {
+        if self.place().is_some() {
+            return;
         }
+        let place = self
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the slots are never closed");
+        *self.place() = Some(place);
+    }
+
+    fn place(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
+        self.provider.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the place at the provider to the next destination while this one makes no call.
+    fn step_aside(&self) {
+        self.place().take();
     }
 
     /// Takes a place among those recording, then gives up the place at the provider.
-    async fn hand_on(&mut self) -> tokio::sync::OwnedSemaphorePermit {
+    async fn hand_on(&self) -> tokio::sync::OwnedSemaphorePermit {
         let recording = self
             .finishing
             .clone()
             .acquire_owned()
             .await
             .expect("the slots are never closed");
-        self.provider = None;
+        self.step_aside();
         recording
+    }
+}
+
+/// A change-token read's view of the ledger (`LedgerProbe`) that also steps its destination
+/// aside at the provider once the read has made its last call (`KnownCopies::last_call`): the
+/// next destination's first call goes out while this one reads the last page. Not when the
+/// group is being read alongside (`group_asked`), which is a call of its own.
+struct Probing<'a> {
+    probe: &'a LedgerProbe<'a>,
+    slot: &'a Slot,
+    group_asked: &'a AtomicBool,
+}
+
+impl KnownCopies for Probing<'_> {
+    fn page(&self, n: usize) {
+        self.probe.page(n)
+    }
+
+    fn known(&self, id: &str, etag: &str) -> Known {
+        self.probe.known(id, etag)
+    }
+
+    fn last_call(&self) {
+        if !self.group_asked.load(Ordering::Relaxed) {
+            self.slot.step_aside();
+        }
     }
 }
 
@@ -1941,7 +1990,7 @@ impl Finish {
 
     /// Hands the slot on, writes everything on the blocking pool, and reports a state error in
     /// `report` (a provider error already there stays).
-    async fn run(self, store: &Arc<Mutex<Store>>, slot: &mut Slot, report: &mut DestReport) {
+    async fn run(self, store: &Arc<Mutex<Store>>, slot: &Slot, report: &mut DestReport) {
         let recording = slot.hand_on().await;
         let store = store.clone();
         let written = tokio::task::spawn_blocking(move || {

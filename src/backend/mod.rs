@@ -126,6 +126,11 @@ pub trait KnownCopies: Send + Sync {
     /// Whether the contact `id` with `etag` (empty for a deleted contact) is a copy the engine
     /// remembers, and whether it has the etag the engine wrote or last read.
     fn known(&self, id: &str, etag: &str) -> Known;
+
+    /// Told once the read has made its last call to the provider (what is left is reading the
+    /// answer in hand): the engine lets another destination call meanwhile. A backend tells it
+    /// only when sure; one that never does is correct, only slower.
+    fn last_call(&self) {}
 }
 
 impl<F: Fn(&str, &str) -> Known + Send + Sync> KnownCopies for F {

@@ -148,19 +148,25 @@ async fn answer<F: std::future::Future>(asked: &mut Ahead<F>) -> F::Output {
 /// (the last page, or another layout). A guess the caller checks against the parsed page: a
 /// contact's own text cannot hold this key, but a wrong guess would only cost a read.
 fn next_page_token_at_end(text: &str) -> Option<String> {
+    let value = key_at_end(text, "nextPageToken")?;
+    let mut de = serde_json::Deserializer::from_str(value);
+    let token = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
+    (!token.is_empty()).then_some(token)
+}
+
+/// The text after `"key":` in the last 4 KiB of a listing's page, where Google writes the
+/// fields that follow the contacts. Found only as a key: in a contact's string values, quotes are
+/// escaped.
+fn key_at_end<'t>(text: &'t str, key: &str) -> Option<&'t str> {
     const TAIL: usize = 4096;
     let mut from = text.len().saturating_sub(TAIL);
     while !text.is_char_boundary(from) {
         from += 1;
     }
     let tail = &text[from..];
-    let at = tail.rfind("\"nextPageToken\"")?;
-    let value = tail[at + "\"nextPageToken\"".len()..]
-        .trim_start()
-        .strip_prefix(':')?;
-    let mut de = serde_json::Deserializer::from_str(value);
-    let token = <String as serde::Deserialize>::deserialize(&mut de).ok()?;
-    (!token.is_empty()).then_some(token)
+    let quoted = format!("\"{key}\"");
+    let at = tail.rfind(&quoted)?;
+    tail[at + quoted.len()..].trim_start().strip_prefix(':')
 }
 
 /// What a listing does after handing a contact over (see `list_connections_synced`).
@@ -407,7 +413,7 @@ impl GoogleBackend {
         each: &mut (dyn FnMut(Value) + Send),
     ) -> Result<()> {
         let mut bad = false;
-        self.list_connections_synced(user, fields, None, false, &mut |_, whole| {
+        self.list_connections_synced(user, fields, None, false, None, &mut |_, whole| {
             match whole.raw().map(|raw| serde_json::from_str(raw.get())) {
                 Some(Ok(p)) => each(p),
                 _ => bad = true,
@@ -430,13 +436,15 @@ impl GoogleBackend {
     /// handed to `each` as its head (name, etag, groups) and a way to its raw JSON, split out of
     /// the page only when a caller needs a contact whole (a page where every contact is known by
     /// its head is scanned once); `each` returns false to stop reading early (no token is
-    /// returned then).
+    /// returned then). `last_call` is called once the last page's text is in, before it is
+    /// parsed, when its end says it is the last (a sync token and no page token).
     async fn list_connections_synced(
         &self,
         user: &User,
         fields: &str,
         since: Option<&str>,
         request_token: bool,
+        last_call: Option<&(dyn Fn() + Sync)>,
         each: &mut (dyn FnMut(person::Head<'_>, person::Whole<'_, '_>) -> Then + Send),
     ) -> std::result::Result<Option<String>, ApiError> {
         let email = self.email(user);
@@ -476,12 +484,22 @@ impl GoogleBackend {
             if let Some(t) = &guess {
                 next = ask_ahead(fetch(Some(t.clone()))).await;
             }
+            // Only the last page holds a sync token (People v1): no call follows this one.
+            let last =
+                request_token && guess.is_none() && key_at_end(&text, "nextSyncToken").is_some();
+            if last && let Some(told) = last_call {
+                told();
+            }
             let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
             let more = v.next_page_token.clone().filter(|t| !t.is_empty());
             if more != guess
                 && let Some(t) = &more
             {
+                if last {
+                    // A page token after all: not a page the API writes.
+                    return Err(http::bad_body("people.connections.list"));
+                }
                 next = ask_ahead(fetch(Some(t.clone()))).await;
             }
             let mut raws = person::PageRaw::new(&text);
@@ -1063,6 +1081,7 @@ impl Backend for GoogleBackend {
             "clientData,memberships,metadata",
             None,
             false,
+            None,
             &mut |head, whole| {
                 if !head.member_of(&group.id) {
                     return Then::Next;
@@ -1128,7 +1147,7 @@ impl Backend for GoogleBackend {
         let fields = read_fields();
         let mut bad = None;
         let token = self
-            .list_connections_synced(user, &fields, None, true, &mut |head, whole| {
+            .list_connections_synced(user, &fields, None, true, None, &mut |head, whole| {
                 if let Some(g) = group
                     && head.member_of(&g.id)
                 {
@@ -1178,36 +1197,43 @@ impl Backend for GoogleBackend {
             }
         };
         let r = self
-            .list_connections_synced(user, &fields, Some(token), true, &mut |head, whole| {
-                if whole.index() == 0 {
-                    known.page(whole.page_len());
-                }
-                if head.deleted() {
-                    if known.known(&head.resource_name, "") != Known::No {
-                        gone(head.resource_name.into_owned());
-                        return handed_over();
+            .list_connections_synced(
+                user,
+                &fields,
+                Some(token),
+                true,
+                Some(&|| known.last_call()),
+                &mut |head, whole| {
+                    if whole.index() == 0 {
+                        known.page(whole.page_len());
                     }
-                    return Then::Next;
-                }
-                let k = known.known(&head.resource_name, &head.etag);
-                if !head.member_of(group_id) {
-                    if k != Known::No {
-                        gone(head.resource_name.into_owned());
-                        return handed_over();
+                    if head.deleted() {
+                        if known.known(&head.resource_name, "") != Known::No {
+                            gone(head.resource_name.into_owned());
+                            return handed_over();
+                        }
+                        return Then::Next;
                     }
-                    return Then::Next;
-                }
-                if k == Known::AsWritten {
-                    return Then::Next;
-                }
-                match self.read_whole(user, &head, whole, sink) {
-                    Ok(()) => handed_over(),
-                    Err(why) => {
-                        bad = Some(why);
-                        Then::Stop
+                    let k = known.known(&head.resource_name, &head.etag);
+                    if !head.member_of(group_id) {
+                        if k != Known::No {
+                            gone(head.resource_name.into_owned());
+                            return handed_over();
+                        }
+                        return Then::Next;
                     }
-                }
-            })
+                    if k == Known::AsWritten {
+                        return Then::Next;
+                    }
+                    match self.read_whole(user, &head, whole, sink) {
+                        Ok(()) => handed_over(),
+                        Err(why) => {
+                            bad = Some(why);
+                            Then::Stop
+                        }
+                    }
+                },
+            )
             .await;
         if let Some(why) = bad {
             return Err(BackendError::Invalid(format!(
@@ -1532,7 +1558,7 @@ impl Backend for GoogleBackend {
 
 #[cfg(test)]
 mod tests {
-    use super::next_page_token_at_end;
+    use super::{key_at_end, next_page_token_at_end};
     use serde_json::json;
 
     /// A page as Google writes it: the contacts, then the page token, the counts and the sync
@@ -1563,11 +1589,12 @@ mod tests {
 
     proptest::proptest! {
         /// The token found at a page's end is the page's own, whatever its contacts hold (the
-        /// key's own name, quotes, a colon), and found whenever Google's layout puts it there.
+        /// keys' own names, quotes, a colon), and found whenever Google's layout puts it there;
+        /// so is the sync token.
         #[test]
         fn the_page_token_found_at_the_end_is_the_pages(
             values in proptest::collection::vec(
-                "nextPageToken|\"nextPageToken\": \"x\"|\\PC{0,12}", 0..40),
+                "nextPageToken|\"nextPageToken\": \"x\"|\"nextSyncToken\":\"y\"|\\PC{0,12}", 0..40),
             page_token in proptest::option::of("[a-zA-Z0-9:_\"\\\\-]{1,40}"),
             sync_token in proptest::option::of("[a-zA-Z0-9]{1,200}"),
         ) {
@@ -1575,6 +1602,11 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
             proptest::prop_assert_eq!(parsed["nextPageToken"].as_str(), page_token.as_deref());
             proptest::prop_assert_eq!(next_page_token_at_end(&text), page_token);
+            // The last page of a sync listing is known by its sync token, before it is parsed.
+            proptest::prop_assert_eq!(
+                key_at_end(&text, "nextSyncToken").is_some(),
+                parsed["nextSyncToken"].is_string()
+            );
         }
     }
 
