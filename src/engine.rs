@@ -645,12 +645,14 @@ async fn run_destinations<B: Backend + 'static>(
     // handed on goes to a destination ready to make its first call.
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let entry = Arc::new(tokio::sync::Mutex::new(()));
     loop {
         while tasks.len() < 3 * concurrency
             && let Some((i, (user, target_group))) = dests.next()
         {
             let mut slot = Slot {
                 provider: Mutex::new(None),
+                entry: entry.clone(),
                 slots: slots.clone(),
                 finishing: finishing.clone(),
             };
@@ -1435,7 +1437,7 @@ async fn process_destination<B: Backend>(
     } else {
         None
     };
-    slot.take().await;
+    slot.enter().await;
     if opts.cancelled() {
         report.stopped = Some("not run: groupsync is shutting down".into());
         return report;
@@ -1850,11 +1852,20 @@ async fn process_destination<B: Backend>(
 /// last answer (`step_aside`), and takes a place again before any later call.
 struct Slot {
     provider: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Held by the one destination waiting for its first place: the others wait for this, so a
+    /// destination coming back after stepping aside is behind at most one newcomer.
+    entry: Arc<tokio::sync::Mutex<()>>,
     slots: Arc<tokio::sync::Semaphore>,
     finishing: Arc<tokio::sync::Semaphore>,
 }
 
 impl Slot {
+    /// Waits for a first place at the provider, one destination at a time (see `entry`).
+    async fn enter(&self) {
+        let _first = self.entry.lock().await;
+        self.take().await;
+    }
+
     /// Waits for a place at the provider (kept if held already).
     async fn take(&self) {
         if self.place().is_some() {

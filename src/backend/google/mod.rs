@@ -489,6 +489,10 @@ impl GoogleBackend {
                 request_token && guess.is_none() && key_at_end(&text, "nextSyncToken").is_some();
             if last && let Some(told) = last_call {
                 told();
+                // What the caller let go (its place, to a destination waiting for it) gets
+                // going before this page is parsed: woken from here, it would wait in this
+                // worker's next-task slot until the page is done.
+                tokio::task::yield_now().await;
             }
             let v: person::HeadsPage<'_> = serde_json::from_str(&text)
                 .map_err(|_| http::bad_body("people.connections.list"))?;
