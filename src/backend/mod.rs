@@ -343,7 +343,9 @@ pub trait Backend: Send + Sync {
     /// (contacts elsewhere in the user's contacts) is left out. A provider without change
     /// tokens answers `Delta::Expired`. The caller may start work of its own on the first
     /// change handed over (the engine reads the group alongside the rest): a provider that reads
-    /// the delta in pages yields to the runtime once after handing it over.
+    /// the delta in pages yields to the runtime once after handing it over. A provider that can
+    /// tell its last call before it reads that answer says so (`KnownCopies::last_call`), and
+    /// yields once: the engine gives the destination's place to another meanwhile.
     fn read_changes(
         &self,
         _user: &User,
