@@ -435,7 +435,7 @@ impl GoogleBackend {
     /// `request_token` asks for the next token (it comes with the last page). Each contact is
     /// handed to `each` as its head (name, etag, groups) and a way to its raw JSON, split out of
     /// the page only when a caller needs a contact whole (a page where every contact is known by
-    /// its head is scanned once); `each` returns false to stop reading early (no token is
+    /// its head is scanned once); `each` returns `Then::Stop` to stop reading early (no token is
     /// returned then). `last_call` is called once the last page's text is in, before it is
     /// parsed, when its end says it is the last (a sync token and no page token).
     async fn list_connections_synced(
