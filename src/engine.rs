@@ -650,7 +650,7 @@ async fn run_destinations<B: Backend + 'static>(
         while tasks.len() < 3 * concurrency
             && let Some((i, (user, target_group))) = dests.next()
         {
-            let mut slot = Slot {
+            let slot = Slot {
                 provider: Mutex::new(None),
                 entry: entry.clone(),
                 slots: slots.clone(),
@@ -690,7 +690,7 @@ async fn run_destinations<B: Backend + 'static>(
                     &target_group,
                     run_id,
                     mode,
-                    &mut slot,
+                    &slot,
                 )
                 .await
             };
@@ -1407,7 +1407,7 @@ async fn process_destination<B: Backend>(
     target_group: &str,
     run_id: i64,
     mode: Mode<'_>,
-    slot: &mut Slot,
+    slot: &Slot,
 ) -> DestReport {
     let spec = &job.spec;
     let removal = matches!(mode, Mode::Removal);
@@ -1496,7 +1496,6 @@ async fn process_destination<B: Backend>(
                 ask.notify_one();
             }
         };
-        let slot: &Slot = slot;
         let probing = Probing {
             probe: &probe,
             slot,
@@ -1960,8 +1959,8 @@ struct Doomed {
     etag: String,
     source_id: Option<String>,
     name: String,
-    /// Why it goes (`DeleteReason`, as a word).
-    reason: String,
+    /// Why it goes (`DeleteReason::as_str`).
+    reason: &'static str,
     /// Its managed digest as read.
     before: String,
     /// Its vCard text, for the trash.
@@ -2574,18 +2573,21 @@ async fn read_for_trash<B: Backend>(
             _ => None,
         })
         .collect();
-    let wanted: HashMap<&str, &DeleteOp> = deletes
+    // Where each contact is in the plan's order; what was read of it goes there.
+    let at: HashMap<&str, usize> = deletes
         .iter()
-        .map(|d| (d.contact_id.as_str(), *d))
+        .enumerate()
+        .map(|(i, d)| (d.contact_id.as_str(), i))
         .collect();
     let ids: Vec<String> = deletes.iter().map(|d| d.contact_id.clone()).collect();
-    let mut read: HashMap<String, Doomed> = HashMap::with_capacity(ids.len());
+    let mut read: Vec<Option<Doomed>> = (0..deletes.len()).map(|_| None).collect();
     let mut refused: Option<ApplyError> = None;
     backend
         .fetch_contacts(user, g, &ids, &mut |current| {
-            let Some(d) = wanted.get(current.id.as_str()) else {
+            let Some(&i) = at.get(current.id.as_str()) else {
                 return;
             };
+            let d = deletes[i];
             if refused.is_some() {
                 return;
             }
@@ -2602,21 +2604,15 @@ async fn read_for_trash<B: Backend>(
                     let (mut payload, before) = card::text_and_digest(c, &spec.fields);
                     // Held until the trash is written: without the slack of its growth.
                     payload.shrink_to_fit();
-                    read.insert(
-                        current.id.clone(),
-                        Doomed {
-                            contact_id: d.contact_id.clone(),
-                            etag: d.etag.clone(),
-                            source_id: d.source_id.clone(),
-                            name: card::display_name(c),
-                            reason: serde_json::to_value(d.reason)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default(),
-                            before,
-                            payload,
-                        },
-                    );
+                    read[i] = Some(Doomed {
+                        contact_id: d.contact_id.clone(),
+                        etag: d.etag.clone(),
+                        source_id: d.source_id.clone(),
+                        name: card::display_name(c),
+                        reason: d.reason.as_str(),
+                        before,
+                        payload,
+                    });
                 }
                 _ => {
                     refused = Some(ApplyError::Other(format!(
@@ -2630,7 +2626,7 @@ async fn read_for_trash<B: Backend>(
     if let Some(e) = refused {
         return Err(e);
     }
-    Ok(ids.iter().filter_map(|id| read.remove(id)).collect())
+    Ok(read.into_iter().flatten().collect())
 }
 
 /// Contacts whose trash is being written (`write_trash`), handed back once it is.
@@ -2659,7 +2655,7 @@ fn write_trash(
             .map(|d| TrashEntry {
                 contact_id: &d.contact_id,
                 name: &d.name,
-                reason: &d.reason,
+                reason: d.reason,
                 payload: &d.payload,
             })
             .collect();
@@ -2708,7 +2704,7 @@ async fn delete_trashed<B: Backend>(
                 source_id: d.source_id.clone(),
                 contact_id: d.contact_id.clone(),
                 name: Some(d.name.clone()),
-                detail: Some(d.reason.clone()),
+                detail: Some(d.reason.to_string()),
                 fields: None,
                 before: Some(d.before.clone()),
                 after: None,

@@ -468,6 +468,18 @@ pub enum DeleteReason {
     DestinationRemoved,
 }
 
+impl DeleteReason {
+    /// The reason as a word, as it is serialised (the trash and the change log keep it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeleteReason::SourceGone => "source-gone",
+            DeleteReason::Duplicate => "duplicate",
+            DeleteReason::Orphan => "orphan",
+            DeleteReason::DestinationRemoved => "destination-removed",
+        }
+    }
+}
+
 /// One operation at one destination, in the order the executor applies them. Updates and
 /// deletes are boxed: a plan is mostly creates (a first run holds one per source contact at
 /// every destination in flight), and an enum is as large as its largest kind.
@@ -910,6 +922,18 @@ mod tests {
             (r.source_id(), r.contact_id(), r.digest(), r.etag()),
             ("s", "c", "", "")
         );
+    }
+
+    #[test]
+    fn a_delete_reason_as_a_word_is_its_serialised_form() {
+        for r in [
+            DeleteReason::SourceGone,
+            DeleteReason::Duplicate,
+            DeleteReason::Orphan,
+            DeleteReason::DestinationRemoved,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 
     /// A contact read for its tags only is told apart as a whole read tells it: this job's copy
