@@ -438,6 +438,20 @@ async fn run_inner<B: Backend + 'static>(
         }
     }
 
+    // The first destinations get ready (Google: their access tokens) while the source is read,
+    // so that the first places go to destinations ready to call as soon as it is in. Stopped if
+    // the run ends first.
+    let _early = {
+        let first: Vec<User> = active
+            .iter()
+            .take(3 * opts.concurrency.max(1))
+            .cloned()
+            .collect();
+        let backend = backend.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            futures::future::join_all(first.iter().map(|u| backend.prepare_destination(u))).await;
+        }))
+    };
     // The source, read once for all destinations.
     let mut source = SourceSet::default();
     if !active.is_empty() {
@@ -595,6 +609,15 @@ async fn run_inner<B: Backend + 'static>(
     let removals = run_destinations(&shared, concurrency, removed.into_iter(), None).await;
     report.destinations.extend(removals);
     Ok(())
+}
+
+/// A task stopped when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// What every destination task of a run shares.

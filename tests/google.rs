@@ -1002,6 +1002,43 @@ fn quota_and_hung_calls_are_survived() {
     );
 }
 
+/// The first destinations get their access tokens while the source is read, not after: with
+/// a real token endpoint, that is a round trip off the run's critical path.
+#[test]
+fn destination_tokens_are_taken_while_the_source_is_read() {
+    let r = Rig::new(5);
+    r.fake.set_options(Options {
+        latency: std::time::Duration::from_millis(30),
+        ..Options::default()
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let source_read = r
+        .fake
+        .timeline()
+        .into_iter()
+        .find(|c| c.user == "alice@example.com" && c.method == "people.people.connections.list")
+        .expect("the source was read")
+        .answered;
+    let grants = r.fake.token_grants();
+    for u in ["bob@example.com", "carol@example.com"] {
+        let (_, granted) = grants
+            .iter()
+            .find(|(who, _)| who == u)
+            .unwrap_or_else(|| panic!("no token for {u}: {grants:?}"));
+        assert!(
+            *granted < source_read,
+            "{u}'s token was taken {:?} after the source's contacts were answered",
+            granted.duration_since(source_read)
+        );
+    }
+    assert_eq!(
+        grants.iter().filter(|(who, _)| who == "bob@example.com").count(),
+        1,
+        "one token per user and scope: {grants:?}"
+    );
+}
+
 /// A `groupsync run` killed (SIGKILL) mid-way, several times — once right after a batch create
 /// was applied but before its answer came back — then one run to completion: exactly one copy
 /// per source contact everywhere, nothing the fake would refuse.

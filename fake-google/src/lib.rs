@@ -161,6 +161,8 @@ pub struct State {
     /// Every People API call since the last `reset_counts`: who, when it arrived, when it was
     /// answered (see `Fake::timeline`).
     timeline: Mutex<Vec<TimedCall>>,
+    /// Every access token granted since the last `reset_counts`: to whom, and when.
+    grants: Mutex<Vec<(String, Instant)>>,
     faults: Mutex<Vec<Fault>>,
     inflight: Mutex<HashSet<String>>,
     quota: Mutex<HashMap<String, (Instant, u32)>>,
@@ -243,6 +245,7 @@ impl FakeGoogle {
             timer: timer::Timer::new(),
             gap_us: Default::default(),
             timeline: Default::default(),
+            grants: Default::default(),
             gaps: Default::default(),
             faults: Default::default(),
             inflight: Default::default(),
@@ -458,6 +461,7 @@ impl FakeGoogle {
             .store(0, std::sync::atomic::Ordering::Relaxed);
         self.state.answered.lock().unwrap().clear();
         self.state.timeline.lock().unwrap().clear();
+        self.state.grants.lock().unwrap().clear();
         self.state
             .gap_us
             .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -479,6 +483,12 @@ impl FakeGoogle {
     /// Every People API call since the last `reset_counts`, in the order they were answered.
     pub fn timeline(&self) -> Vec<TimedCall> {
         self.state.timeline.lock().unwrap().clone()
+    }
+
+    /// The access tokens granted since the last `reset_counts`: the user each was for
+    /// (lower-cased), and when, in the order they were granted.
+    pub fn token_grants(&self) -> Vec<(String, Instant)> {
+        self.state.grants.lock().unwrap().clone()
     }
 
     /// API calls since the last `reset_counts` whose own work in the fake took longer than
@@ -1264,6 +1274,10 @@ fn token(st: &State, headers: &HeaderMap, body: &[u8]) -> Response {
     }
     let n = w.next_id();
     let token = format!("ya29.fake-{n}-{}", rand::random::<u64>());
+    st.grants
+        .lock()
+        .unwrap()
+        .push((sub.to_ascii_lowercase(), Instant::now()));
     w.tokens.insert(token.clone(), (sub, scopes));
     (
         StatusCode::OK,
