@@ -1033,10 +1033,58 @@ fn destination_tokens_are_taken_while_the_source_is_read() {
         );
     }
     assert_eq!(
-        grants.iter().filter(|(who, _)| who == "bob@example.com").count(),
+        grants
+            .iter()
+            .filter(|(who, _)| who == "bob@example.com")
+            .count(),
         1,
         "one token per user and scope: {grants:?}"
     );
+}
+
+/// At debug level each call is logged with its user, status, time to the answer, time to read
+/// the body and the body's size; never its token.
+#[test]
+fn calls_are_logged_with_their_times_at_debug_level() {
+    let r = Rig::new(3);
+    r.fake.set_options(Options {
+        latency: std::time::Duration::from_millis(20),
+        ..Options::default()
+    });
+    let out = r
+        .cmd()
+        .args(["--log-json", "run", "sales"])
+        .env("GROUPSYNC_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let calls: Vec<Value> = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["answer_ms"].is_number())
+        .collect();
+    let list = calls
+        .iter()
+        .find(|v| {
+            v["fields"]["message"] == "people.connections.list"
+                && v["fields"]["user"] == "alice@example.com"
+        })
+        .unwrap_or_else(|| panic!("no debug line for the source read in:\n{err}"));
+    assert_eq!(list["fields"]["status"], 200);
+    assert!(
+        list["fields"]["answer_ms"].as_f64().unwrap() >= 20.0,
+        "{list}"
+    );
+    assert!(list["fields"]["body_ms"].as_f64().unwrap() >= 0.0, "{list}");
+    assert!(list["fields"]["bytes"].as_u64().unwrap() > 1000, "{list}");
+    assert!(
+        calls
+            .iter()
+            .any(|v| v["fields"]["message"] == "people.batchCreateContacts"),
+        "{err}"
+    );
+    assert!(!err.contains("ya29."), "a token in the log");
 }
 
 /// A `groupsync run` killed (SIGKILL) mid-way, several times — once right after a batch create

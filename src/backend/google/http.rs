@@ -264,6 +264,7 @@ impl Client {
                     .header("content-type", "application/json")
                     .body(b.clone());
             }
+            let sent = std::time::Instant::now();
             let resp = match req.send().await {
                 Ok(r) => r,
                 Err(e) => {
@@ -282,6 +283,7 @@ impl Client {
                     ));
                 }
             };
+            let answered = sent.elapsed();
             let status = resp.status();
             let after = resp
                 .headers()
@@ -308,7 +310,20 @@ impl Client {
                     .unwrap_or_default(),
                 None => vec![],
             };
-            let text = read_text(resp, buf).await.map_err(|e| {
+            let reading = std::time::Instant::now();
+            let text = read_text(resp, buf).await;
+            if let Ok(t) = &text {
+                tracing::debug!(
+                    user = call.user,
+                    status = status.as_u16(),
+                    answer_ms = answered.as_secs_f64() * 1e3,
+                    body_ms = reading.elapsed().as_secs_f64() * 1e3,
+                    bytes = t.len(),
+                    "{}",
+                    call.name
+                );
+            }
+            let text = text.map_err(|e| {
                 (
                     None,
                     ApiError {
