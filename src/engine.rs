@@ -444,7 +444,7 @@ async fn run_inner<B: Backend + 'static>(
     let _early = {
         let first: Vec<User> = active
             .iter()
-            .take(3 * opts.concurrency.max(1))
+            .take(STARTED_AHEAD * opts.concurrency.max(1))
             .cloned()
             .collect();
         let backend = backend.clone();
@@ -611,6 +611,10 @@ async fn run_inner<B: Backend + 'static>(
     Ok(())
 }
 
+/// Destination tasks started ahead of their place at the provider, per place: each gets ready
+/// (its token, its change token) while earlier ones call.
+const STARTED_AHEAD: usize = 3;
+
 /// A task stopped when its handle is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -670,7 +674,7 @@ async fn run_destinations<B: Backend + 'static>(
     let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let entry = Arc::new(tokio::sync::Mutex::new(()));
     loop {
-        while tasks.len() < 3 * concurrency
+        while tasks.len() < STARTED_AHEAD * concurrency
             && let Some((i, (user, target_group))) = dests.next()
         {
             let slot = Slot {
