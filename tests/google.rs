@@ -68,6 +68,14 @@ impl Rig {
         rig
     }
 
+    /// Every call of the fake takes `ms` milliseconds (its other options at their defaults).
+    fn set_latency(&self, ms: u64) {
+        self.fake.set_options(Options {
+            latency: std::time::Duration::from_millis(ms),
+            ..Options::default()
+        });
+    }
+
     fn path(&self) -> &Path {
         self.dir.path()
     }
@@ -1007,10 +1015,7 @@ fn quota_and_hung_calls_are_survived() {
 #[test]
 fn destination_tokens_are_taken_while_the_source_is_read() {
     let r = Rig::new(5);
-    r.fake.set_options(Options {
-        latency: std::time::Duration::from_millis(30),
-        ..Options::default()
-    });
+    r.set_latency(30);
     r.fake.reset_counts();
     r.run_ok();
     let source_read = r
@@ -1047,10 +1052,7 @@ fn destination_tokens_are_taken_while_the_source_is_read() {
 #[test]
 fn calls_are_logged_with_their_times_at_debug_level() {
     let r = Rig::new(3);
-    r.fake.set_options(Options {
-        latency: std::time::Duration::from_millis(20),
-        ..Options::default()
-    });
+    r.set_latency(20);
     let out = r
         .cmd()
         .args(["--log-json", "run", "sales"])
@@ -1094,10 +1096,7 @@ fn calls_are_logged_with_their_times_at_debug_level() {
 fn killed_runs_converge_without_duplicates() {
     let r = Rig::new(450);
     let src = r.source_ids();
-    r.fake.set_options(Options {
-        latency: std::time::Duration::from_millis(10),
-        ..Options::default()
-    });
+    r.set_latency(10);
     let spawn = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"))
             .args(["run", "sales"])
@@ -1478,10 +1477,7 @@ fn destinations_at_the_provider_never_exceed_the_concurrency() {
         config.replace("concurrency = 4", "concurrency = 2"),
     )
     .unwrap();
-    r.fake.set_options(Options {
-        latency: std::time::Duration::from_millis(5),
-        ..Options::default()
-    });
+    r.set_latency(5);
     // The most destinations with a call in flight at one moment (a destination may have two:
     // a page asked for ahead).
     let most_at_once = |r: &Rig| {

@@ -283,7 +283,7 @@ impl Client {
                     ));
                 }
             };
-            let answered = sent.elapsed();
+            let to_answer = sent.elapsed();
             let status = resp.status();
             let after = resp
                 .headers()
@@ -316,7 +316,7 @@ impl Client {
                 tracing::debug!(
                     user = call.user,
                     status = status.as_u16(),
-                    answer_ms = answered.as_secs_f64() * 1e3,
+                    answer_ms = to_answer.as_secs_f64() * 1e3,
                     body_ms = reading.elapsed().as_secs_f64() * 1e3,
                     bytes = t.len(),
                     "{}",
