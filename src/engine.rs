@@ -360,6 +360,23 @@ async fn run_inner<B: Backend + 'static>(
         all.push(job.source.clone());
         backend.prepare_users(&all).await;
     }
+    // The source user is looked up, and gets ready for its reads (Google: its access token),
+    // while the destinations are looked up: its first read follows them without a wait. Stopped
+    // if the run ends first; its answer is used only if the source is read. The destinations
+    // started ahead get ready after it (`source_ready`), as the source is read before them.
+    let (source_ready, source_ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut source_user = (!opts.removals_only).then(|| {
+        let backend = backend.clone();
+        let name = job.source.clone();
+        AbortOnDrop(tokio::spawn(async move {
+            let user = backend.resolve_user(&name).await;
+            if let Ok(Some(u)) = &user {
+                backend.prepare_access(u).await;
+            }
+            drop(source_ready);
+            user
+        }))
+    });
     let mut active: Vec<User> = vec![];
     let mut active_names: BTreeSet<&str> = BTreeSet::new();
     let mut to_resolve: Vec<&String> = vec![];
@@ -449,21 +466,26 @@ async fn run_inner<B: Backend + 'static>(
             .collect();
         let backend = backend.clone();
         AbortOnDrop(tokio::spawn(async move {
-            futures::future::join_all(first.iter().map(|u| backend.prepare_destination(u))).await;
+            let _ = source_ready_rx.await;
+            futures::future::join_all(first.iter().map(|u| backend.prepare_access(u))).await;
         }))
     };
     // The source, read once for all destinations.
     let mut source = SourceSet::default();
     if !active.is_empty() {
-        let src_user =
-            backend
-                .resolve_user(&job.source)
-                .await
-                .map_err(|e| JobError::SourceRead {
-                    user: job.source.clone(),
-                    group: job.group.clone(),
-                    source: e,
-                })?;
+        let looked_up = match source_user.as_mut() {
+            Some(AbortOnDrop(task)) => task.await.ok(),
+            None => None,
+        };
+        let looked_up = match looked_up {
+            Some(r) => r,
+            None => backend.resolve_user(&job.source).await,
+        };
+        let src_user = looked_up.map_err(|e| JobError::SourceRead {
+            user: job.source.clone(),
+            group: job.group.clone(),
+            source: e,
+        })?;
         let src_user = src_user.ok_or_else(|| JobError::SourceUser(job.source.clone()))?;
         let read_err = |e| JobError::SourceRead {
             user: job.source.clone(),
@@ -616,9 +638,9 @@ async fn run_inner<B: Backend + 'static>(
 const STARTED_AHEAD: usize = 3;
 
 /// A task stopped when its handle is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+struct AbortOnDrop<T = ()>(tokio::task::JoinHandle<T>);
 
-impl Drop for AbortOnDrop {
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -668,7 +690,7 @@ async fn run_destinations<B: Backend + 'static>(
     let mut dests = dests.enumerate();
     // `concurrency` destinations at the provider, and as many recording their state after their
     // last call (see `Slot`). Tasks are started ahead of their slot: each gets ready
-    // (`Backend::prepare_destination`, its state read) before it waits for one, so a slot
+    // (`Backend::prepare_access`, its state read) before it waits for one, so a slot
     // handed on goes to a destination ready to make its first call.
     let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
     let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
@@ -1452,7 +1474,7 @@ async fn process_destination<B: Backend>(
     }
     // Got ready before the slot is taken: the provider's preparation (Google: the user's
     // token) and the change token kept in the state.
-    backend.prepare_destination(user).await;
+    backend.prepare_access(user).await;
     // With change tokens: read only what changed since this destination last converged. When
     // nothing that concerns the group changed and the source is the same, that one call is the
     // whole run; otherwise what it read feeds the first attempt's snapshot.

@@ -1047,6 +1047,46 @@ fn destination_tokens_are_taken_while_the_source_is_read() {
     );
 }
 
+/// The source user is looked up, and takes its token, while the destinations are looked up:
+/// its first People API call comes two calls after the admin's token (the users, then the
+/// domains), not three (a lookup of its own after the destinations'), and its token is granted
+/// before any destination's (those started ahead wait for it, as the source is read first).
+#[test]
+fn the_source_gets_ready_while_the_destinations_are_looked_up() {
+    let latency = std::time::Duration::from_millis(80);
+    let r = Rig::new(5);
+    r.set_latency(latency.as_millis() as u64);
+    r.fake.reset_counts();
+    r.run_ok();
+    let grants = r.fake.token_grants();
+    let granted = |u: &str| {
+        grants
+            .iter()
+            .find(|(who, _)| who == u)
+            .map(|(_, at)| *at)
+            .unwrap_or_else(|| panic!("no token for {u}: {grants:?}"))
+    };
+    let timeline = r.fake.timeline();
+    let first_read = timeline
+        .iter()
+        .find(|c| c.user == "alice@example.com")
+        .expect("the source was read");
+    let after = first_read
+        .arrived
+        .saturating_duration_since(granted("admin@example.com"));
+    assert!(
+        after < latency * 5 / 2,
+        "the source's first read ({}) came {after:?} after the admin's token, at {latency:?} a call",
+        first_read.method
+    );
+    for u in ["bob@example.com", "carol@example.com"] {
+        assert!(
+            granted("alice@example.com") < granted(u),
+            "{u}'s token was granted before the source's: {grants:?}"
+        );
+    }
+}
+
 /// At debug level each call is logged with its user, status, time to the answer, time to read
 /// the body and the body's size; never its token.
 #[test]

@@ -202,8 +202,8 @@ impl<B: Backend> Backend for Counting<B> {
             .await
     }
 
-    async fn prepare_destination(&self, user: &User) {
-        self.inner.prepare_destination(user).await
+    async fn prepare_access(&self, user: &User) {
+        self.inner.prepare_access(user).await
     }
 
     async fn scan_group_tags(

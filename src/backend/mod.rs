@@ -182,11 +182,12 @@ pub trait Backend: Send + Sync {
         async {}
     }
 
-    /// Called for a destination about to be processed while earlier ones are still in flight,
-    /// so the provider can get ready for it off its critical path (Google: the user's access
-    /// token, an RS256 signature and a round trip to the token endpoint). Errors are left for
-    /// the destination's own calls to meet.
-    fn prepare_destination(&self, _user: &User) -> impl Future<Output = ()> + Send {
+    /// Called for a user about to be read or written (a destination about to be processed, the
+    /// source while the destinations are looked up) while other calls are in flight, so the
+    /// provider can get ready for the user's calls off the critical path (Google: the user's
+    /// access token, an RS256 signature and a round trip to the token endpoint). Errors are left
+    /// for the user's own calls to meet.
+    fn prepare_access(&self, _user: &User) -> impl Future<Output = ()> + Send {
         async {}
     }
 

@@ -939,7 +939,7 @@ impl Backend for GoogleBackend {
     }
 
     /// Takes the user's People API token ahead of its first call (cached, then found there).
-    async fn prepare_destination(&self, user: &User) {
+    async fn prepare_access(&self, user: &User) {
         let _ = self
             .client
             .tokens
