@@ -473,11 +473,13 @@ async fn run_inner<B: Backend + 'static>(
     // The source, read once for all destinations.
     let mut source = SourceSet::default();
     if !active.is_empty() {
-        let looked_up = match source_user.as_mut() {
+        // The lookup made while the destinations were looked up; made here if there was none
+        // (or its task failed).
+        let joined = match source_user.as_mut() {
             Some(AbortOnDrop(task)) => task.await.ok(),
             None => None,
         };
-        let looked_up = match looked_up {
+        let looked_up = match joined {
             Some(r) => r,
             None => backend.resolve_user(&job.source).await,
         };
