@@ -1087,6 +1087,46 @@ fn the_source_gets_ready_while_the_destinations_are_looked_up() {
     }
 }
 
+/// A source user that does not exist, or is suspended, stops the job before any destination
+/// is read or written (the source is looked up while the destinations are): the error names
+/// the source, and no destination gets a group or a call.
+#[test]
+fn an_unknown_or_suspended_source_stops_the_job_before_any_destination() {
+    for (source, why) in [
+        ("nobody@example.com", "not found"),
+        ("alice@example.com", "suspended"),
+    ] {
+        let r = Rig::new(3);
+        fs::write(
+            r.path().join("jobs/sales.toml"),
+            format!(
+                "tag = \"{TAG}\"\nsource = \"{source}\"\ngroup = \"Sales\"\ndestinations = [\"bob@example.com\", \"carol@example.com\"]\n"
+            ),
+        )
+        .unwrap();
+        r.fake
+            .set_suspended("alice@example.com", why == "suspended");
+        r.fake.reset_counts();
+        let (code, out, err) = r.run();
+        assert_ne!(code, 0, "stdout: {out}\nstderr: {err}");
+        assert!(
+            err.contains(source) && err.contains(why),
+            "the error should name {source} and say it is {why}: {err}"
+        );
+        for u in ["bob@example.com", "carol@example.com"] {
+            assert!(!r.has_group(u, "Sales"), "{u} got a group");
+        }
+        let touched: Vec<_> = r
+            .fake
+            .timeline()
+            .into_iter()
+            .filter(|c| c.user != source)
+            .collect();
+        assert!(touched.is_empty(), "destinations were called: {touched:#?}");
+        r.assert_no_violations();
+    }
+}
+
 /// At debug level each call is logged with its user, status, time to the answer, time to read
 /// the body and the body's size; never its token.
 #[test]
