@@ -61,6 +61,37 @@ pub fn parse(text: &str) -> Result<VCard, String> {
     }
 }
 
+/// Where each vCard of a text holding several is: the byte range of each `BEGIN:VCARD` …
+/// `END:VCARD` block, its last line's line break included. Text between blocks belongs to none.
+/// A block without its `END:VCARD` runs to the next `BEGIN:VCARD` (or the end). A text with no
+/// `BEGIN:VCARD` line at all is one block: the whole text (which will not parse).
+pub fn split_cards(text: &str) -> Vec<std::ops::Range<usize>> {
+    let mut out = vec![];
+    let mut start: Option<usize> = None;
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        let here = at;
+        at += line.len();
+        let trimmed = line.trim();
+        if trimmed.eq_ignore_ascii_case("BEGIN:VCARD") {
+            if let Some(s) = start.replace(here) {
+                out.push(s..here);
+            }
+        } else if trimmed.eq_ignore_ascii_case("END:VCARD")
+            && let Some(s) = start.take()
+        {
+            out.push(s..at);
+        }
+    }
+    if let Some(s) = start {
+        out.push(s..text.len());
+    }
+    if out.is_empty() {
+        out.push(0..text.len());
+    }
+    out
+}
+
 /// Reads back a copy this program wrote with `to_text`: any vCard, without `parse`'s checks
 /// on what a source contact must have (a copy holds only the managed properties).
 pub fn read_copy(text: &str) -> Result<VCard, String> {
@@ -607,6 +638,30 @@ mod tests {
         }
         // The selections do tell the cards apart.
         assert!(digests.len() >= 6, "{digests:?}");
+    }
+
+    #[test]
+    fn several_cards_in_one_text_are_split_at_their_blocks() {
+        let a = "BEGIN:VCARD\r\nVERSION:3.0\r\nFN:A\r\nEND:VCARD\r\n";
+        let b = "begin:vcard\nVERSION:3.0\nFN:B\nend:vcard";
+        let text = format!("{a}\r\n{b}");
+        let parts = split_cards(&text);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(&text[parts[0].clone()], a);
+        assert_eq!(&text[parts[1].clone()], b);
+        assert_eq!(
+            parse(&text[parts[1].clone()]).map(|c| display_name(&c)),
+            Ok("B".into())
+        );
+        // One card, or none: the whole text is one block.
+        assert_eq!(split_cards(a), vec![0..a.len()]);
+        assert_eq!(split_cards("hello"), vec![0..5]);
+        // A block without its end runs to the next one.
+        let cut = format!("BEGIN:VCARD\r\nFN:cut\r\n{a}");
+        let parts = split_cards(&cut);
+        assert_eq!(parts.len(), 2);
+        assert_eq!(&cut[parts[1].clone()], a);
+        assert!(parse(&cut[parts[0].clone()]).is_err());
     }
 
     #[test]

@@ -139,6 +139,8 @@ struct RawBackend {
     kind: toml::Spanned<String>,
     root: Option<String>,
     concurrency: Option<usize>,
+    max_card_bytes: Option<toml::Spanned<u64>>,
+    umask: Option<toml::Spanned<String>>,
     default_collection: Option<String>,
     key_file: Option<String>,
     admin: Option<String>,
@@ -165,7 +167,11 @@ struct RawBackend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BackendConfig {
     /// A local tree of vCard folders.
-    Vdir { root: PathBuf, concurrency: usize },
+    Vdir {
+        root: PathBuf,
+        concurrency: usize,
+        options: crate::backend::vdir::VdirOptions,
+    },
     /// A CardDAV server. Secrets are read from `password_file` / `credentials_file` (mode
     /// 0600) when the backend is opened.
     Carddav {
@@ -181,6 +187,43 @@ pub enum BackendConfig {
     /// Google Workspace (People API + Directory) with a service account. The key is read (mode
     /// 0600) when the backend is opened.
     Google(crate::backend::google::GoogleConfig),
+}
+
+/// The vdir keys `max_card_bytes` and `umask` (an octal string such as "0022").
+fn vdir_options(
+    path: &Path,
+    text: &str,
+    b: &RawBackend,
+) -> Result<crate::backend::vdir::VdirOptions, ConfigError> {
+    let mut o = crate::backend::vdir::VdirOptions::default();
+    if let Some(n) = &b.max_card_bytes {
+        if *n.get_ref() < 1024 {
+            return Err(ConfigError::at(
+                path,
+                text,
+                n.span().start,
+                "max_card_bytes must be at least 1024 (a card with its name and a phone number)",
+            ));
+        }
+        o.max_card_bytes = *n.get_ref();
+    }
+    if let Some(u) = &b.umask {
+        o.umask = u32::from_str_radix(u.get_ref().trim(), 8)
+            .ok()
+            .filter(|m| *m <= 0o777 && m & 0o700 == 0)
+            .ok_or_else(|| {
+                ConfigError::at(
+                    path,
+                    text,
+                    u.span().start,
+                    format!(
+                        "umask {:?}: write an octal mask as a string, e.g. \"0022\" (files 0644) or \"0027\" (files 0640); it must leave the owner's bits",
+                        u.get_ref()
+                    ),
+                )
+            })?;
+    }
+    Ok(o)
 }
 
 /// Reads a per-user credentials file: `user = password` lines, `#` comments. Refused unless
@@ -312,6 +355,7 @@ impl Config {
                 BackendConfig::Vdir {
                     root: resolve(root),
                     concurrency: b.concurrency.unwrap_or(4).max(1),
+                    options: vdir_options(path, text, b)?,
                 }
             }
             "carddav" => {
@@ -550,9 +594,36 @@ mod tests {
             c.backend,
             BackendConfig::Vdir {
                 root: PathBuf::from("/etc/gs/contacts"),
-                concurrency: 4
+                concurrency: 4,
+                options: Default::default(),
             }
         );
+    }
+
+    #[test]
+    fn vdir_umask_and_card_size_are_checked_where_written() {
+        let parse = |extra: &str| {
+            Config::parse(
+                Path::new("/etc/gs/groupsync.toml"),
+                &format!("[backend]\nkind = \"vdir\"\nroot = \"c\"\n{extra}"),
+            )
+        };
+        let Ok(Config {
+            backend: BackendConfig::Vdir { options, .. },
+            ..
+        }) = parse("umask = \"0027\"\nmax_card_bytes = 65536\n")
+        else {
+            panic!()
+        };
+        assert_eq!((options.umask, options.max_card_bytes), (0o027, 65536));
+        for (bad, what) in [
+            ("umask = \"0777\"\n", "umask"),
+            ("umask = \"22x\"\n", "umask"),
+            ("max_card_bytes = 10\n", "max_card_bytes"),
+        ] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains(what) && e.contains(":4:"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -2550,21 +2550,23 @@ async fn apply_ops<B: Backend>(
                 let ops = same_kind(batch);
                 i += ops.len();
                 let g = group_ref()?;
-                let ids: Vec<&str> = ops
+                let items: Vec<(&str, &str)> = ops
                     .iter()
                     .filter_map(|op| match op {
-                        Op::MoveToDefault { contact_id } => Some(contact_id.as_str()),
+                        Op::MoveToDefault { contact_id, etag } => {
+                            Some((contact_id.as_str(), etag.as_str()))
+                        }
                         _ => None,
                     })
                     .collect();
                 let results = overlapped(
                     store,
                     deferred,
-                    backend.move_contacts_to_default(user, &g, &ids),
+                    backend.move_contacts_to_default(user, &g, &items),
                 )
                 .await?;
                 let mut first_err = None;
-                for (contact_id, result) in ids.iter().zip(results) {
+                for ((contact_id, _), result) in items.iter().zip(results) {
                     if let Err(e) = result {
                         first_err.get_or_insert(e);
                         continue;
@@ -2596,7 +2598,25 @@ async fn apply_ops<B: Backend>(
                         ..base.clone()
                     })?,
                     Err(BackendError::NotEmpty { what }) => {
-                        tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile?); it is kept");
+                        // Kept for what is not this job's (a contact added meanwhile, a file
+                        // that is not a card); never with a copy left in it: that one is read
+                        // and planned again.
+                        let mut copies = 0usize;
+                        backend
+                            .scan_group_tags(user, &g, &mut |c| {
+                                if c.card.as_ref().ok().and_then(card::tag_of).as_deref()
+                                    == Some(spec.tag.as_str())
+                                {
+                                    copies += 1;
+                                }
+                            })
+                            .await?;
+                        if copies > 0 {
+                            return Err(ApplyError::Backend(BackendError::Conflict {
+                                what: format!("{what}: {copies} copies are still in it"),
+                            }));
+                        }
+                        tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile, or something that is not a card is in it); it is kept");
                     }
                     Err(e) => return Err(e.into()),
                 }

@@ -498,6 +498,7 @@ pub enum Op {
     Delete(Box<DeleteOp>),
     MoveToDefault {
         contact_id: String,
+        etag: String,
     },
     DeleteGroup {
         name: String,
@@ -840,8 +841,8 @@ fn delete_op(e: DestEntry, reason: DeleteReason) -> Op {
     }))
 }
 
-/// Plans the removal of a destination from the job: every tagged copy is deleted, the user's own
-/// contacts in the group move to the default collection, and the group is deleted when nothing
+/// Plans the removal of a destination from the job: every tagged copy is deleted, then the
+/// user's own contacts in the group move to the default collection, and the group is deleted when nothing
 /// else (another job's copies) remains in it. The snapshot's entries are moved into the plan
 /// (thousands of copies per destination are not held twice); `dest.entries` is left empty.
 pub fn plan_removal(dest: &mut DestSnapshot) -> Plan {
@@ -866,17 +867,21 @@ pub fn plan_removal(dest: &mut DestSnapshot) -> Plan {
     for e in std::mem::take(&mut dest.entries) {
         match e.kind {
             DestKind::Copy { .. } => deletes.push(delete_op(e, DeleteReason::DestinationRemoved)),
-            DestKind::Own if !dest.group_is_default => {
-                moves.push(Op::MoveToDefault { contact_id: e.id })
-            }
+            DestKind::Own if !dest.group_is_default => moves.push(Op::MoveToDefault {
+                contact_id: e.id,
+                etag: e.etag,
+            }),
             DestKind::Own => plan.untouched += 1,
             DestKind::OtherJob => other_jobs += 1,
         }
     }
     plan.untouched += other_jobs;
     plan.ops.reserve_exact(moves.len() + deletes.len() + 1);
-    plan.ops.extend(moves);
+    // Deletes first: a provider that keeps several contacts in one place (a vdir file of several
+    // cards) reads what it deletes for the trash by position, and a move out of that place first
+    // would shift the positions.
     plan.ops.extend(deletes);
+    plan.ops.extend(moves);
     if other_jobs == 0 && !dest.group_is_default {
         plan.ops.push(Op::DeleteGroup {
             name: group.name.clone(),

@@ -149,6 +149,10 @@ impl<B: Backend> Backend for Counting<B> {
         Some(self.counts())
     }
 
+    fn check_group_name(&self, name: &str) -> std::result::Result<(), String> {
+        self.inner.check_group_name(name)
+    }
+
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
         bump(&self.calls.resolve_user);
         self.inner.resolve_user(name).await
@@ -264,9 +268,15 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.delete_contact(user, group, id, etag).await
     }
 
-    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+    async fn move_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
         bump(&self.calls.move_to_default);
-        self.inner.move_to_default(user, group, id).await
+        self.inner.move_to_default(user, group, id, etag).await
     }
 
     fn batch_size(&self) -> usize {
@@ -394,10 +404,12 @@ impl<B: Backend> Backend for Counting<B> {
         &self,
         user: &User,
         group: &GroupRef,
-        ids: &[&str],
+        items: &[(&str, &str)],
     ) -> Vec<Result<()>> {
-        add(&self.calls.move_to_default, ids.len());
-        self.inner.move_contacts_to_default(user, group, ids).await
+        add(&self.calls.move_to_default, items.len());
+        self.inner
+            .move_contacts_to_default(user, group, items)
+            .await
     }
 }
 

@@ -628,7 +628,13 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+    async fn move_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
         self.check_write()?;
         let mut users = self.users.lock().unwrap();
         let u = users
@@ -653,15 +659,20 @@ impl Backend for MemoryBackend {
         if default_id == group.id {
             return Ok(());
         }
-        let Some(entry) = u
-            .groups
-            .get_mut(&group.id)
-            .and_then(|g| g.contacts.remove(id))
-        else {
+        let Some(entry) = u.groups.get_mut(&group.id).and_then(|g| {
+            let (current, _) = g.contacts.get(id)?;
+            if current != etag {
+                return Some(Err(BackendError::Conflict {
+                    what: format!("contact {id}"),
+                }));
+            }
+            g.contacts.remove(id).map(Ok)
+        }) else {
             return Err(BackendError::NotFound {
                 what: format!("contact {id}"),
             });
         };
+        let entry = entry?;
         u.groups
             .get_mut(&default_id)
             .unwrap()

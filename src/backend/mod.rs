@@ -203,6 +203,13 @@ pub trait Backend: Send + Sync {
         }
     }
 
+    /// Checks that a group name can be made at this provider (vdir: one plain folder name), so
+    /// a job naming one that cannot is refused before anything is written.
+    fn check_group_name(&self, name: &str) -> std::result::Result<(), String> {
+        let _ = name;
+        Ok(())
+    }
+
     /// Finds a user's contact group by its display name.
     fn find_group(
         &self,
@@ -454,17 +461,18 @@ pub trait Backend: Send + Sync {
         }
     }
 
-    /// Moves several contacts to the default collection, as `move_to_default` does.
+    /// Moves several contacts (`(id, etag)`) to the default collection, as `move_to_default`
+    /// does.
     fn move_contacts_to_default(
         &self,
         user: &User,
         group: &GroupRef,
-        ids: &[&str],
+        items: &[(&str, &str)],
     ) -> impl Future<Output = Vec<Result<()>>> + Send {
         async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                let r = self.move_to_default(user, group, id).await;
+            let mut out = Vec::with_capacity(items.len());
+            for (id, etag) in items {
+                let r = self.move_to_default(user, group, id, etag).await;
                 let failed = r.is_err();
                 out.push(r);
                 if failed {
@@ -475,11 +483,14 @@ pub trait Backend: Send + Sync {
         }
     }
 
-    /// Moves a contact out of `group` into the user's default collection ("My Contacts").
+    /// Moves a contact out of `group` into the user's default collection ("My Contacts"), if
+    /// its etag is still `etag` where the provider can tell (`Conflict` otherwise). A move cut
+    /// short and made again never leaves the contact twice.
     fn move_to_default(
         &self,
         user: &User,
         group: &GroupRef,
         id: &str,
+        etag: &str,
     ) -> impl Future<Output = Result<()>> + Send;
 }

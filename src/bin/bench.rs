@@ -287,7 +287,10 @@ fn edit_source(dir: &Path, contacts: usize, n: usize) -> anyhow::Result<()> {
 fn run_phase(phase: &str, dir: &Path) -> anyhow::Result<()> {
     groupsync::procstat::tune_allocator();
     let config = Config::load(&dir.join("groupsync.toml"))?;
-    let BackendConfig::Vdir { root, concurrency } = &config.backend else {
+    let BackendConfig::Vdir {
+        root, concurrency, ..
+    } = &config.backend
+    else {
         anyhow::bail!("the benchmark builds a vdir tree; its config must use kind = \"vdir\"");
     };
     let backend = Arc::new(Counting::new(VdirBackend::new(root)));

@@ -229,11 +229,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         config,
     };
     match ctx.config.backend.clone() {
-        BackendConfig::Vdir { root, .. } => {
+        BackendConfig::Vdir { root, options, .. } => {
             check_root(&root, &ctx.config.path)?;
             dispatch(
                 &ctx,
-                Counting::new(VdirBackend::new(root)),
+                Counting::new(VdirBackend::with_options(root, options)),
                 &cli.command,
                 &mut out,
             )

@@ -90,7 +90,7 @@ fn op_line(op: &Op) -> Option<String> {
             };
             format!("delete    {name} ({why})")
         }
-        Op::MoveToDefault { contact_id } => {
+        Op::MoveToDefault { contact_id, .. } => {
             format!("move      {contact_id} to \"My Contacts\" (the user's own contact)")
         }
     })

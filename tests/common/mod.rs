@@ -79,6 +79,8 @@ impl Tree {
             Err(_) => vec![],
             Ok(rd) => rd
                 .filter_map(|e| e.ok())
+                // Regular files only: a test may leave a FIFO or a link to a device there.
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .map(|e| (e.file_name().to_string_lossy().to_string(), e.path()))
                 .filter(|(n, _)| n.ends_with(".vcf"))
                 .map(|(n, p)| (n, fs::read_to_string(p).unwrap()))

@@ -659,7 +659,13 @@ impl Backend for CarddavBackend {
         }
     }
 
-    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
+    async fn move_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
         let default = match self.find_group(user, &self.cfg.default_collection).await? {
             Some(g) => g,
             None => {
@@ -676,6 +682,11 @@ impl Backend for CarddavBackend {
             .ok_or_else(|| BackendError::NotFound {
                 what: Self::href(group, id),
             })?;
+        if contact.etag != etag {
+            return Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            });
+        }
         let card = contact
             .card
             .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;

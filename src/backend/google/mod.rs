@@ -1349,8 +1349,14 @@ impl Backend for GoogleBackend {
             .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
     }
 
-    async fn move_to_default(&self, user: &User, group: &GroupRef, id: &str) -> Result<()> {
-        self.move_contacts_to_default(user, group, &[id])
+    async fn move_to_default(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+    ) -> Result<()> {
+        self.move_contacts_to_default(user, group, &[(id, etag)])
             .await
             .pop()
             .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
@@ -1532,12 +1538,15 @@ impl Backend for GoogleBackend {
         out
     }
 
+    /// Group memberships have no etag precondition: the etags are not checked (a membership
+    /// change never alters the contact itself).
     async fn move_contacts_to_default(
         &self,
         user: &User,
         group: &GroupRef,
-        ids: &[&str],
+        items: &[(&str, &str)],
     ) -> Vec<Result<()>> {
+        let ids: Vec<&str> = items.iter().map(|(id, _)| *id).collect();
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(1000) {
             // Into My Contacts first, so no contact is ever left without a group.
