@@ -425,6 +425,43 @@ pub fn make_copy(
     VCard { entries }
 }
 
+/// The card with its UID replaced by `uid` (added if it had none).
+pub fn with_uid(card: &VCard, uid: &str) -> VCard {
+    let mut entries = Vec::with_capacity(card.entries.len() + 1);
+    let mut set = false;
+    for e in &card.entries {
+        if e.name == VCardProperty::Uid {
+            if !set {
+                entries.push(VCardEntry {
+                    group: None,
+                    name: VCardProperty::Uid,
+                    params: vec![],
+                    values: vec![VCardValue::Text(uid.to_string())],
+                });
+                set = true;
+            }
+        } else {
+            entries.push(e.clone());
+        }
+    }
+    if !set {
+        let at = entries
+            .iter()
+            .position(|e| e.name == VCardProperty::Version)
+            .map_or(0, |i| i + 1);
+        entries.insert(
+            at,
+            VCardEntry {
+                group: None,
+                name: VCardProperty::Uid,
+                params: vec![],
+                values: vec![VCardValue::Text(uid.to_string())],
+            },
+        );
+    }
+    VCard { entries }
+}
+
 /// Updates an existing copy to `desired`: managed entries and the version come from `desired`;
 /// the copy's UID and every property the job does not manage stay as the destination has them.
 pub fn merge_copy(existing: &VCard, desired: &VCard, fields: &FieldSelection) -> VCard {

@@ -193,6 +193,10 @@ pub struct DestReport {
     /// Operations applied (equal to the plan's when it succeeded).
     pub applied: Counts,
     pub error: Option<String>,
+    /// Contacts the provider refused (each named, with the reason): the destination's other
+    /// changes were made, and it is reported as failed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
     /// Set when this destination was not applied because a safety limit stopped the job.
     pub stopped: Option<String>,
 }
@@ -845,6 +849,7 @@ fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {
         plan: None,
         applied: Counts::default(),
         error: Some(error),
+        refused: vec![],
         stopped: None,
     }
 }
@@ -883,8 +888,10 @@ async fn snapshot<B: Backend>(
     // Sized from the start: a grown vector of thousands of entries would carry up to twice
     // its length, for every destination in flight.
     let mut entries = Vec::with_capacity(expected);
+    let mut taken = vec![];
     let mut hits = vec![];
     let mut sink = |c: crate::backend::Contact| {
+        taken.extend(plan::taken_uid(spec, &c.card));
         entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
     };
     let mut known_sink = |id: String, etag: String| hits.push((id, etag));
@@ -920,7 +927,13 @@ async fn snapshot<B: Backend>(
         });
     }
     Ok((
-        snapshot_of(user, group, group_name == default_group, entries, None),
+        snapshot_of(
+            user,
+            group,
+            group_name == default_group,
+            (entries, taken),
+            None,
+        ),
         token,
     ))
 }
@@ -930,7 +943,7 @@ fn snapshot_of(
     user: &User,
     group: Option<GroupRef>,
     group_is_default: bool,
-    entries: Vec<DestEntry>,
+    (entries, taken_uids): (Vec<DestEntry>, Vec<String>),
     scope: Option<Scope>,
 ) -> DestSnapshot {
     DestSnapshot {
@@ -939,6 +952,7 @@ fn snapshot_of(
         group_is_default,
         entries,
         scope,
+        taken_uids,
     }
 }
 
@@ -971,7 +985,13 @@ async fn removal_snapshot<B: Backend>(
         }
     }
     Ok((
-        snapshot_of(user, group, group_name == default_group, entries, None),
+        snapshot_of(
+            user,
+            group,
+            group_name == default_group,
+            (entries, vec![]),
+            None,
+        ),
         None,
     ))
 }
@@ -987,6 +1007,8 @@ struct ReadDelta {
     changed: Vec<DestEntry>,
     /// Remembered copies deleted since, or no longer in the group.
     gone: HashSet<String>,
+    /// UIDs of the changed contacts a fresh copy must not get (see `plan::taken_uid`).
+    taken_uids: Vec<String>,
     /// The ledger, when the read needed it: whole, or the part `scope` names.
     ledger: Option<LedgerView>,
     /// Set when only part of the destination needs a plan (see `plan::Scope`).
@@ -1311,6 +1333,7 @@ async fn snapshot_from_changes<B: Backend>(
         changed,
         gone,
         scope,
+        mut taken_uids,
         ..
     } = delta;
     let read: HashSet<&str> = changed.iter().map(|e| e.id.as_str()).collect();
@@ -1371,6 +1394,7 @@ async fn snapshot_from_changes<B: Backend>(
     if !fetch.is_empty() {
         backend
             .fetch_contacts(user, group, &fetch, &mut |c| {
+                taken_uids.extend(plan::taken_uid(spec, &c.card));
                 entries.push(DestEntry::classify(
                     spec,
                     c.id,
@@ -1387,7 +1411,7 @@ async fn snapshot_from_changes<B: Backend>(
             user,
             Some(group.clone()),
             group_name == default_group,
-            entries,
+            (entries, taken_uids),
             scope,
         ),
         Some(token),
@@ -1468,6 +1492,7 @@ async fn process_destination<B: Backend>(
         plan: None,
         applied: Counts::default(),
         error: None,
+        refused: vec![],
         stopped: None,
     };
     if opts.cancelled() {
@@ -1537,6 +1562,7 @@ async fn process_destination<B: Backend>(
         // the ledger, and one where little changed needs a few rows of it.
         let probe = LedgerProbe::new(reader, &spec.name, &user.id);
         let mut changed = vec![];
+        let mut taken_uids = vec![];
         let mut gone = HashSet::new();
         // The first change the delta names means the group is read next: it is asked for then,
         // while the rest of the delta is read (a read alongside a read).
@@ -1555,6 +1581,7 @@ async fn process_destination<B: Backend>(
         let read = {
             let mut each = |c: crate::backend::Contact| {
                 wanted();
+                taken_uids.extend(plan::taken_uid(spec, &c.card));
                 changed.push(DestEntry::classify(
                     spec,
                     c.id,
@@ -1635,6 +1662,7 @@ async fn process_destination<B: Backend>(
                         group_id,
                         changed,
                         gone,
+                        taken_uids,
                         ledger,
                         scope,
                     });
@@ -1827,6 +1855,7 @@ async fn process_destination<B: Backend>(
             report.error = Some(e.to_string());
             return report;
         }
+        report.refused.clear();
         let (result, mut finish) = apply(
             backend,
             store,
@@ -1836,7 +1865,7 @@ async fn process_destination<B: Backend>(
             snap_group.clone(),
             &mut plan,
             source,
-            &mut report.applied,
+            (&mut report.applied, &mut report.refused),
         )
         .await;
         let wrote = !plan.ops.is_empty();
@@ -1864,6 +1893,16 @@ async fn process_destination<B: Backend>(
             finish.token = Some(tokened);
         }
         match result {
+            // Contacts the provider refused: the rest was written; the destination failed, and
+            // they are tried again next run.
+            Ok(_) if !report.refused.is_empty() => {
+                let msg = refused_summary(&report.refused);
+                report.error = Some(msg.clone());
+                finish.failed = Some(msg);
+                finish.outcome = FinishOutcome::Record;
+                finish.run(store, slot, &mut report).await;
+                return report;
+            }
             Ok(_) => {
                 finish.outcome = if removal {
                     FinishOutcome::Forget
@@ -2145,7 +2184,7 @@ async fn apply<B: Backend>(
     group: Option<GroupRef>,
     plan: &mut Plan,
     source: Option<&SourceSet>,
-    applied: &mut Counts,
+    applied: (&mut Counts, &mut Vec<String>),
 ) -> (Result<Option<GroupRef>, ApplyError>, Finish) {
     let mut finish = Finish::new(&spec.name, user, run_id, FinishOutcome::Retry);
     if let Err(e) = lock(store).batch_begin() {
@@ -2350,7 +2389,7 @@ async fn apply_ops<B: Backend>(
     mut group: Option<GroupRef>,
     plan: &mut Plan,
     source: Option<&SourceSet>,
-    applied: &mut Counts,
+    (applied, refused): (&mut Counts, &mut Vec<String>),
     deferred: &mut Deferred,
 ) -> Result<(Option<GroupRef>, Option<Settle>), ApplyError> {
     let run_id = base.run_id;
@@ -2419,43 +2458,22 @@ async fn apply_ops<B: Backend>(
                         source_id,
                         name,
                         recreate,
+                        uid,
                     } = op
                     {
-                        items.push((source_id, name, *recreate, item_of(source_id)?));
+                        items.push(NewCopy {
+                            source_id,
+                            name,
+                            recreate: *recreate,
+                            uid: uid.clone(),
+                            item: item_of(source_id)?,
+                        });
                     }
                 }
-                let cards = items
-                    .iter()
-                    .map(|(_, _, _, it)| it.copy())
-                    .collect::<Result<Vec<&VCard>, String>>()
-                    .map_err(ApplyError::Other)?;
-                let results =
-                    overlapped(store, deferred, backend.create_contacts(user, &g, &cards)).await?;
-                let mut first_err = None;
-                for ((source_id, name, recreate, item), result) in items.iter().zip(results) {
-                    let written = match result {
-                        Ok(w) => w,
-                        Err(e) => {
-                            first_err.get_or_insert(e);
-                            continue;
-                        }
-                    };
-                    deferred.copy(source_id, &written.id, &item.digest, &written.etag);
-                    deferred.writes.push(DeferredWrite::Log {
-                        action: if *recreate { "recreate" } else { "create" },
-                        source_id: Some(source_id.to_string()),
-                        contact_id: written.id,
-                        name: Some(name.to_string()),
-                        detail: None,
-                        fields: None,
-                        before: None,
-                        after: Some(item.digest.clone()),
-                    });
-                    applied.created += 1;
-                }
-                if let Some(e) = first_err {
-                    return Err(e.into());
-                }
+                create_copies(
+                    backend, store, &spec.tag, user, &g, items, deferred, applied, refused,
+                )
+                .await?;
             }
             Op::Update(_) => {
                 let ops = same_kind(batch);
@@ -2485,12 +2503,10 @@ async fn apply_ops<B: Backend>(
                 .await?;
                 let mut first_err = None;
                 for ((u, item), result) in items.iter().zip(results) {
-                    let new_etag = match result {
-                        Ok(e) => e,
-                        Err(e) => {
-                            first_err.get_or_insert(e);
-                            continue;
-                        }
+                    let Some(new_etag) = sort_result(result, &mut first_err, |e| {
+                        refusal(deferred, refused, ("update", &u.contact_id, &u.name), e)
+                    }) else {
+                        continue;
                     };
                     deferred.copy(&u.source_id, &u.contact_id, &item.digest, &new_etag);
                     deferred.writes.push(DeferredWrite::Log {
@@ -2535,15 +2551,24 @@ async fn apply_ops<B: Backend>(
                             delete_batch,
                             t,
                             deferred,
-                            applied,
+                            (applied, refused),
                         )
                         .await?;
                     }
                     trashed = Some(write_trash(store, run_id, spec, user, &g, read?));
                 }
                 if let Some(t) = trashed {
-                    delete_trashed(backend, store, user, &g, delete_batch, t, deferred, applied)
-                        .await?;
+                    delete_trashed(
+                        backend,
+                        store,
+                        user,
+                        &g,
+                        delete_batch,
+                        t,
+                        deferred,
+                        (applied, refused),
+                    )
+                    .await?;
                 }
             }
             Op::MoveToDefault { .. } => {
@@ -2567,8 +2592,11 @@ async fn apply_ops<B: Backend>(
                 .await?;
                 let mut first_err = None;
                 for ((contact_id, _), result) in items.iter().zip(results) {
-                    if let Err(e) = result {
-                        first_err.get_or_insert(e);
+                    if sort_result(result, &mut first_err, |e| {
+                        refusal(deferred, refused, ("move-to-default", contact_id, ""), e)
+                    })
+                    .is_none()
+                    {
                         continue;
                     }
                     deferred.writes.push(DeferredWrite::Log {
@@ -2624,6 +2652,162 @@ async fn apply_ops<B: Backend>(
         }
     }
     Ok((group, source.is_some().then_some((kept, forget))))
+}
+
+/// What a destination whose provider refused some contacts reports.
+fn refused_summary(refused: &[String]) -> String {
+    let n = refused.len();
+    let first = refused.first().map(String::as_str).unwrap_or_default();
+    if n == 1 {
+        format!("1 contact was refused ({first}); every other change was made")
+    } else {
+        format!("{n} contacts were refused (first: {first}); every other change was made")
+    }
+}
+
+/// A copy to create, as the plan names it (`Op::Create`).
+struct NewCopy<'a> {
+    source_id: &'a str,
+    name: &'a str,
+    recreate: bool,
+    /// The UID it gets when not its usual one (see `plan::free_uid`).
+    uid: Option<String>,
+    item: &'a plan::SourceItem,
+}
+
+/// How many times a create refused for its UID (a contact that has it, which the read did not
+/// see) is made again under another.
+const UID_RETRIES: usize = 3;
+
+/// Creates copies in one batch call. One the provider refuses because its UID is taken (a
+/// contact of the user's carries it: a copy whose tag the user removed) is made again under
+/// another UID, `<uid>-1`, `<uid>-2`, … (the same on every run); one refused otherwise is noted
+/// (`refusal`) and the others stand.
+#[allow(clippy::too_many_arguments)]
+async fn create_copies<B: Backend>(
+    backend: &B,
+    store: &Arc<Mutex<Store>>,
+    tag: &str,
+    user: &User,
+    g: &GroupRef,
+    mut items: Vec<NewCopy<'_>>,
+    deferred: &mut Deferred,
+    applied: &mut Counts,
+    refused: &mut Vec<String>,
+) -> Result<(), ApplyError> {
+    let mut pending: Vec<usize> = (0..items.len()).collect();
+    for attempt in 0..=UID_RETRIES {
+        // A copy under another UID is a card of its own; the others are the source's.
+        let renamed: Vec<Option<VCard>> = pending
+            .iter()
+            .map(|&k| {
+                let c = &items[k];
+                let copy = c.item.copy().map_err(ApplyError::Other)?;
+                Ok(c.uid.as_deref().map(|u| card::with_uid(copy, u)))
+            })
+            .collect::<Result<_, ApplyError>>()?;
+        let cards: Vec<&VCard> = pending
+            .iter()
+            .zip(&renamed)
+            .map(|(&k, r)| match r {
+                Some(c) => Ok(c),
+                None => items[k].item.copy().map_err(ApplyError::Other),
+            })
+            .collect::<Result<_, ApplyError>>()?;
+        let results = overlapped(store, deferred, backend.create_contacts(user, g, &cards)).await?;
+        drop(cards);
+        let mut again = vec![];
+        let mut first_err = None;
+        for (&k, result) in pending.iter().zip(results) {
+            let c = &mut items[k];
+            let result = match result {
+                Err(BackendError::AlreadyExists { .. }) if attempt < UID_RETRIES => {
+                    let planned = c
+                        .uid
+                        .take()
+                        .unwrap_or_else(|| plan::copy_uid(tag, c.source_id));
+                    c.uid = Some(format!("{planned}-{}", attempt + 1));
+                    again.push(k);
+                    continue;
+                }
+                r => r,
+            };
+            let Some(written) = sort_result(result, &mut first_err, |e| {
+                refusal(deferred, refused, ("create", "", c.name), e)
+            }) else {
+                continue;
+            };
+            deferred.copy(c.source_id, &written.id, &c.item.digest, &written.etag);
+            deferred.writes.push(DeferredWrite::Log {
+                action: if c.recreate { "recreate" } else { "create" },
+                source_id: Some(c.source_id.to_string()),
+                contact_id: written.id,
+                name: Some(c.name.to_string()),
+                detail: c.uid.as_ref().map(|u| format!("uid {u}")),
+                fields: None,
+                before: None,
+                after: Some(c.item.digest.clone()),
+            });
+            applied.created += 1;
+        }
+        if let Some(e) = first_err {
+            return Err(e.into());
+        }
+        if again.is_empty() {
+            break;
+        }
+        pending = again;
+    }
+    Ok(())
+}
+
+/// Sorts one result of a batch: `Some` on success. A refusal of this one contact (see
+/// `BackendError::is_contact_level`) goes to `refuse`, and the batch's other items stand; the
+/// first other failure is kept in `first_err`, for the caller to return once every result is
+/// taken.
+fn sort_result<T>(
+    result: Result<T, BackendError>,
+    first_err: &mut Option<BackendError>,
+    refuse: impl FnOnce(BackendError),
+) -> Option<T> {
+    match result {
+        Ok(t) => Some(t),
+        Err(e) if e.is_contact_level() => {
+            refuse(e);
+            None
+        }
+        Err(e) => {
+            first_err.get_or_insert(e);
+            None
+        }
+    }
+}
+
+/// Notes a contact the provider refused: in the destination's report, and in the change log
+/// (`refused`, with the reason). The destination's other changes are made; it is reported as
+/// failed, and the contact is tried again at the next run.
+fn refusal(
+    deferred: &mut Deferred,
+    refused: &mut Vec<String>,
+    (action, contact_id, name): (&str, &str, &str),
+    e: BackendError,
+) {
+    let who = match (name.is_empty(), contact_id.is_empty()) {
+        (false, _) => name.to_string(),
+        (true, false) => contact_id.to_string(),
+        (true, true) => "a contact".to_string(),
+    };
+    refused.push(format!("{action} {who}: {e}"));
+    deferred.writes.push(DeferredWrite::Log {
+        action: "refused",
+        source_id: None,
+        contact_id: contact_id.to_string(),
+        name: (!name.is_empty()).then(|| name.to_string()),
+        detail: Some(format!("{action}: {e}")),
+        fields: None,
+        before: None,
+        after: None,
+    });
 }
 
 /// The contacts of a run of deletes, read for the trash: each turned into what the trash and
@@ -2753,7 +2937,7 @@ async fn delete_trashed<B: Backend>(
     delete_batch: usize,
     trashing: Trashing,
     deferred: &mut Deferred,
-    applied: &mut Counts,
+    (applied, refused): (&mut Counts, &mut Vec<String>),
 ) -> Result<(), ApplyError> {
     let doomed = trashing
         .await
@@ -2766,8 +2950,11 @@ async fn delete_trashed<B: Backend>(
         let results = overlapped(store, deferred, backend.delete_contacts(user, g, &calls)).await?;
         let mut first_err = None;
         for (d, result) in chunk.iter().zip(results) {
-            if let Err(e) = result {
-                first_err.get_or_insert(e);
+            if sort_result(result, &mut first_err, |e| {
+                refusal(deferred, refused, ("delete", &d.contact_id, &d.name), e)
+            })
+            .is_none()
+            {
                 continue;
             }
             deferred.writes.push(DeferredWrite::Log {

@@ -276,6 +276,29 @@ pub struct DestSnapshot {
     pub entries: Vec<DestEntry>,
     /// `None`: `entries` is the whole group. `Some`: only part of it was read (see `Scope`).
     pub scope: Option<Scope>,
+    /// UIDs in the group that a fresh copy of this job could get (see `taken_uid`), as far as
+    /// the read saw: a copy created here gets another.
+    pub taken_uids: Vec<String>,
+}
+
+/// The UID of a contact read from a destination if it has the form of this job's copy UIDs
+/// (`<tag>-…`, see `copy_uid`): a fresh copy must not get it.
+pub fn taken_uid(job: &JobSpec, card: &Result<VCard, String>) -> Option<String> {
+    let uid = card.as_ref().ok()?.uid()?.trim();
+    (uid.len() > job.tag.len()
+        && uid.starts_with(job.tag.as_str())
+        && uid.as_bytes()[job.tag.len()] == b'-')
+        .then(|| uid.to_string())
+}
+
+/// A UID for a copy of `source_id` that none of `taken` has: `copy_uid`, else it with `-1`,
+/// `-2`, … (the same at every retry, as long as what is taken is the same).
+pub fn free_uid(tag: &str, source_id: &str, taken: &dyn Fn(&str) -> bool) -> Option<String> {
+    let base = copy_uid(tag, source_id);
+    if !taken(&base) {
+        return None;
+    }
+    (1..).map(|n| format!("{base}-{n}")).find(|u| !taken(u))
 }
 
 /// What a snapshot of part of a destination holds. `entries` and the ledger given to the
@@ -493,6 +516,10 @@ pub enum Op {
         source_id: String,
         name: String,
         recreate: bool,
+        /// The copy's UID when its usual one (`copy_uid`) is taken in the destination (a copy
+        /// whose tag the user removed keeps it): a fresh copy never shares a UID.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uid: Option<String>,
     },
     Update(Box<UpdateOp>),
     Delete(Box<DeleteOp>),
@@ -755,11 +782,14 @@ pub fn plan_destination(
         .collect();
     plan.ops
         .reserve_exact(missing.len() + updates.len() + deletes.len());
+    let taken: std::collections::BTreeSet<&str> =
+        dest.taken_uids.iter().map(String::as_str).collect();
     for item in missing {
         plan.ops.push(Op::Create {
             source_id: item.id.clone(),
             name: item.name.clone(),
             recreate: ledger.contains(&item.id),
+            uid: free_uid(&job.tag, &item.id, &|u| taken.contains(u)),
         });
     }
     plan.ops.extend(updates);

@@ -608,6 +608,137 @@ fn a_no_change_rerun_does_not_read_the_destinations(kind: Kind) {
     assert_eq!(scans(&t) - before, 2, "the source and carol only");
 }
 
+/// A user removes the tag from a copy (the card becomes theirs, UID and all): it is kept as it
+/// is, and the fresh copy made next to it gets a UID and an href of its own, so the server never
+/// refuses it and later runs are not blocked.
+fn a_copy_whose_tag_was_removed_keeps_its_uid_and_the_fresh_copy_gets_another(kind: Kind) {
+    let (s, t) = setup(kind, 2, &["bob"]);
+    gs(&t).arg("run").assert().success();
+    let (id, _, c) = s
+        .copies("bob", "Team")
+        .into_iter()
+        .find(|(_, _, c)| card::source_of(c).as_deref() == Some("p0.vcf"))
+        .unwrap();
+    let mine = card::to_text(&c)
+        .lines()
+        .filter(|l| !l.starts_with("X-GSYNC:"))
+        .map(|l| format!("{l}\r\n"))
+        .collect::<String>()
+        .replace("Person 0", "Person 0 (mine)");
+    assert_eq!(s.put(&format!("/bob/Team/{id}"), &mine), 200);
+    gs(&t)
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: created 1"));
+    let cards = s.cards("bob", "Team");
+    let kept = cards.iter().find(|(i, _, _)| *i == id).unwrap();
+    assert_eq!(card::display_name(&kept.2), "Person 0 (mine)");
+    assert!(card::tag_of(&kept.2).is_none());
+    let fresh: Vec<_> = s
+        .copies("bob", "Team")
+        .into_iter()
+        .filter(|(_, _, c)| card::source_of(c).as_deref() == Some("p0.vcf"))
+        .collect();
+    assert_eq!(fresh.len(), 1);
+    assert_ne!(fresh[0].0, id, "its own href");
+    assert_ne!(fresh[0].2.uid(), kept.2.uid(), "its own UID");
+    // Later runs are not blocked: an edit at the source reaches bob.
+    assert_eq!(
+        s.put("/alice/team/p1.vcf", &vcard("p1", "Person One Renamed")),
+        200
+    );
+    gs(&t)
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: created 0, updated 1"));
+}
+
+/// A group is the book with that display name, never one whose URL ends in the name; two names
+/// that make the same URL segment get two books; a MKCOL whose answer was lost (the book was
+/// made) is not made again under another name.
+fn groups_are_found_by_display_name_only(kind: Kind) {
+    let (s, t) = setup(kind, 2, &["bob"]);
+    s.mkbook("/bob/default/", "Contacts");
+    assert_eq!(
+        s.put("/bob/default/mine.vcf", &vcard("bob-mine", "Bob Mine")),
+        200
+    );
+    let job = |target: &str| {
+        format!(
+            "tag = \"{TAG}\"\nsource = \"alice\"\ngroup = \"Team\"\ndestinations = [\"bob\"]\ntarget_group = \"{target}\"\n"
+        )
+    };
+    fs::write(t.path().join("jobs/team.toml"), job("default")).unwrap();
+    gs(&t).arg("run").assert().success();
+    assert_eq!(
+        s.cards("bob", "Contacts").len(),
+        1,
+        "bob's main book untouched"
+    );
+    assert_eq!(
+        s.copies("bob", "default").len(),
+        2,
+        "a book named \"default\""
+    );
+    // "Sales/EU" and "Sales EU" both make the segment "Sales-EU": two books all the same.
+    fs::write(t.path().join("jobs/team.toml"), job("Sales/EU")).unwrap();
+    fs::write(
+        t.path().join("jobs/other.toml"),
+        job("Sales EU").replace(TAG, "gSync5550002"),
+    )
+    .unwrap();
+    gs(&t).arg("run").assert().success();
+    assert_eq!(s.copies("bob", "Sales/EU").len(), 2);
+    let other = s.cards("bob", "Sales EU");
+    assert_eq!(other.len(), 2);
+    assert!(
+        other
+            .iter()
+            .all(|(_, _, c)| card::tag_of(c).as_deref() == Some("gSync5550002"))
+    );
+    // A lost answer: the book exists under the path a MKCOL would take, with the name asked for.
+    s.mkbook("/bob/Lost/", "Lost");
+    let b = s.backend();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bob = User {
+        id: "bob".into(),
+        name: "bob".into(),
+    };
+    let g = rt.block_on(b.create_group(&bob, "Lost")).unwrap();
+    assert_eq!(g.id, "/bob/Lost/");
+    assert!(!s.has_book("bob", "Lost-1"));
+    let other = rt.block_on(b.create_group(&bob, "Contacts")).unwrap();
+    assert_ne!(
+        other.id, "/bob/default/",
+        "a book of another name is never taken"
+    );
+}
+
+#[test]
+fn a_copy_whose_tag_was_removed_keeps_its_uid_and_the_fresh_copy_gets_another_radicale() {
+    a_copy_whose_tag_was_removed_keeps_its_uid_and_the_fresh_copy_gets_another(Kind::Radicale);
+}
+
+#[test]
+fn a_copy_whose_tag_was_removed_keeps_its_uid_and_the_fresh_copy_gets_another_xandikos() {
+    a_copy_whose_tag_was_removed_keeps_its_uid_and_the_fresh_copy_gets_another(Kind::Xandikos);
+}
+
+#[test]
+fn groups_are_found_by_display_name_only_radicale() {
+    groups_are_found_by_display_name_only(Kind::Radicale);
+}
+
+#[test]
+fn groups_are_found_by_display_name_only_xandikos() {
+    groups_are_found_by_display_name_only(Kind::Xandikos);
+}
+
 #[test]
 fn every_semantic_radicale() {
     every_semantic(Kind::Radicale);

@@ -8,6 +8,10 @@
 //! - a removed destination (known to the state) ends with no tagged copy and its own contacts in
 //!   "My Contacts";
 //! - a safety stop changes nothing at the destination it guards;
+//! - a contact the provider refuses never blocks the others: the run fails, and every other copy
+//!   is right;
+//! - a fresh copy never gets a UID the group already has (the provider refuses it, as CardDAV
+//!   servers do): a copy whose tag the user removed keeps its UID;
 //! - after faults stop, one run converges.
 //!
 //! Cases: 10,000 by default (`PROPTEST_CASES` overrides).
@@ -27,9 +31,14 @@ const TAG: &str = "gSync77";
 const SOURCE: &str = "src";
 const USERS: [&str; 3] = ["u0", "u1", "u2"];
 
+/// A card holding this is refused by the provider (see `MemoryBackend::refuse_cards_with`).
+const REFUSED: &str = "refused-by-provider";
+
 #[derive(Debug, Clone)]
 enum Action {
     SrcAdd(u16),
+    /// A source contact the provider refuses to store at the destinations.
+    SrcAddRefused(u16),
     SrcEdit(usize, u16),
     SrcRemove(usize),
     DestEdit(usize, usize, u16),
@@ -53,6 +62,7 @@ enum Action {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         3 => any::<u16>().prop_map(Action::SrcAdd),
+        1 => any::<u16>().prop_map(Action::SrcAddRefused),
         2 => (any::<usize>(), any::<u16>()).prop_map(|(k, s)| Action::SrcEdit(k, s)),
         2 => any::<usize>().prop_map(Action::SrcRemove),
         2 => (0..3usize, any::<usize>(), any::<u16>()).prop_map(|(u, k, s)| Action::DestEdit(u, k, s)),
@@ -193,6 +203,7 @@ impl World {
         backend.set_normalize(p.normalize);
         backend.set_batch_size(if p.batched { 3 } else { 1 });
         backend.set_change_tokens(p.tokens);
+        backend.refuse_cards_with(Some(REFUSED));
         let fields = if p.only_email {
             FieldSelection::from_list(Some(&["EMAIL".to_string()]))
         } else {
@@ -320,7 +331,7 @@ impl World {
         self.check_own()?;
         let mut expected: BTreeMap<String, String> = BTreeMap::new();
         for (gname, id, c) in self.backend.dump(SOURCE) {
-            if gname == "G" && self.filter.keeps(&c) {
+            if gname == "G" && self.filter.keeps(&c) && !is_refused(&c, &self.fields) {
                 expected.insert(id, content(&c, &self.fields));
             }
         }
@@ -418,6 +429,40 @@ impl World {
     fn known_was_cleaned(&self, u: usize) -> bool {
         !self.unknown_leftovers.contains(&u)
     }
+
+    /// How a run without faults ends: failed when the source holds a contact the provider
+    /// refuses and some destination must get it, else ok.
+    fn clean_outcome(&self) -> Outcome {
+        let refused = self
+            .backend
+            .dump(SOURCE)
+            .iter()
+            .any(|(g, _, c)| g == "G" && self.filter.keeps(c) && is_refused(c, &self.fields));
+        if refused && !self.dests.is_empty() {
+            Outcome::Failed
+        } else {
+            Outcome::Ok
+        }
+    }
+
+    /// A run that failed only for refused contacts: every failing destination says so.
+    fn check_only_refusals(&self, report: &engine::JobReport) -> Result<(), TestCaseError> {
+        for d in &report.destinations {
+            if let Some(e) = &d.error {
+                prop_assert!(
+                    e.contains("refused") && !d.refused.is_empty(),
+                    "{} failed for another reason: {e}",
+                    d.user
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// True when the copy of this source card holds the refused marker (it is in a managed field).
+fn is_refused(c: &VCard, fields: &FieldSelection) -> bool {
+    content(c, fields).contains(REFUSED)
 }
 
 fn run_case(
@@ -433,6 +478,11 @@ fn run_case(
             Action::SrcAdd(s) => {
                 seed_counter = seed_counter.wrapping_add(1);
                 let id = w.backend.put(SOURCE, "G", make_card(s, s % 3 == 0));
+                w.source_ids.push(id);
+            }
+            Action::SrcAddRefused(s) => {
+                let c = with_prop(&make_card(s, false), "NOTE", REFUSED);
+                let id = w.backend.put(SOURCE, "G", c);
                 w.source_ids.push(id);
             }
             Action::SrcEdit(k, s) if !w.source_ids.is_empty() => {
@@ -534,16 +584,20 @@ fn run_case(
                     continue;
                 }
                 match report.outcome {
-                    Outcome::Ok => w.check_converged()?,
+                    o if o == w.clean_outcome() => {
+                        w.check_only_refusals(&report)?;
+                        w.check_converged()?
+                    }
                     Outcome::Stopped => {
                         check_stop_is_legit(&w, &report, &before)?;
                         let report = w.run(rt, Faults::default(), true);
                         prop_assert_eq!(
                             report.outcome,
-                            Outcome::Ok,
+                            w.clean_outcome(),
                             "forced run after a stop: {:?}",
                             report
                         );
+                        w.check_only_refusals(&report)?;
                         w.check_converged()?;
                     }
                     other => {
@@ -557,11 +611,17 @@ fn run_case(
     // After the faults stop, one run converges.
     w.unknown_leftovers = leftovers.clone();
     let report = w.run(rt, Faults::default(), true);
-    prop_assert_eq!(report.outcome, Outcome::Ok, "final run: {:?}", report);
+    prop_assert_eq!(report.outcome, w.clean_outcome(), "final run: {:?}", report);
+    w.check_only_refusals(&report)?;
     w.check_converged()?;
     // And a second run changes nothing.
     let report = w.run(rt, Faults::default(), false);
-    prop_assert_eq!(report.outcome, Outcome::Ok, "idempotent run: {:?}", report);
+    prop_assert_eq!(
+        report.outcome,
+        w.clean_outcome(),
+        "idempotent run: {:?}",
+        report
+    );
     prop_assert_eq!(
         report.counts.created + report.counts.updated + report.counts.deleted + report.counts.moved,
         0,

@@ -310,3 +310,44 @@ fn copies_are_written_with_the_configured_umask() {
         assert_eq!(m.mode() & 0o777, 0o640);
     }
 }
+
+/// A copy whose tag the user removed is theirs, UID and all; the fresh copy made next to it gets
+/// a UID and a file name of its own (khard and vdirsyncer refuse two cards with one UID).
+#[test]
+fn a_fresh_copy_never_shares_a_uid_with_a_card_of_the_users() {
+    let t = Tree::new(2);
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
+    let (file, copy) = t
+        .copies("bob", "Team")
+        .into_iter()
+        .find(|(_, c)| c.contains("X-GSYNC-SOURCE:p000"))
+        .unwrap();
+    let mine: String = copy
+        .split_inclusive('\n')
+        .filter(|l| !l.starts_with("X-GSYNC:"))
+        .collect();
+    fs::write(t.group("bob", "Team").join(&file), &mine).unwrap();
+    t.cmd().arg("run").assert().success();
+    let uids: Vec<String> = blocks(&t, "bob", "Team")
+        .iter()
+        .filter_map(|(_, b)| {
+            b.lines()
+                .find(|l| l.starts_with("UID:"))
+                .map(str::to_string)
+        })
+        .collect();
+    let unique: std::collections::BTreeSet<&String> = uids.iter().collect();
+    assert_eq!(uids.len(), 3, "{uids:?}");
+    assert_eq!(unique.len(), 3, "two cards share a UID: {uids:?}");
+    assert_eq!(
+        fs::read_to_string(t.group("bob", "Team").join(&file)).unwrap(),
+        mine
+    );
+    assert_eq!(source_ids(&t.copies("bob", "Team")), vec!["p000", "p001"]);
+    t.cmd()
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: up to date (2 copies)"));
+}

@@ -215,6 +215,7 @@ fn check(
         group_is_default: false,
         entries,
         scope,
+        taken_uids: vec![],
     };
     let whole = plan::plan_destination(&cur, &snap(group.clone(), None), &job, &ledger);
 

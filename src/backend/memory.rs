@@ -2,7 +2,7 @@
 //! and property tests run on it, with injected faults (one write fails, or every operation from
 //! the Nth on fails, as if the process died there). It must behave like a real provider where the
 //! engine can tell: etags change on every write, ids are never reused, a group with contacts in it
-//! cannot be deleted.
+//! cannot be deleted, two contacts of one group never share a UID (as on a CardDAV server).
 
 use calcard::vcard::VCard;
 use std::collections::{BTreeMap, HashMap};
@@ -77,6 +77,8 @@ pub struct MemoryBackend {
     deleted: Mutex<Vec<(String, String)>>,
     /// Looking up a group of this user panics (see `panic_for`).
     panic_user: Mutex<Option<String>>,
+    /// Creates and updates of a card holding this text are refused (see `refuse_cards_with`).
+    refuse: Mutex<Option<String>>,
 }
 
 impl MemoryBackend {
@@ -99,6 +101,12 @@ impl MemoryBackend {
     /// destination's panic must be reported as that destination's failure, never end the run.
     pub fn panic_for(&self, user: &str) {
         *self.panic_user.lock().unwrap() = Some(user.to_string());
+    }
+
+    /// Makes the provider refuse to create or update any card holding `marker` (as a server
+    /// refuses a card it cannot store): that contact only, never the destination.
+    pub fn refuse_cards_with(&self, marker: Option<&str>) {
+        *self.refuse.lock().unwrap() = marker.map(str::to_string);
     }
 
     /// Makes every change token handed out so far expire.
@@ -201,6 +209,18 @@ impl MemoryBackend {
             return Err(BackendError::Transient("connection lost (injected)".into()));
         }
         Ok(())
+    }
+
+    /// Refuses a card that carries the marker `refuse_cards_with` set (a card the provider
+    /// cannot store).
+    fn check_refused(&self, card: &VCard) -> Result<()> {
+        let marker = self.refuse.lock().unwrap().clone();
+        match marker {
+            Some(m) if card::to_text(card).contains(&m) => Err(BackendError::Refused(format!(
+                "the provider refuses this card ({m})"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     fn check_write(&self) -> Result<()> {
@@ -565,10 +585,19 @@ impl Backend for MemoryBackend {
 
     async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
         self.check_write()?;
+        self.check_refused(card)?;
         let id = self.fresh("c");
         let etag = self.fresh("e");
         let stored = self.stored_form(card.clone());
         self.with_group(user, group, |g| {
+            // As a CardDAV server (RFC 6352 no-uid-conflict): one UID per address book.
+            if let Some(uid) = card.uid()
+                && g.contacts.values().any(|(_, c)| c.uid() == Some(uid))
+            {
+                return Err(BackendError::AlreadyExists {
+                    what: format!("a contact with UID {uid}"),
+                });
+            }
             g.contacts.insert(id.clone(), (etag.clone(), stored));
             Ok(Written { id, etag })
         })
@@ -584,6 +613,7 @@ impl Backend for MemoryBackend {
         fields: &FieldSelection,
     ) -> Result<String> {
         self.check_write()?;
+        self.check_refused(card)?;
         let new_etag = self.fresh("e");
         self.with_group(user, group, |g| {
             let slot = g

@@ -76,6 +76,14 @@ pub enum BackendError {
     /// The user exists but must not be synced now (suspended, archived): a note, not a failure.
     #[error("{0}")]
     Skipped(String),
+    /// The provider refused the credentials, or the account may not do this: a configuration
+    /// error (the message names the key to fix), never worth retrying as it is.
+    #[error("{0}")]
+    Auth(String),
+    /// The provider refused this one contact (a card it cannot store, one too large): the
+    /// destination's other contacts are written all the same.
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl BackendError {
@@ -91,6 +99,16 @@ impl BackendError {
             ),
             _ => false,
         }
+    }
+
+    /// True when the error concerns one contact only (its UID is taken, the provider refuses
+    /// the card): the destination's other contacts are written, and this one is tried again at
+    /// the next run.
+    pub fn is_contact_level(&self) -> bool {
+        matches!(
+            self,
+            BackendError::AlreadyExists { .. } | BackendError::Refused(_)
+        )
     }
 
     pub(crate) fn io(path: impl std::fmt::Display, source: std::io::Error) -> Self {
@@ -392,8 +410,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Creates several contacts in one group. One result per card, in order; a provider without
-    /// batch endpoints creates them one by one and stops at the first failure (the results then
-    /// end early). Every `Ok` is a contact that exists, even when a later one failed.
+    /// batch endpoints creates them one by one and stops at the first failure that is not one
+    /// contact's (`BackendError::is_contact_level`; the results then end early). Every `Ok` is a contact that exists, even when a later one failed.
     fn create_contacts(
         &self,
         user: &User,
@@ -404,7 +422,7 @@ pub trait Backend: Send + Sync {
             let mut out = Vec::with_capacity(cards.len());
             for card in cards {
                 let r = self.create_contact(user, group, card).await;
-                let failed = r.is_err();
+                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
                 out.push(r);
                 if failed {
                     break;
@@ -415,7 +433,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Updates several contacts (`(id, etag, desired card)`), as `update_contact` does. One result
-    /// per item, in order, ending early after a failure when done one by one.
+    /// per item, in order, ending early after a failure that is not one contact's when done one
+    /// by one.
     fn update_contacts(
         &self,
         user: &User,
@@ -429,7 +448,7 @@ pub trait Backend: Send + Sync {
                 let r = self
                     .update_contact(user, group, id, etag, card, fields)
                     .await;
-                let failed = r.is_err();
+                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
                 out.push(r);
                 if failed {
                     break;
@@ -440,7 +459,8 @@ pub trait Backend: Send + Sync {
     }
 
     /// Deletes several contacts (`(id, etag)`), each only if its etag is unchanged. One result
-    /// per item, in order, ending early after a failure when done one by one.
+    /// per item, in order, ending early after a failure that is not one contact's when done one
+    /// by one.
     fn delete_contacts(
         &self,
         user: &User,
@@ -451,7 +471,7 @@ pub trait Backend: Send + Sync {
             let mut out = Vec::with_capacity(items.len());
             for (id, etag) in items {
                 let r = self.delete_contact(user, group, id, etag).await;
-                let failed = r.is_err();
+                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
                 out.push(r);
                 if failed {
                     break;
@@ -473,7 +493,7 @@ pub trait Backend: Send + Sync {
             let mut out = Vec::with_capacity(items.len());
             for (id, etag) in items {
                 let r = self.move_to_default(user, group, id, etag).await;
-                let failed = r.is_err();
+                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
                 out.push(r);
                 if failed {
                     break;

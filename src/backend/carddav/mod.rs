@@ -54,8 +54,7 @@ pub struct CarddavBackend {
     base: String,
     /// Address books read by `resolve_user` (one PROPFIND serves both the user check and the
     /// next `find_group` for that user), taken by that `find_group` if under a minute old.
-    listings:
-        std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<GroupRef>)>>,
+    listings: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Vec<Book>)>>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> BackendError {
@@ -89,6 +88,35 @@ fn href_path(href: &str) -> String {
             .map(|i| rest[i..].to_string())
             .unwrap_or_else(|| "/".into()),
         None => href.to_string(),
+    }
+}
+
+/// An address book as a listing shows it.
+#[derive(Debug, Clone)]
+struct Book {
+    group: GroupRef,
+    /// Its display name, if it has one: a group is found by it, never by its URL.
+    displayname: Option<String>,
+}
+
+impl Book {
+    fn of(r: xml::Response) -> Book {
+        let displayname = r.displayname.clone().filter(|d| !d.is_empty());
+        let id = if r.href.ends_with('/') {
+            r.href.clone()
+        } else {
+            format!("{}/", r.href)
+        };
+        Book {
+            group: GroupRef {
+                name: displayname
+                    .clone()
+                    .unwrap_or_else(|| last_segment(&r.href).to_string()),
+                id,
+                version: r.etag,
+            },
+            displayname,
+        }
     }
 }
 
@@ -217,11 +245,11 @@ impl CarddavBackend {
     fn unexpected(what: &str, status: StatusCode, body: &str) -> BackendError {
         let snippet: String = body.chars().take(200).collect();
         match status {
-            StatusCode::UNAUTHORIZED => BackendError::Invalid(format!(
-                "{what}: HTTP 401: the server refused the credentials of `username`"
+            StatusCode::UNAUTHORIZED => BackendError::Auth(format!(
+                "{what}: HTTP 401: the server refused the credentials (`username` and `password_file`, or the user's line in `credentials_file`)"
             )),
-            StatusCode::FORBIDDEN => BackendError::Invalid(format!(
-                "{what}: HTTP 403: `username` may not do this; give it write access to every user's address books"
+            StatusCode::FORBIDDEN => BackendError::Auth(format!(
+                "{what}: HTTP 403: the account may not do this; give `username` read and write access to every user's address books"
             )),
             _ => BackendError::Invalid(format!("{what}: unexpected HTTP {status}: {snippet}")),
         }
@@ -268,7 +296,7 @@ impl CarddavBackend {
     }
 
     /// Address books in a user's home, with their collection etag (the version of their content).
-    async fn addressbooks(&self, user: &User) -> Result<Vec<GroupRef>> {
+    async fn addressbooks(&self, user: &User) -> Result<Vec<Book>> {
         let home = self.home(&user.id);
         let list = self
             .propfind(&home, "1", xml::PROPFIND_COLLECTIONS)
@@ -281,23 +309,7 @@ impl CarddavBackend {
             .filter(|r| {
                 r.is_addressbook && r.href.trim_end_matches('/') != home.trim_end_matches('/')
             })
-            .map(|r| {
-                let name = r
-                    .displayname
-                    .clone()
-                    .filter(|d| !d.is_empty())
-                    .unwrap_or_else(|| last_segment(&r.href).to_string());
-                let id = if r.href.ends_with('/') {
-                    r.href.clone()
-                } else {
-                    format!("{}/", r.href)
-                };
-                GroupRef {
-                    id,
-                    name,
-                    version: r.etag,
-                }
-            })
+            .map(Book::of)
             .collect())
     }
 
@@ -336,6 +348,32 @@ impl CarddavBackend {
             }
         }
         Ok(out)
+    }
+
+    /// The address books of a user: those `resolve_user` just read, else read now.
+    async fn listing(&self, user: &User) -> Result<Vec<Book>> {
+        let cached = self
+            .listings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&user.id);
+        match cached {
+            Some((at, books)) if at.elapsed() < Duration::from_secs(60) => Ok(books),
+            _ => self.addressbooks(user).await,
+        }
+    }
+
+    /// The book a removed user's own contacts go to (`default_collection`): the one with that
+    /// display name, else the one at that path in the user's home (a server's main book often
+    /// has a display name of its own).
+    async fn find_default(&self, user: &User) -> Result<Option<GroupRef>> {
+        let name = &self.cfg.default_collection;
+        let books = self.addressbooks(user).await?;
+        let at = books
+            .iter()
+            .position(|b| b.displayname.as_deref() == Some(name.as_str()))
+            .or_else(|| books.iter().position(|b| last_segment(&b.group.id) == name));
+        Ok(at.map(|i| books[i].group.clone()))
     }
 
     fn href(group: &GroupRef, id: &str) -> String {
@@ -385,8 +423,33 @@ impl CarddavBackend {
                 None => Ok(Ok(self.etag_of(href).await?)),
             },
             409 | 412 => Ok(Err(status)),
+            // The server will not store this card (malformed for it, too large, …): this one
+            // contact, never the destination.
+            400 | 413 | 415 | 422 => Err(BackendError::Refused(format!(
+                "PUT {href}: the server refused the card (HTTP {status}): {}",
+                text.chars().take(200).collect::<String>()
+            ))),
             _ => Err(Self::unexpected(&format!("PUT {href}"), status, &text)),
         }
+    }
+
+    /// True when `group` holds this very card where `create_in` would have put it (a move made
+    /// before, cut short before the original was deleted).
+    async fn holds_same(&self, group: &GroupRef, card: &VCard) -> Result<bool> {
+        let stem = slug(card.uid().unwrap_or("contact"));
+        let hrefs: Vec<String> = (0..3)
+            .map(|n| match n {
+                0 => Self::href(group, &format!("{stem}.vcf")),
+                n => Self::href(group, &format!("{stem}-{n}.vcf")),
+            })
+            .collect();
+        let all = FieldSelection::All;
+        let want = card::managed_digest(card, &all);
+        Ok(self.multiget(group, &hrefs).await?.iter().any(|c| {
+            c.card
+                .as_ref()
+                .is_ok_and(|c| c.uid() == card.uid() && card::managed_digest(c, &all) == want)
+        }))
     }
 
     async fn create_in(&self, group: &GroupRef, card: &VCard) -> Result<Written> {
@@ -460,23 +523,20 @@ impl Backend for CarddavBackend {
         }
     }
 
+    /// A group is the address book whose display name is `name`: never one whose URL merely
+    /// ends in it (a user's main book at `/bob/default/` is not a group "default").
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        let cached = self
-            .listings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&user.id);
-        let books = match cached {
-            Some((at, books)) if at.elapsed() < Duration::from_secs(60) => books,
-            _ => self.addressbooks(user).await?,
-        };
-        let by_name = books
-            .iter()
-            .position(|g| g.name == name)
-            .or_else(|| books.iter().position(|g| last_segment(&g.id) == name));
-        Ok(by_name.map(|i| books[i].clone()))
+        let books = self.listing(user).await?;
+        Ok(books
+            .into_iter()
+            .find(|b| b.displayname.as_deref() == Some(name))
+            .map(|b| b.group))
     }
 
+    /// Made with the display name `name` at a free path: `<slug>/`, else `<slug>-1/`, … A path
+    /// already taken by a book of that display name is the one a lost answer hid (the MKCOL was
+    /// made, its answer never came, and the retry found the path taken): it is used, so a lost
+    /// answer never leaves two books.
     async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
         let home = self.home(&user.id);
         let base = slug(name);
@@ -503,8 +563,22 @@ impl Backend for CarddavBackend {
                         version: None,
                     });
                 }
-                // The path is taken (by another collection or a resource): try the next name.
-                405 => continue,
+                // The path is taken: by this very book (a retry after a lost answer), or by
+                // another collection or a resource (then the next name is tried).
+                405 => {
+                    if let Some(list) = self.propfind(&href, "0", xml::PROPFIND_COLLECTIONS).await?
+                        && let Some(r) = list
+                            .into_iter()
+                            .find(|r| r.href.trim_end_matches('/') == href.trim_end_matches('/'))
+                        && r.is_addressbook
+                    {
+                        let book = Book::of(r);
+                        if book.displayname.as_deref() == Some(name) {
+                            return Ok(book.group);
+                        }
+                    }
+                    continue;
+                }
                 _ => return Err(Self::unexpected(&format!("MKCOL {href}"), status, &text)),
             }
         }
@@ -666,7 +740,7 @@ impl Backend for CarddavBackend {
         id: &str,
         etag: &str,
     ) -> Result<()> {
-        let default = match self.find_group(user, &self.cfg.default_collection).await? {
+        let default = match self.find_default(user).await? {
             Some(g) => g,
             None => {
                 self.create_group(user, &self.cfg.default_collection)
@@ -690,11 +764,22 @@ impl Backend for CarddavBackend {
         let card = contact
             .card
             .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
-        // Copy first, then delete: a failure in between leaves the contact twice, never nowhere.
+        // Copy first, then delete: a failure in between leaves the contact in both books, and
+        // the move made again finds its copy there.
         match self.create_in(&default, &card).await {
             Ok(_) => {}
-            // Its UID is already in the default book (a previous attempt got this far).
-            Err(BackendError::AlreadyExists { .. }) => {}
+            // Its UID is in the default book: this card, if a previous attempt got this far;
+            // else another card of the user's, and this one stays where it is.
+            Err(BackendError::AlreadyExists { what }) => {
+                if !self.holds_same(&default, &card).await? {
+                    return Err(BackendError::Refused(format!(
+                        "{} cannot move to {:?}: {what} is another card there; it is left in {:?}",
+                        Self::href(group, id),
+                        default.name,
+                        group.name
+                    )));
+                }
+            }
             Err(e) => return Err(e),
         }
         self.delete_contact(user, group, id, &contact.etag).await
