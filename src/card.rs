@@ -19,6 +19,10 @@ use std::sync::{Arc, Mutex};
 pub const TAG_PROPERTY: &str = "X-GSYNC";
 /// Property that carries the id of the source contact a copy was made from.
 pub const SOURCE_PROPERTY: &str = "X-GSYNC-SOURCE";
+/// Property that carries the tags of the jobs a copy came through before this one (a copy of a
+/// copy: `gSync1,gSync2`): a job never copies a contact that came through it, so jobs that feed
+/// each other never grow.
+pub const VIA_PROPERTY: &str = "X-GSYNC-VIA";
 
 /// Properties that describe the card itself rather than the person: never copied, never compared.
 const STRUCTURAL: &[&str] = &[
@@ -30,6 +34,7 @@ const STRUCTURAL: &[&str] = &[
     "REV",
     TAG_PROPERTY,
     SOURCE_PROPERTY,
+    VIA_PROPERTY,
 ];
 
 /// Parses one vCard from text. Errors are short human sentences (the caller adds the file name).
@@ -199,6 +204,25 @@ pub fn source_of(card: &VCard) -> Option<String> {
     first_text(card, SOURCE_PROPERTY)
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
+}
+
+/// True for a well-formed tag: `gSync` followed by one or more digits.
+pub fn is_tag(s: &str) -> bool {
+    s.len() > 5 && s.starts_with("gSync") && s[5..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The tags of the jobs a contact came through: those its `X-GSYNC-VIA` names, and the tag it
+/// carries (a copy made by another job), sorted, once each.
+pub fn came_through(card: &VCard) -> Vec<String> {
+    let mut tags: BTreeSet<String> = first_text_ref(card, VIA_PROPERTY)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|t| is_tag(t))
+        .map(str::to_string)
+        .collect();
+    tags.extend(tag_of(card).filter(|t| is_tag(t)));
+    tags.into_iter().collect()
 }
 
 /// A name for people: FN, else the components of N, else "(no name)".
@@ -396,7 +420,7 @@ fn text_entry(name: &str, value: &str) -> VCardEntry {
 }
 
 /// The copy of a source card a destination must hold: the source's managed entries, a UID of its
-/// own, and the tag properties.
+/// own, and the tag properties (with the jobs the source came through, `VIA_PROPERTY`).
 pub fn make_copy(
     source: &VCard,
     fields: &FieldSelection,
@@ -422,6 +446,10 @@ pub fn make_copy(
     entries.extend(managed_entries(source, fields).cloned());
     entries.push(text_entry(TAG_PROPERTY, tag));
     entries.push(text_entry(SOURCE_PROPERTY, source_id));
+    let via = came_through(source);
+    if !via.is_empty() {
+        entries.push(text_entry(VIA_PROPERTY, &via.join(",")));
+    }
     VCard { entries }
 }
 
@@ -480,7 +508,7 @@ pub fn merge_copy(existing: &VCard, desired: &VCard, fields: &FieldSelection) ->
         } else if !fields.manages(&name)
             && !matches!(
                 &*name,
-                "VERSION" | "BEGIN" | "END" | TAG_PROPERTY | SOURCE_PROPERTY
+                "VERSION" | "BEGIN" | "END" | TAG_PROPERTY | SOURCE_PROPERTY | VIA_PROPERTY
             )
         {
             entries.push(e.clone());
@@ -489,8 +517,7 @@ pub fn merge_copy(existing: &VCard, desired: &VCard, fields: &FieldSelection) ->
     for e in &desired.entries {
         let name = upper_name(e);
         if fields.manages(&name)
-            || name == TAG_PROPERTY
-            || name == SOURCE_PROPERTY
+            || matches!(&*name, TAG_PROPERTY | SOURCE_PROPERTY | VIA_PROPERTY)
             || (name == "UID" && !kept_uid)
         {
             entries.push(e.clone());
@@ -506,8 +533,10 @@ pub fn untag(card: &VCard) -> VCard {
             .entries
             .iter()
             .filter(|e| {
-                let n = upper_name(e);
-                n != TAG_PROPERTY && n != SOURCE_PROPERTY
+                !matches!(
+                    &*upper_name(e),
+                    TAG_PROPERTY | SOURCE_PROPERTY | VIA_PROPERTY
+                )
             })
             .cloned()
             .collect(),
@@ -596,6 +625,33 @@ mod tests {
         assert_eq!(
             managed_digest(&back, &FieldSelection::All),
             managed_digest(&card, &FieldSelection::All)
+        );
+    }
+
+    /// A copy of a copy names the jobs its source came through; a job reading such a contact
+    /// knows whether it came through it.
+    #[test]
+    fn a_copy_of_a_copy_names_the_jobs_it_came_through() {
+        let src = parse(V3).unwrap();
+        assert!(came_through(&src).is_empty());
+        let first = make_copy(&src, &FieldSelection::All, "gSync1", "s", "u1");
+        assert_eq!(came_through(&first), ["gSync1"]);
+        assert!(first_text_ref(&first, VIA_PROPERTY).is_none());
+        let second = make_copy(&first, &FieldSelection::All, "gSync2", "u1", "u2");
+        assert_eq!(first_text_ref(&second, VIA_PROPERTY), Some("gSync1"));
+        assert_eq!(came_through(&second), ["gSync1", "gSync2"]);
+        let third = make_copy(&second, &FieldSelection::All, "gSync3", "u2", "u3");
+        assert_eq!(first_text_ref(&third, VIA_PROPERTY), Some("gSync1,gSync2"));
+        // It is not managed content: the three copies hold the same.
+        assert_eq!(
+            managed_digest(&third, &FieldSelection::All),
+            managed_digest(&src, &FieldSelection::All)
+        );
+        assert!(
+            untag(&third)
+                .entries
+                .iter()
+                .all(|e| e.name.as_str() != VIA_PROPERTY)
         );
     }
 

@@ -131,7 +131,7 @@ pub struct NotifyConfig {
     pub sendmail: Option<PathBuf>,
 }
 
-/// Every key of every backend kind (DESIGN.md §6), so a typo is caught whatever the kind.
+/// Every key of every backend kind (the README lists them), so a typo is caught whatever the kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]

@@ -140,6 +140,20 @@ pub enum JobError {
         #[source]
         source: BackendError,
     },
+    /// Destinations named in the job file that cannot be synced as configured: unknown users,
+    /// or users the provider refuses the credentials for. Checked before anything is written.
+    #[error(
+        "job {job:?} names destinations that cannot be synced: {}; nothing was changed. Fix the job file (or the credentials) and run again",
+        problems.join("; ")
+    )]
+    BadDestinations { job: String, problems: Vec<String> },
+    /// The target group's name cannot be made at this provider.
+    #[error("job {job:?}: target_group {group:?}: {why}; nothing was changed")]
+    BadGroupName {
+        job: String,
+        group: String,
+        why: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -154,6 +168,24 @@ impl JobError {
             _ => false,
         }
     }
+
+    /// True when the job's configuration is at fault (exit code 2): the job file names what
+    /// does not exist or cannot be, or the provider refuses the credentials. Nothing was
+    /// changed, and running again as it is will fail the same way.
+    pub fn is_config(&self) -> bool {
+        match self {
+            JobError::SourceUser(_)
+            | JobError::SourceGroup { .. }
+            | JobError::TagChanged { .. }
+            | JobError::TagInUse { .. }
+            | JobError::BadDestinations { .. }
+            | JobError::BadGroupName { .. } => true,
+            JobError::SourceRead { source, .. } | JobError::Destinations { source, .. } => {
+                matches!(source, BackendError::Auth(_))
+            }
+            JobError::Store(_) => false,
+        }
+    }
 }
 
 /// How a job's run ended.
@@ -165,8 +197,12 @@ pub enum Outcome {
     Failed,
     /// A safety limit stopped the job.
     Stopped,
-    /// The job could not run at all (source missing, …).
+    /// The job could not run at all (the provider could not be reached, the state database
+    /// failed, …); nothing was changed.
     Error,
+    /// The job's configuration is at fault (an unknown user, a missing source group, a refused
+    /// password, an edited tag, jobs that feed each other): nothing was changed. Exit code 2.
+    Invalid,
     /// Shutdown came during the run: the destination in progress finished, the rest did not run.
     Interrupted,
 }
@@ -178,6 +214,7 @@ impl Outcome {
             Outcome::Failed => "failed",
             Outcome::Stopped => "stopped",
             Outcome::Error => "error",
+            Outcome::Invalid => "invalid",
             Outcome::Interrupted => "interrupted",
         }
     }
@@ -213,6 +250,9 @@ pub struct JobReport {
     pub source_read: bool,
     pub source_contacts: usize,
     pub source_filtered_out: usize,
+    /// Contacts in the source group that came through this job (its copies, or copies of them
+    /// made by other jobs): not copied again.
+    pub source_came_back: usize,
     pub source_unreadable: Vec<String>,
     pub destinations: Vec<DestReport>,
     pub message: Option<String>,
@@ -220,12 +260,34 @@ pub struct JobReport {
 }
 
 impl JobReport {
-    /// Exit code contribution: 0 ok, 1 failed, 3 stopped by a safety limit.
+    /// Exit code contribution: 0 ok, 1 failed, 2 the job's configuration is at fault, 3 stopped
+    /// by a safety limit.
     pub fn exit_code(&self) -> u8 {
         match self.outcome {
             Outcome::Ok => 0,
             Outcome::Failed | Outcome::Error | Outcome::Interrupted => 1,
+            Outcome::Invalid => 2,
             Outcome::Stopped => 3,
+        }
+    }
+
+    /// The report of a job refused before it ran (its configuration is at fault): nothing was
+    /// read or written. Recorded in the history like any run, unless a dry run.
+    pub fn refused(job: &JobRun, dry_run: bool, message: String) -> JobReport {
+        JobReport {
+            job: job.spec.name.clone(),
+            tag: job.spec.tag.clone(),
+            run_id: None,
+            dry_run,
+            outcome: Outcome::Invalid,
+            source_read: false,
+            source_contacts: 0,
+            source_filtered_out: 0,
+            source_came_back: 0,
+            source_unreadable: vec![],
+            destinations: vec![],
+            message: Some(message),
+            counts: Counts::default(),
         }
     }
 }
@@ -253,6 +315,7 @@ pub async fn run_job<B: Backend + 'static>(
         source_read: false,
         source_contacts: 0,
         source_filtered_out: 0,
+        source_came_back: 0,
         source_unreadable: vec![],
         destinations: vec![],
         message: None,
@@ -274,7 +337,11 @@ pub async fn run_job<B: Backend + 'static>(
         .instrument(span)
         .await
     {
-        report.outcome = Outcome::Error;
+        report.outcome = if e.is_config() {
+            Outcome::Invalid
+        } else {
+            Outcome::Error
+        };
         report.message = Some(e.to_string());
     }
     for d in &report.destinations {
@@ -319,6 +386,28 @@ pub async fn run_job<B: Backend + 'static>(
     report
 }
 
+/// Records a job refused before it ran (its configuration is at fault, see
+/// `JobReport::refused`) in the history, unless a dry run, and returns its report.
+pub fn refuse_job(store: &Mutex<Store>, job: &JobRun, dry_run: bool, message: String) -> JobReport {
+    let mut report = JobReport::refused(job, dry_run, message);
+    if !dry_run {
+        let s = lock(store);
+        let recorded = s.start_run(&job.spec.name, false).and_then(|id| {
+            report.run_id = Some(id);
+            s.finish_run(
+                id,
+                report.outcome.as_str(),
+                report.counts,
+                report.message.as_deref(),
+            )
+        });
+        if let Err(e) = recorded {
+            tracing::error!(job = %job.spec.name, "could not record the run: {e}");
+        }
+    }
+    report
+}
+
 async fn run_inner<B: Backend + 'static>(
     backend: &Arc<B>,
     store: &Arc<Mutex<Store>>,
@@ -351,6 +440,13 @@ async fn run_inner<B: Backend + 'static>(
         if !opts.dry_run {
             s.remember_job(&spec.name, &spec.tag)?;
         }
+    }
+    if let Err(why) = backend.check_group_name(&spec.target_group) {
+        return Err(JobError::BadGroupName {
+            job: spec.name.clone(),
+            group: spec.target_group.clone(),
+            why,
+        });
     }
 
     // Which destinations are in the job (dynamic sets read now), and which were synced before
@@ -398,6 +494,43 @@ async fn run_inner<B: Backend + 'static>(
             .buffered(opts.concurrency.max(1))
             .collect()
             .await;
+    // A user the job file names that does not exist, or whose credentials the provider
+    // refuses, is the configuration's fault: the job is refused before anything is written.
+    let named: BTreeSet<String> = job
+        .destinations
+        .iter()
+        .filter(|d| !is_dynamic_set(d))
+        .map(|d| d.to_lowercase())
+        .collect();
+    let problems: Vec<String> = resolved
+        .iter()
+        .filter_map(|(name, r)| match r {
+            Ok(None) if named.contains(&name.to_lowercase()) => {
+                Some(format!("{name} (no such user)"))
+            }
+            Err(BackendError::Auth(why)) => Some(format!("{name}: {why}")),
+            _ => None,
+        })
+        .collect();
+    if !problems.is_empty() {
+        // Refused credentials for the source too: the account is at fault, not the users.
+        if let Some(AbortOnDrop(task)) = source_user.as_mut()
+            && resolved
+                .iter()
+                .any(|(_, r)| matches!(r, Err(BackendError::Auth(_))))
+            && let Ok(Err(e @ BackendError::Auth(_))) = task.await
+        {
+            return Err(JobError::SourceRead {
+                user: job.source.clone(),
+                group: job.group.clone(),
+                source: e,
+            });
+        }
+        return Err(JobError::BadDestinations {
+            job: spec.name.clone(),
+            problems,
+        });
+    }
     for (name, r) in resolved {
         let failed = match r {
             Ok(Some(u)) => {
@@ -513,6 +646,10 @@ async fn run_inner<B: Backend + 'static>(
         report.source_read = true;
         report.source_contacts = source.items.len();
         report.source_filtered_out = source.filtered_out;
+        report.source_came_back = source.came_back;
+        if source.came_back > 0 {
+            tracing::warn!(job = %spec.name, "{} contacts in source group {:?} of {} came through this job (its own copies, or copies of them made by other jobs); they are not copied again", source.came_back, job.group, job.source);
+        }
         report.source_unreadable = source
             .unreadable
             .iter()

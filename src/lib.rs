@@ -8,6 +8,7 @@
 //! - [`engine`]: the executor that reads, plans, checks safety limits and applies.
 //! - [`store`]: the SQLite state database (ledger, history, change log, trash).
 //! - [`config`], [`job`]: `groupsync.toml` and the job files.
+//! - [`feeds`]: which jobs feed which; a set of jobs that would copy in a circle is refused.
 //! - [`lock`]: the state lock that keeps two runs apart.
 //! - [`procstat`]: peak memory and CPU time, for the benchmark programs.
 //! - [`cli`]: the commands, one file each.
@@ -17,6 +18,7 @@ pub mod card;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod feeds;
 pub mod job;
 pub mod lock;
 pub mod metrics;

@@ -2,8 +2,8 @@
 //! ordered `Plan` of operations for one destination. It has no I/O and no clock, so the same
 //! input always gives the same plan, and property tests can check it on generated inputs.
 //!
-//! Rules it enforces (DESIGN.md §2): only contacts carrying the job's tag are ever updated or
-//! deleted; after the plan is applied the tagged copies equal the source, one per source contact;
+//! Rules it enforces: only contacts carrying the job's tag are ever updated or deleted; a
+//! contact that came through the job (its own copy, or a copy of it) is never a source item; after the plan is applied the tagged copies equal the source, one per source contact;
 //! copies of a source contact that could not be read are left alone (never deleted for a read
 //! error); deletions beyond the job's limit are flagged, not silently applied.
 
@@ -105,6 +105,9 @@ pub struct SourceSet {
     pub unreadable: BTreeMap<String, String>,
     /// Source contacts the job's filter left out.
     pub filtered_out: usize,
+    /// Contacts in the source group that came through this job (its own copies, or copies of
+    /// them made by other jobs): never copied again, so jobs that feed each other never grow.
+    pub came_back: usize,
 }
 
 impl SourceSet {
@@ -115,6 +118,10 @@ impl SourceSet {
                 self.unreadable.insert(id, reason);
             }
             Ok(card) => {
+                if card::came_through(&card).contains(&job.tag) {
+                    self.came_back += 1;
+                    return;
+                }
                 if !job.filter.keeps(&card) {
                     self.filtered_out += 1;
                     return;
@@ -260,10 +267,7 @@ impl DestEntry {
     }
 }
 
-/// True for a well-formed tag: `gSync` followed by one or more digits.
-pub fn is_tag(s: &str) -> bool {
-    s.len() > 5 && s.starts_with("gSync") && s[5..].bytes().all(|b| b.is_ascii_digit())
-}
+pub use crate::card::is_tag;
 
 /// A destination as read in this run.
 #[derive(Debug, Clone)]

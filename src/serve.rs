@@ -198,16 +198,31 @@ impl<B: Backend + 'static> Daemon<'_, B> {
                     ..self.opts.clone()
                 };
                 let job_run = job.to_run();
-                let run = engine::run_job(self.backend, self.store, &job_run, &opts);
-                tokio::pin!(run);
+                // A job in a cycle of jobs feeding each other is refused, as `run` refuses it.
+                let (nodes, cycles) =
+                    crate::feeds::job_cycles(&**self.backend, jobs.iter().cloned(), &[]).await;
+                let refused = cycles
+                    .iter()
+                    .find(|c| c.contains(&job.name))
+                    .map(|c| c.describe(&nodes));
                 let mut shutting_down = false;
-                let report = tokio::select! {
-                    r = &mut run => r,
-                    _ = &mut shutdown => {
-                        tracing::info!(job = %job.name, "shutdown requested: finishing the destination in progress");
-                        cancel.store(true, Ordering::SeqCst);
-                        shutting_down = true;
-                        run.await
+                let report = match refused {
+                    Some(why) => {
+                        tracing::error!(job = %job.name, "{why}");
+                        engine::refuse_job(self.store, &job_run, false, why)
+                    }
+                    None => {
+                        let run = engine::run_job(self.backend, self.store, &job_run, &opts);
+                        tokio::pin!(run);
+                        tokio::select! {
+                            r = &mut run => r,
+                            _ = &mut shutdown => {
+                                tracing::info!(job = %job.name, "shutdown requested: finishing the destination in progress");
+                                cancel.store(true, Ordering::SeqCst);
+                                shutting_down = true;
+                                run.await
+                            }
+                        }
                     }
                 };
                 drop(held);

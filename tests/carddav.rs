@@ -1,7 +1,7 @@
 //! The CardDAV backend against real servers, Radicale and Xandikos, each started on 127.0.0.1
 //! with a free port and a temporary storage folder. Radicale runs with an admin account that may
-//! write every user's address books (htpasswd + rights file, as in
-//! shared/notes/carddav-servers.md). Xandikos only authenticates behind TLS (`--autocert`), so
+//! write every user's address books (htpasswd + a rights file whose admin rule comes first: see
+//! the README's CardDAV section). Xandikos only authenticates behind TLS (`--autocert`), so
 //! it runs without authentication here, on loopback; the client still sends its credentials.
 //! `.ci/run` installs both into `.venv/` under the repository; without them these tests fail
 //! (they are never skipped).
@@ -893,19 +893,45 @@ fn per_user_credentials_radicale() {
         format!("state = \"state.db\"\n[backend]\nkind = \"carddav\"\nurl = \"{}\"\ncredentials_file = \"users.secret\"\n", s.url()),
     )
     .unwrap();
-    // bob's own account writes bob's book; carol has no credentials: only her destination fails.
+    // carol has no credentials: the job's configuration is at fault, and nothing is written
+    // until it is fixed.
     gs(&t)
         .arg("run")
         .assert()
-        .code(1)
-        .stdout(predicate::str::contains("bob: created 2"))
-        .stdout(predicate::str::contains("carol: FAILED"));
+        .code(2)
+        .stdout(predicate::str::contains("carol: no credentials"))
+        .stderr(predicate::str::contains("credentials_file"));
+    assert!(s.copies("bob", "Team").is_empty());
+    // Without carol, bob's own account writes bob's book.
+    fs::write(
+        t.path().join("jobs/team.toml"),
+        format!(
+            "tag = \"{TAG}\"\nsource = \"alice\"\ngroup = \"Team\"\ndestinations = [\"bob\"]\n"
+        ),
+    )
+    .unwrap();
+    gs(&t)
+        .arg("run")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: created 2"));
     assert_eq!(s.copies("bob", "Team").len(), 2);
     gs(&t)
         .arg("run")
         .assert()
-        .code(1)
+        .success()
         .stdout(predicate::str::contains("bob: up to date (2 copies)"));
+    // A refused password names the source (the account reads it first) and the keys to fix.
+    fs::write(
+        t.path().join("users.secret"),
+        "alice = wrong\nbob = bobpw\n",
+    )
+    .unwrap();
+    gs(&t).arg("run").assert().code(2).stderr(
+        predicate::str::contains("\"alice\"")
+            .and(predicate::str::contains("HTTP 401"))
+            .and(predicate::str::contains("credentials_file")),
+    );
     set_mode(&t.path().join("users.secret"), 0o640);
     gs(&t).arg("status").assert().code(2).stderr(
         predicate::str::contains("credentials_file")

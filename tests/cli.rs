@@ -1,5 +1,5 @@
 //! End-to-end tests of the `groupsync` binary on temporary vdir trees: one test per semantic of
-//! DESIGN.md §1, each bad input, the safety limits, and snapshots of `plan` and `status`.
+//! the README's "Semantics and safety", each bad input, the safety limits, and snapshots of `plan` and `status`.
 
 mod common;
 
@@ -324,16 +324,83 @@ fn bad_destination_user_is_named_and_the_file_unchanged() {
         .code(2)
         .stderr(predicate::str::contains("invalid destination user: ghost"));
     assert!(!t.path().join("jobs/x.toml").exists());
-    // A user who vanished since the job was written fails that destination only.
+    // A user the job file names who does not exist (a typo in a hand edit, an account deleted
+    // since) is the configuration's fault: the job is refused before anything is written.
     t.write_job("team", &["bob", "ghost"], "");
     t.cmd()
         .arg("run")
         .assert()
-        .code(1)
-        .stdout(predicate::str::contains(
-            "ghost: FAILED: invalid destination user: ghost",
-        ));
+        .code(2)
+        .stdout(predicate::str::contains("ghost (no such user)"))
+        .stderr(predicate::str::contains("nothing was changed"));
+    assert!(t.copies("bob", "Team").is_empty());
+    t.cmd()
+        .arg("history")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("invalid"));
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
     assert_eq!(t.copies("bob", "Team").len(), 1);
+}
+
+/// Every check that can fail runs before anything is written, and a failure of the job's
+/// configuration exits 2: an edited tag, a missing source group or user, a target group the
+/// provider cannot make.
+#[test]
+fn configuration_errors_exit_2_and_change_nothing() {
+    let t = Tree::new(2);
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
+    let before = t.cards("bob", "Team");
+    // An edited tag.
+    let text = t.read_job("team").replace(TAG, "gSync42");
+    fs::write(t.path().join("jobs/team.toml"), text).unwrap();
+    t.cmd()
+        .arg("run")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("must never be edited"));
+    // A source group that is gone.
+    t.write_job("team", &["bob"], "");
+    fs::rename(t.group("alice", "Team"), t.group("alice", "Old")).unwrap();
+    t.cmd()
+        .arg("run")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("source group \"Team\" not found"));
+    fs::rename(t.group("alice", "Old"), t.group("alice", "Team")).unwrap();
+    // A target group no vdir folder can be.
+    t.write_job("team", &["bob"], "target_group = \"a/b\"\n");
+    t.cmd()
+        .arg("run")
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("target_group \"a/b\""));
+    assert_eq!(t.cards("bob", "Team"), before);
+    t.cmd()
+        .args([
+            "job",
+            "new",
+            "slash",
+            "--source",
+            "alice",
+            "--group",
+            "Team",
+            "--dest",
+            "carol",
+            "--target-group",
+            "a/b",
+        ])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("target group \"a/b\""));
+    assert!(!t.path().join("jobs/slash.toml").exists());
+    t.cmd()
+        .arg("check")
+        .assert()
+        .code(2)
+        .stdout(predicate::str::contains("a/b"));
 }
 
 #[test]
@@ -781,6 +848,8 @@ fn log_shows_each_change_with_fields_and_digests() {
 fn log_json_lines_carry_job_and_destination() {
     let t = Tree::new(2);
     t.write_job("team", &["bob", "ghost"], "");
+    // ghost's "Team" is a file, not a folder: that destination fails.
+    t.failing_user("ghost");
     let out = t
         .cmd()
         .args(["--log-json", "-v", "run"])
@@ -801,7 +870,10 @@ fn log_json_lines_carry_job_and_destination() {
         .collect();
     assert!(dest_events.len() >= 2, "{text}");
     for e in dest_events {
-        assert_eq!(e["span"]["job"], "team", "{e}");
+        let in_spans = e["spans"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["job"] == "team"));
+        assert!(in_spans || e["fields"]["job"] == "team", "{e}");
     }
     assert!(
         events

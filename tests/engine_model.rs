@@ -1,6 +1,6 @@
 //! A state-machine property test of the engine over the in-memory backend: random source edits,
 //! destination tampering, destinations added and removed, injected faults and cut runs, lost
-//! state databases. After every run it checks the rules of DESIGN.md §2:
+//! state databases. After every run it checks the rules the README states ("Semantics and safety"):
 //!
 //! - nothing without the job's tag is ever modified or deleted (after every run, faulty or not);
 //! - after a successful run each active destination holds exactly one tagged copy per (filtered)
@@ -12,6 +12,9 @@
 //!   is right;
 //! - a fresh copy never gets a UID the group already has (the provider refuses it, as CardDAV
 //!   servers do): a copy whose tag the user removed keeps its UID;
+//! - a second job reading what the first writes (a chain, or a cycle back into the first's
+//!   source) never makes either grow: a contact that came through a job is never its source;
+//!   a few rounds of both settle, and then each holds one copy per contact it should;
 //! - after faults stop, one run converges.
 //!
 //! Cases: 10,000 by default (`PROPTEST_CASES` overrides).
@@ -93,7 +96,21 @@ struct Params {
     batched: bool,
     /// The provider hands out change tokens (as Google's sync tokens) instead of group versions.
     tokens: bool,
+    /// A second job reading u0's target group (see `Second`).
+    second: Second,
 }
+
+/// A second job, `TAG2`, whose source is u0's target group of the first job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Second {
+    None,
+    /// Into u2's "Relay": the first job's copies go on through it.
+    Chain,
+    /// Into the source user's "G", the first job's source group: the two feed each other.
+    Cycle,
+}
+
+const TAG2: &str = "gSync78";
 
 fn params() -> impl Strategy<Value = Params> {
     (
@@ -104,16 +121,20 @@ fn params() -> impl Strategy<Value = Params> {
         any::<bool>(),
         any::<bool>(),
         any::<bool>(),
+        prop_oneof![2 => Just(Second::None), 1 => Just(Second::Chain), 1 => Just(Second::Cycle)],
     )
         .prop_map(
-            |(same, only_email, filter_even, tight_limit, normalize, batched, tokens)| Params {
-                target_group: if same { "G".into() } else { "Copied".into() },
-                only_email,
-                filter_even,
-                tight_limit,
-                normalize,
-                batched,
-                tokens,
+            |(same, only_email, filter_even, tight_limit, normalize, batched, tokens, second)| {
+                Params {
+                    target_group: if same { "G".into() } else { "Copied".into() },
+                    only_email,
+                    filter_even,
+                    tight_limit,
+                    normalize,
+                    batched,
+                    tokens,
+                    second,
+                }
             },
         )
 }
@@ -190,6 +211,11 @@ struct World {
     own: BTreeMap<(usize, String), VCard>,
     /// Users removed while the state database did not know them (it was lost): copies may stay.
     unknown_leftovers: BTreeSet<usize>,
+    /// The second job, its destination user and target group, and its last run's outcome.
+    second: Option<(JobRun, &'static str, String)>,
+    second_outcome: Option<Outcome>,
+    /// The source contacts as the test wrote them: no job may change them.
+    source_cards: BTreeMap<String, VCard>,
 }
 
 impl World {
@@ -257,7 +283,75 @@ impl World {
             removed_pending: BTreeSet::new(),
             own: own.into_iter().collect(),
             unknown_leftovers: BTreeSet::new(),
+            second: second_job(p),
+            second_outcome: None,
+            source_cards: BTreeMap::new(),
         }
+    }
+
+    /// Runs the second job (forced, no faults), if there is one; true when it changed anything.
+    fn run_second(&mut self, rt: &tokio::runtime::Runtime) -> bool {
+        let Some((job, _, _)) = &self.second else {
+            return false;
+        };
+        let opts = RunOptions {
+            force: true,
+            concurrency: 1,
+            default_group: DEFAULT_GROUP.into(),
+            ..Default::default()
+        };
+        let report = rt.block_on(engine::run_job(&self.backend, &self.store, job, &opts));
+        self.second_outcome = Some(report.outcome);
+        let c = report.counts;
+        c.created + c.updated + c.deleted + c.moved > 0
+    }
+
+    /// The source contacts the test wrote are as it wrote them.
+    fn check_source(&self) -> Result<(), TestCaseError> {
+        let now: BTreeMap<String, VCard> = self
+            .backend
+            .dump(SOURCE)
+            .into_iter()
+            .map(|(_, id, c)| (id, c))
+            .collect();
+        for (id, c) in &self.source_cards {
+            prop_assert_eq!(now.get(id), Some(c), "source contact {} was changed", id);
+        }
+        Ok(())
+    }
+
+    /// After a successful run of the second job: its destination holds one copy of each contact
+    /// of u0's group that did not come through it, equal to it.
+    fn check_second_converged(&self) -> Result<(), TestCaseError> {
+        let (Some((job, dest, target)), Some(Outcome::Ok)) = (&self.second, self.second_outcome)
+        else {
+            return Ok(());
+        };
+        let mut expected: BTreeMap<String, String> = BTreeMap::new();
+        for (g, id, c) in self.backend.dump("u0") {
+            if g == job.group && !card::came_through(&c).contains(&TAG2.to_string()) {
+                expected.insert(id, content(&c, &FieldSelection::All));
+            }
+        }
+        let mut got: BTreeMap<String, String> = BTreeMap::new();
+        for (g, id, c) in self.backend.dump(dest) {
+            if card::tag_of(&c).as_deref() != Some(TAG2) {
+                continue;
+            }
+            prop_assert_eq!(
+                &g,
+                target,
+                "copy {} of the second job outside its group",
+                id
+            );
+            let prev = got.insert(
+                card::source_of(&c).unwrap(),
+                content(&c, &FieldSelection::All),
+            );
+            prop_assert!(prev.is_none(), "two copies of one contact at {}", dest);
+        }
+        prop_assert_eq!(got, expected, "the second job's copies at {}", dest);
+        Ok(())
     }
 
     fn tagged(&self, u: usize) -> Vec<(String, String, VCard)> {
@@ -331,7 +425,11 @@ impl World {
         self.check_own()?;
         let mut expected: BTreeMap<String, String> = BTreeMap::new();
         for (gname, id, c) in self.backend.dump(SOURCE) {
-            if gname == "G" && self.filter.keeps(&c) && !is_refused(&c, &self.fields) {
+            if gname == "G"
+                && self.filter.keeps(&c)
+                && !is_refused(&c, &self.fields)
+                && !card::came_through(&c).contains(&TAG.to_string())
+            {
                 expected.insert(id, content(&c, &self.fields));
             }
         }
@@ -461,6 +559,30 @@ impl World {
 }
 
 /// True when the copy of this source card holds the refused marker (it is in a managed field).
+/// The second job of these parameters: its run, destination user and target group.
+fn second_job(p: &Params) -> Option<(JobRun, &'static str, String)> {
+    let (dest, target) = match p.second {
+        Second::None => return None,
+        Second::Chain => ("u2", "Relay"),
+        Second::Cycle => (SOURCE, "G"),
+    };
+    let run = JobRun {
+        spec: JobSpec {
+            name: "second".into(),
+            tag: TAG2.into(),
+            target_group: target.into(),
+            fields: FieldSelection::All,
+            filter: ContactFilter::default(),
+            limits: Limits::default(),
+        },
+        source: "u0".into(),
+        group: p.target_group.clone(),
+        destinations: vec![dest.into()],
+        exclude: vec![],
+    };
+    Some((run, dest, target.to_string()))
+}
+
 fn is_refused(c: &VCard, fields: &FieldSelection) -> bool {
     content(c, fields).contains(REFUSED)
 }
@@ -477,21 +599,27 @@ fn run_case(
         match a {
             Action::SrcAdd(s) => {
                 seed_counter = seed_counter.wrapping_add(1);
-                let id = w.backend.put(SOURCE, "G", make_card(s, s % 3 == 0));
+                let c = make_card(s, s % 3 == 0);
+                let id = w.backend.put(SOURCE, "G", c.clone());
+                w.source_cards.insert(id.clone(), c);
                 w.source_ids.push(id);
             }
             Action::SrcAddRefused(s) => {
                 let c = with_prop(&make_card(s, false), "NOTE", REFUSED);
-                let id = w.backend.put(SOURCE, "G", c);
+                let id = w.backend.put(SOURCE, "G", c.clone());
+                w.source_cards.insert(id.clone(), c);
                 w.source_ids.push(id);
             }
             Action::SrcEdit(k, s) if !w.source_ids.is_empty() => {
                 let id = w.source_ids[k % w.source_ids.len()].clone();
-                w.backend.replace(SOURCE, &id, make_card(s, s % 3 == 0));
+                let c = make_card(s, s % 3 == 0);
+                w.backend.replace(SOURCE, &id, c.clone());
+                w.source_cards.insert(id, c);
             }
             Action::SrcRemove(k) if !w.source_ids.is_empty() => {
                 let id = w.source_ids.remove(k % w.source_ids.len());
                 w.backend.remove(SOURCE, &id);
+                w.source_cards.remove(&id);
             }
             Action::DestEdit(u, k, s) => {
                 let t = w.tagged(u);
@@ -580,7 +708,9 @@ fn run_case(
                     force,
                 );
                 w.check_own()?;
+                w.check_source()?;
                 if faulty {
+                    second_round(&mut w, rt)?;
                     continue;
                 }
                 match report.outcome {
@@ -604,9 +734,31 @@ fn run_case(
                         prop_assert!(false, "a run without faults ended {other:?}: {report:?}")
                     }
                 }
+                second_round(&mut w, rt)?;
             }
             _ => {}
         }
+    }
+    // With a second job, a few rounds of both settle: each contact goes around a cycle once.
+    if w.second.is_some() {
+        let mut rounds = 0;
+        loop {
+            let report = w.run(rt, Faults::default(), true);
+            let c = report.counts;
+            let first = c.created + c.updated + c.deleted + c.moved > 0;
+            let second = w.run_second(rt);
+            w.check_own()?;
+            w.check_source()?;
+            if !first && !second {
+                break;
+            }
+            rounds += 1;
+            prop_assert!(
+                rounds < 6,
+                "two jobs still change things after {rounds} rounds"
+            );
+        }
+        w.check_second_converged()?;
     }
     // After the faults stop, one run converges.
     w.unknown_leftovers = leftovers.clone();
@@ -629,6 +781,14 @@ fn run_case(
         report
     );
     Ok(())
+}
+
+/// The second job runs after the first (if there is one): nothing the users own, nor the
+/// source, is changed by it.
+fn second_round(w: &mut World, rt: &tokio::runtime::Runtime) -> Result<(), TestCaseError> {
+    w.run_second(rt);
+    w.check_own()?;
+    w.check_source()
 }
 
 fn check_stop_is_legit(

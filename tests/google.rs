@@ -688,12 +688,17 @@ fn dynamic_destinations_and_the_shrink_stop() {
 fn unknown_suspended_and_renamed_users() {
     let r = Rig::new(3);
     r.write_job(&["bob@example.com", "nobody@example.com", "carol@example.com"]);
+    // A user the job file names who is not in the directory: the job is refused before it
+    // writes anything (exit 2).
     let (code, out, err) = r.run();
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
-        format!("{out}{err}").contains("invalid destination user: nobody@example.com"),
+        format!("{out}{err}").contains("nobody@example.com (no such user)"),
         "{out}{err}"
     );
+    assert!(r.copies("bob@example.com").is_empty());
+    r.write_job(&["bob@example.com", "carol@example.com"]);
+    r.run_ok();
     assert_eq!(r.copies("bob@example.com").len(), 3);
     // A suspended user is skipped with a note, not failed, and keeps their copies.
     r.write_job(&["bob@example.com", "carol@example.com"]);

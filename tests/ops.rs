@@ -74,6 +74,7 @@ fn metrics_textfile_counts_runs_changes_calls_and_last_success() {
         "last success {last} vs now {now}"
     );
     // A failing destination is counted.
+    t.failing_user("ghost");
     t.write_job("team", &["bob", "ghost"], "");
     t.cmd().arg("run").assert().code(1);
     let m = samples(&fs::read_to_string(t.path().join("metrics/groupsync.prom")).unwrap());
@@ -228,6 +229,7 @@ async fn failures_are_notified_by_webhook_and_email() {
         hooks.lock().unwrap().is_empty(),
         "a good run notifies nobody by default"
     );
+    t.failing_user("ghost");
     t.write_job("team", &["bob", "ghost"], "");
     let mut cmd = t.cmd();
     tokio::task::spawn_blocking(move || {
@@ -249,7 +251,7 @@ async fn failures_are_notified_by_webhook_and_email() {
         v["failed"][0]["error"]
             .as_str()
             .unwrap()
-            .contains("invalid destination user: ghost")
+            .contains("not a folder")
     );
     let mails = mails.lock().unwrap().clone();
     assert_eq!(mails.len(), 1, "{mails:?}");

@@ -1,7 +1,7 @@
 //! `groupsync check`: the configuration, the provider set-up (for Google: the admin's delegated
 //! token, the scopes, the domains), every job file, and that every user and group a job names
-//! exists and may be written (for Google: a delegated token per user). Dynamic destination sets
-//! are read. One line per finding on stdout (`ok`, `note` or `error`, a tab, the finding and
+//! exists and may be written (for Google: a delegated token per user), and that no jobs feed
+//! each other in a cycle. Dynamic destination sets are read. One line per finding on stdout (`ok`, `note` or `error`, a tab, the finding and
 //! its fix); exit 2 if anything is wrong. It changes nothing.
 
 use futures::StreamExt;
@@ -34,6 +34,15 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
         // Every user check would fail the same way.
         return Ok(exit::USAGE);
     }
+    let all: Vec<job::Job> = job::load_all(&ctx.config.jobs_dir)?
+        .into_iter()
+        .flatten()
+        .collect();
+    let (nodes, cycles) = crate::feeds::job_cycles(backend, all.iter().cloned(), &[]).await;
+    for c in &cycles {
+        writeln!(out, "error\t{}", c.describe(&nodes))?;
+        problems += 1;
+    }
     for j in job::load_all(&ctx.config.jobs_dir)? {
         let j = match j {
             Ok(j) => j,
@@ -46,6 +55,9 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
         let path = j.path.display().to_string();
         let mut bad: Vec<String> = vec![];
         let mut notes: Vec<String> = vec![];
+        if let Err(why) = backend.check_group_name(&j.target_group) {
+            bad.push(format!("target_group {:?}: {why}", j.target_group));
+        }
         match backend.resolve_user(&j.source).await {
             Ok(None) => bad.push(format!("source user {:?} not found", j.source)),
             Err(e) => bad.push(format!("source user {}: {}", j.source, describe(&e))),

@@ -178,6 +178,12 @@ async fn new<B: Backend + 'static>(
         )));
     }
     check_users(backend, dests).await?;
+    let target = target_group.unwrap_or(group);
+    backend.check_group_name(target).map_err(|why| {
+        usage(format!(
+            "target group {target:?}: {why}; nothing was written"
+        ))
+    })?;
     // A fresh tag, unlike any job file's or any the state database remembers.
     let mut taken: BTreeSet<String> = job::load_all(&ctx.config.jobs_dir)?
         .into_iter()
@@ -193,6 +199,7 @@ async fn new<B: Backend + 'static>(
     };
     let text = job::new_job_text(&tag, source, group, dests, target_group);
     let parsed = job::parse(&path, &text)?;
+    refuse_cycles(ctx, backend, &parsed).await?;
     job::write_atomic(&path, &text)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     eprintln!("created job {name} ({tag}) in {}", path.display());
@@ -237,7 +244,9 @@ async fn add_dest<B: Backend + 'static>(
     for u in users.iter().filter(|u| current.destinations.contains(u)) {
         eprintln!("{u} is already a destination of {name}");
     }
-    let job = edit(&current, |t| job::add_destinations(t, &new_users))?;
+    let (job, text) = edited(&current, |t| job::add_destinations(t, &new_users))?;
+    refuse_cycles(ctx, backend, &job).await?;
+    job::write_atomic(&job.path, &text)?;
     eprintln!(
         "job {name}: added {}",
         if new_users.is_empty() {
@@ -297,12 +306,35 @@ async fn remove_dest<B: Backend + 'static>(
 }
 
 /// Applies a text edit to a job file, checks the result, writes it atomically.
-fn edit(current: &Job, f: impl FnOnce(&str) -> Result<String, String>) -> anyhow::Result<Job> {
+/// Applies a text edit to a job file and checks the result; `write` puts it in place.
+fn edited(
+    current: &Job,
+    f: impl FnOnce(&str) -> Result<String, String>,
+) -> anyhow::Result<(Job, String)> {
     let text = std::fs::read_to_string(&current.path)?;
     let new_text = f(&text).map_err(|e| usage(format!("{}: {e}", current.path.display())))?;
     let parsed = job::parse(&current.path, &new_text)?;
-    job::write_atomic(&current.path, &new_text)?;
+    Ok((parsed, new_text))
+}
+
+/// Applies a text edit to a job file, checks the result, writes it atomically.
+fn edit(current: &Job, f: impl FnOnce(&str) -> Result<String, String>) -> anyhow::Result<Job> {
+    let (parsed, text) = edited(current, f)?;
+    job::write_atomic(&current.path, &text)?;
     Ok(parsed)
+}
+
+/// Refuses a job that would feed a cycle of jobs (see `feeds`), before its file is written.
+async fn refuse_cycles<B: Backend + 'static>(
+    ctx: &Ctx,
+    backend: &Arc<B>,
+    job: &Job,
+) -> anyhow::Result<()> {
+    let refused = super::run::feeding_cycles(ctx, backend, std::slice::from_ref(job)).await?;
+    match refused.get(&job.name) {
+        Some(why) => Err(usage(format!("{why}; nothing was written"))),
+        None => Ok(()),
+    }
 }
 
 fn list(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {

@@ -140,6 +140,7 @@ pub fn print_report(r: &JobReport, job: &Job, out: &mut dyn Write) -> std::io::R
         Outcome::Failed => "some destinations failed",
         Outcome::Stopped => "stopped by a safety limit",
         Outcome::Error => "error",
+        Outcome::Invalid => "refused: the job's configuration is at fault",
         Outcome::Interrupted => "interrupted",
     };
     let mut src = format!(
@@ -150,6 +151,12 @@ pub fn print_report(r: &JobReport, job: &Job, out: &mut dyn Write) -> std::io::R
     );
     if r.source_filtered_out > 0 {
         src.push_str(&format!(" ({} filtered out)", r.source_filtered_out));
+    }
+    if r.source_came_back > 0 {
+        src.push_str(&format!(
+            " ({} came through this job, not copied again)",
+            r.source_came_back
+        ));
     }
     if r.source_read {
         writeln!(out, "{what} {} ({}): {outcome}; {src}", r.job, r.tag)?;

@@ -64,7 +64,20 @@ pub async fn run_jobs<B: Backend + 'static>(
     let mut code = exit::OK;
     let mut reports = vec![];
     let hooks = ctx.hooks();
+    let refused = feeding_cycles(ctx, backend, jobs).await?;
     for j in jobs {
+        if let Some(why) = refused.get(&j.name) {
+            let report = engine::refuse_job(&ctx.store, &j.to_run(), opts.dry_run, why.clone());
+            if !opts.dry_run {
+                hooks.after_run(&report).await;
+            }
+            code = worst(code, report.exit_code());
+            if !ctx.json {
+                output::print_report(&report, j, out)?;
+            }
+            reports.push(report);
+            continue;
+        }
         let bar = progress_bar(ctx, j);
         let opts = &RunOptions {
             progress: bar.as_ref().map(|b| tick(b.clone())),
@@ -92,15 +105,35 @@ pub async fn run_jobs<B: Backend + 'static>(
             eprintln!(
                 "{}: {}: {m}",
                 r.job,
-                if r.outcome == engine::Outcome::Stopped {
-                    "stopped"
-                } else {
-                    "error"
+                match r.outcome {
+                    engine::Outcome::Stopped => "stopped",
+                    engine::Outcome::Invalid => "refused",
+                    _ => "error",
                 }
             );
         }
     }
     Ok(code)
+}
+
+/// The jobs among `jobs` that are in a cycle of jobs feeding each other (with every enabled
+/// job of the jobs folder), each with what to tell: they are refused, the others run.
+pub async fn feeding_cycles<B: Backend>(
+    ctx: &Ctx,
+    backend: &Arc<B>,
+    jobs: &[Job],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let all = job::load_all(&ctx.config.jobs_dir)?.into_iter().flatten();
+    let (nodes, cycles) = crate::feeds::job_cycles(&**backend, all, jobs).await;
+    let mut refused = std::collections::BTreeMap::new();
+    for c in &cycles {
+        for name in &c.0 {
+            refused
+                .entry(name.clone())
+                .or_insert_with(|| c.describe(&nodes));
+        }
+    }
+    Ok(refused)
 }
 
 /// A bar on stderr for a job's destinations, only on a terminal and only for real work.

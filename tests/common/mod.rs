@@ -46,6 +46,13 @@ impl Tree {
         self.user(u).join(g)
     }
 
+    /// A user whose "Team" cannot be written (a file is where the folder should be): a
+    /// destination that fails.
+    pub fn failing_user(&self, u: &str) {
+        fs::create_dir_all(self.user(u)).unwrap();
+        fs::write(self.group(u, "Team"), "in the way").unwrap();
+    }
+
     pub fn put_source(&self, i: usize, name: &str) {
         fs::write(
             self.group("alice", "Team").join(format!("p{i:03}.vcf")),

@@ -155,7 +155,7 @@ impl CarddavBackend {
         }
         match &self.cfg.admin {
             Some(c) => Ok((c.username.as_str(), c.password.as_str())),
-            None => Err(BackendError::Invalid(format!(
+            None => Err(BackendError::Auth(format!(
                 "no credentials for {path}: the user is not in credentials_file and no admin account (username, password_file) is configured"
             ))),
         }

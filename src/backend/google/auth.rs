@@ -276,13 +276,13 @@ impl TokenSource {
         // Google's descriptions end with a full stop; the messages below add their own.
         let desc = desc.trim_end_matches('.');
         Err(match code {
-            "unauthorized_client" => BackendError::Invalid(format!(
+            "unauthorized_client" => BackendError::Auth(format!(
                 "domain-wide delegation is not set up for {user}: {code}: {desc}. In the Admin console (Security → Access and data control → API controls → Domain-wide delegation) authorise client id {} for the scopes {}",
                 self.account.client_id,
                 all_scopes()
             )),
             "invalid_grant" if desc.contains("JWT") || desc.contains("verifier") => {
-                BackendError::Invalid(format!(
+                BackendError::Auth(format!(
                     "the service account key was refused ({code}: {desc}): the key may be deleted or revoked; create a new key for {}",
                     self.account.client_email
                 ))

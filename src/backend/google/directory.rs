@@ -327,7 +327,7 @@ impl GoogleBackend {
         if e.status == 404 {
             BackendError::Invalid(format!("{what}: no such group or org unit ({e})"))
         } else if e.status == 403 {
-            BackendError::Invalid(format!(
+            BackendError::Auth(format!(
                 "{what}: the Directory API refused it as {}: {e}. `admin` must be a Workspace administrator, and the scopes {} must be authorised for the service account",
                 self.cfg.admin,
                 DIRECTORY_SCOPES.join(",")

@@ -114,6 +114,9 @@ fn api(e: ApiError, what: &str) -> BackendError {
         BackendError::Conflict {
             what: what.to_string(),
         }
+    } else if e.status == 401 || e.status == 403 {
+        // Not a rate limit (those are retryable, above): the service account may not do this.
+        BackendError::Auth(format!("{what}: {e}"))
     } else {
         BackendError::Invalid(format!("{what}: {e}"))
     }
@@ -913,6 +916,9 @@ fn status_error(status: &Value, what: &str) -> BackendError {
             what: what.to_string(),
         },
         8 | 13 | 14 | 4 | 10 => BackendError::Transient(format!("{what}: {msg}")),
+        // INVALID_ARGUMENT for one contact of a batch: that contact only.
+        3 => BackendError::Refused(format!("{what}: {msg}")),
+        7 | 16 => BackendError::Auth(format!("{what}: {msg}")),
         _ => BackendError::Invalid(format!("{what}: {msg}")),
     }
 }

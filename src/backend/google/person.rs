@@ -28,6 +28,8 @@ pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
 /// except `clientData` (other apps' data, and the tag) and `memberships` (groups are per user).
 /// clientData key on a copy: the source photo it was given (its URL at the source).
 pub const PHOTO_KEY: &str = "gSyncPhoto";
+/// clientData key on a copy: the tags of the jobs its source came through (`card::VIA_PROPERTY`).
+pub const VIA_KEY: &str = "gSyncVia";
 
 /// The card property that carries a contact's photo: the source's photo URL (on a copy: the
 /// source photo it was given, read from its `gSyncPhoto` clientData, while it still has it).
@@ -451,6 +453,9 @@ pub fn doc_to_card(doc: &Doc<'_>, info: &TagInfo, repair: Option<&str>) -> VCard
     if let Some((tag, source)) = &info.machine {
         entries.push(text_entry(card::TAG_PROPERTY, tag.clone()));
         entries.push(text_entry(card::SOURCE_PROPERTY, source.clone()));
+        if let Some(via) = doc.keyed("clientData", VIA_KEY) {
+            entries.push(text_entry(card::VIA_PROPERTY, via.into_owned()));
+        }
         if let Some(r) = repair {
             entries.push(text_entry(REPAIR_PROPERTY, r.to_string()));
         }
@@ -525,13 +530,14 @@ pub fn tag_of_card(card: &VCard) -> Option<(String, String)> {
 }
 
 /// The clientData of a copy, as (key, value) entries: the machine tag (`machine` =
-/// `<tag>:<source>`), and the source photo it is given.
+/// `<tag>:<source>`), the source photo it is given, and the jobs its source came through.
 pub fn copy_client_data<'c>(
     card: &'c VCard,
     machine: &'c str,
 ) -> impl Iterator<Item = (&'static str, &'c str)> {
     std::iter::once((TAG_KEY, machine))
         .chain(card::first_text_ref(card, PHOTO_PROPERTY).map(|url| (PHOTO_KEY, url)))
+        .chain(card::first_text_ref(card, card::VIA_PROPERTY).map(|via| (VIA_KEY, via)))
 }
 
 /// The body of a new copy as JSON text, appended to `out`: the fields' JSON in the card written
@@ -794,6 +800,9 @@ mod tests {
             if let Some(url) = photo_of_card(card) {
                 cd.push(json!({ "key": PHOTO_KEY, "value": url }));
             }
+            if let Some(via) = card::first_text_ref(card, card::VIA_PROPERTY) {
+                cd.push(json!({ "key": VIA_KEY, "value": via }));
+            }
             body.insert("clientData".into(), Value::Array(cd));
         }
         body.insert(
@@ -816,6 +825,7 @@ mod tests {
             tag in proptest::option::of("[ a-zA-Z0-9\"\\\\\u{8}é]{0,6}"),
             source in proptest::option::of("[ a-z0-9/\"\u{c}]{0,6}"),
             photo in proptest::option::of("[a-z:/\"\\\\]{0,8}"),
+            via in proptest::option::of("[a-zA-Z0-9,\"]{0,12}"),
             group in "[a-zA-Z0-9/\"\\\\]{1,10}",
             visible_tag in proptest::bool::ANY,
         ) {
@@ -838,6 +848,9 @@ mod tests {
             }
             if let Some(p) = photo {
                 card.entries.push(text_entry(PHOTO_PROPERTY, p));
+            }
+            if let Some(v) = via {
+                card.entries.push(text_entry(card::VIA_PROPERTY, v));
             }
             proptest::prop_assert_eq!(
                 new_contact(&card, &group, visible_tag),
@@ -943,6 +956,9 @@ mod tests {
         if let Some((tag, source)) = info.machine {
             entries.push(text_entry(card::TAG_PROPERTY, tag));
             entries.push(text_entry(card::SOURCE_PROPERTY, source));
+            if let Some(via) = client_data(person, VIA_KEY) {
+                entries.push(text_entry(card::VIA_PROPERTY, via.to_string()));
+            }
             if let Some(r) = repair {
                 entries.push(text_entry(REPAIR_PROPERTY, r.to_string()));
             }
@@ -1014,6 +1030,9 @@ mod tests {
             Just(None),
             Just(Some(
                 json!([{"key": TAG_KEY, "value": "gSync7:people/c42"}, {"key": PHOTO_KEY, "value": "https://p/1"}])
+            )),
+            Just(Some(
+                json!([{"key": VIA_KEY, "value": "gSync3,gSync5"}, {"key": TAG_KEY, "value": "gSync7:people/c42"}])
             )),
             Just(Some(
                 json!([{"key": 7, "value": "x"}, "odd", {"key": TAG_KEY, "value": 3}, {"key": TAG_KEY, "value": "gSync7:people/c<1>"}])

@@ -230,16 +230,21 @@ impl Files {
     }
 }
 
-/// What is at a folder's path inside a user's folder: `Ok(true)` a folder, `Ok(false)` nothing
-/// (or a file), an error for a symbolic link (never followed: it could lead into another user's
-/// folder, or back into the source).
+/// What is at a folder's path inside a user's folder: `Ok(true)` a folder, `Ok(false)` nothing,
+/// an error for anything else: a symbolic link (never followed: it could lead into another
+/// user's folder, or back into the source), a file.
 pub fn folder_at(path: &Path) -> Result<bool> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(BackendError::Invalid(format!(
             "{} is a symbolic link; groupsync does not follow links inside a user's folder (make it a real folder)",
             path.display()
         ))),
-        Ok(m) => Ok(m.is_dir()),
+        Ok(m) if !m.is_dir() => Err(BackendError::Invalid(format!(
+            "{} is {}, not a folder",
+            path.display(),
+            kind_of(&m.file_type())
+        ))),
+        Ok(_) => Ok(true),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
         Err(e) => Err(BackendError::io(path.display(), e)),
     }
