@@ -531,6 +531,19 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Records every run still `running` as `interrupted`: called with the state lock held,
+    /// when none of them can still be going (their process was killed). Returns how many.
+    pub fn close_stale_runs(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE runs SET outcome = 'interrupted', finished_at = ?1,
+                 message = 'the process stopped during the run (killed, or the machine went down); what it wrote is recorded, the rest runs next time'
+                 WHERE outcome = 'running'",
+                params![now()],
+            )
+            .map_err(self.err())
+    }
+
     /// Closes a run record.
     pub fn finish_run(
         &self,

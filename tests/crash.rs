@@ -102,3 +102,122 @@ fn killed_runs_converge_without_duplicates_or_damage() {
             .or(predicates::str::contains("created 0")),
     );
 }
+
+/// A tree with `n` destination users (d00, d01, …), each to get `contacts` copies.
+fn many_destinations(n: usize, contacts: usize) -> (Tree, Vec<String>) {
+    let t = Tree::new(contacts);
+    let users: Vec<String> = (0..n).map(|i| format!("d{i:02}")).collect();
+    for u in &users {
+        fs::create_dir_all(t.user(u)).unwrap();
+    }
+    let names: Vec<&str> = users.iter().map(String::as_str).collect();
+    t.write_job("team", &names, "");
+    let cfg = t.path().join("groupsync.toml");
+    let text = fs::read_to_string(&cfg).unwrap();
+    fs::write(&cfg, format!("{text}concurrency = 1\n")).unwrap();
+    (t, users)
+}
+
+fn spawn_run(t: &Tree) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"))
+        .arg("run")
+        .env("GROUPSYNC_CONFIG", t.path().join("groupsync.toml"))
+        .env_remove("GROUPSYNC_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Waits until the first destination has its group (the run is under way).
+fn wait_for_start(t: &Tree, first: &str) {
+    let start = Instant::now();
+    while !t.group(first, "Team").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the run never started"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGINT or SIGTERM during `groupsync run`: the destination in progress finishes, no other
+/// starts, the run is recorded as interrupted, and the exit code is 130 or 143. The next run
+/// does the rest.
+#[test]
+fn an_interrupted_run_stops_between_destinations_and_says_so() {
+    for (signal, code) in [(libc::SIGINT, 130), (libc::SIGTERM, 143)] {
+        let (t, users) = many_destinations(40, 150);
+        let child = spawn_run(&t);
+        wait_for_start(&t, &users[0]);
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{err}");
+        assert!(err.contains("interrupted"), "{err}");
+        // Every destination is whole or untouched: the one in progress was finished.
+        let done: Vec<&String> = users
+            .iter()
+            .filter(|u| t.copies(u, "Team").len() == 150)
+            .collect();
+        for u in &users {
+            let n = t.copies(u, "Team").len();
+            assert!(n == 0 || n == 150, "{u} was left half-done: {n}");
+        }
+        assert!(
+            !done.is_empty() && done.len() < users.len(),
+            "{}",
+            done.len()
+        );
+        t.cmd()
+            .arg("history")
+            .assert()
+            .success()
+            .stdout(predicates::str::contains("\tinterrupted\t"));
+        t.cmd().arg("run").assert().success();
+        for u in &users {
+            assert_eq!(t.copies(u, "Team").len(), 150, "{u}");
+        }
+    }
+}
+
+/// A run killed outright (SIGKILL) cannot record anything: the next command that opens the
+/// state records it as interrupted.
+#[test]
+fn a_killed_run_is_shown_interrupted_by_the_next_command() {
+    let (t, users) = many_destinations(40, 150);
+    let mut child = spawn_run(&t);
+    wait_for_start(&t, &users[0]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let state = rusqlite_outcomes(&t);
+    assert_eq!(
+        state,
+        vec!["running".to_string()],
+        "what the killed run left"
+    );
+    t.cmd()
+        .arg("status")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("running").not());
+    assert_eq!(rusqlite_outcomes(&t), vec!["interrupted".to_string()]);
+    t.cmd()
+        .arg("history")
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("\tinterrupted\t"));
+}
+
+/// The outcomes of the runs in the state database, oldest first.
+fn rusqlite_outcomes(t: &Tree) -> Vec<String> {
+    let s = groupsync::store::Store::open(&t.path().join("state.db")).unwrap();
+    let mut runs: Vec<String> = s
+        .runs(Some("team"), 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.outcome)
+        .collect();
+    runs.reverse();
+    runs
+}

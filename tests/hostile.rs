@@ -279,14 +279,23 @@ fn a_symlinked_group_is_refused() {
     assert_eq!(t.cards("alice", "Team"), before);
 }
 
-/// The vdir backend writes its files with the configured umask, whatever the process's.
+/// The vdir backend writes its files with the configured umask (default 0022), whatever the
+/// process's: the shipped units run with UMask=0077, and users must still read their copies.
 #[test]
 fn copies_are_written_with_the_configured_umask() {
+    for (umask, file, dir) in [(None, 0o644, 0o755), (Some("0027"), 0o640, 0o750)] {
+        umask_case(umask, file, dir);
+    }
+}
+
+fn umask_case(umask: Option<&str>, file_mode: u32, dir_mode: u32) {
     use std::os::unix::process::CommandExt;
     let t = Tree::new(1);
     let config = t.path().join("groupsync.toml");
     let text = fs::read_to_string(&config).unwrap();
-    fs::write(&config, format!("{text}umask = \"0027\"\n")).unwrap();
+    if let Some(u) = umask {
+        fs::write(&config, format!("{text}umask = \"{u}\"\n")).unwrap();
+    }
     t.write_job("team", &["bob"], "");
     // As under the shipped units (UMask=0077).
     let mut std_cmd = std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"));
@@ -302,12 +311,16 @@ fn copies_are_written_with_the_configured_umask() {
     }
     assert_cmd::Command::from_std(std_cmd).assert().success();
     let dir = fs::metadata(t.group("bob", "Team")).unwrap();
-    assert_eq!(dir.mode() & 0o777, 0o750, "group folder");
+    assert_eq!(
+        dir.mode() & 0o777,
+        dir_mode,
+        "group folder, umask {umask:?}"
+    );
     let cards = t.cards("bob", "Team");
     assert_eq!(cards.len(), 1);
     for (name, _) in cards {
         let m = fs::metadata(t.group("bob", "Team").join(name)).unwrap();
-        assert_eq!(m.mode() & 0o777, 0o640);
+        assert_eq!(m.mode() & 0o777, file_mode, "umask {umask:?}");
     }
 }
 

@@ -8,6 +8,7 @@
 mod check;
 mod completions;
 mod history;
+mod interrupt;
 mod jobs;
 mod log;
 mod output;
@@ -143,12 +144,39 @@ pub struct Ctx {
     pub progress: bool,
     pub lock_wait: Duration,
     pub store: Arc<Mutex<Store>>,
+    /// SIGINT and SIGTERM, for the commands that run jobs (`None` for `serve` and the others).
+    pub interrupt: Option<interrupt::Interrupt>,
 }
 
 impl Ctx {
-    /// Takes the state lock (for commands that write).
+    /// Takes the state lock (for commands that write). Runs a killed process left `running` are
+    /// recorded as `interrupted` then: with the lock held, none of them is still going.
     pub fn lock(&self) -> anyhow::Result<StateLock> {
-        Ok(lock::acquire(&self.config.state, self.lock_wait)?)
+        let held = lock::acquire(&self.config.state, self.lock_wait)?;
+        self.close_stale_runs();
+        Ok(held)
+    }
+
+    /// Records runs left `running` by a process that was killed as `interrupted` (called with
+    /// the state lock held, so no live run is among them).
+    fn close_stale_runs(&self) {
+        let closed = self
+            .store
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .close_stale_runs();
+        match closed {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                "{n} runs a stopped process left running are recorded as interrupted"
+            ),
+            Err(e) => tracing::warn!("could not record runs left running as interrupted: {e}"),
+        }
+    }
+
+    /// True once SIGINT or SIGTERM came: no other job starts.
+    pub fn interrupted(&self) -> bool {
+        self.interrupt.as_ref().is_some_and(|i| i.cancelled())
     }
 
     /// What follows every run: the metrics textfile and notifications.
@@ -175,6 +203,7 @@ impl Ctx {
         RunOptions {
             concurrency,
             default_group,
+            cancel: self.interrupt.as_ref().map(|i| i.cancel.clone()),
             ..Default::default()
         }
     }
@@ -221,21 +250,46 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let store = Store::open(&config.state)?;
     let progress =
         !cli.no_progress && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let runs_jobs = matches!(
+        cli.command,
+        Command::Run(_) | Command::Plan(_) | Command::Job(_)
+    );
     let ctx = Ctx {
         json: cli.json,
         progress,
         lock_wait: Duration::from_secs(cli.lock_wait),
         store: Arc::new(Mutex::new(store)),
         config,
+        interrupt: runs_jobs.then(interrupt::Interrupt::listen),
     };
+    // A run a killed process left `running` is recorded as interrupted by any command that
+    // finds the state free (no live run holds its lock).
+    if let Ok(free) = lock::acquire(&ctx.config.state, Duration::ZERO) {
+        ctx.close_stale_runs();
+        drop(free);
+    }
+    let code = open_backend(&ctx, &cli.command, &mut out).await?;
+    Ok(ctx
+        .interrupt
+        .as_ref()
+        .and_then(|i| i.exit_code())
+        .unwrap_or(code))
+}
+
+/// Opens the configured provider and runs the command on it.
+async fn open_backend(
+    ctx: &Ctx,
+    command: &Command,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<u8> {
     match ctx.config.backend.clone() {
         BackendConfig::Vdir { root, options, .. } => {
             check_root(&root, &ctx.config.path)?;
             dispatch(
-                &ctx,
+                ctx,
                 Counting::new(VdirBackend::with_options(root, options)),
-                &cli.command,
-                &mut out,
+                command,
+                out,
             )
             .await
         }
@@ -268,12 +322,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                 default_collection,
             })
             .map_err(cfg_err)?;
-            dispatch(&ctx, Counting::new(backend), &cli.command, &mut out).await
+            dispatch(ctx, Counting::new(backend), command, out).await
         }
         BackendConfig::Google(g) => {
             let backend = crate::backend::google::GoogleBackend::new(g)
                 .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
-            dispatch(&ctx, Counting::new(backend), &cli.command, &mut out).await
+            dispatch(ctx, Counting::new(backend), command, out).await
         }
     }
 }

@@ -65,7 +65,12 @@ pub async fn run_jobs<B: Backend + 'static>(
     let mut reports = vec![];
     let hooks = ctx.hooks();
     let refused = feeding_cycles(ctx, backend, jobs).await?;
-    for j in jobs {
+    for (k, j) in jobs.iter().enumerate() {
+        if ctx.interrupted() {
+            let left: Vec<&str> = jobs[k..].iter().map(|j| j.name.as_str()).collect();
+            eprintln!("interrupted: not run: {}", left.join(", "));
+            break;
+        }
         if let Some(why) = refused.get(&j.name) {
             let report = engine::refuse_job(&ctx.store, &j.to_run(), opts.dry_run, why.clone());
             if !opts.dry_run {
