@@ -244,10 +244,10 @@ impl World {
     /// Every card a user owns is there exactly as often as it should be; the secret is nowhere
     /// but in u1's private group; the source is as the test wrote it.
     fn check_always(&self) -> Result<(), TestCaseError> {
-        for u in 0..2 {
+        for (u, name) in USERS.iter().enumerate() {
             let mut found: BTreeMap<String, usize> = BTreeMap::new();
             for g in ["Team", "My Contacts"] {
-                for (_, text) in files(&self.group(USERS[u], g)) {
+                for (_, text) in files(&self.group(name, g)) {
                     for b in blocks(&text) {
                         if !b.contains("X-GSYNC:gSync") {
                             *found.entry(b).or_default() += 1;
@@ -255,13 +255,13 @@ impl World {
                     }
                 }
             }
-            prop_assert_eq!(&found, &self.own[u], "the cards {} owns", USERS[u]);
+            prop_assert_eq!(&found, &self.own[u], "the cards {} owns", *name);
             for g in ["Team", "My Contacts"] {
-                for (n, text) in files(&self.group(USERS[u], g)) {
+                for (n, text) in files(&self.group(name, g)) {
                     prop_assert!(
                         !text.contains(SECRET),
                         "the secret leaked to {}/{g}/{n}",
-                        USERS[u]
+                        *name
                     );
                 }
             }
@@ -282,7 +282,7 @@ impl World {
             .map(|c| content(&c))
             .collect();
         expected.sort();
-        for u in 0..2 {
+        for (u, name) in USERS.iter().enumerate() {
             let copies = self.copies(u);
             if self.dests[u] {
                 let mut got: Vec<String> = copies
@@ -290,9 +290,9 @@ impl World {
                     .map(|(_, b)| content(&card::parse(b).unwrap()))
                     .collect();
                 got.sort();
-                prop_assert_eq!(&got, &expected, "copies at {}", USERS[u]);
+                prop_assert_eq!(&got, &expected, "copies at {}", *name);
                 let mut uids = std::collections::BTreeSet::new();
-                for (_, text) in files(&self.group(USERS[u], "Team")) {
+                for (_, text) in files(&self.group(name, "Team")) {
                     for b in blocks(&text) {
                         if let Some(uid) = card::parse(&b)
                             .ok()
@@ -302,7 +302,7 @@ impl World {
                                 uids.insert(uid.clone()),
                                 "UID {} twice at {}",
                                 uid,
-                                USERS[u]
+                                *name
                             );
                         }
                     }
