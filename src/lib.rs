@@ -3,7 +3,7 @@
 //!
 //! # Layout
 //! - [`card`]: vCard parsing and writing, the tag properties, managed fields, digests, filters.
-//! - [`backend`]: the provider trait and its implementations (in-memory, vdir).
+//! - [`backend`]: the provider trait and its implementations (in-memory, vdir, CardDAV, Google).
 //! - [`plan`]: the pure planner (snapshots + job + ledger → ordered plan).
 //! - [`engine`]: the executor that reads, plans, checks safety limits and applies.
 //! - [`store`]: the SQLite state database (ledger, history, change log, trash).

@@ -26,7 +26,7 @@ pub fn render(store: &Store) -> Result<String, StoreError> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# HELP groupsync_runs_total Runs of each job, by outcome (ok, failed, stopped, error, interrupted)."
+        "# HELP groupsync_runs_total Runs of each job, by outcome (ok, failed, stopped, error, invalid, interrupted)."
     );
     let _ = writeln!(s, "# TYPE groupsync_runs_total counter");
     for t in &totals {
