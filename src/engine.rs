@@ -2677,8 +2677,13 @@ async fn apply_ops<B: Backend>(
                 // cannot be read or is refused (a contact changed, or lost its tag) stops the run
                 // once the chunk trashed before it is deleted.
                 let mut trashed: Option<Trashing> = None;
-                for chunk in ops.chunks(lcm(200, delete_batch).min(1000)) {
-                    let read = read_for_trash(backend, spec, user, &g, chunk).await;
+                // One step more than there are chunks: the last deletes the last chunk's.
+                let chunks = ops.chunks(lcm(200, delete_batch).min(1000));
+                for chunk in chunks.map(Some).chain([None]) {
+                    let read = match chunk {
+                        Some(c) => Some(read_for_trash(backend, spec, user, &g, c).await),
+                        None => None,
+                    };
                     if let Some(t) = trashed.take() {
                         delete_trashed(
                             backend,
@@ -2692,20 +2697,9 @@ async fn apply_ops<B: Backend>(
                         )
                         .await?;
                     }
-                    trashed = Some(write_trash(store, run_id, spec, user, &g, read?));
-                }
-                if let Some(t) = trashed {
-                    delete_trashed(
-                        backend,
-                        store,
-                        user,
-                        &g,
-                        delete_batch,
-                        t,
-                        deferred,
-                        (applied, refused),
-                    )
-                    .await?;
+                    if let Some(read) = read {
+                        trashed = Some(write_trash(store, run_id, spec, user, &g, read?));
+                    }
                 }
             }
             Op::MoveToDefault { .. } => {
