@@ -285,10 +285,16 @@ pub struct DestSnapshot {
     pub taken_uids: Vec<String>,
 }
 
-/// The UID of a contact read from a destination if it has the form of this job's copy UIDs
-/// (`<tag>-…`, see `copy_uid`): a fresh copy must not get it.
+/// The UID of a contact read from a destination, if it has the form of this job's copy UIDs
+/// (`<tag>-…`, see `copy_uid`) and is not this job's copy of a source contact (whose own UID no
+/// fresh copy of another source can get): a fresh copy must not get it. Thousands of copies
+/// are read per destination; none of their UIDs is kept.
 pub fn taken_uid(job: &JobSpec, card: &Result<VCard, String>) -> Option<String> {
-    let uid = card.as_ref().ok()?.uid()?.trim();
+    let card = card.as_ref().ok()?;
+    if card::tag_of(card).is_some_and(|t| t == job.tag) && card::source_of(card).is_some() {
+        return None;
+    }
+    let uid = card.uid()?.trim();
     (uid.len() > job.tag.len()
         && uid.starts_with(job.tag.as_str())
         && uid.as_bytes()[job.tag.len()] == b'-')

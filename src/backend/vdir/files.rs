@@ -97,8 +97,14 @@ impl Files {
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Found::Missing),
             Err(e) => return Err(BackendError::io(path.display(), e)),
         };
-        if !meta.file_type().is_file() {
-            return Ok(Found::NotAFile(kind_of(&meta.file_type())));
+        self.read_listed(path, meta.file_type())
+    }
+
+    /// [`Files::read`] of a file whose type a folder listing gave (`DirEntry::file_type`, which
+    /// does not follow links and, on most file systems, costs no call).
+    pub fn read_listed(&self, path: &Path, listed: fs::FileType) -> Result<Found> {
+        if !listed.is_file() {
+            return Ok(Found::NotAFile(kind_of(&listed)));
         }
         let file = fs::OpenOptions::new()
             .read(true)

@@ -98,9 +98,10 @@ impl VdirBackend {
         ))
     }
 
-    /// The contacts of one card file, as a read hands them over; what is not a card is noted.
-    fn read_file(&self, path: &Path, stem: &str) -> Result<Vec<Contact>> {
-        Ok(match self.files.read(path)? {
+    /// The contacts of one card file of a listing, as a read hands them over; what is not a card
+    /// is noted.
+    fn read_file(&self, path: &Path, listed: fs::FileType, stem: &str) -> Result<Vec<Contact>> {
+        Ok(match self.files.read_listed(path, listed)? {
             Found::Missing => vec![],
             Found::NotAFile(what) => {
                 tracing::warn!(
@@ -311,7 +312,7 @@ impl Backend for VdirBackend {
         let dir = self.group_dir(user, group);
         // Refused before it is listed: a linked group could be another user's, or the source.
         folder_at(&dir)?;
-        let mut names: Vec<String> = vec![];
+        let mut names: Vec<(String, fs::FileType)> = vec![];
         for entry in fs::read_dir(&dir)
             .map_err(|e| BackendError::io(dir.display(), e))?
             .filter_map(|e| e.ok())
@@ -322,12 +323,15 @@ impl Backend for VdirBackend {
             if n.starts_with(".groupsync-") && n.ends_with(".tmp") {
                 sweep_stale_temp(&entry);
             } else if card_file_name(&n) {
-                names.push(n);
+                let listed = entry
+                    .file_type()
+                    .map_err(|e| BackendError::io(entry.path().display(), e))?;
+                names.push((n, listed));
             }
         }
-        names.sort();
-        for name in names {
-            for c in self.read_file(&dir.join(&name), &name[..name.len() - 4])? {
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, listed) in names {
+            for c in self.read_file(&dir.join(&name), listed, &name[..name.len() - 4])? {
                 sink(c);
             }
         }
