@@ -374,7 +374,7 @@ pub fn field_digests_from_text(text: &str) -> Option<Vec<(Arc<str>, u64)>> {
 fn intern(name: String) -> Arc<str> {
     static NAMES: std::sync::LazyLock<Mutex<HashSet<Arc<str>>>> =
         std::sync::LazyLock::new(Default::default);
-    let mut names = NAMES.lock().unwrap_or_else(|p| p.into_inner());
+    let mut names = crate::mutex::lock(&NAMES);
     if let Some(n) = names.get(name.as_str()) {
         return n.clone();
     }

@@ -18,6 +18,7 @@ use calcard::vcard::VCard;
 
 use crate::backend::{Backend, BackendError, Delta, GroupRef, Known, KnownCopies, User};
 use crate::card;
+use crate::mutex::lock;
 use crate::plan::{
     self, DeleteOp, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow, LedgerView,
     Op, Plan, Scope, SourceSet, UpdateOp,
@@ -290,10 +291,6 @@ impl JobReport {
             counts: Counts::default(),
         }
     }
-}
-
-fn lock(store: &Mutex<Store>) -> std::sync::MutexGuard<'_, Store> {
-    store.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs one job. Never panics on provider errors: they end up in the report.
@@ -1320,7 +1317,7 @@ impl KnownCopies for LedgerProbe<'_> {
     /// Past `POINT_LOOKUPS` contacts, counts the ledger once, and either allows the page's
     /// lookups one at a time (when they cost less than a whole load) or loads it whole.
     fn page(&self, n: usize) {
-        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = crate::mutex::lock(&self.state);
         let Probe::Points(found) = &st.probe else {
             return;
         };
@@ -1351,7 +1348,7 @@ impl KnownCopies for LedgerProbe<'_> {
     /// Whether the contact `id` with `etag` is a copy as this job wrote it, changed since, or
     /// not a copy the ledger knows.
     fn known(&self, id: &str, etag: &str) -> Known {
-        let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = crate::mutex::lock(&self.state);
         let st = &mut *guard;
         if let Probe::Points(found) = &mut st.probe
             && !found.contains_key(id)
@@ -2107,7 +2104,7 @@ impl Slot {
     }
 
     fn place(&self) -> std::sync::MutexGuard<'_, Option<tokio::sync::OwnedSemaphorePermit>> {
-        self.provider.lock().unwrap_or_else(|p| p.into_inner())
+        crate::mutex::lock(&self.provider)
     }
 
     /// Gives the place at the provider to the next destination while this one makes no call.

@@ -9,7 +9,7 @@
 //! - [`store`]: the SQLite state database (ledger, history, change log, trash).
 //! - [`config`], [`job`]: `groupsync.toml` and the job files.
 //! - [`feeds`]: which jobs feed which; a set of jobs that would copy in a circle is refused.
-//! - [`lock`]: the state lock that keeps two runs apart.
+//! - [`lock`]: the state lock that keeps two runs apart; [`mutex`]: the one way a mutex is locked.
 //! - [`procstat`]: peak memory and CPU time, for the benchmark programs.
 //! - [`cli`]: the commands, one file each.
 
@@ -22,6 +22,7 @@ pub mod feeds;
 pub mod job;
 pub mod lock;
 pub mod metrics;
+pub mod mutex;
 pub mod notify;
 pub mod plan;
 pub mod procstat;

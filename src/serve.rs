@@ -110,7 +110,7 @@ impl<B: Backend + 'static> Daemon<'_, B> {
 
     /// When a job last started: the daemon's record, else the newest run in the history.
     fn last_run(&self, job: &str) -> Option<DateTime<Utc>> {
-        let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+        let store = crate::mutex::lock(self.store);
         if let Ok((Some(last), _)) = store.schedule_get(job) {
             return parse_time(&last);
         }
@@ -228,7 +228,7 @@ impl<B: Backend + 'static> Daemon<'_, B> {
                 drop(held);
                 let next = job.schedule().due(Some(started), clock.now());
                 {
-                    let store = self.store.lock().unwrap_or_else(|p| p.into_inner());
+                    let store = crate::mutex::lock(self.store);
                     let _ = store.schedule_set(
                         &job.name,
                         Some(&started.to_rfc3339()),

@@ -160,11 +160,7 @@ impl Ctx {
     /// Records runs left `running` by a process that was killed as `interrupted` (called with
     /// the state lock held, so no live run is among them).
     fn close_stale_runs(&self) {
-        let closed = self
-            .store
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .close_stale_runs();
+        let closed = crate::mutex::lock(&self.store).close_stale_runs();
         match closed {
             Ok(0) => {}
             Ok(n) => tracing::info!(

@@ -352,11 +352,7 @@ impl CarddavBackend {
 
     /// The address books of a user: those `resolve_user` just read, else read now.
     async fn listing(&self, user: &User) -> Result<Vec<Book>> {
-        let cached = self
-            .listings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&user.id);
+        let cached = crate::mutex::lock(&self.listings).remove(&user.id);
         match cached {
             Some((at, books)) if at.elapsed() < Duration::from_secs(60) => Ok(books),
             _ => self.addressbooks(user).await,
@@ -512,9 +508,7 @@ impl Backend for CarddavBackend {
         };
         match self.addressbooks(&user).await {
             Ok(books) => {
-                self.listings
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                crate::mutex::lock(&self.listings)
                     .insert(name.to_string(), (std::time::Instant::now(), books));
                 Ok(Some(user))
             }

@@ -162,10 +162,7 @@ impl TokenSource {
     /// five minutes left.
     pub async fn token(&self, user: &str, scopes: &str) -> Result<AccessToken, BackendError> {
         let key = (user.to_string(), scopes.to_string());
-        let gate = self
-            .inflight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let gate = crate::mutex::lock(&self.inflight)
             .entry(key.clone())
             .or_default()
             .clone();

@@ -94,10 +94,7 @@ impl GoogleBackend {
                 .await?;
             let mut go_on = true;
             {
-                let mut cache = self
-                    .directory_cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
+                let mut cache = crate::mutex::lock(&self.directory_cache);
                 let now = Instant::now();
                 cache.retain(|_, (at, _)| at.elapsed() < FRESH);
                 for u in v
@@ -164,9 +161,7 @@ impl GoogleBackend {
 
     /// A user listed moments ago, by address.
     fn fresh_user(&self, key: &str) -> Option<DirUser> {
-        self.directory_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::mutex::lock(&self.directory_cache)
             .get(key)
             .filter(|(at, _)| at.elapsed() < FRESH)
             .map(|(_, d)| d.clone())
@@ -222,10 +217,7 @@ impl GoogleBackend {
         if d.archived {
             return Err(BackendError::Skipped(format!("{name} is archived")));
         }
-        self.emails
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(d.id.clone(), d.primary_email.clone());
+        crate::mutex::lock(&self.emails).insert(d.id.clone(), d.primary_email.clone());
         Ok(User {
             id: d.id,
             name: name.to_string(),

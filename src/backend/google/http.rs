@@ -104,16 +104,11 @@ pub struct MethodCounts(std::sync::Mutex<std::collections::BTreeMap<&'static str
 
 impl MethodCounts {
     fn bump(&self, m: &'static str) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(m)
-            .or_default() += 1;
+        *crate::mutex::lock(&self.0).entry(m).or_default() += 1;
     }
 
     pub fn snapshot(&self) -> std::collections::BTreeMap<&'static str, u64> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::mutex::lock(&self.0).clone()
     }
 }
 
@@ -157,7 +152,7 @@ impl Drop for LargeAnswer {
     fn drop(&mut self) {
         let mut buf = std::mem::take(&mut self.text).into_bytes();
         buf.clear();
-        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = crate::mutex::lock(&self.pool);
         if pool.len() < LARGE_ANSWERS {
             pool.push(buf);
         }
@@ -302,10 +297,7 @@ impl Client {
                 false => None,
             };
             let buf = match &permit {
-                Some(_) => self
-                    .large_bodies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
+                Some(_) => crate::mutex::lock(&self.large_bodies)
                     .pop()
                     .unwrap_or_default(),
                 None => vec![],

@@ -245,9 +245,7 @@ impl GoogleBackend {
     }
 
     fn email(&self, user: &User) -> String {
-        self.emails
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::mutex::lock(&self.emails)
             .get(&user.id)
             .cloned()
             .unwrap_or_else(|| user.name.clone())
@@ -526,10 +524,7 @@ impl GoogleBackend {
 
     /// Forgets the repairs noted at the user's last read: a new read notes them again.
     fn forget_repairs(&self, user: &User) {
-        self.repairs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(u, _), _| u != &user.id);
+        crate::mutex::lock(&self.repairs).retain(|(u, _), _| u != &user.id);
     }
 
     /// Parses a contact listed by `list_connections_synced` whole and hands it to `sink`; the
@@ -562,14 +557,12 @@ impl GoogleBackend {
         .then_some("visible-tag");
         if repair.is_some() {
             let user_defined = p.user_entries_but_tag();
-            self.repairs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            crate::mutex::lock(&self.repairs)
                 .insert((user.id.clone(), id.clone()), Repair { user_defined });
         }
         let card = person::doc_to_card(p, &info, repair);
         if info.machine.is_some() {
-            let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
+            let mut now = crate::mutex::lock(&self.photo_now);
             match person::photo_of_card(&card) {
                 Some(url) => now.insert((user.id.clone(), id.clone()), url),
                 None => now.remove(&(user.id.clone(), id.clone())),
@@ -780,7 +773,7 @@ impl GoogleBackend {
             Ok(etag) => {
                 w.etag = etag;
                 let key = (user.id.clone(), w.id.clone());
-                let mut now = self.photo_now.lock().unwrap_or_else(|p| p.into_inner());
+                let mut now = crate::mutex::lock(&self.photo_now);
                 match url {
                     Some(u) => now.insert(key, u.to_string()),
                     None => now.remove(&key),
@@ -833,7 +826,7 @@ impl GoogleBackend {
             .await
         {
             Ok(v) => {
-                let mut repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+                let mut repairs = crate::mutex::lock(&self.repairs);
                 chunk
                     .iter()
                     .map(|(id, _, _)| {
@@ -1414,7 +1407,7 @@ impl Backend for GoogleBackend {
         // kept).
         let mut bodies: Vec<(String, Vec<u8>, bool)> = Vec::with_capacity(items.len());
         {
-            let repairs = self.repairs.lock().unwrap_or_else(|p| p.into_inner());
+            let repairs = crate::mutex::lock(&self.repairs);
             for (id, etag, card) in items {
                 let mut p = person::field_entries(card, &managed);
                 let mut extra = false;
@@ -1471,12 +1464,7 @@ impl Backend for GoogleBackend {
             for (id, _, card) in items {
                 let want = person::photo_of_card(card);
                 let key = (user.id.clone(), id.to_string());
-                let have = self
-                    .photo_now
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .get(&key)
-                    .cloned();
+                let have = crate::mutex::lock(&self.photo_now).get(&key).cloned();
                 if want != have
                     && let Some(Ok(etag)) = results.get_mut(*id)
                 {

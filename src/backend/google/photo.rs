@@ -28,13 +28,7 @@ pub(super) struct PhotoCache(std::sync::Mutex<HashMap<String, Arc<Vec<u8>>>>);
 impl GoogleBackend {
     /// The bytes of a source photo (from the cache, or downloaded).
     async fn photo_bytes(&self, url: &str) -> Result<Arc<Vec<u8>>> {
-        if let Some(b) = self
-            .photos
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(url)
-        {
+        if let Some(b) = crate::mutex::lock(&self.photos.0).get(url) {
             return Ok(b.clone());
         }
         let what = || format!("the source photo {url}");
@@ -65,7 +59,7 @@ impl GoogleBackend {
             )));
         }
         let bytes = Arc::new(bytes.to_vec());
-        let mut cache = self.photos.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = crate::mutex::lock(&self.photos.0);
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
         }
