@@ -284,10 +284,10 @@ impl FieldSelection {
                 // Google keeps each Person field in an X-GOOGLE-* property: `TEL` or
                 // `phoneNumbers` in a job file stands for X-GOOGLE-PHONENUMBERS too.
                 for f in list.iter().chain(["names".to_string()].iter()) {
-                    set.extend(crate::backend::google::person::expand_field_names(f.trim()));
+                    set.extend(crate::backend::google::fields::expand_field_names(f.trim()));
                 }
                 // The repair marker of a Google copy is always managed.
-                set.insert(crate::backend::google::person::REPAIR_PROPERTY.into());
+                set.insert(crate::backend::google::fields::REPAIR_PROPERTY.into());
                 FieldSelection::Only(set)
             }
         }

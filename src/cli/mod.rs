@@ -5,6 +5,7 @@
 //! This module must not hold sync logic: it loads configuration, opens the backend and the state
 //! database, takes the state lock where it writes, and calls the engine.
 
+mod backend;
 mod check;
 mod completions;
 mod history;
@@ -18,14 +19,12 @@ mod serve;
 mod status;
 
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::backend::Backend;
-use crate::backend::carddav::{CarddavBackend, CarddavConfig, Credentials};
-use crate::backend::counting::Counting;
-use crate::backend::vdir::{DEFAULT_COLLECTION, VdirBackend};
+use crate::backend::vdir::DEFAULT_COLLECTION;
 use crate::config::{BackendConfig, Config, ConfigError, config_path};
 use crate::engine::{JobReport, RunOptions};
 use crate::lock::{self, StateLock};
@@ -264,7 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         ctx.close_stale_runs();
         drop(free);
     }
-    let code = open_backend(&ctx, &cli.command, &mut out).await?;
+    let code = backend::open(&ctx, &cli.command, &mut out).await?;
     Ok(ctx
         .interrupt
         .as_ref()
@@ -272,73 +271,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         .unwrap_or(code))
 }
 
-/// Opens the configured provider and runs the command on it.
-async fn open_backend(
-    ctx: &Ctx,
-    command: &Command,
-    out: &mut dyn std::io::Write,
-) -> anyhow::Result<u8> {
-    match ctx.config.backend.clone() {
-        BackendConfig::Vdir { root, options, .. } => {
-            check_root(&root, &ctx.config.path)?;
-            dispatch(
-                ctx,
-                Counting::new(VdirBackend::with_options(root, options)),
-                command,
-                out,
-            )
-            .await
-        }
-        BackendConfig::Carddav {
-            url,
-            home,
-            admin,
-            credentials_file,
-            default_collection,
-            ..
-        } => {
-            let cfg_err = |m: String| ConfigError::file(&ctx.config.path, m);
-            let admin = match admin {
-                Some((username, file)) => Some(Credentials {
-                    username,
-                    password: crate::config::read_secret(&file, "password_file")
-                        .map_err(cfg_err)?,
-                }),
-                None => None,
-            };
-            let users = match credentials_file {
-                Some(file) => crate::config::read_credentials(&file).map_err(cfg_err)?,
-                None => Default::default(),
-            };
-            let backend = CarddavBackend::new(CarddavConfig {
-                url,
-                home,
-                admin,
-                users,
-                default_collection,
-            })
-            .map_err(cfg_err)?;
-            dispatch(ctx, Counting::new(backend), command, out).await
-        }
-        BackendConfig::Google(g) => {
-            let backend = crate::backend::google::GoogleBackend::new(g)
-                .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
-            dispatch(ctx, Counting::new(backend), command, out).await
-        }
-    }
-}
-
-fn check_root(root: &Path, config: &Path) -> Result<(), ConfigError> {
-    if root.is_dir() {
-        Ok(())
-    } else {
-        Err(ConfigError::file(
-            config,
-            format!("backend root {} is not a folder", root.display()),
-        ))
-    }
-}
-
+/// Runs a command on the provider `backend::open` built.
 async fn dispatch<B: Backend + 'static>(
     ctx: &Ctx,
     backend: B,

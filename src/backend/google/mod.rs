@@ -14,6 +14,7 @@
 
 pub mod auth;
 mod directory;
+pub mod fields;
 pub mod http;
 pub mod person;
 mod photo;
@@ -22,7 +23,6 @@ use calcard::vcard::VCard;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -30,48 +30,13 @@ use super::{
     Backend, BackendError, Contact, Delta, GroupRef, Known, KnownCopies, Result, User, Written,
 };
 use crate::card::FieldSelection;
+pub use crate::config::GoogleConfig;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
 use http::{ApiError, Call, Client};
 
 /// The default group that receives a removed user's own contacts.
 pub const MY_CONTACTS: &str = "contactGroups/myContacts";
 const CONTACT_SOURCES: &str = "READ_SOURCE_TYPE_CONTACT";
-
-/// Settings of the Google backend (`[backend] kind = "google"`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GoogleConfig {
-    pub key_file: PathBuf,
-    /// Admin user impersonated for Directory calls.
-    pub admin: String,
-    /// Domains whose users may be sources or destinations; `None`: every verified domain.
-    pub allowed_domains: Option<Vec<String>>,
-    pub people_url: String,
-    pub directory_url: String,
-    /// Overrides the key file's `token_uri`.
-    pub token_url: Option<String>,
-    pub concurrency: usize,
-    pub requests_per_minute: u32,
-    pub visible_tag: bool,
-    /// Seconds one HTTP request may take before it is abandoned (and retried when safe).
-    pub request_timeout: u64,
-}
-
-impl GoogleConfig {
-    pub fn with_defaults(key_file: PathBuf, admin: String) -> Self {
-        GoogleConfig {
-            key_file,
-            admin,
-            allowed_domains: None,
-            people_url: "https://people.googleapis.com".into(),
-            directory_url: "https://admin.googleapis.com".into(),
-            token_url: None,
-            concurrency: 16,
-            requests_per_minute: 3000,
-            visible_tag: true,
-            request_timeout: 120,
-        }
-    }
-}
 
 /// What a tagged copy needs besides its fields: the user's other userDefined entries, kept when
 /// the visible tag is put back on a copy whose userDefined the job does not manage.

@@ -17,74 +17,18 @@ use serde_json::value::RawValue;
 
 use crate::card::{self, FieldSelection};
 
+pub use super::fields::{
+    COPIED_FIELDS, PHOTO_PROPERTY, REPAIR_PROPERTY, expand_field_names, property_of,
+};
+use super::fields::{COPIED_PROPERTIES, field_index};
+
 /// The clientData / userDefined key of the tag.
 pub const TAG_KEY: &str = "gSync";
 
-/// A managed-only marker: a copy that needs repair (visible tag or group membership missing)
-/// carries it, so it differs from its source and gets rewritten. Never written to Google.
-pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
-
-/// Person fields copied from source to destination: every field `updatePersonFields` accepts
-/// except `clientData` (other apps' data, and the tag) and `memberships` (groups are per user).
 /// clientData key on a copy: the source photo it was given (its URL at the source).
 pub const PHOTO_KEY: &str = "gSyncPhoto";
 /// clientData key on a copy: the tags of the jobs its source came through (`card::VIA_PROPERTY`).
 pub const VIA_KEY: &str = "gSyncVia";
-
-/// The card property that carries a contact's photo: the source's photo URL (on a copy: the
-/// source photo it was given, read from its `gSyncPhoto` clientData, while it still has it).
-pub const PHOTO_PROPERTY: &str = "X-GOOGLE-PHOTOS";
-
-pub const COPIED_FIELDS: &[&str] = &[
-    "names",
-    "nicknames",
-    "emailAddresses",
-    "phoneNumbers",
-    "addresses",
-    "organizations",
-    "birthdays",
-    "events",
-    "relations",
-    "urls",
-    "biographies",
-    "calendarUrls",
-    "externalIds",
-    "genders",
-    "imClients",
-    "interests",
-    "locales",
-    "locations",
-    "miscKeywords",
-    "occupations",
-    "sipAddresses",
-    "userDefined",
-];
-
-/// The vCard property of each copied field (`property_of`), in the order of `COPIED_FIELDS`.
-const COPIED_PROPERTIES: &[&str] = &[
-    "X-GOOGLE-NAMES",
-    "X-GOOGLE-NICKNAMES",
-    "X-GOOGLE-EMAILADDRESSES",
-    "X-GOOGLE-PHONENUMBERS",
-    "X-GOOGLE-ADDRESSES",
-    "X-GOOGLE-ORGANIZATIONS",
-    "X-GOOGLE-BIRTHDAYS",
-    "X-GOOGLE-EVENTS",
-    "X-GOOGLE-RELATIONS",
-    "X-GOOGLE-URLS",
-    "X-GOOGLE-BIOGRAPHIES",
-    "X-GOOGLE-CALENDARURLS",
-    "X-GOOGLE-EXTERNALIDS",
-    "X-GOOGLE-GENDERS",
-    "X-GOOGLE-IMCLIENTS",
-    "X-GOOGLE-INTERESTS",
-    "X-GOOGLE-LOCALES",
-    "X-GOOGLE-LOCATIONS",
-    "X-GOOGLE-MISCKEYWORDS",
-    "X-GOOGLE-OCCUPATIONS",
-    "X-GOOGLE-SIPADDRESSES",
-    "X-GOOGLE-USERDEFINED",
-];
 
 /// Output-only sub-fields (People v1 discovery: "Output only"), removed before comparing or
 /// writing: Google fills them in itself.
@@ -99,38 +43,10 @@ fn output_only(field: &str, key: &str) -> bool {
     }
 }
 
-/// The vCard property name that carries a Person field.
-pub fn property_of(field: &str) -> String {
-    format!("X-GOOGLE-{}", field.to_ascii_uppercase())
-}
-
 /// The Person field a card property (any case) carries.
 fn field_of(property: &str) -> Option<&'static str> {
     field_index(property).map(|i| COPIED_FIELDS[i])
 }
-
-/// Plain vCard names an administrator may use in a job's `fields`, and the Person fields they
-/// stand for.
-const ALIASES: &[(&str, &str)] = &[
-    ("FN", "names"),
-    ("N", "names"),
-    ("EMAIL", "emailAddresses"),
-    ("TEL", "phoneNumbers"),
-    ("ADR", "addresses"),
-    ("ORG", "organizations"),
-    ("TITLE", "organizations"),
-    ("BDAY", "birthdays"),
-    ("ANNIVERSARY", "events"),
-    ("URL", "urls"),
-    ("NOTE", "biographies"),
-    ("NICKNAME", "nicknames"),
-    ("RELATED", "relations"),
-    ("IMPP", "imClients"),
-    ("GENDER", "genders"),
-    ("LANG", "locales"),
-    ("CALURI", "calendarUrls"),
-    ("PHOTO", "photos"),
-];
 
 /// The Person fields a job manages: `All` is every copied field; a `fields` list may name
 /// Person fields (`phoneNumbers`) or vCard properties (`TEL`). `names` is always managed.
@@ -140,25 +56,6 @@ pub fn managed_fields(fields: &FieldSelection) -> Vec<&'static str> {
         .copied()
         .filter(|f| fields.manages(&property_of(f)) || *f == "names")
         .collect()
-}
-
-/// Extends a job's field list with the `X-GOOGLE-*` properties its names stand for (see
-/// `FieldSelection::from_list`).
-pub fn expand_field_names(name: &str) -> Vec<String> {
-    let upper = name.to_ascii_uppercase();
-    let mut out = vec![];
-    for (alias, field) in ALIASES {
-        if *alias == upper {
-            out.push(property_of(field));
-        }
-    }
-    if let Some(f) = COPIED_FIELDS.iter().find(|f| f.eq_ignore_ascii_case(name)) {
-        out.push(property_of(f));
-    }
-    if name.eq_ignore_ascii_case("photos") {
-        out.push(PHOTO_PROPERTY.into());
-    }
-    out
 }
 
 /// True when a job copies photos.
@@ -625,19 +522,6 @@ fn push_key_value(out: &mut Vec<u8>, key: &str, value: &str) {
     out.extend_from_slice(b",\"value\":");
     push_json_str(out, value);
     out.push(b'}');
-}
-
-/// The index in `COPIED_FIELDS` of the Person field a card property (any case) carries.
-fn field_index(property: &str) -> Option<usize> {
-    const PREFIX: &str = "X-GOOGLE-";
-    let head = property.get(..PREFIX.len())?;
-    if !head.eq_ignore_ascii_case(PREFIX) {
-        return None;
-    }
-    let rest = &property[PREFIX.len()..];
-    COPIED_FIELDS
-        .iter()
-        .position(|f| f.eq_ignore_ascii_case(rest))
 }
 
 /// `write_new_contact_json` read back as a JSON tree (for tests).

@@ -13,31 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backend::{BackendError, Result};
-
-/// How the vdir backend treats files (the `[backend]` keys of a vdir configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VdirOptions {
-    /// A card file larger than this is not read (it is reported, and never modified).
-    pub max_card_bytes: u64,
-    /// The umask new files and folders get (`0o022`: files 0644, folders 0755), applied whatever
-    /// the process's umask is.
-    pub umask: u32,
-}
-
-/// 4 MiB: a card with a large photo is a few hundred KiB.
-pub const DEFAULT_MAX_CARD_BYTES: u64 = 4 * 1024 * 1024;
-/// Files 0644, folders 0755: readable by the users whose folders they are in (see the README for
-/// the group and ACL recipes that keep them private to each user).
-pub const DEFAULT_UMASK: u32 = 0o022;
-
-impl Default for VdirOptions {
-    fn default() -> Self {
-        VdirOptions {
-            max_card_bytes: DEFAULT_MAX_CARD_BYTES,
-            umask: DEFAULT_UMASK,
-        }
-    }
-}
+use crate::config::VdirOptions;
 
 /// What reading a card file found.
 #[derive(Debug)]

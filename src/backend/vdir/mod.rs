@@ -19,7 +19,7 @@
 mod files;
 mod parts;
 
-pub use files::{DEFAULT_MAX_CARD_BYTES, DEFAULT_UMASK, VdirOptions};
+pub use crate::config::VdirOptions;
 
 use calcard::vcard::VCard;
 use std::fs;
