@@ -1,0 +1,276 @@
+//! A destination's summary for the planner: its group read whole (copies known as written taken
+//! from the ledger), read for the tags only (a removal), or built from a change token's delta.
+
+use std::collections::HashMap;
+use std::collections::HashSet;
+
+use super::delta::ReadDelta;
+use super::source::PreviousSource;
+use crate::backend::Backend;
+use crate::backend::BackendError;
+use crate::backend::GroupRef;
+use crate::backend::User;
+use crate::plan;
+use crate::plan::DestEntry;
+use crate::plan::DestKind;
+use crate::plan::DestSnapshot;
+use crate::plan::JobSpec;
+use crate::plan::LedgerRow;
+use crate::plan::LedgerView;
+use crate::plan::Scope;
+use crate::plan::SourceSet;
+
+/// Reads the destination group and summarises it for the planner, with the provider's change
+/// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written
+/// from the source's current content, and that still has the etag of that write, is summarised
+/// from the ledger without being read whole (see `Backend::scan_group_known`).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn snapshot<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group: Option<GroupRef>,
+    group_name: &str,
+    default_group: &str,
+    source: Option<&SourceSet>,
+    ledger: Option<&LedgerView>,
+    expected: usize,
+) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    // contact id → the ledger's row for the copy (source id, digest, etag of our write)
+    let mut written: HashMap<&str, &LedgerRow> = HashMap::new();
+    if let (Some(source), Some(ledger)) = (source, ledger) {
+        for l in ledger.rows() {
+            if !l.etag().is_empty()
+                && source
+                    .items
+                    .get(l.source_id())
+                    .is_some_and(|item| item.digest == l.digest())
+            {
+                written.insert(l.contact_id(), l);
+            }
+        }
+    }
+    let known = |id: &str, etag: &str| written.get(id).is_some_and(|l| l.etag() == etag);
+    // Sized from the start: a grown vector of thousands of entries would carry up to twice
+    // its length, for every destination in flight.
+    let mut entries = Vec::with_capacity(expected);
+    let mut taken = vec![];
+    let mut hits = vec![];
+    let mut sink = |c: crate::backend::Contact| {
+        taken.extend(plan::taken_uid(spec, &c.card));
+        entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
+    };
+    let mut known_sink = |id: String, etag: String| hits.push((id, etag));
+    let token = if backend.change_tokens() {
+        backend
+            .scan_group_known(user, group.as_ref(), &known, &mut sink, &mut known_sink)
+            .await?
+    } else {
+        // A provider without tokens is read only when the group exists (no call otherwise).
+        if let Some(g) = &group {
+            backend.scan_group(user, g, &mut sink).await?;
+        }
+        None
+    };
+    for (id, etag) in hits {
+        let Some(l) = written.get(id.as_str()) else {
+            continue;
+        };
+        let sid = l.source_id();
+        let name = source
+            .and_then(|s| s.items.get(sid))
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
+        entries.push(DestEntry {
+            id,
+            etag,
+            kind: DestKind::Copy {
+                source: Some(sid.to_string()),
+                digest: l.digest().to_string(),
+                name,
+                fields: vec![],
+            },
+        });
+    }
+    Ok((
+        snapshot_of(
+            user,
+            group,
+            group_name == default_group,
+            (entries, taken),
+            None,
+        ),
+        token,
+    ))
+}
+
+/// A destination's snapshot as read in this run (see `DestSnapshot`).
+pub(super) fn snapshot_of(
+    user: &User,
+    group: Option<GroupRef>,
+    group_is_default: bool,
+    (entries, taken_uids): (Vec<DestEntry>, Vec<String>),
+    scope: Option<Scope>,
+) -> DestSnapshot {
+    DestSnapshot {
+        user: user.clone(),
+        group,
+        group_is_default,
+        entries,
+        scope,
+        taken_uids,
+    }
+}
+
+/// Reads a destination leaving the job. Each contact is read only for its tags, unless `whole`
+/// (a dry run, whose plan names what it would delete): a real removal reads what it deletes
+/// whole for the trash, and names it from that (see `apply_ops`).
+pub(super) async fn removal_snapshot<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group: Option<GroupRef>,
+    (group_name, default_group): (&str, &str),
+    expected: usize,
+    whole: bool,
+) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    let mut entries = Vec::with_capacity(expected);
+    if let Some(g) = &group {
+        if whole {
+            backend
+                .scan_group(user, g, &mut |c| {
+                    entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
+                })
+                .await?;
+        } else {
+            backend
+                .scan_group_tags(user, g, &mut |c| {
+                    entries.push(DestEntry::classify_tags(spec, c.id, c.etag, &c.card))
+                })
+                .await?;
+        }
+    }
+    Ok((
+        snapshot_of(
+            user,
+            group,
+            group_name == default_group,
+            (entries, vec![]),
+            None,
+        ),
+        None,
+    ))
+}
+
+/// Summarises a destination from its ledger and what changed since its change token, without
+/// reading the group whole. The ledger is what the group held when the destination last
+/// converged, as this job wrote or read it; the delta names every contact that changed since.
+/// A remembered copy the delta does not name is therefore unchanged, and is summarised from
+/// the ledger: as in sync if it was written from the source as it is now, or field by field
+/// from `previous` (what the last run read of its source) if it was written from that. The
+/// others — written from a source the last run did not see, without an etag in the ledger, or
+/// carrying a property the backend must read before an update (`read_before_update`) — are
+/// read by id. `None` when that would take more calls than reading the group whole. The user's
+/// own contacts in the group that did not change are not read, so `untouched` counts only
+/// those that did.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn snapshot_from_changes<B: Backend>(
+    backend: &B,
+    spec: &JobSpec,
+    user: &User,
+    group: &GroupRef,
+    group_name: &str,
+    default_group: &str,
+    (source, previous): (&SourceSet, &HashMap<String, PreviousSource>),
+    ledger: &LedgerView,
+    delta: ReadDelta,
+) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
+    let ReadDelta {
+        token,
+        changed,
+        gone,
+        scope,
+        mut taken_uids,
+        ..
+    } = delta;
+    let read: HashSet<&str> = changed.iter().map(|e| e.id.as_str()).collect();
+    let mut entries = Vec::with_capacity(ledger.len() + changed.len());
+    let mut fetch = vec![];
+    for l in ledger.rows() {
+        let id = l.contact_id();
+        if gone.contains(id) || read.contains(id) {
+            continue;
+        }
+        let sid = l.source_id();
+        let item = source.items.get(sid);
+        // Written from the source as it is now (or held: its source cannot be read), or from
+        // the source as the last run read it: known without reading it.
+        let (name, fields) = match (item, previous.get(sid)) {
+            _ if l.etag().is_empty() => {
+                fetch.push(id.to_string());
+                continue;
+            }
+            (Some(i), _) if i.digest == l.digest() => (i.name.clone(), vec![]),
+            _ if source.unreadable.contains_key(sid) => (String::new(), vec![]),
+            (item, Some(p))
+                if p.digest == l.digest()
+                    && !p
+                        .fields
+                        .iter()
+                        .chain(item.iter().flat_map(|i| i.fields(&spec.fields)))
+                        .any(|(name, _)| backend.read_before_update(name)) =>
+            {
+                (
+                    item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
+                    p.fields.clone(),
+                )
+            }
+            _ => {
+                fetch.push(id.to_string());
+                continue;
+            }
+        };
+        entries.push(DestEntry {
+            id: id.to_string(),
+            etag: l.etag().to_string(),
+            kind: DestKind::Copy {
+                source: Some(sid.to_string()),
+                digest: l.digest().to_string(),
+                name,
+                fields,
+            },
+        });
+    }
+    drop(read);
+    let fetch_calls = fetch.len().div_ceil(backend.batch_size().max(1));
+    let copies = ledger.len() + scope.as_ref().map_or(0, |s| s.outside);
+    let read_calls = copies.div_ceil(backend.page_size().max(1)).max(1);
+    if fetch_calls > read_calls {
+        return Ok(None);
+    }
+    if !fetch.is_empty() {
+        backend
+            .fetch_contacts(user, group, &fetch, &mut |c| {
+                taken_uids.extend(plan::taken_uid(spec, &c.card));
+                entries.push(DestEntry::classify(
+                    spec,
+                    c.id,
+                    c.etag,
+                    &c.card,
+                    Some(source),
+                ))
+            })
+            .await?;
+    }
+    entries.extend(changed);
+    Ok(Some((
+        snapshot_of(
+            user,
+            Some(group.clone()),
+            group_name == default_group,
+            (entries, taken_uids),
+            scope,
+        ),
+        Some(token),
+    )))
+}
