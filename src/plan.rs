@@ -47,6 +47,8 @@ impl Default for Limits {
 #[derive(Debug, Clone)]
 pub struct SourceItem {
     pub id: String,
+    /// The etag the source contact was read with.
+    pub etag: Box<str>,
     pub name: String,
     /// Digest of the managed part (see `card::managed_digest`).
     pub digest: String,
@@ -111,8 +113,9 @@ pub struct SourceSet {
 }
 
 impl SourceSet {
-    /// Builds the source set from the contacts read from the source group.
-    pub fn add(&mut self, job: &JobSpec, id: String, card: Result<VCard, String>) {
+    /// Adds one contact read from the source group, with the etag it was read with (what a
+    /// write back to the source would be conditional on).
+    pub fn add(&mut self, job: &JobSpec, id: String, etag: String, card: Result<VCard, String>) {
         match card {
             Err(reason) => {
                 self.unreadable.insert(id, reason);
@@ -139,6 +142,7 @@ impl SourceSet {
                     id.clone(),
                     SourceItem {
                         id,
+                        etag: etag.into_boxed_str(),
                         name,
                         digest,
                         fields: Default::default(),

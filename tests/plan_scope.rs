@@ -96,8 +96,8 @@ fn source_set(job: &JobSpec, contacts: &[(String, Option<u8>, bool)]) -> SourceS
     let mut s = SourceSet::default();
     for (id, seed, unreadable) in contacts {
         match (seed, unreadable) {
-            (_, true) => s.add(job, id.clone(), Err("unreadable".into())),
-            (Some(seed), false) => s.add(job, id.clone(), Ok(card_of(*seed))),
+            (_, true) => s.add(job, id.clone(), String::new(), Err("unreadable".into())),
+            (Some(seed), false) => s.add(job, id.clone(), format!("e{seed}"), Ok(card_of(*seed))),
             (None, false) => {}
         }
     }

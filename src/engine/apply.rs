@@ -2,30 +2,18 @@
 //! each result recorded (a contact the provider refuses noted, the others written), the ledger
 //! rows and log lines deferred while the next call is in flight.
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use calcard::vcard::VCard;
 
 use super::finish::{Deferred, DeferredWrite, Finish, FinishOutcome, Settle};
 use super::record::{ApplyError, overlapped, refusal, sort_result};
 use super::trash::{Trashing, delete_trashed, lcm, read_for_trash, write_trash};
-use crate::backend::Backend;
-use crate::backend::BackendError;
-use crate::backend::GroupRef;
-use crate::backend::User;
-use crate::card;
+use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::mutex::lock;
-use crate::plan;
-use crate::plan::JobSpec;
-use crate::plan::LedgerCopy;
-use crate::plan::Op;
-use crate::plan::Plan;
-use crate::plan::SourceSet;
-use crate::plan::UpdateOp;
-use crate::store::Change;
-use crate::store::Counts;
-use crate::store::Store;
+use crate::plan::{JobSpec, LedgerCopy, Op, Plan, SourceSet, UpdateOp};
+use crate::store::{Change, Counts, Store};
+use crate::{card, plan};
 
 /// Applies a plan, in order, stopping at the first failure (the rest is retried next run).
 /// Returns the group as it is after the plan (created, or still the one read), and what is left

@@ -2,26 +2,16 @@
 //! the delta names, the part of the destination left to plan (`plan::Scope`), and the marks of a
 //! destination that converged.
 
-use std::collections::BTreeSet;
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::slot::Slot;
 use super::source::SourceDiff;
-use crate::backend::Known;
-use crate::backend::KnownCopies;
-use crate::backend::User;
+use crate::backend::{Known, KnownCopies, User};
 use crate::card;
 use crate::mutex::lock;
-use crate::plan::DestEntry;
-use crate::plan::DestKind;
-use crate::plan::JobSpec;
-use crate::plan::LedgerRow;
-use crate::plan::LedgerView;
-use crate::plan::Scope;
+use crate::plan::{DestEntry, DestKind, JobSpec, LedgerRow, LedgerView, Scope};
 use crate::store::Store;
 
 /// What a change token's delta told of one destination, kept for the first attempt's snapshot

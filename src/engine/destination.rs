@@ -2,27 +2,15 @@
 //! changed since it converged (a change token's delta), then up to three attempts of snapshot,
 //! plan, deletion limit, apply and record.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use crate::backend::Backend;
-use crate::backend::BackendError;
-use crate::backend::Delta;
-use crate::backend::GroupRef;
-use crate::backend::User;
+use crate::backend::{Backend, BackendError, Delta, GroupRef, User};
 use crate::mutex::lock;
 use crate::plan;
-use crate::plan::DestEntry;
-use crate::plan::DestSnapshot;
-use crate::plan::LedgerView;
-use crate::plan::Plan;
-use crate::plan::SourceSet;
-use crate::store::Counts;
-use crate::store::Store;
+use crate::plan::{DestEntry, DestSnapshot, LedgerView, Plan, SourceSet};
+use crate::store::{Counts, Store};
 
 use super::apply::apply;
 use super::delta::{

@@ -1,15 +1,12 @@
 //! What a destination leaves to record once the provider is done with it (`Finish`), and the
 //! ledger rows and log lines written while its next call is in flight (`Deferred`).
 
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use crate::backend::User;
 use crate::mutex::lock;
 use crate::plan::LedgerCopy;
-use crate::store::Change;
-use crate::store::Store;
-use crate::store::StoreError;
+use crate::store::{Change, Store, StoreError};
 
 use super::DestReport;
 use super::slot::Slot;

@@ -26,18 +26,14 @@ pub use resolve::{check_dynamic_set, destination_names, is_dynamic_set};
 
 use serde::Serialize;
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::AtomicBool;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use crate::backend::Backend;
 use crate::mutex::lock;
-use crate::plan::JobSpec;
-use crate::plan::Plan;
-use crate::store::Counts;
-use crate::store::Store;
+use crate::plan::{JobSpec, Plan};
+use crate::store::{Counts, Store};
 use run::run_inner;
 
 /// A job as the engine runs it.
@@ -233,10 +229,13 @@ pub async fn run_job<B: Backend + 'static>(
     }
     let calls_before = backend.call_counts();
     let span = tracing::info_span!("run", job = %job.spec.name);
-    if let Err(e) = run_inner(backend, store, job, opts, &mut report)
-        .instrument(span)
-        .await
-    {
+    let ctx = run::JobCtx {
+        backend,
+        store,
+        job,
+        opts,
+    };
+    if let Err(e) = run_inner(&ctx, &mut report).instrument(span).await {
         report.outcome = if e.is_config() {
             Outcome::Invalid
         } else {

@@ -3,21 +3,20 @@
 //! reports in the order of the job file.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
-use crate::backend::Backend;
-use crate::backend::User;
+use crate::backend::{Backend, User};
 use crate::plan::SourceSet;
-use crate::store::Counts;
-use crate::store::Store;
+use crate::store::{Counts, Store};
 
 use super::destination::{Mode, process_destination};
+use super::run::JobCtx;
 use super::slot::Slot;
 use super::source::{PreviousSource, SourceDiff};
 use super::{DestReport, JobRun, RunOptions};
+use crate::mutex::lock;
 
 /// Destination tasks started ahead of their place at the provider, per place: each gets ready
 /// (its token, its change token) while earlier ones call.
@@ -45,6 +44,29 @@ pub(super) struct DestShared<B> {
     pub(super) run_id: i64,
 }
 
+impl<B> DestShared<B> {
+    /// What the destinations of one job's run share, with a second, read-only connection to
+    /// the state when the state is a file.
+    pub(super) fn new(ctx: &JobCtx<'_, B>, run_id: i64) -> Self {
+        let reader = match lock(ctx.store).reader() {
+            Ok(Some(r)) => Arc::new(Mutex::new(r)),
+            Ok(None) => ctx.store.clone(),
+            Err(e) => {
+                tracing::debug!(job = %ctx.job.spec.name, "no second connection to the state ({e}); reads share the writer's");
+                ctx.store.clone()
+            }
+        };
+        DestShared {
+            backend: ctx.backend.clone(),
+            store: ctx.store.clone(),
+            reader,
+            job: Arc::new(ctx.job.clone()),
+            opts: ctx.opts.clone(),
+            run_id,
+        }
+    }
+}
+
 /// What the active destinations of a run share, read-only but for `stopped`.
 pub(super) struct ActiveInputs {
     pub(super) source: SourceSet,
@@ -65,11 +87,11 @@ pub(super) struct ActiveInputs {
 /// reported as a failed destination, and the others go on.
 pub(super) async fn run_destinations<B: Backend + 'static>(
     shared: &DestShared<B>,
-    concurrency: usize,
     dests: impl Iterator<Item = (User, String)>,
     inputs: Option<&Arc<ActiveInputs>>,
 ) -> Vec<DestReport> {
     let removal = inputs.is_none();
+    let concurrency = shared.opts.concurrency.max(1);
     let mut tasks = tokio::task::JoinSet::new();
     let mut running: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
     let mut reports: Vec<Option<DestReport>> = vec![];

@@ -1,24 +1,15 @@
 //! A destination's summary for the planner: its group read whole (copies known as written taken
 //! from the ledger), read for the tags only (a removal), or built from a change token's delta.
 
-use std::collections::HashMap;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
 use super::source::PreviousSource;
-use crate::backend::Backend;
-use crate::backend::BackendError;
-use crate::backend::GroupRef;
-use crate::backend::User;
+use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::plan;
-use crate::plan::DestEntry;
-use crate::plan::DestKind;
-use crate::plan::DestSnapshot;
-use crate::plan::JobSpec;
-use crate::plan::LedgerRow;
-use crate::plan::LedgerView;
-use crate::plan::Scope;
-use crate::plan::SourceSet;
+use crate::plan::{
+    DestEntry, DestKind, DestSnapshot, JobSpec, LedgerRow, LedgerView, Scope, SourceSet,
+};
 
 /// Reads the destination group and summarises it for the planner, with the provider's change
 /// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written

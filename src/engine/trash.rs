@@ -2,24 +2,15 @@
 //! trash written before any of its contacts is deleted.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::finish::{Deferred, DeferredWrite};
 use super::record::{ApplyError, overlapped, refusal, sort_result};
-use crate::backend::Backend;
-use crate::backend::BackendError;
-use crate::backend::GroupRef;
-use crate::backend::User;
+use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
 use crate::mutex::lock;
-use crate::plan::DeleteOp;
-use crate::plan::JobSpec;
-use crate::plan::Op;
-use crate::store::Counts;
-use crate::store::Store;
-use crate::store::StoreError;
-use crate::store::TrashEntry;
+use crate::plan::{DeleteOp, JobSpec, Op};
+use crate::store::{Counts, Store, StoreError, TrashEntry};
 
 /// A copy about to be deleted, as the trash and the change log keep it.
 pub(super) struct Doomed {
