@@ -6,8 +6,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use super::shared::SourceDiff;
 use super::slot::Slot;
-use super::source::SourceDiff;
 use crate::backend::{Known, KnownCopies, User};
 use crate::card;
 use crate::mutex::lock;

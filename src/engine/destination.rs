@@ -19,9 +19,9 @@ use super::delta::{
 };
 use super::finish::{Finish, FinishOutcome};
 use super::record::{ApplyError, refused_summary};
+use super::shared::{PreviousSource, SourceDiff};
 use super::slot::Slot;
 use super::snapshot::{removal_snapshot, snapshot, snapshot_from_changes};
-use super::source::{PreviousSource, SourceDiff};
 use super::{DestReport, JobRun, RunOptions};
 
 /// Which kind of work a destination gets in this run.

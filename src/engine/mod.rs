@@ -16,6 +16,7 @@ mod pool;
 mod record;
 mod resolve;
 mod run;
+mod shared;
 mod slot;
 mod snapshot;
 mod source;
@@ -229,7 +230,7 @@ pub async fn run_job<B: Backend + 'static>(
     }
     let calls_before = backend.call_counts();
     let span = tracing::info_span!("run", job = %job.spec.name);
-    let ctx = run::JobCtx {
+    let ctx = shared::JobCtx {
         backend,
         store,
         job,

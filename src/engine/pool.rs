@@ -3,82 +3,15 @@
 //! reports in the order of the job file.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use crate::backend::{Backend, User};
-use crate::plan::SourceSet;
-use crate::store::{Counts, Store};
 
+use super::DestReport;
 use super::destination::{Mode, process_destination};
-use super::run::JobCtx;
+use super::shared::{ActiveInputs, DestShared, STARTED_AHEAD, failed_dest, report_progress};
 use super::slot::Slot;
-use super::source::{PreviousSource, SourceDiff};
-use super::{DestReport, JobRun, RunOptions};
-use crate::mutex::lock;
-
-/// Destination tasks started ahead of their place at the provider, per place: each gets ready
-/// (its token, its change token) while earlier ones call.
-pub(super) const STARTED_AHEAD: usize = 3;
-
-/// A task stopped when its handle is dropped.
-pub(super) struct AbortOnDrop<T = ()>(pub(super) tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// What every destination task of a run shares.
-pub(super) struct DestShared<B> {
-    pub(super) backend: Arc<B>,
-    pub(super) store: Arc<Mutex<Store>>,
-    /// A second connection for the reads of state the run has not written yet (see
-    /// `Store::reader`), so they never wait for another destination's writes; `store` itself
-    /// when there is none.
-    pub(super) reader: Arc<Mutex<Store>>,
-    pub(super) job: Arc<JobRun>,
-    pub(super) opts: RunOptions,
-    pub(super) run_id: i64,
-}
-
-impl<B> DestShared<B> {
-    /// What the destinations of one job's run share, with a second, read-only connection to
-    /// the state when the state is a file.
-    pub(super) fn new(ctx: &JobCtx<'_, B>, run_id: i64) -> Self {
-        let reader = match lock(ctx.store).reader() {
-            Ok(Some(r)) => Arc::new(Mutex::new(r)),
-            Ok(None) => ctx.store.clone(),
-            Err(e) => {
-                tracing::debug!(job = %ctx.job.spec.name, "no second connection to the state ({e}); reads share the writer's");
-                ctx.store.clone()
-            }
-        };
-        DestShared {
-            backend: ctx.backend.clone(),
-            store: ctx.store.clone(),
-            reader,
-            job: Arc::new(ctx.job.clone()),
-            opts: ctx.opts.clone(),
-            run_id,
-        }
-    }
-}
-
-/// What the active destinations of a run share, read-only but for `stopped`.
-pub(super) struct ActiveInputs {
-    pub(super) source: SourceSet,
-    /// The last run's reading of source contacts that changed since (see `previous_source`).
-    pub(super) previous: HashMap<String, PreviousSource>,
-    /// Which source contacts changed since the last run (see `SourceDiff`).
-    pub(super) since: Option<SourceDiff>,
-    /// Digest of everything this run would copy (see `SourceSet::fingerprint`).
-    pub(super) fingerprint: String,
-    /// Set by the first destination that hits a safety limit: no other starts.
-    pub(super) stopped: AtomicBool,
-}
 
 /// Runs `process_destination` for each (user, target group), each as its own task, at most
 /// `concurrency` of them at the provider at once (see `Slot`); active destinations with
@@ -175,32 +108,4 @@ pub(super) async fn run_destinations<B: Backend + 'static>(
         }
     }
     reports.into_iter().flatten().collect()
-}
-
-/// Logs a finished destination and tells the progress callback.
-pub(super) fn report_progress(opts: &RunOptions, r: &DestReport) {
-    let a = r.applied;
-    match (&r.error, &r.stopped) {
-        (Some(e), _) => tracing::warn!(dest = %r.user, "destination failed: {e}"),
-        (None, Some(s)) => tracing::warn!(dest = %r.user, "destination not synced: {s}"),
-        (None, None) if !opts.dry_run => {
-            tracing::info!(dest = %r.user, created = a.created, updated = a.updated, deleted = a.deleted, moved = a.moved, "destination synced")
-        }
-        _ => {}
-    }
-    if let Some(p) = &opts.progress {
-        (p.0)(r);
-    }
-}
-
-pub(super) fn failed_dest(user: &str, removal: bool, error: String) -> DestReport {
-    DestReport {
-        user: user.to_string(),
-        removal,
-        plan: None,
-        applied: Counts::default(),
-        error: Some(error),
-        refused: vec![],
-        stopped: None,
-    }
 }

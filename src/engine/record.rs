@@ -4,10 +4,9 @@
 
 use std::sync::{Arc, Mutex};
 
+use super::finish::{Deferred, DeferredWrite};
 use crate::backend::BackendError;
 use crate::store::{Store, StoreError};
-
-use super::finish::{Deferred, DeferredWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ApplyError {

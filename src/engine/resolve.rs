@@ -13,8 +13,7 @@ use crate::mutex::lock;
 use crate::store::DestRecord;
 
 use super::error::JobError;
-use super::pool::{AbortOnDrop, failed_dest, report_progress};
-use super::run::JobCtx;
+use super::shared::{AbortOnDrop, JobCtx, failed_dest, report_progress};
 use super::{DestReport, JobReport, JobRun};
 
 /// A user looked up at the provider.

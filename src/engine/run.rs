@@ -2,26 +2,18 @@
 //! source read (`source`), the active destinations fanned out, then the removed ones cleaned up
 //! (`pool`). Each phase may end the run with the report's outcome set.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 
 use crate::backend::{Backend, User};
 use crate::mutex::lock;
-use crate::store::Store;
 
 use super::error::JobError;
-use super::pool::{AbortOnDrop, ActiveInputs, DestShared, STARTED_AHEAD, run_destinations};
+use super::pool::run_destinations;
 use super::resolve::{Resolved, resolve_destinations};
+use super::shared::{AbortOnDrop, ActiveInputs, DestShared, JobCtx, STARTED_AHEAD};
 use super::source::{read_source, save_source};
-use super::{JobReport, JobRun, Outcome, RunOptions};
-
-/// What every phase of one job's run works with.
-pub(super) struct JobCtx<'a, B> {
-    pub(super) backend: &'a Arc<B>,
-    pub(super) store: &'a Arc<Mutex<Store>>,
-    pub(super) job: &'a JobRun,
-    pub(super) opts: &'a RunOptions,
-}
+use super::{JobReport, Outcome};
 
 pub(super) async fn run_inner<B: Backend + 'static>(
     ctx: &JobCtx<'_, B>,

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
-use super::source::PreviousSource;
+use super::shared::PreviousSource;
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::plan;
 use crate::plan::{

@@ -2,8 +2,7 @@
 //! guarded against reading empty, and what the job's last run read of it, so that a copy written
 //! from that reading is known field by field without being read again.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 
 use crate::backend::{Backend, User};
@@ -14,12 +13,8 @@ use crate::store::Store;
 
 use super::JobReport;
 use super::error::JobError;
-use super::pool::{AbortOnDrop, ActiveInputs};
 use super::resolve::Resolved;
-use super::run::JobCtx;
-
-/// What the last run read of the source contacts that changed since, and which changed.
-pub(super) type Previous = (HashMap<String, PreviousSource>, Option<SourceDiff>);
+use super::shared::{AbortOnDrop, ActiveInputs, JobCtx, Previous, PreviousSource, SourceDiff};
 
 /// Reads the source group, once for all destinations, and gathers what they share. `None` when
 /// the empty-source guard stopped the job (the report says so). With no active destination
@@ -175,25 +170,6 @@ pub(super) fn save_source<B: Backend>(
     if let Err(e) = saved {
         tracing::warn!(job = %spec.name, "could not remember the source contacts: {e}");
     }
-}
-
-/// A source contact as the job's last run read it (see `Store::source_contacts`).
-#[derive(Debug)]
-pub(super) struct PreviousSource {
-    pub(super) digest: String,
-    pub(super) name: String,
-    /// Digest of each managed property (see `card::field_digests`).
-    pub(super) fields: Vec<(Arc<str>, u64)>,
-}
-
-/// Which source contacts changed since the last run that saved what it read of the source
-/// (see `Store::save_source_contacts`).
-#[derive(Debug)]
-pub(super) struct SourceDiff {
-    /// The fingerprint of the source as that run read it (see `SourceSet::fingerprint`).
-    pub(super) fingerprint: String,
-    /// Source ids whose contact is not the same now: edited, gone, new, or unreadable. Sorted.
-    pub(super) ids: BTreeSet<String>,
 }
 
 /// The source contacts the job's last run read that are not the same in `source` (edited, or
