@@ -1,375 +1,258 @@
-//! Applying a plan: one dispatcher over the operations, in order, in the provider's batches;
-//! each result recorded (a contact the provider refuses noted, the others written), the ledger
-//! rows and log lines deferred while the next call is in flight.
-
-use std::sync::{Arc, Mutex};
+//! Applying a plan: one dispatcher over the operations, in order, in the provider's batches
+//! (`Applier::run`), each kind in a method of its own; every batch's results go through one
+//! recorder (`Recorder::take`: a contact the provider refuses is noted, the others written), and
+//! the ledger rows and log lines are written while the next call is in flight.
 
 use calcard::vcard::VCard;
 
-use super::finish::{Deferred, DeferredWrite, Finish, FinishOutcome, Settle};
-use super::record::{ApplyError, overlapped, refusal, sort_result};
-use super::trash::{Trashing, delete_trashed, lcm, read_for_trash, write_trash};
-use crate::backend::{Backend, BackendError, GroupRef, User};
+use super::finish::{Deferred, Finish, FinishOutcome, Settle};
+use super::record::{ApplyError, Recorder, overlapped};
+use super::shared::DestCtx;
+use super::trash::{Doomed, Trashing, lcm, read_for_trash, write_trash};
+use crate::backend::{Backend, BackendError, GroupRef, Written};
+use crate::card;
 use crate::mutex::lock;
-use crate::plan::{JobSpec, LedgerCopy, Op, Plan, SourceSet, UpdateOp};
-use crate::store::{Change, Counts, Store};
-use crate::{card, plan};
+use crate::plan::{self, Op, Plan, SourceItem, SourceSet, UpdateOp};
+use crate::store::{Change, Counts};
 
 /// Applies a plan, in order, stopping at the first failure (the rest is retried next run).
 /// Returns the group as it is after the plan (created, or still the one read), and what is left
 /// to record in the state once the provider is done with (`Finish`): the state writes of a
-/// destination are batched into few transactions, and its last ones are made off its slot.
-#[allow(clippy::too_many_arguments)]
+/// destination are batched into few transactions, and its last ones are made off its place.
 pub(super) async fn apply<B: Backend>(
-    backend: &B,
-    store: &Arc<Mutex<Store>>,
-    spec: &JobSpec,
-    run_id: i64,
-    user: &User,
+    ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
     plan: &mut Plan,
     source: Option<&SourceSet>,
-    applied: (&mut Counts, &mut Vec<String>),
+    (applied, refused): (&mut Counts, &mut Vec<String>),
 ) -> (Result<Option<GroupRef>, ApplyError>, Finish) {
-    let mut finish = Finish::new(&spec.name, user, run_id, FinishOutcome::Retry);
-    if let Err(e) = lock(store).batch_begin() {
+    let mut finish = ctx.finish(FinishOutcome::Retry);
+    if let Err(e) = lock(ctx.store).batch_begin() {
         return (Err(e.into()), finish);
     }
     finish.batch = true;
     let base = Change {
-        run_id,
-        job: &spec.name,
-        user_id: &user.id,
-        user: &user.name,
+        run_id: ctx.run_id,
+        job: &ctx.job.spec.name,
+        user_id: &ctx.user.id,
+        user: &ctx.user.name,
         ..Default::default()
     };
-    let mut deferred = Deferred::new(&base);
-    let result = apply_ops(
-        backend,
-        store,
-        spec,
-        &base,
-        user,
-        group,
-        plan,
+    // Ledger rows of copies left as they are that must change, and rows to remove.
+    let settle: Settle = (
+        std::mem::take(&mut plan.kept),
+        std::mem::take(&mut plan.forget),
+    );
+    let mut a = Applier {
+        ctx,
         source,
-        applied,
-        &mut deferred,
-    )
-    .await;
+        group,
+        rec: Recorder {
+            deferred: Deferred::new(&base),
+            applied,
+            refused,
+        },
+        base,
+    };
+    let result = a.run(&plan.ops).await;
     // What was written before a failure is recorded all the same.
-    finish.deferred = Some(deferred);
+    finish.deferred = Some(a.rec.deferred);
     match result {
-        Ok((group, settle)) => {
-            finish.settle = settle;
-            (Ok(group), finish)
+        Ok(()) => {
+            finish.settle = source.is_some().then_some(settle);
+            (Ok(a.group), finish)
         }
         Err(e) => (Err(e), finish),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn apply_ops<B: Backend>(
-    backend: &B,
-    store: &Arc<Mutex<Store>>,
-    spec: &JobSpec,
-    base: &Change<'_>,
-    user: &User,
-    mut group: Option<GroupRef>,
-    plan: &mut Plan,
-    source: Option<&SourceSet>,
-    (applied, refused): (&mut Counts, &mut Vec<String>),
-    deferred: &mut Deferred,
-) -> Result<(Option<GroupRef>, Option<Settle>), ApplyError> {
-    let run_id = base.run_id;
-    let log = |c: Change<'_>| lock(store).log_change(&c);
-    // Ledger rows of copies left as they are that must change, and rows to remove.
-    let kept: Vec<(String, LedgerCopy)> = std::mem::take(&mut plan.kept);
-    let forget: Vec<String> = std::mem::take(&mut plan.forget);
-    let plan: &Plan = plan;
-    // Consecutive operations of one kind go to the provider in batches (one call per batch on a
-    // provider with batch endpoints). Deletes are also read in batches first, for the trash.
-    let batch = backend.batch_size().clamp(1, 200);
-    let item_of = |source_id: &str| {
-        source
-            .and_then(|s| s.items.get(source_id))
-            .ok_or_else(|| ApplyError::Other(format!("source contact {source_id} is gone")))
-    };
-    let mut i = 0;
-    while i < plan.ops.len() {
-        let group_ref = || {
-            group.clone().ok_or_else(|| {
-                ApplyError::Other(format!(
-                    "group {:?} of {} is missing",
-                    spec.target_group, user.name
-                ))
-            })
-        };
-        // The run of operations of the same kind as ops[i], at most `batch` (or 200 for reads).
-        let same_kind = |limit: usize| {
-            let kind = std::mem::discriminant(&plan.ops[i]);
-            let mut j = i;
-            while j < plan.ops.len()
-                && j - i < limit
-                && std::mem::discriminant(&plan.ops[j]) == kind
-            {
-                j += 1;
-            }
-            &plan.ops[i..j]
-        };
-        match &plan.ops[i] {
-            Op::CreateGroup { name } => {
-                let g = match backend.create_group(user, name).await {
-                    Ok(g) => g,
-                    Err(BackendError::AlreadyExists { .. }) => {
-                        backend.find_group(user, name).await?.ok_or_else(|| {
-                            ApplyError::Other(format!("group {name:?} of {} vanished", user.name))
-                        })?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                log(Change {
-                    action: "create-group",
-                    contact_id: Some(&g.id),
-                    name: Some(name),
-                    ..base.clone()
-                })?;
-                group = Some(g);
-                i += 1;
-            }
-            Op::Create { .. } => {
-                let ops = same_kind(batch);
-                i += ops.len();
-                let g = group_ref()?;
-                let mut items = Vec::with_capacity(ops.len());
-                for op in ops {
-                    if let Op::Create {
-                        source_id,
-                        name,
-                        recreate,
-                        uid,
-                    } = op
-                    {
-                        items.push(NewCopy {
-                            source_id,
-                            name,
-                            recreate: *recreate,
-                            uid: uid.clone(),
-                            item: item_of(source_id)?,
-                        });
-                    }
-                }
-                create_copies(
-                    backend, store, &spec.tag, user, &g, items, deferred, applied, refused,
-                )
-                .await?;
-            }
-            Op::Update(_) => {
-                let ops = same_kind(batch);
-                i += ops.len();
-                let g = group_ref()?;
-                let mut items: Vec<(&UpdateOp, _)> = Vec::with_capacity(ops.len());
-                for op in ops {
-                    if let Op::Update(u) = op {
-                        items.push((&**u, item_of(&u.source_id)?));
-                    }
-                }
-                let copies = items
-                    .iter()
-                    .map(|(_, item)| item.copy())
-                    .collect::<Result<Vec<_>, String>>()
-                    .map_err(ApplyError::Other)?;
-                let calls: Vec<(&str, &str, &VCard)> = items
-                    .iter()
-                    .zip(copies)
-                    .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), c))
-                    .collect();
-                let results = overlapped(
-                    store,
-                    deferred,
-                    backend.update_contacts(user, &g, &calls, &spec.fields),
-                )
-                .await?;
-                let mut first_err = None;
-                for ((u, item), result) in items.iter().zip(results) {
-                    let Some(new_etag) = sort_result(result, &mut first_err, |e| {
-                        refusal(deferred, refused, ("update", &u.contact_id, &u.name), e)
-                    }) else {
-                        continue;
-                    };
-                    deferred.copy(&u.source_id, &u.contact_id, &item.digest, &new_etag);
-                    deferred.writes.push(DeferredWrite::Log {
-                        action: "update",
-                        source_id: Some(u.source_id.clone()),
-                        contact_id: u.contact_id.clone(),
-                        name: Some(u.name.clone()),
-                        detail: None,
-                        fields: Some(u.fields.join(",")),
-                        before: Some(u.before.clone()),
-                        after: Some(item.digest.clone()),
-                    });
-                    applied.updated += 1;
-                }
-                if let Some(e) = first_err {
-                    return Err(e.into());
-                }
-            }
-            Op::Delete(_) => {
-                // Read for the trash in reads of 200 and deleted in the provider's batches: in
-                // chunks that fill both (their least common multiple, at most 1,000).
-                let delete_batch = backend.delete_batch_size().clamp(1, 1000);
-                let ops = same_kind(usize::MAX);
-                i += ops.len();
-                let g = group_ref()?;
-                // A pipeline, every call still made after the one before: a chunk is read (each
-                // contact turned into its trash payload as it arrives) while the trash of the
-                // chunk before it is written on the blocking pool; then that chunk is deleted,
-                // and this one's trash started. A chunk's trash is written before any of its
-                // contacts is deleted, and only once the chunk before it is deleted: a chunk that
-                // cannot be read or is refused (a contact changed, or lost its tag) stops the run
-                // once the chunk trashed before it is deleted.
-                let mut trashed: Option<Trashing> = None;
-                // One step more than there are chunks: the last deletes the last chunk's.
-                let chunks = ops.chunks(lcm(200, delete_batch).min(1000));
-                for chunk in chunks.map(Some).chain([None]) {
-                    let read = match chunk {
-                        Some(c) => Some(read_for_trash(backend, spec, user, &g, c).await),
-                        None => None,
-                    };
-                    if let Some(t) = trashed.take() {
-                        delete_trashed(
-                            backend,
-                            store,
-                            user,
-                            &g,
-                            delete_batch,
-                            t,
-                            deferred,
-                            (applied, refused),
-                        )
-                        .await?;
-                    }
-                    if let Some(read) = read {
-                        trashed = Some(write_trash(store, run_id, spec, user, &g, read?));
-                    }
-                }
-            }
-            Op::MoveToDefault { .. } => {
-                let ops = same_kind(batch);
-                i += ops.len();
-                let g = group_ref()?;
-                let items: Vec<(&str, &str)> = ops
-                    .iter()
-                    .filter_map(|op| match op {
-                        Op::MoveToDefault { contact_id, etag } => {
-                            Some((contact_id.as_str(), etag.as_str()))
-                        }
-                        _ => None,
-                    })
-                    .collect();
-                let results = overlapped(
-                    store,
-                    deferred,
-                    backend.move_contacts_to_default(user, &g, &items),
-                )
-                .await?;
-                let mut first_err = None;
-                for ((contact_id, _), result) in items.iter().zip(results) {
-                    if sort_result(result, &mut first_err, |e| {
-                        refusal(deferred, refused, ("move-to-default", contact_id, ""), e)
-                    })
-                    .is_none()
-                    {
-                        continue;
-                    }
-                    deferred.writes.push(DeferredWrite::Log {
-                        action: "move-to-default",
-                        source_id: None,
-                        contact_id: contact_id.to_string(),
-                        name: None,
-                        detail: None,
-                        fields: None,
-                        before: None,
-                        after: None,
-                    });
-                    applied.moved += 1;
-                }
-                if let Some(e) = first_err {
-                    return Err(e.into());
-                }
-            }
-            Op::DeleteGroup { name } => {
-                i += 1;
-                let g = group_ref()?;
-                match overlapped(store, deferred, backend.delete_group(user, &g)).await? {
-                    Ok(()) => log(Change {
-                        action: "delete-group",
-                        contact_id: Some(&g.id),
-                        name: Some(name),
-                        ..base.clone()
-                    })?,
-                    Err(BackendError::NotEmpty { what }) => {
-                        // Kept for what is not this job's (a contact added meanwhile, a file
-                        // that is not a card); never with a copy left in it: that one is read
-                        // and planned again.
-                        let mut copies = 0usize;
-                        backend
-                            .scan_group_tags(user, &g, &mut |c| {
-                                if c.card.as_ref().ok().and_then(card::tag_of).as_deref()
-                                    == Some(spec.tag.as_str())
-                                {
-                                    copies += 1;
-                                }
-                            })
-                            .await?;
-                        if copies > 0 {
-                            return Err(ApplyError::Backend(BackendError::Conflict {
-                                what: format!("{what}: {copies} copies are still in it"),
-                            }));
-                        }
-                        tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile, or something that is not a card is in it); it is kept");
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-    }
-    Ok((group, source.is_some().then_some((kept, forget))))
+/// One destination's plan being applied.
+pub(super) struct Applier<'a, 'c, B> {
+    pub(super) ctx: &'a DestCtx<'c, B>,
+    source: Option<&'a SourceSet>,
+    /// The group, once it exists.
+    group: Option<GroupRef>,
+    pub(super) rec: Recorder<'a>,
+    /// Whose changes these are (run, job, user), for the change log.
+    base: Change<'a>,
 }
 
 /// A copy to create, as the plan names it (`Op::Create`).
-pub(super) struct NewCopy<'a> {
-    pub(super) source_id: &'a str,
-    pub(super) name: &'a str,
-    pub(super) recreate: bool,
+struct NewCopy<'a> {
+    source_id: &'a str,
+    name: &'a str,
+    recreate: bool,
     /// The UID it gets when not its usual one (see `plan::free_uid`).
-    pub(super) uid: Option<String>,
-    pub(super) item: &'a plan::SourceItem,
+    uid: Option<String>,
+    item: &'a SourceItem,
+}
+
+/// The source contact a copy is made from (borrowed from the source set, not from the applier).
+fn item_of<'s>(
+    source: Option<&'s SourceSet>,
+    source_id: &str,
+) -> Result<&'s SourceItem, ApplyError> {
+    source
+        .and_then(|s| s.items.get(source_id))
+        .ok_or_else(|| ApplyError::Other(format!("source contact {source_id} is gone")))
 }
 
 /// How many times a create refused for its UID (a contact that has it, which the read did not
 /// see) is made again under another.
-pub(super) const UID_RETRIES: usize = 3;
+const UID_RETRIES: usize = 3;
 
-/// Creates copies in one batch call. One the provider refuses because its UID is taken (a
-/// contact of the user's carries it: a copy whose tag the user removed) is made again under
-/// another UID, `<uid>-1`, `<uid>-2`, … (the same on every run); one refused otherwise is noted
-/// (`refusal`) and the others stand.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn create_copies<B: Backend>(
-    backend: &B,
-    store: &Arc<Mutex<Store>>,
-    tag: &str,
-    user: &User,
-    g: &GroupRef,
-    mut items: Vec<NewCopy<'_>>,
-    deferred: &mut Deferred,
-    applied: &mut Counts,
-    refused: &mut Vec<String>,
-) -> Result<(), ApplyError> {
-    let mut pending: Vec<usize> = (0..items.len()).collect();
-    for attempt in 0..=UID_RETRIES {
-        // A copy under another UID is a card of its own; the others are the source's.
+impl<B: Backend> Applier<'_, '_, B> {
+    /// Applies the operations in order: consecutive operations of one kind go to the provider
+    /// in batches (one call per batch on a provider with batch endpoints).
+    async fn run(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        let batch = self.ctx.backend.batch_size().clamp(1, 200);
+        let mut i = 0;
+        while i < ops.len() {
+            // Deletes are taken in one run (read for the trash, then deleted, chunk by chunk).
+            let limit = match &ops[i] {
+                Op::CreateGroup { .. } | Op::DeleteGroup { .. } => 1,
+                Op::Delete(_) => usize::MAX,
+                _ => batch,
+            };
+            let kind = std::mem::discriminant(&ops[i]);
+            let n = ops[i..]
+                .iter()
+                .take(limit)
+                .take_while(|o| std::mem::discriminant(*o) == kind)
+                .count();
+            let run = &ops[i..i + n];
+            i += n;
+            match &run[0] {
+                Op::CreateGroup { name } => self.create_group(name).await?,
+                Op::Create { .. } => self.create(run).await?,
+                Op::Update(_) => self.update(run).await?,
+                Op::Delete(_) => delete_with_trash(self, run).await?,
+                Op::MoveToDefault { .. } => self.move_to_default(run).await?,
+                Op::DeleteGroup { name } => self.delete_group(name).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The group the contact operations go to; it exists once the plan's first operation ran.
+    pub(super) fn group(&self) -> Result<GroupRef, ApplyError> {
+        self.group.clone().ok_or_else(|| {
+            ApplyError::Other(format!(
+                "group {:?} of {} is missing",
+                self.ctx.target_group, self.ctx.user.name
+            ))
+        })
+    }
+
+    /// A provider call made while the records of the batch before it are written.
+    pub(super) async fn call<T>(
+        &mut self,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, ApplyError> {
+        overlapped(self.ctx.store, &mut self.rec.deferred, call).await
+    }
+
+    fn log_now(&self, action: &str, group: &GroupRef, name: &str) -> Result<(), ApplyError> {
+        let line = Change {
+            action,
+            contact_id: Some(&group.id),
+            name: Some(name),
+            ..self.base.clone()
+        };
+        Ok(lock(self.ctx.store).log_change(&line)?)
+    }
+
+    async fn create_group(&mut self, name: &str) -> Result<(), ApplyError> {
+        let (backend, user) = (self.ctx.backend, self.ctx.user);
+        let g = match backend.create_group(user, name).await {
+            Ok(g) => g,
+            Err(BackendError::AlreadyExists { .. }) => {
+                backend.find_group(user, name).await?.ok_or_else(|| {
+                    ApplyError::Other(format!("group {name:?} of {} vanished", user.name))
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.log_now("create-group", &g, name)?;
+        self.group = Some(g);
+        Ok(())
+    }
+
+    async fn create(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        let mut items = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Op::Create {
+                source_id,
+                name,
+                recreate,
+                uid,
+            } = op
+            {
+                items.push(NewCopy {
+                    source_id,
+                    name,
+                    recreate: *recreate,
+                    uid: uid.clone(),
+                    item: item_of(self.source, source_id)?,
+                });
+            }
+        }
+        self.create_copies(items).await
+    }
+
+    /// Creates copies in one batch call. One the provider refuses because its UID is taken (a
+    /// contact of the user's carries it: a copy whose tag the user removed) is made again under
+    /// another UID, `<uid>-1`, `<uid>-2`, … (the same on every run); one refused otherwise is
+    /// noted and the others stand.
+    async fn create_copies(&mut self, mut items: Vec<NewCopy<'_>>) -> Result<(), ApplyError> {
+        let g = self.group()?;
+        let mut pending: Vec<usize> = (0..items.len()).collect();
+        for attempt in 0..=UID_RETRIES {
+            let results = self.create_batch(&g, &items, &pending).await?;
+            let mut again = vec![];
+            let mut taken = vec![];
+            for (&k, result) in pending.iter().zip(results) {
+                match result {
+                    Err(BackendError::AlreadyExists { .. }) if attempt < UID_RETRIES => {
+                        again.push(k)
+                    }
+                    r => taken.push((k, r)),
+                }
+            }
+            let tag = &self.ctx.job.spec.tag;
+            for &k in &again {
+                let c = &mut items[k];
+                let planned = (c.uid.take()).unwrap_or_else(|| plan::copy_uid(tag, c.source_id));
+                c.uid = Some(format!("{planned}-{}", attempt + 1));
+            }
+            let taken = taken.into_iter().map(|(k, r)| (&items[k], r));
+            let who = |c: &&NewCopy<'_>| (String::new(), c.name.to_string());
+            self.rec.take("create", taken, who, |rec, c, w: Written| {
+                rec.copy(c.source_id, &w.id, &c.item.digest, &w.etag);
+                let action = if c.recreate { "recreate" } else { "create" };
+                let line = rec.log(action, Some(c.source_id), &w.id, Some(c.name));
+                let line = line.digests(None, Some(&c.item.digest));
+                if let Some(u) = &c.uid {
+                    line.detail(format!("uid {u}"));
+                }
+                rec.applied.created += 1;
+            })?;
+            if again.is_empty() {
+                break;
+            }
+            pending = again;
+        }
+        Ok(())
+    }
+
+    /// One create call for the copies `pending` names; a copy under another UID is a card of
+    /// its own, the others are the source's.
+    async fn create_batch(
+        &mut self,
+        g: &GroupRef,
+        items: &[NewCopy<'_>],
+        pending: &[usize],
+    ) -> Result<Vec<Result<Written, BackendError>>, ApplyError> {
         let renamed: Vec<Option<VCard>> = pending
             .iter()
             .map(|&k| {
@@ -386,49 +269,157 @@ pub(super) async fn create_copies<B: Backend>(
                 None => items[k].item.copy().map_err(ApplyError::Other),
             })
             .collect::<Result<_, ApplyError>>()?;
-        let results = overlapped(store, deferred, backend.create_contacts(user, g, &cards)).await?;
-        drop(cards);
-        let mut again = vec![];
-        let mut first_err = None;
-        for (&k, result) in pending.iter().zip(results) {
-            let c = &mut items[k];
-            let result = match result {
-                Err(BackendError::AlreadyExists { .. }) if attempt < UID_RETRIES => {
-                    let planned = c
-                        .uid
-                        .take()
-                        .unwrap_or_else(|| plan::copy_uid(tag, c.source_id));
-                    c.uid = Some(format!("{planned}-{}", attempt + 1));
-                    again.push(k);
-                    continue;
+        let (backend, user) = (self.ctx.backend, self.ctx.user);
+        self.call(backend.create_contacts(user, g, &cards)).await
+    }
+
+    async fn update(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        let g = self.group()?;
+        let mut items: Vec<(&UpdateOp, &SourceItem)> = Vec::with_capacity(ops.len());
+        for op in ops {
+            if let Op::Update(u) = op {
+                items.push((&**u, item_of(self.source, &u.source_id)?));
+            }
+        }
+        let copies = items
+            .iter()
+            .map(|(_, item)| item.copy())
+            .collect::<Result<Vec<_>, String>>()
+            .map_err(ApplyError::Other)?;
+        let calls: Vec<(&str, &str, &VCard)> = items
+            .iter()
+            .zip(copies)
+            .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), c))
+            .collect();
+        let (backend, user, fields) = (self.ctx.backend, self.ctx.user, &self.ctx.job.spec.fields);
+        let results = self
+            .call(backend.update_contacts(user, &g, &calls, fields))
+            .await?;
+        let who = |(u, _): &(&UpdateOp, &SourceItem)| (u.contact_id.clone(), u.name.clone());
+        let batch = items.into_iter().zip(results);
+        self.rec.take("update", batch, who, |rec, (u, item), etag| {
+            rec.copy(&u.source_id, &u.contact_id, &item.digest, &etag);
+            rec.log("update", Some(&u.source_id), &u.contact_id, Some(&u.name))
+                .fields(u.fields.join(","))
+                .digests(Some(&u.before), Some(&item.digest));
+            rec.applied.updated += 1;
+        })
+    }
+
+    async fn move_to_default(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
+        let g = self.group()?;
+        let items: Vec<(&str, &str)> = ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::MoveToDefault { contact_id, etag } => {
+                    Some((contact_id.as_str(), etag.as_str()))
                 }
-                r => r,
-            };
-            let Some(written) = sort_result(result, &mut first_err, |e| {
-                refusal(deferred, refused, ("create", "", c.name), e)
-            }) else {
-                continue;
-            };
-            deferred.copy(c.source_id, &written.id, &c.item.digest, &written.etag);
-            deferred.writes.push(DeferredWrite::Log {
-                action: if c.recreate { "recreate" } else { "create" },
-                source_id: Some(c.source_id.to_string()),
-                contact_id: written.id,
-                name: Some(c.name.to_string()),
-                detail: c.uid.as_ref().map(|u| format!("uid {u}")),
-                fields: None,
-                before: None,
-                after: Some(c.item.digest.clone()),
-            });
-            applied.created += 1;
+                _ => None,
+            })
+            .collect();
+        let (backend, user) = (self.ctx.backend, self.ctx.user);
+        let results = self
+            .call(backend.move_contacts_to_default(user, &g, &items))
+            .await?;
+        let who = |(id, _): &(&str, &str)| (id.to_string(), String::new());
+        let batch = items.iter().copied().zip(results);
+        self.rec
+            .take("move-to-default", batch, who, |rec, (id, _), ()| {
+                rec.log("move-to-default", None, id, None);
+                rec.applied.moved += 1;
+            })
+    }
+
+    /// Deletes the group, emptied. Kept for what is not this job's (a contact added meanwhile,
+    /// a file that is not a card); never with a copy left in it: that one is read and planned
+    /// again (a conflict).
+    async fn delete_group(&mut self, name: &str) -> Result<(), ApplyError> {
+        let g = self.group()?;
+        let (backend, user, spec) = (self.ctx.backend, self.ctx.user, &self.ctx.job.spec);
+        let what = match self.call(backend.delete_group(user, &g)).await? {
+            Ok(()) => return self.log_now("delete-group", &g, name),
+            Err(BackendError::NotEmpty { what }) => what,
+            Err(e) => return Err(e.into()),
+        };
+        let mut copies = 0usize;
+        backend
+            .scan_group_tags(user, &g, &mut |c| {
+                if c.card.as_ref().ok().and_then(card::tag_of).as_deref() == Some(&spec.tag) {
+                    copies += 1;
+                }
+            })
+            .await?;
+        if copies > 0 {
+            return Err(ApplyError::Backend(BackendError::Conflict {
+                what: format!("{what}: {copies} copies are still in it"),
+            }));
         }
-        if let Some(e) = first_err {
-            return Err(e.into());
+        tracing::warn!(job = %spec.name, dest = %user.name, "{what} is not empty after cleanup (a contact was added meanwhile, or something that is not a card is in it); it is kept");
+        Ok(())
+    }
+}
+
+/// Deletes a run of copies, trash first. Read for the trash in reads of 200 and deleted in the
+/// provider's batches: in chunks that fill both (their least common multiple, at most 1,000). A
+/// pipeline, every call still made after the one before: a chunk is read (each contact turned
+/// into its trash payload as it arrives) while the trash of the chunk before it is written on
+/// the blocking pool; then that chunk is deleted, and this one's trash started. A chunk's trash
+/// is written before any of its contacts is deleted, and only once the chunk before it is
+/// deleted: a chunk that cannot be read or is refused (a contact changed, or lost its tag) stops
+/// the run once the chunk trashed before it is deleted.
+pub(super) async fn delete_with_trash<B: Backend>(
+    a: &mut Applier<'_, '_, B>,
+    ops: &[Op],
+) -> Result<(), ApplyError> {
+    let ctx = a.ctx;
+    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
+    let g = a.group()?;
+    let delete_batch = backend.delete_batch_size().clamp(1, 1000);
+    let mut trashed: Option<Trashing> = None;
+    // One step more than there are chunks: the last deletes the last chunk's.
+    let chunks = ops.chunks(lcm(200, delete_batch).min(1000));
+    for chunk in chunks.map(Some).chain([None]) {
+        let read = match chunk {
+            Some(c) => Some(read_for_trash(backend, spec, user, &g, c).await),
+            None => None,
+        };
+        if let Some(t) = trashed.take() {
+            delete_trashed(a, &g, delete_batch, t).await?;
         }
-        if again.is_empty() {
-            break;
+        if let Some(read) = read {
+            trashed = Some(write_trash(ctx.store, ctx.run_id, spec, user, &g, read?));
         }
-        pending = again;
+    }
+    Ok(())
+}
+
+/// Once their trash is written, deletes the contacts in the provider's batches; each delete is
+/// logged (deferred, see `Deferred`).
+async fn delete_trashed<B: Backend>(
+    a: &mut Applier<'_, '_, B>,
+    g: &GroupRef,
+    delete_batch: usize,
+    trashing: Trashing,
+) -> Result<(), ApplyError> {
+    let doomed = trashing
+        .await
+        .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??;
+    let (backend, user) = (a.ctx.backend, a.ctx.user);
+    for chunk in doomed.chunks(delete_batch) {
+        let calls: Vec<(&str, &str)> = chunk
+            .iter()
+            .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
+            .collect();
+        let results = a.call(backend.delete_contacts(user, g, &calls)).await?;
+        let who = |d: &&Doomed| (d.contact_id.clone(), d.name.clone());
+        a.rec
+            .take("delete", chunk.iter().zip(results), who, |rec, d, ()| {
+                let source = d.source_id.as_deref();
+                rec.log("delete", source, &d.contact_id, Some(&d.name))
+                    .detail(d.reason.to_string())
+                    .digests(Some(&d.before), None);
+                rec.applied.deleted += 1;
+            })?;
     }
     Ok(())
 }

@@ -6,13 +6,16 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::shared::SourceDiff;
-use super::slot::Slot;
-use crate::backend::{Known, KnownCopies, User};
+use crate::backend::{Backend, BackendError, Delta, GroupRef, User};
 use crate::card;
 use crate::mutex::lock;
-use crate::plan::{DestEntry, DestKind, JobSpec, LedgerRow, LedgerView, Scope};
+use crate::plan::{self, DestEntry, DestKind, JobSpec, LedgerRow, LedgerView, Plan, Scope};
 use crate::store::Store;
+
+use super::DestReport;
+use super::finish::FinishOutcome;
+use super::probe::{LedgerProbe, Probe, ProbeState, Probing};
+use super::shared::{ActiveInputs, DestCtx, SourceDiff};
 
 /// What a change token's delta told of one destination, kept for the first attempt's snapshot
 /// (see `snapshot_from_changes`).
@@ -33,154 +36,182 @@ pub(super) struct ReadDelta {
     pub(super) scope: Option<Scope>,
 }
 
-/// A destination's ledger with a lookup by contact id (a delta names contacts, not sources).
-pub(super) struct LedgerByContact {
-    pub(super) view: LedgerView,
-    pub(super) order: Vec<u32>,
+/// What a change token's read found before the attempts: the delta, when it stands for the
+/// first attempt's read, and the group, when it was read alongside.
+#[derive(Default)]
+pub(super) struct Observed {
+    pub(super) delta: Option<ReadDelta>,
+    pub(super) group_read: Option<Result<Option<GroupRef>, BackendError>>,
 }
 
-impl LedgerByContact {
-    pub(super) fn new(view: LedgerView) -> Self {
-        let order = view.contact_order();
-        LedgerByContact { view, order }
-    }
-
-    pub(super) fn get(&self, contact_id: &str) -> Option<&LedgerRow> {
-        self.view.find_contact(&self.order, contact_id)
-    }
+/// What a delta handed over.
+#[derive(Default)]
+struct Changes {
+    /// Contacts in the group that changed since, summarised.
+    changed: Vec<DestEntry>,
+    /// Remembered copies deleted since, or no longer in the group.
+    gone: HashSet<String>,
+    /// UIDs of the changed contacts a fresh copy must not get.
+    taken_uids: Vec<String>,
 }
 
-/// How many contacts of a change token's delta are looked up in the ledger one at a time (an
-/// index lookup each) before the ledger's size is counted.
-pub(super) const POINT_LOOKUPS: usize = 64;
-
-/// What one index lookup of a copy costs, in rows of a whole ledger load (measured at 5,000
-/// copies on 5 million: about 7 µs against 0.8 µs a row). Past `POINT_LOOKUPS`, a delta is
-/// looked up one contact at a time while it names fewer than the ledger's size over this.
-pub(super) const LOOKUP_COST: usize = 8;
-
-/// What the ledger says of the contacts a change token's delta names, as the delta is read:
-/// a few are looked up one at a time, and for many the whole ledger is loaded (see
-/// `LedgerProbe`).
-pub(super) enum Probe {
-    /// The rows looked up so far, by contact id (`None`: no copy the ledger knows).
-    Points(HashMap<String, Option<LedgerRow>>),
-    /// The whole ledger (`None`: the state database failed).
-    Whole(Option<LedgerByContact>),
-}
-
-/// The engine's side of `Backend::read_changes` for one destination: the `Probe`, the ledger's
-/// size once counted, and how many lookups one at a time the delta's pages allow.
-pub(super) struct LedgerProbe<'a> {
-    pub(super) store: &'a Mutex<Store>,
-    pub(super) job: &'a str,
-    pub(super) user_id: &'a str,
-    pub(super) state: Mutex<ProbeState>,
-}
-
-pub(super) struct ProbeState {
-    pub(super) probe: Probe,
-    /// How many copies the ledger holds, once counted (or loaded).
-    pub(super) total: Option<usize>,
-    /// How many contacts may be looked up one at a time before the ledger is loaded whole.
-    pub(super) budget: usize,
-}
-
-impl<'a> LedgerProbe<'a> {
-    pub(super) fn new(store: &'a Mutex<Store>, job: &'a str, user_id: &'a str) -> Self {
-        LedgerProbe {
-            store,
-            job,
-            user_id,
-            state: Mutex::new(ProbeState {
-                probe: Probe::Points(HashMap::new()),
-                total: None,
-                budget: POINT_LOOKUPS,
-            }),
-        }
-    }
-
-    pub(super) fn into_inner(self) -> ProbeState {
-        self.state.into_inner().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Loads the whole ledger in place of the lookups.
-    pub(super) fn load_whole(&self, st: &mut ProbeState) {
-        let whole = lock(self.store)
-            .ledger(self.job, self.user_id)
-            .ok()
-            .map(LedgerByContact::new);
-        if let Some(l) = &whole {
-            st.total = Some(l.view.len());
-        }
-        st.probe = Probe::Whole(whole);
-    }
-}
-
-impl KnownCopies for LedgerProbe<'_> {
-    /// Past `POINT_LOOKUPS` contacts, counts the ledger once, and either allows the page's
-    /// lookups one at a time (when they cost less than a whole load) or loads it whole.
-    fn page(&self, n: usize) {
-        let mut st = crate::mutex::lock(&self.state);
-        let Probe::Points(found) = &st.probe else {
-            return;
-        };
-        let want = found.len() + n;
-        if want <= st.budget {
-            return;
-        }
-        let total = match st.total {
-            Some(t) => t,
-            None => match lock(self.store).copy_count(self.job, self.user_id) {
-                Ok(t) => {
-                    st.total = Some(t);
-                    t
+/// Reads what changed since the destination last converged (its saved change token and the
+/// group it was taken for). When nothing that concerns the group changed and the source is the
+/// same, that one call is the whole run: the destination is recorded up to date and `None`
+/// returned (the report is final). Otherwise what it read feeds the first attempt.
+pub(super) async fn read_delta<B: Backend>(
+    ctx: &DestCtx<'_, B>,
+    active: &ActiveInputs,
+    (token, group_id): (String, String),
+    report: &mut DestReport,
+) -> Option<Observed> {
+    let (spec, user) = (&ctx.job.spec, ctx.user);
+    // Looked up at the first change only: a destination where nothing changed never needs the
+    // ledger, and one where little changed needs a few rows of it.
+    let probe = LedgerProbe::new(ctx.reader, &spec.name, &user.id);
+    let mut observed = Observed::default();
+    let (read, changes) = read_changes(
+        ctx,
+        active,
+        &probe,
+        (&token, &group_id),
+        &mut observed.group_read,
+    )
+    .await;
+    let ProbeState { probe, total, .. } = probe.into_inner();
+    match read {
+        Ok(Delta::Read { token: next }) => {
+            if changes.changed.is_empty()
+                && changes.gone.is_empty()
+                && converged_under_token(ctx.reader, spec, user, &active.fingerprint)
+            {
+                let copies = total.unwrap_or_else(|| {
+                    lock(ctx.reader)
+                        .copy_count(&spec.name, &user.id)
+                        .unwrap_or(0)
+                });
+                report.plan = Some(Plan::up_to_date(user, copies));
+                if !ctx.opts.dry_run {
+                    let mut finish = ctx.finish(FinishOutcome::Record);
+                    finish.token = Some(Some((next, group_id)));
+                    finish.run(ctx.store, ctx.slot, report).await;
                 }
-                Err(_) => {
-                    st.probe = Probe::Whole(None);
-                    return;
-                }
-            },
-        };
-        if want <= (total / LOOKUP_COST).max(POINT_LOOKUPS) {
-            st.budget = want;
-        } else {
-            self.load_whole(&mut st);
-        }
-    }
-
-    /// Whether the contact `id` with `etag` is a copy as this job wrote it, changed since, or
-    /// not a copy the ledger knows.
-    fn known(&self, id: &str, etag: &str) -> Known {
-        let mut guard = crate::mutex::lock(&self.state);
-        let st = &mut *guard;
-        if let Probe::Points(found) = &mut st.probe
-            && !found.contains_key(id)
-        {
-            if found.len() < st.budget {
-                match lock(self.store).copy_by_contact(self.job, self.user_id, id) {
-                    Ok(row) => {
-                        found.insert(id.to_string(), row);
-                    }
-                    Err(_) => st.probe = Probe::Whole(None),
-                }
-            } else {
-                self.load_whole(st);
+                return None;
             }
+            observed.delta =
+                delta_for_attempt(ctx, active, (probe, total), changes, (next, group_id));
         }
-        let row = match &st.probe {
-            Probe::Points(found) => found.get(id).and_then(Option::as_ref),
-            Probe::Whole(Some(l)) => l.get(id),
-            // The state database failed: everything counts as changed (and the run below
-            // reports the failure).
-            Probe::Whole(None) => return Known::Changed,
-        };
-        match row {
-            None => Known::No,
-            Some(row) if !etag.is_empty() && row.etag() == etag => Known::AsWritten,
-            Some(_) => Known::Changed,
+        Ok(Delta::Expired) => {
+            tracing::info!(job = %spec.name, dest = %user.name, "change token expired; reading the whole group");
+        }
+        Err(e) => {
+            tracing::info!(job = %spec.name, dest = %user.name, "could not read changes ({e}); reading the whole group");
         }
     }
+    Some(observed)
+}
+
+/// Reads the delta. The first change it names means the group is read next: it is asked for
+/// then, while the rest of the delta is read (a read alongside a read), with a place at the
+/// provider taken again if the read stepped aside before its first change was found.
+async fn read_changes<B: Backend>(
+    ctx: &DestCtx<'_, B>,
+    active: &ActiveInputs,
+    probe: &LedgerProbe<'_>,
+    (token, group_id): (&str, &str),
+    group_read: &mut Option<Result<Option<GroupRef>, BackendError>>,
+) -> (Result<Delta, BackendError>, Changes) {
+    let (spec, user, slot) = (&ctx.job.spec, ctx.user, ctx.slot);
+    let mut changes = Changes::default();
+    let asked = AtomicBool::new(false);
+    let ask = tokio::sync::Notify::new();
+    let wanted = || {
+        if !asked.swap(true, Ordering::Relaxed) {
+            ask.notify_one();
+        }
+    };
+    let probing = Probing {
+        probe,
+        slot,
+        group_asked: &asked,
+    };
+    let read = {
+        let mut each = |c: crate::backend::Contact| {
+            wanted();
+            changes.taken_uids.extend(plan::taken_uid(spec, &c.card));
+            let source = Some(&active.source);
+            (changes.changed).push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
+        };
+        let mut each_gone = |id| {
+            wanted();
+            changes.gone.insert(id);
+        };
+        let mut reading = std::pin::pin!(ctx.backend.read_changes(
+            user,
+            token,
+            group_id,
+            &probing,
+            &mut each,
+            &mut each_gone,
+        ));
+        let mut lookup = std::pin::pin!(async {
+            ask.notified().await;
+            slot.take().await;
+            ctx.backend.find_group(user, ctx.target_group).await
+        });
+        let read = loop {
+            tokio::select! {
+                biased;
+                read = &mut reading => break read,
+                g = &mut lookup, if group_read.is_none() => *group_read = Some(g),
+            }
+        };
+        if group_read.is_none() && asked.load(Ordering::Relaxed) {
+            *group_read = Some(lookup.await);
+        }
+        read
+    };
+    (read, changes)
+}
+
+/// What the delta leaves the first attempt: the changes and the ledger as `known` loaded it, or
+/// the part of it the plan needs. `None` when the state database failed (`Whole(None)`): the
+/// whole group is read, which reports it.
+fn delta_for_attempt<B>(
+    ctx: &DestCtx<'_, B>,
+    active: &ActiveInputs,
+    (probe, total): (Probe, Option<usize>),
+    changes: Changes,
+    (token, group_id): (String, String),
+) -> Option<ReadDelta> {
+    let part = match (&probe, active.since.as_ref()) {
+        (Probe::Points(found), Some(since)) => delta_scope(
+            ctx.reader,
+            &ctx.job.spec,
+            ctx.user,
+            since,
+            &changes.changed,
+            found,
+            total,
+        ),
+        _ => None,
+    };
+    let (ledger, scope) = match (probe, part) {
+        (_, Some((part, scope))) => (Some(part), Some(scope)),
+        (Probe::Whole(Some(l)), None) => (Some(l.view), None),
+        // Loaded by the attempt.
+        (Probe::Points(_), None) => (None, None),
+        (Probe::Whole(None), None) => return None,
+    };
+    Some(ReadDelta {
+        token,
+        group_id,
+        changed: changes.changed,
+        gone: changes.gone,
+        taken_uids: changes.taken_uids,
+        ledger,
+        scope,
+    })
 }
 
 /// The part of a destination a change token's delta leaves to plan, when the destination
@@ -266,84 +297,4 @@ pub(super) fn converged_under_token(
 /// What a destination converged to: this run's source and the group's version.
 pub(super) fn destination_mark(source_fingerprint: &str, group_version: &str) -> String {
     card::hex_digest(format!("{source_fingerprint}|{group_version}").as_bytes())
-}
-
-/// A change-token read's view of the ledger (`LedgerProbe`) that also steps its destination
-/// aside at the provider once the read has made its last call (`KnownCopies::last_call`): the
-/// next destination's first call goes out while this one reads the last page. Not when the
-/// group is being read alongside (`group_asked`), which is a call of its own.
-pub(super) struct Probing<'a> {
-    pub(super) probe: &'a LedgerProbe<'a>,
-    pub(super) slot: &'a Slot,
-    pub(super) group_asked: &'a AtomicBool,
-}
-
-impl KnownCopies for Probing<'_> {
-    fn page(&self, n: usize) {
-        self.probe.page(n)
-    }
-
-    fn known(&self, id: &str, etag: &str) -> Known {
-        self.probe.known(id, etag)
-    }
-
-    fn last_call(&self) {
-        if !self.group_asked.load(Ordering::Relaxed) {
-            self.slot.step_aside();
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The probe answers a delta's contacts alike whichever way it reads the ledger (one at a
-    /// time, counted first, or whole), and reads it the way the page hints call for.
-    #[test]
-    fn a_probe_answers_alike_one_at_a_time_and_whole() {
-        let store = Mutex::new(Store::open_in_memory().unwrap());
-        for i in 0..1000 {
-            lock(&store)
-                .record_copy(
-                    "j",
-                    "u",
-                    &format!("s{i}"),
-                    &format!("c{i}"),
-                    "d",
-                    &format!("e{i}"),
-                )
-                .unwrap();
-        }
-        // (page hint, contacts asked about, whole at the end, counted)
-        let cases = [
-            (None, 10, false, false),
-            (Some(100), 100, false, true),
-            (Some(1000), 200, true, true),
-            (None, 100, true, true),
-        ];
-        for (hint, asked, whole, counted) in cases {
-            let probe = LedgerProbe::new(&store, "j", "u");
-            if let Some(n) = hint {
-                probe.page(n);
-            }
-            for k in 0..asked {
-                // A copy as written, one changed since, one deleted, and a contact no copy.
-                let (id, etag, want) = match k % 4 {
-                    0 => (format!("c{k}"), format!("e{k}"), Known::AsWritten),
-                    1 => (format!("c{k}"), "other".to_string(), Known::Changed),
-                    2 => (format!("c{k}"), String::new(), Known::Changed),
-                    _ => (format!("x{k}"), "e".to_string(), Known::No),
-                };
-                assert_eq!(probe.known(&id, &etag), want, "{hint:?} {asked}: {id}");
-            }
-            let st = probe.into_inner();
-            assert_eq!(
-                matches!(st.probe, Probe::Whole(Some(_))),
-                whole,
-                "{hint:?} {asked}"
-            );
-            assert_eq!(st.total, counted.then_some(1000), "{hint:?} {asked}");
-        }
-    }
 }

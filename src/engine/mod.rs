@@ -13,6 +13,7 @@ mod destination;
 mod error;
 mod finish;
 mod pool;
+mod probe;
 mod record;
 mod resolve;
 mod run;

@@ -9,8 +9,10 @@ use tracing::Instrument;
 use crate::backend::{Backend, User};
 
 use super::DestReport;
-use super::destination::{Mode, process_destination};
-use super::shared::{ActiveInputs, DestShared, STARTED_AHEAD, failed_dest, report_progress};
+use super::destination::process_destination;
+use super::shared::{
+    ActiveInputs, DestCtx, DestShared, Mode, STARTED_AHEAD, failed_dest, report_progress,
+};
 use super::slot::Slot;
 
 /// Runs `process_destination` for each (user, target group), each as its own task, at most
@@ -62,27 +64,22 @@ pub(super) async fn run_destinations<B: Backend + 'static>(
             let inputs = inputs.cloned();
             let task = async move {
                 let mode = match &inputs {
-                    Some(a) => Mode::Active {
-                        source: &a.source,
-                        previous: &a.previous,
-                        since: a.since.as_ref(),
-                        stopped: &a.stopped,
-                        fingerprint: &a.fingerprint,
-                    },
+                    Some(a) => Mode::Active(a),
                     None => Mode::Removal,
                 };
-                process_destination(
-                    &*backend,
-                    (&store, &reader),
-                    &job,
-                    &opts,
-                    &user,
-                    &target_group,
+                let ctx = DestCtx {
+                    backend: &*backend,
+                    store: &store,
+                    reader: &reader,
+                    job: &job,
+                    opts: &opts,
+                    user: &user,
+                    target_group: &target_group,
                     run_id,
                     mode,
-                    &slot,
-                )
-                .await
+                    slot: &slot,
+                };
+                process_destination(&ctx).await
             };
             let handle = tasks.spawn(task.instrument(span));
             running.insert(handle.id(), (i, name));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::finish::{Deferred, DeferredWrite};
 use crate::backend::BackendError;
-use crate::store::{Store, StoreError};
+use crate::store::{Counts, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ApplyError {
@@ -59,51 +59,128 @@ pub(super) fn refused_summary(refused: &[String]) -> String {
     }
 }
 
-/// Sorts one result of a batch: `Some` on success. A refusal of this one contact (see
-/// `BackendError::is_contact_level`) goes to `refuse`, and the batch's other items stand; the
-/// first other failure is kept in `first_err`, for the caller to return once every result is
-/// taken.
-pub(super) fn sort_result<T>(
-    result: Result<T, BackendError>,
-    first_err: &mut Option<BackendError>,
-    refuse: impl FnOnce(BackendError),
-) -> Option<T> {
-    match result {
-        Ok(t) => Some(t),
-        Err(e) if e.is_contact_level() => {
-            refuse(e);
-            None
+/// Where a destination's results are recorded while its plan is applied: the ledger rows and
+/// log lines to write (while the next call is in flight), the counts, and the contacts the
+/// provider refused.
+pub(super) struct Recorder<'a> {
+    pub(super) deferred: Deferred,
+    pub(super) applied: &'a mut Counts,
+    pub(super) refused: &'a mut Vec<String>,
+}
+
+impl Recorder<'_> {
+    /// Takes one batch's results, in the order of `items`: each success goes to `done`, which
+    /// records it; a refusal of that one contact (`BackendError::is_contact_level`) is noted,
+    /// the contact named by `who` (its id, its name; asked only then), and the batch's other items
+    /// stand; the
+    /// first other failure is returned once every result is taken.
+    pub(super) fn take<I, T>(
+        &mut self,
+        action: &str,
+        batch: impl IntoIterator<Item = (I, Result<T, BackendError>)>,
+        who: impl Fn(&I) -> (String, String),
+        mut done: impl FnMut(&mut Recorder<'_>, I, T),
+    ) -> Result<(), ApplyError> {
+        let mut first_err = None;
+        for (item, result) in batch {
+            match result {
+                Ok(t) => done(self, item, t),
+                Err(e) if e.is_contact_level() => {
+                    let (id, name) = who(&item);
+                    self.refuse(action, &id, &name, e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
         }
-        Err(e) => {
-            first_err.get_or_insert(e);
-            None
+        first_err.map_or(Ok(()), |e| Err(e.into()))
+    }
+
+    /// Notes a contact the provider refused: in the destination's report, and in the change
+    /// log (`refused`, with the reason). The destination's other changes are made; it is
+    /// reported as failed, and the contact is tried again at the next run.
+    pub(super) fn refuse(&mut self, action: &str, contact_id: &str, name: &str, e: BackendError) {
+        let who = match (name.is_empty(), contact_id.is_empty()) {
+            (false, _) => name,
+            (true, false) => contact_id,
+            (true, true) => "a contact",
+        };
+        self.refused.push(format!("{action} {who}: {e}"));
+        self.log(
+            "refused",
+            None,
+            contact_id,
+            Some(name).filter(|n| !n.is_empty()),
+        )
+        .detail(format!("{action}: {e}"));
+    }
+
+    /// Records a copy written (its ledger row).
+    pub(super) fn copy(&mut self, source_id: &str, contact_id: &str, digest: &str, etag: &str) {
+        self.deferred.copy(source_id, contact_id, digest, etag);
+    }
+
+    /// A change-log line, to be filled (see `LogLine`).
+    pub(super) fn log(
+        &mut self,
+        action: &'static str,
+        source_id: Option<&str>,
+        contact_id: &str,
+        name: Option<&str>,
+    ) -> LogLine<'_> {
+        self.deferred.writes.push(DeferredWrite::Log {
+            action,
+            source_id: source_id.map(str::to_string),
+            contact_id: contact_id.to_string(),
+            name: name.map(str::to_string),
+            detail: None,
+            fields: None,
+            before: None,
+            after: None,
+        });
+        let Some(DeferredWrite::Log {
+            detail,
+            fields,
+            before,
+            after,
+            ..
+        }) = self.deferred.writes.last_mut()
+        else {
+            unreachable!("a log line was just pushed")
+        };
+        LogLine {
+            detail,
+            fields,
+            before,
+            after,
         }
     }
 }
 
-/// Notes a contact the provider refused: in the destination's report, and in the change log
-/// (`refused`, with the reason). The destination's other changes are made; it is reported as
-/// failed, and the contact is tried again at the next run.
-pub(super) fn refusal(
-    deferred: &mut Deferred,
-    refused: &mut Vec<String>,
-    (action, contact_id, name): (&str, &str, &str),
-    e: BackendError,
-) {
-    let who = match (name.is_empty(), contact_id.is_empty()) {
-        (false, _) => name.to_string(),
-        (true, false) => contact_id.to_string(),
-        (true, true) => "a contact".to_string(),
-    };
-    refused.push(format!("{action} {who}: {e}"));
-    deferred.writes.push(DeferredWrite::Log {
-        action: "refused",
-        source_id: None,
-        contact_id: contact_id.to_string(),
-        name: (!name.is_empty()).then(|| name.to_string()),
-        detail: Some(format!("{action}: {e}")),
-        fields: None,
-        before: None,
-        after: None,
-    });
+/// The optional parts of a change-log line just recorded.
+pub(super) struct LogLine<'a> {
+    detail: &'a mut Option<String>,
+    fields: &'a mut Option<String>,
+    before: &'a mut Option<String>,
+    after: &'a mut Option<String>,
+}
+
+impl LogLine<'_> {
+    pub(super) fn detail(self, d: String) -> Self {
+        *self.detail = Some(d);
+        self
+    }
+
+    pub(super) fn fields(self, f: String) -> Self {
+        *self.fields = Some(f);
+        self
+    }
+
+    /// The digests of the managed content before and after the change.
+    pub(super) fn digests(self, before: Option<&str>, after: Option<&str>) -> Self {
+        *self.before = before.map(str::to_string);
+        *self.after = after.map(str::to_string);
+        self
+    }
 }

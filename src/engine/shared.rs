@@ -6,10 +6,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
+use crate::backend::User;
 use crate::mutex::lock;
 use crate::plan::SourceSet;
 use crate::store::{Counts, Store};
 
+use super::finish::{Finish, FinishOutcome};
+use super::slot::Slot;
 use super::{DestReport, JobRun, RunOptions};
 
 /// Destination tasks started ahead of their place at the provider, per place: each gets ready
@@ -130,4 +133,45 @@ pub(super) struct JobCtx<'a, B> {
     pub(super) store: &'a Arc<Mutex<Store>>,
     pub(super) job: &'a JobRun,
     pub(super) opts: &'a RunOptions,
+}
+
+/// Which kind of work a destination gets in this run.
+pub(super) enum Mode<'a> {
+    /// In the job: bring its copies in line with the source.
+    Active(&'a ActiveInputs),
+    /// Dropped from the job: remove the copies and the group, keep the user's own contacts.
+    Removal,
+}
+
+/// Everything one destination's pass works with.
+pub(super) struct DestCtx<'a, B> {
+    pub(super) backend: &'a B,
+    pub(super) store: &'a Arc<Mutex<Store>>,
+    /// A read-only connection for state this destination has not written in this run.
+    pub(super) reader: &'a Mutex<Store>,
+    pub(super) job: &'a JobRun,
+    pub(super) opts: &'a RunOptions,
+    pub(super) user: &'a User,
+    pub(super) target_group: &'a str,
+    pub(super) run_id: i64,
+    pub(super) mode: Mode<'a>,
+    pub(super) slot: &'a Slot,
+}
+
+impl<B> DestCtx<'_, B> {
+    pub(super) fn active(&self) -> Option<&ActiveInputs> {
+        match self.mode {
+            Mode::Active(a) => Some(a),
+            Mode::Removal => None,
+        }
+    }
+
+    pub(super) fn job_name(&self) -> &str {
+        &self.job.spec.name
+    }
+
+    /// A finish record of this destination, with this outcome.
+    pub(super) fn finish(&self, outcome: FinishOutcome) -> Finish {
+        Finish::new(self.job_name(), self.user, self.run_id, outcome)
+    }
 }

@@ -4,29 +4,24 @@
 use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
-use super::shared::PreviousSource;
-use crate::backend::{Backend, BackendError, GroupRef, User};
+use super::shared::{ActiveInputs, DestCtx};
+use crate::backend::{Backend, BackendError, GroupRef};
 use crate::plan;
-use crate::plan::{
-    DestEntry, DestKind, DestSnapshot, JobSpec, LedgerRow, LedgerView, Scope, SourceSet,
-};
+use crate::plan::{DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scope, SourceSet};
 
 /// Reads the destination group and summarises it for the planner, with the provider's change
 /// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written
 /// from the source's current content, and that still has the etag of that write, is summarised
 /// from the ledger without being read whole (see `Backend::scan_group_known`).
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn snapshot<B: Backend>(
-    backend: &B,
-    spec: &JobSpec,
-    user: &User,
+    ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
-    group_name: &str,
-    default_group: &str,
     source: Option<&SourceSet>,
     ledger: Option<&LedgerView>,
-    expected: usize,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
+    // How many contacts to expect: the copies remembered.
+    let expected = ledger.map_or(0, LedgerView::len);
     // contact id → the ledger's row for the copy (source id, digest, etag of our write)
     let mut written: HashMap<&str, &LedgerRow> = HashMap::new();
     if let (Some(source), Some(ledger)) = (source, ledger) {
@@ -83,30 +78,20 @@ pub(super) async fn snapshot<B: Backend>(
             },
         });
     }
-    Ok((
-        snapshot_of(
-            user,
-            group,
-            group_name == default_group,
-            (entries, taken),
-            None,
-        ),
-        token,
-    ))
+    Ok((snapshot_of(ctx, group, (entries, taken), None), token))
 }
 
 /// A destination's snapshot as read in this run (see `DestSnapshot`).
-pub(super) fn snapshot_of(
-    user: &User,
+pub(super) fn snapshot_of<B>(
+    ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
-    group_is_default: bool,
     (entries, taken_uids): (Vec<DestEntry>, Vec<String>),
     scope: Option<Scope>,
 ) -> DestSnapshot {
     DestSnapshot {
-        user: user.clone(),
+        user: ctx.user.clone(),
         group,
-        group_is_default,
+        group_is_default: ctx.target_group == ctx.opts.default_group,
         entries,
         scope,
         taken_uids,
@@ -117,14 +102,12 @@ pub(super) fn snapshot_of(
 /// (a dry run, whose plan names what it would delete): a real removal reads what it deletes
 /// whole for the trash, and names it from that (see `apply_ops`).
 pub(super) async fn removal_snapshot<B: Backend>(
-    backend: &B,
-    spec: &JobSpec,
-    user: &User,
+    ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
-    (group_name, default_group): (&str, &str),
     expected: usize,
     whole: bool,
 ) -> Result<(DestSnapshot, Option<String>), BackendError> {
+    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let mut entries = Vec::with_capacity(expected);
     if let Some(g) = &group {
         if whole {
@@ -141,16 +124,7 @@ pub(super) async fn removal_snapshot<B: Backend>(
                 .await?;
         }
     }
-    Ok((
-        snapshot_of(
-            user,
-            group,
-            group_name == default_group,
-            (entries, vec![]),
-            None,
-        ),
-        None,
-    ))
+    Ok((snapshot_of(ctx, group, (entries, vec![]), None), None))
 }
 
 /// Summarises a destination from its ledger and what changed since its change token, without
@@ -164,18 +138,15 @@ pub(super) async fn removal_snapshot<B: Backend>(
 /// read by id. `None` when that would take more calls than reading the group whole. The user's
 /// own contacts in the group that did not change are not read, so `untouched` counts only
 /// those that did.
-#[allow(clippy::too_many_arguments)]
 pub(super) async fn snapshot_from_changes<B: Backend>(
-    backend: &B,
-    spec: &JobSpec,
-    user: &User,
+    ctx: &DestCtx<'_, B>,
     group: &GroupRef,
-    group_name: &str,
-    default_group: &str,
-    (source, previous): (&SourceSet, &HashMap<String, PreviousSource>),
+    active: &ActiveInputs,
     ledger: &LedgerView,
     delta: ReadDelta,
 ) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
+    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
+    let (source, previous) = (&active.source, &active.previous);
     let ReadDelta {
         token,
         changed,
@@ -255,13 +226,7 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
     }
     entries.extend(changed);
     Ok(Some((
-        snapshot_of(
-            user,
-            Some(group.clone()),
-            group_name == default_group,
-            (entries, taken_uids),
-            scope,
-        ),
+        snapshot_of(ctx, Some(group.clone()), (entries, taken_uids), scope),
         Some(token),
     )))
 }

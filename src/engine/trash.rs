@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::finish::{Deferred, DeferredWrite};
-use super::record::{ApplyError, overlapped, refusal, sort_result};
+use super::record::ApplyError;
 use crate::backend::{Backend, BackendError, GroupRef, User};
 use crate::card;
 use crate::mutex::lock;
 use crate::plan::{DeleteOp, JobSpec, Op};
-use crate::store::{Counts, Store, StoreError, TrashEntry};
+use crate::store::{Store, StoreError, TrashEntry};
 
 /// A copy about to be deleted, as the trash and the change log keep it.
 pub(super) struct Doomed {
@@ -150,54 +149,4 @@ pub(super) fn write_trash(
             doomed
         })
     })
-}
-
-/// Once their trash is written, deletes the contacts in the provider's batches; each delete is
-/// logged (deferred, see `Deferred`).
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn delete_trashed<B: Backend>(
-    backend: &B,
-    store: &Arc<Mutex<Store>>,
-    user: &User,
-    g: &GroupRef,
-    delete_batch: usize,
-    trashing: Trashing,
-    deferred: &mut Deferred,
-    (applied, refused): (&mut Counts, &mut Vec<String>),
-) -> Result<(), ApplyError> {
-    let doomed = trashing
-        .await
-        .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??;
-    for chunk in doomed.chunks(delete_batch) {
-        let calls: Vec<(&str, &str)> = chunk
-            .iter()
-            .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
-            .collect();
-        let results = overlapped(store, deferred, backend.delete_contacts(user, g, &calls)).await?;
-        let mut first_err = None;
-        for (d, result) in chunk.iter().zip(results) {
-            if sort_result(result, &mut first_err, |e| {
-                refusal(deferred, refused, ("delete", &d.contact_id, &d.name), e)
-            })
-            .is_none()
-            {
-                continue;
-            }
-            deferred.writes.push(DeferredWrite::Log {
-                action: "delete",
-                source_id: d.source_id.clone(),
-                contact_id: d.contact_id.clone(),
-                name: Some(d.name.clone()),
-                detail: Some(d.reason.to_string()),
-                fields: None,
-                before: Some(d.before.clone()),
-                after: None,
-            });
-            applied.deleted += 1;
-        }
-        if let Some(e) = first_err {
-            return Err(e.into());
-        }
-    }
-    Ok(())
 }
