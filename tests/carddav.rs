@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use groupsync::backend::carddav::{CarddavBackend, CarddavConfig, Credentials};
-use groupsync::backend::{Backend, BackendError, GroupRef, User};
+use groupsync::backend::{Backend, BackendError, BackendExt, GroupRef, User};
 use groupsync::card;
 
 const TAG: &str = "gSync5550001";
@@ -477,8 +477,7 @@ fn stale_etags_are_conflicts_not_overwrites(kind: Kind) {
     let update = rt.block_on(b.update_contact(
         &user,
         &group,
-        &id,
-        &etag,
+        (&id, &etag),
         &c,
         &groupsync::card::FieldSelection::All,
     ));

@@ -9,8 +9,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::counting::CallCounts;
 use super::{
-    Backend, BackendError, Contact, Delta, GroupRef, Known, KnownCopies, Result, User, Written,
+    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, Known, KnownCopies,
+    Read, Result, User, Written, no_directory,
 };
 use crate::card::{self, FieldSelection};
 
@@ -351,13 +353,220 @@ impl MemoryBackend {
     }
 }
 
+/// The single-contact writes the batch writes are made of (see `one_by_one_writes`), and a
+/// group read whole.
+impl MemoryBackend {
+    /// Every contact of a group, after the configured latency.
+    async fn scan(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> Result<()> {
+        self.check_read()?;
+        let latency = *self.latency.lock().unwrap();
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+        let contacts: Vec<Contact> = self.with_group(user, group, |g| {
+            Ok(g.contacts
+                .iter()
+                .map(|(id, (etag, card))| Contact {
+                    id: id.clone(),
+                    etag: etag.clone(),
+                    card: Ok(card.clone()),
+                })
+                .collect())
+        })?;
+        contacts.into_iter().for_each(sink);
+        Ok(())
+    }
+
+    async fn create_one(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
+        self.check_write()?;
+        self.check_refused(card)?;
+        let id = self.fresh("c");
+        let etag = self.fresh("e");
+        let stored = self.stored_form(card.clone());
+        self.with_group(user, group, |g| {
+            // As a CardDAV server (RFC 6352 no-uid-conflict): one UID per address book.
+            if let Some(uid) = card.uid()
+                && g.contacts.values().any(|(_, c)| c.uid() == Some(uid))
+            {
+                return Err(BackendError::AlreadyExists {
+                    what: format!("a contact with UID {uid}"),
+                });
+            }
+            g.contacts.insert(id.clone(), (etag.clone(), stored));
+            Ok(Written { id, etag })
+        })
+    }
+
+    async fn update_one(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<String> {
+        self.check_write()?;
+        self.check_refused(card)?;
+        let new_etag = self.fresh("e");
+        self.with_group(user, group, |g| {
+            let slot = g
+                .contacts
+                .get_mut(id)
+                .ok_or_else(|| BackendError::NotFound {
+                    what: format!("contact {id}"),
+                })?;
+            if slot.0 != etag {
+                return Err(BackendError::Conflict {
+                    what: format!("contact {id}"),
+                });
+            }
+            let merged = self.stored_form(card::merge_copy(&slot.1, card, fields));
+            *slot = (new_etag.clone(), merged);
+            Ok(new_etag)
+        })
+    }
+
+    async fn delete_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        self.check_write()?;
+        self.with_group(user, group, |g| {
+            match g.contacts.get(id) {
+                None => return Ok(()),
+                Some((e, _)) if e != etag => {
+                    return Err(BackendError::Conflict {
+                        what: format!("contact {id}"),
+                    });
+                }
+                _ => {}
+            }
+            g.contacts.remove(id);
+            Ok(())
+        })?;
+        self.tombstone(&user.id, id);
+        Ok(())
+    }
+
+    async fn move_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        self.check_write()?;
+        let mut users = self.users.lock().unwrap();
+        let u = users
+            .get_mut(&user.id)
+            .ok_or_else(|| BackendError::NotFound {
+                what: format!("user {}", user.name),
+            })?;
+        let default_id = match u.groups.iter().find(|(_, g)| g.name == DEFAULT_GROUP) {
+            Some((id, _)) => id.clone(),
+            None => {
+                let gid = self.fresh("g");
+                u.groups.insert(
+                    gid.clone(),
+                    MemGroup {
+                        name: DEFAULT_GROUP.into(),
+                        ..Default::default()
+                    },
+                );
+                gid
+            }
+        };
+        if default_id == group.id {
+            return Ok(());
+        }
+        let Some(entry) = u.groups.get_mut(&group.id).and_then(|g| {
+            let (current, _) = g.contacts.get(id)?;
+            if current != etag {
+                return Some(Err(BackendError::Conflict {
+                    what: format!("contact {id}"),
+                }));
+            }
+            g.contacts.remove(id).map(Ok)
+        }) else {
+            return Err(BackendError::NotFound {
+                what: format!("contact {id}"),
+            });
+        };
+        let entry = entry?;
+        u.groups
+            .get_mut(&default_id)
+            .unwrap()
+            .contacts
+            .insert(id.to_string(), entry);
+        Ok(())
+    }
+}
+
 impl Backend for MemoryBackend {
     fn kind(&self) -> &'static str {
         "memory"
     }
 
-    fn batch_size(&self) -> usize {
-        self.batch.load(Ordering::Relaxed).max(1)
+    fn capabilities(&self) -> Capabilities {
+        let batch = self.batch.load(Ordering::Relaxed).max(1);
+        let tokens = self.tokens_on.load(Ordering::Relaxed);
+        Capabilities {
+            group_versions: true,
+            change_tokens: tokens,
+            // As if each contact took a call of its own: the engine then reads only what
+            // changed whenever it can, so the tests exercise that path.
+            page_size: 1,
+            batch_size: batch,
+            delete_batch_size: batch,
+            read_before_update: &[],
+        }
+    }
+
+    fn call_counts(&self) -> Option<CallCounts> {
+        None
+    }
+
+    async fn prepare_users(&self, _names: &[String]) {}
+
+    async fn prepare_access(&self, _user: &User) {}
+
+    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
+        Err(no_directory(self.kind(), set))
+    }
+
+    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
+        vec![]
+    }
+
+    async fn check_access(&self, _user: &User) -> Result<()> {
+        Ok(())
+    }
+
+    fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// With change tokens, known copies are handed by id and etag (the memory store sees
+    /// etags first, as Google's listing does).
+    async fn read_group(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        self.check_read()?;
+        let tokens = self.tokens_on.load(Ordering::Relaxed);
+        let token = (tokens && how.token).then(|| self.take_token(&user.id));
+        let known = how.known.filter(|_| tokens);
+        if let Some(g) = group {
+            self.scan(user, g, &mut |c: Contact| match known {
+                Some(k) if k(&c.id, &c.etag) => sink(Read::Known {
+                    id: c.id,
+                    etag: c.etag,
+                }),
+                _ => sink(Read::Contact(c)),
+            })
+            .await?;
+        }
+        Ok(token)
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -384,7 +593,7 @@ impl Backend for MemoryBackend {
             .map(|(id, g)| GroupRef {
                 id: id.clone(),
                 name: g.name.clone(),
-                version: (!self.change_tokens()).then(|| g.version()),
+                version: (!self.tokens_on.load(Ordering::Relaxed)).then(|| g.version()),
             }))
     }
 
@@ -434,67 +643,6 @@ impl Backend for MemoryBackend {
                 Ok(())
             }
         }
-    }
-
-    async fn scan_group(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.check_read()?;
-        let latency = *self.latency.lock().unwrap();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let contacts: Vec<Contact> = self.with_group(user, group, |g| {
-            Ok(g.contacts
-                .iter()
-                .map(|(id, (etag, card))| Contact {
-                    id: id.clone(),
-                    etag: etag.clone(),
-                    card: Ok(card.clone()),
-                })
-                .collect())
-        })?;
-        contacts.into_iter().for_each(sink);
-        Ok(())
-    }
-
-    fn change_tokens(&self) -> bool {
-        self.tokens_on.load(Ordering::Relaxed)
-    }
-
-    async fn scan_group_with_token(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<Option<String>> {
-        self.check_read()?;
-        let token = self.change_tokens().then(|| self.take_token(&user.id));
-        if let Some(g) = group {
-            self.scan_group(user, g, sink).await?;
-        }
-        Ok(token)
-    }
-
-    async fn scan_group_known(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
-        sink: &mut (dyn FnMut(Contact) + Send),
-        known_sink: &mut (dyn FnMut(String, String) + Send),
-    ) -> Result<Option<String>> {
-        self.scan_group_with_token(user, group, &mut |c: Contact| {
-            if known(&c.id, &c.etag) {
-                known_sink(c.id, c.etag)
-            } else {
-                sink(c)
-            }
-        })
-        .await
     }
 
     async fn read_changes(
@@ -555,12 +703,6 @@ impl Backend for MemoryBackend {
         Ok(Delta::Read { token: next })
     }
 
-    fn page_size(&self) -> usize {
-        // As if each contact took a call of its own: the engine then reads only what changed
-        // whenever it can, so the tests exercise that path.
-        1
-    }
-
     async fn fetch_contacts(
         &self,
         user: &User,
@@ -583,131 +725,5 @@ impl Backend for MemoryBackend {
         })
     }
 
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
-        self.check_write()?;
-        self.check_refused(card)?;
-        let id = self.fresh("c");
-        let etag = self.fresh("e");
-        let stored = self.stored_form(card.clone());
-        self.with_group(user, group, |g| {
-            // As a CardDAV server (RFC 6352 no-uid-conflict): one UID per address book.
-            if let Some(uid) = card.uid()
-                && g.contacts.values().any(|(_, c)| c.uid() == Some(uid))
-            {
-                return Err(BackendError::AlreadyExists {
-                    what: format!("a contact with UID {uid}"),
-                });
-            }
-            g.contacts.insert(id.clone(), (etag.clone(), stored));
-            Ok(Written { id, etag })
-        })
-    }
-
-    async fn update_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> Result<String> {
-        self.check_write()?;
-        self.check_refused(card)?;
-        let new_etag = self.fresh("e");
-        self.with_group(user, group, |g| {
-            let slot = g
-                .contacts
-                .get_mut(id)
-                .ok_or_else(|| BackendError::NotFound {
-                    what: format!("contact {id}"),
-                })?;
-            if slot.0 != etag {
-                return Err(BackendError::Conflict {
-                    what: format!("contact {id}"),
-                });
-            }
-            let merged = self.stored_form(card::merge_copy(&slot.1, card, fields));
-            *slot = (new_etag.clone(), merged);
-            Ok(new_etag)
-        })
-    }
-
-    async fn delete_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        self.check_write()?;
-        self.with_group(user, group, |g| {
-            match g.contacts.get(id) {
-                None => return Ok(()),
-                Some((e, _)) if e != etag => {
-                    return Err(BackendError::Conflict {
-                        what: format!("contact {id}"),
-                    });
-                }
-                _ => {}
-            }
-            g.contacts.remove(id);
-            Ok(())
-        })?;
-        self.tombstone(&user.id, id);
-        Ok(())
-    }
-
-    async fn move_to_default(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        self.check_write()?;
-        let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
-        let default_id = match u.groups.iter().find(|(_, g)| g.name == DEFAULT_GROUP) {
-            Some((id, _)) => id.clone(),
-            None => {
-                let gid = self.fresh("g");
-                u.groups.insert(
-                    gid.clone(),
-                    MemGroup {
-                        name: DEFAULT_GROUP.into(),
-                        ..Default::default()
-                    },
-                );
-                gid
-            }
-        };
-        if default_id == group.id {
-            return Ok(());
-        }
-        let Some(entry) = u.groups.get_mut(&group.id).and_then(|g| {
-            let (current, _) = g.contacts.get(id)?;
-            if current != etag {
-                return Some(Err(BackendError::Conflict {
-                    what: format!("contact {id}"),
-                }));
-            }
-            g.contacts.remove(id).map(Ok)
-        }) else {
-            return Err(BackendError::NotFound {
-                what: format!("contact {id}"),
-            });
-        };
-        let entry = entry?;
-        u.groups
-            .get_mut(&default_id)
-            .unwrap()
-            .contacts
-            .insert(id.to_string(), entry);
-        Ok(())
-    }
+    one_by_one_writes!();
 }

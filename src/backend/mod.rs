@@ -5,6 +5,55 @@
 //! Every write is conditional on the etag the engine saw when it read the contact, so a contact
 //! that changed under the engine is never overwritten blindly (`BackendError::Conflict`).
 
+/// The batch writes of a provider without batch endpoints: each contact by the provider's own
+/// single-contact write (`create_one`, `update_one`, `delete_one`, `move_one`, inherent
+/// methods), in order, stopping as `one_by_one` does. Used inside `impl Backend for …`.
+macro_rules! one_by_one_writes {
+    () => {
+        async fn create_contacts(
+            &self,
+            user: &User,
+            group: &GroupRef,
+            cards: &[&VCard],
+        ) -> Vec<Result<Written>> {
+            $crate::backend::one_by_one(cards, |card| self.create_one(user, group, card)).await
+        }
+
+        async fn update_contacts(
+            &self,
+            user: &User,
+            group: &GroupRef,
+            items: &[(&str, &str, &VCard)],
+            fields: &FieldSelection,
+        ) -> Vec<Result<String>> {
+            $crate::backend::one_by_one(items, |&(id, etag, card)| {
+                self.update_one(user, group, id, etag, card, fields)
+            })
+            .await
+        }
+
+        async fn delete_contacts(
+            &self,
+            user: &User,
+            group: &GroupRef,
+            items: &[(&str, &str)],
+        ) -> Vec<Result<()>> {
+            $crate::backend::one_by_one(items, |&(id, etag)| self.delete_one(user, group, id, etag))
+                .await
+        }
+
+        async fn move_contacts_to_default(
+            &self,
+            user: &User,
+            group: &GroupRef,
+            items: &[(&str, &str)],
+        ) -> Vec<Result<()>> {
+            $crate::backend::one_by_one(items, |&(id, etag)| self.move_one(user, group, id, etag))
+                .await
+        }
+    };
+}
+
 pub mod carddav;
 pub mod counting;
 pub mod google;
@@ -166,67 +215,137 @@ pub enum Delta {
     Expired,
 }
 
+/// What a provider can do, in one value: the engine asks for it instead of probing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// `GroupRef::version` changes with every change in a group (CardDAV getctag): a group
+    /// whose version did not change since a destination converged is not read again.
+    pub group_versions: bool,
+    /// The provider hands out change tokens (Google sync tokens): `read_group` takes one, and
+    /// `read_changes` reads only what changed since.
+    pub change_tokens: bool,
+    /// How many contacts one call of a group read answers (Google: 1,000 a page); the engine
+    /// compares it with `batch_size` to choose between reading a few contacts by id and reading
+    /// the group whole.
+    pub page_size: usize,
+    /// How many contacts one batch call takes (1: no batch endpoint); the engine hands the
+    /// batch methods at most this many at a time.
+    pub batch_size: usize,
+    /// How many contacts one batch delete takes (Google: 500, more than its other batches).
+    pub delete_batch_size: usize,
+    /// Card properties whose state on a copy only a read tells (Google: the photo): a copy
+    /// carrying one is read before it is updated; others may be updated from what the engine
+    /// remembers (see `read_changes`).
+    pub read_before_update: &'static [&'static str],
+}
+
+impl Capabilities {
+    /// A provider without batch endpoints, change tokens or group versions.
+    pub const PLAIN: Capabilities = Capabilities {
+        group_versions: false,
+        change_tokens: false,
+        page_size: 1000,
+        batch_size: 1,
+        delete_batch_size: 1,
+        read_before_update: &[],
+    };
+}
+
+/// How much of a group to read (see `Backend::read_group`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Each contact whole.
+    Whole,
+    /// Each contact only as far as telling this job's copies from the rest needs (the tag
+    /// properties `card::tag_of` and `card::source_of` read); a provider that cannot read less
+    /// hands contacts whole.
+    TagsOnly,
+}
+
+/// Tells the contacts the engine knows exactly as it wrote them, by id and etag.
+pub type KnownAsWritten<'a> = dyn Fn(&str, &str) -> bool + Send + Sync + 'a;
+
+/// What a group read is asked for (see `Backend::read_group`).
+#[derive(Clone, Copy)]
+pub struct GroupRead<'a> {
+    pub depth: Depth,
+    /// Take a change token valid from the moment the read began (with `change_tokens`).
+    pub token: bool,
+    /// Contacts the engine knows exactly as it wrote them (`known(id, etag)`): a provider that
+    /// sees etags before it reads contacts whole hands them as `Read::Known`, not read.
+    pub known: Option<&'a KnownAsWritten<'a>>,
+}
+
+impl GroupRead<'_> {
+    /// Every contact whole, no token.
+    pub const WHOLE: GroupRead<'static> = GroupRead {
+        depth: Depth::Whole,
+        token: false,
+        known: None,
+    };
+    /// Every contact for its tags only, no token.
+    pub const TAGS: GroupRead<'static> = GroupRead {
+        depth: Depth::TagsOnly,
+        token: false,
+        known: None,
+    };
+}
+
+/// One contact a group read hands over.
+#[derive(Debug)]
+pub enum Read {
+    /// Read (whole, or for its tags: see `Depth`).
+    Contact(Contact),
+    /// Known to the engine as written (see `GroupRead::known`): its id and etag, not read.
+    Known { id: String, etag: String },
+}
+
 /// A contacts provider. Methods are async so HTTP backends fit; implementations must be safe to
 /// call for different users at once, and the engine never calls two writes for one user at once.
+/// The trait has no default methods: a wrapper (`counting::Counting`) forwards every one, so it
+/// cannot fall out of step with it. Single-contact helpers are in `BackendExt`; a provider
+/// without batch endpoints writes its batches with `one_by_one`.
 pub trait Backend: Send + Sync {
     /// Short name of the provider kind ("vdir", "memory", …) for logs and reports.
     fn kind(&self) -> &'static str;
 
+    /// What the provider can do.
+    fn capabilities(&self) -> Capabilities;
+
     /// Calls made so far, by method, when the backend counts them (see `counting::Counting`).
-    fn call_counts(&self) -> Option<counting::CallCounts> {
-        None
-    }
+    fn call_counts(&self) -> Option<counting::CallCounts>;
 
     /// Looks a user up by the name used in job files. `Ok(None)` means no such user.
     fn resolve_user(&self, name: &str) -> impl Future<Output = Result<Option<User>>> + Send;
 
-    /// Checks the provider set-up itself for `groupsync check` (credentials, administrator
-    /// rights, domains): one line per finding, `Ok` for what works, `Err` for what does not,
-    /// saying how to fix it.
-    fn check_setup(&self) -> impl Future<Output = Vec<std::result::Result<String, String>>> + Send {
-        async { vec![] }
-    }
-
-    /// Checks that groupsync may act on `user`'s contacts (Google: a delegated token with the
-    /// contacts scope), for `groupsync check`.
-    fn check_access(&self, _user: &User) -> impl Future<Output = Result<()>> + Send {
-        async { Ok(()) }
-    }
-
     /// Called once per run with every user name the run may look up, before any `resolve_user`:
     /// a provider with a directory listing (Google's users.list) reads them in a few pages
     /// instead of one call each. Errors are not fatal: lookups then go one by one.
-    fn prepare_users(&self, _names: &[String]) -> impl Future<Output = ()> + Send {
-        async {}
-    }
+    fn prepare_users(&self, names: &[String]) -> impl Future<Output = ()> + Send;
 
     /// Called for a user about to be read or written (a destination about to be processed, the
     /// source while the destinations are looked up) while other calls are in flight, so the
     /// provider can get ready for the user's calls off the critical path (Google: the user's
-    /// access token, an RS256 signature and a round trip to the token endpoint). Errors are left
-    /// for the user's own calls to meet.
-    fn prepare_access(&self, _user: &User) -> impl Future<Output = ()> + Send {
-        async {}
-    }
+    /// access token). Errors are left for the user's own calls to meet.
+    fn prepare_access(&self, user: &User) -> impl Future<Output = ()> + Send;
 
     /// Expands a dynamic destination set (`group:sales@example.com`, `ou:/Sales`,
     /// `domain:example.com`) to user names, read from the provider's directory now. An error is
-    /// never an empty set.
-    fn expand_set(&self, set: &str) -> impl Future<Output = Result<Vec<String>>> + Send {
-        let kind = self.kind();
-        async move {
-            Err(BackendError::Invalid(format!(
-                "dynamic destination {set:?}: the {kind} backend has no directory of users (dynamic sets need kind = \"google\")"
-            )))
-        }
-    }
+    /// never an empty set; a provider without a directory says so (`no_directory`).
+    fn expand_set(&self, set: &str) -> impl Future<Output = Result<Vec<String>>> + Send;
+
+    /// Checks the provider set-up itself for `groupsync check` (credentials, administrator
+    /// rights, domains): one line per finding, `Ok` for what works, `Err` for what does not,
+    /// saying how to fix it.
+    fn check_setup(&self) -> impl Future<Output = Vec<std::result::Result<String, String>>> + Send;
+
+    /// Checks that groupsync may act on `user`'s contacts (Google: a delegated token with the
+    /// contacts scope), for `groupsync check`.
+    fn check_access(&self, user: &User) -> impl Future<Output = Result<()>> + Send;
 
     /// Checks that a group name can be made at this provider (vdir: one plain folder name), so
     /// a job naming one that cannot is refused before anything is written.
-    fn check_group_name(&self, name: &str) -> std::result::Result<(), String> {
-        let _ = name;
-        Ok(())
-    }
+    fn check_group_name(&self, name: &str) -> std::result::Result<(), String>;
 
     /// Finds a user's contact group by its display name.
     fn find_group(
@@ -249,18 +368,22 @@ pub trait Backend: Send + Sync {
         group: &GroupRef,
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Reads every contact of a group, handing each to `sink` as it is read, so a caller can keep
-    /// a summary instead of the whole group in memory.
-    fn scan_group(
+    /// Reads the contacts of a group, handing each to `sink` as it is read (so a caller can keep
+    /// a summary instead of the whole group in memory), as `how` asks: whole or for the tags,
+    /// known copies handed by id and etag without being read where the provider can. Returns a
+    /// change token valid from the moment the read began when `how.token` asks for one and the
+    /// provider has them (`None` otherwise). With `group` = `None` (the group does not exist
+    /// yet) no contact is handed over; only the token is taken.
+    fn read_group(
         &self,
         user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> impl Future<Output = Result<()>> + Send;
+        group: Option<&GroupRef>,
+        how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> impl Future<Output = Result<Option<String>>> + Send;
 
-    /// Reads the named contacts of a group (for the trash, before a delete), handing each to
-    /// `sink` as it is read, so a caller can turn each into what it keeps while the next ones
-    /// are read. Missing ids are left out.
+    /// Reads the named contacts of a group (for the trash, before a delete; a few copies by id),
+    /// handing each to `sink` as it is read. Missing ids are left out.
     fn fetch_contacts(
         &self,
         user: &User,
@@ -269,248 +392,164 @@ pub trait Backend: Send + Sync {
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> impl Future<Output = Result<()>> + Send;
 
-    /// Creates a contact in a group and returns what was stored: its id and etag. A provider may
-    /// store the card differently from how it was sent (reorder, normalise); the etag is of what
-    /// it stored, so the engine can tell "as we wrote it" from "edited since".
-    fn create_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        card: &VCard,
-    ) -> impl Future<Output = Result<Written>> + Send;
-
-    /// Replaces the managed part of a contact (see `card::merge_copy`) if its etag is still
-    /// `etag`; returns the new etag.
-    fn update_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> impl Future<Output = Result<String>> + Send;
-
-    /// Deletes a contact if its etag is still `etag`.
-    fn delete_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
-
-    /// Reads a group as `scan_group` does, for a destination leaving the job: each contact is
-    /// read only as far as telling this job's copies from the rest needs (the tag properties
-    /// `card::tag_of` and `card::source_of` read). What a removal deletes is read whole for the
-    /// trash before it is deleted. A provider that cannot read less hands contacts whole.
-    fn scan_group_tags(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> impl Future<Output = Result<()>> + Send {
-        self.scan_group(user, group, sink)
-    }
-
-    /// True when `GroupRef::version` changes with every change in a group (CardDAV getctag);
-    /// when false the engine does not read a group again just to learn its new version.
-    fn group_versions(&self) -> bool {
-        true
-    }
-
-    /// True when the provider hands out change tokens (Google sync tokens): a token taken by
-    /// `scan_group_with_token` lets `read_changes` read only what changed since.
-    fn change_tokens(&self) -> bool {
-        false
-    }
-
-    /// Reads a group as `scan_group` does and returns a change token valid from the moment the
-    /// read began (`None` from a provider without tokens). With `group` = `None` (the group does
-    /// not exist yet) no contact is handed to `sink`; only the token is taken.
-    fn scan_group_with_token(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> impl Future<Output = Result<Option<String>>> + Send {
-        async move {
-            if let Some(g) = group {
-                self.scan_group(user, g, sink).await?;
-            }
-            Ok(None)
-        }
-    }
-
-    /// Reads a group as `scan_group_with_token` does, except that a contact for which
-    /// `known(id, etag)` is true is handed to `known_sink` as (id, etag) without being read
-    /// whole: the engine knows it is a copy exactly as it wrote it. A provider that cannot see
-    /// etags before reading contacts whole hands everything to `sink`.
-    fn scan_group_known(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
-        sink: &mut (dyn FnMut(Contact) + Send),
-        known_sink: &mut (dyn FnMut(String, String) + Send),
-    ) -> impl Future<Output = Result<Option<String>>> + Send {
-        let _ = (known, known_sink);
-        self.scan_group_with_token(user, group, sink)
-    }
-
-    /// Reads what changed in a user's contacts since `token` (taken by `scan_group_known` or
-    /// an earlier `read_changes`), so a destination can be brought in line without reading its
+    /// Reads what changed in a user's contacts since `token` (taken by `read_group` or an
+    /// earlier `read_changes`), so a destination can be brought in line without reading its
     /// group whole. `known` says whether a contact is a copy the engine remembers and whether it
-    /// has the etag the engine wrote or last read (pass an empty etag for a deleted contact), and
-    /// hears how many contacts each page of the delta holds before they are asked about
-    /// (`KnownCopies::page`). A changed contact now in the group `group_id` is handed to `sink` whole, unless
-    /// it is `Known::AsWritten` (the engine's own write). A remembered copy (any `Known` but
-    /// `No`) deleted since, or no longer in the group, is handed to `gone`. Every other change
-    /// (contacts elsewhere in the user's contacts) is left out. A provider without change
-    /// tokens answers `Delta::Expired`. The caller may start work of its own on the first
-    /// change handed over (the engine reads the group alongside the rest): a provider that reads
-    /// the delta in pages yields to the runtime once after handing it over. A provider that can
-    /// tell its last call before it reads that answer says so (`KnownCopies::last_call`), and
-    /// yields once: the engine gives the destination's place to another meanwhile.
+    /// has the etag the engine wrote or last read (pass an empty etag for a deleted contact),
+    /// and hears how many contacts each page of the delta holds before they are asked about
+    /// (`KnownCopies::page`). A changed contact now in the group `group_id` is handed to `sink`
+    /// whole, unless it is `Known::AsWritten` (the engine's own write). A remembered copy (any
+    /// `Known` but `No`) deleted since, or no longer in the group, is handed to `gone`. Every
+    /// other change is left out. A provider without change tokens answers `Delta::Expired`.
+    /// The caller may start work of its own on the first change handed over (the engine reads
+    /// the group alongside the rest): a provider that reads the delta in pages yields to the
+    /// runtime once after handing it over. A provider that can tell its last call before it
+    /// reads that answer says so (`KnownCopies::last_call`), and yields once: the engine gives
+    /// the destination's place to another meanwhile.
     fn read_changes(
         &self,
-        _user: &User,
-        _token: &str,
-        _group_id: &str,
-        _known: &dyn KnownCopies,
-        _sink: &mut (dyn FnMut(Contact) + Send),
-        _gone: &mut (dyn FnMut(String) + Send),
-    ) -> impl Future<Output = Result<Delta>> + Send {
-        async { Ok(Delta::Expired) }
-    }
+        user: &User,
+        token: &str,
+        group_id: &str,
+        known: &dyn KnownCopies,
+        sink: &mut (dyn FnMut(Contact) + Send),
+        gone: &mut (dyn FnMut(String) + Send),
+    ) -> impl Future<Output = Result<Delta>> + Send;
 
-    /// True when a copy carrying this card property must be read before it is updated (Google:
-    /// a photo, whose state on the copy only a read tells); other copies may be updated from
-    /// what the engine remembers of them (see `read_changes`).
-    fn read_before_update(&self, _property: &str) -> bool {
-        false
-    }
-
-    /// How many contacts one call of a group read answers (Google: 1,000 a page). The engine
-    /// compares it with `batch_size` to choose between reading a few named contacts and reading
-    /// the whole group again.
-    fn page_size(&self) -> usize {
-        1000
-    }
-
-    /// How many contacts one batch call takes (1: the provider has no batch endpoint). The engine
-    /// hands the batch methods below at most this many items at a time.
-    fn batch_size(&self) -> usize {
-        1
-    }
-
-    /// How many contacts one batch delete takes (Google: 500, more than its other batches).
-    fn delete_batch_size(&self) -> usize {
-        self.batch_size()
-    }
-
-    /// Creates several contacts in one group. One result per card, in order; a provider without
-    /// batch endpoints creates them one by one and stops at the first failure that is not one
-    /// contact's (`BackendError::is_contact_level`; the results then end early). Every `Ok` is a contact that exists, even when a later one failed.
+    /// Creates contacts in one group; returns what was stored of each, in order: its id and
+    /// etag. A provider may store a card differently from how it was sent (reorder, normalise);
+    /// the etag is of what it stored, so the engine can tell "as we wrote it" from "edited
+    /// since". The results end early after a failure that is not one contact's
+    /// (`BackendError::is_contact_level`); every `Ok` is a contact that exists.
     fn create_contacts(
         &self,
         user: &User,
         group: &GroupRef,
         cards: &[&VCard],
-    ) -> impl Future<Output = Vec<Result<Written>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(cards.len());
-            for card in cards {
-                let r = self.create_contact(user, group, card).await;
-                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
-                out.push(r);
-                if failed {
-                    break;
-                }
-            }
-            out
-        }
-    }
+    ) -> impl Future<Output = Vec<Result<Written>>> + Send;
 
-    /// Updates several contacts (`(id, etag, desired card)`), as `update_contact` does. One result
-    /// per item, in order, ending early after a failure that is not one contact's when done one
-    /// by one.
+    /// Replaces the managed part of contacts (`(id, etag, desired card)`, see
+    /// `card::merge_copy`), each only if its etag is still the one given; returns the new etags,
+    /// as `create_contacts` returns results.
     fn update_contacts(
         &self,
         user: &User,
         group: &GroupRef,
         items: &[(&str, &str, &VCard)],
         fields: &FieldSelection,
-    ) -> impl Future<Output = Vec<Result<String>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(items.len());
-            for (id, etag, card) in items {
-                let r = self
-                    .update_contact(user, group, id, etag, card, fields)
-                    .await;
-                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
-                out.push(r);
-                if failed {
-                    break;
-                }
-            }
-            out
-        }
-    }
+    ) -> impl Future<Output = Vec<Result<String>>> + Send;
 
-    /// Deletes several contacts (`(id, etag)`), each only if its etag is unchanged. One result
-    /// per item, in order, ending early after a failure that is not one contact's when done one
-    /// by one.
+    /// Deletes contacts (`(id, etag)`), each only if its etag is unchanged.
     fn delete_contacts(
         &self,
         user: &User,
         group: &GroupRef,
         items: &[(&str, &str)],
-    ) -> impl Future<Output = Vec<Result<()>>> + Send {
-        async move {
-            let mut out = Vec::with_capacity(items.len());
-            for (id, etag) in items {
-                let r = self.delete_contact(user, group, id, etag).await;
-                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
-                out.push(r);
-                if failed {
-                    break;
-                }
-            }
-            out
-        }
-    }
+    ) -> impl Future<Output = Vec<Result<()>>> + Send;
 
-    /// Moves several contacts (`(id, etag)`) to the default collection, as `move_to_default`
-    /// does.
+    /// Moves contacts (`(id, etag)`) out of `group` into the user's default collection ("My
+    /// Contacts"), each if its etag is still the one given where the provider can tell
+    /// (`Conflict` otherwise). A move cut short and made again never leaves the contact twice.
     fn move_contacts_to_default(
         &self,
         user: &User,
         group: &GroupRef,
         items: &[(&str, &str)],
-    ) -> impl Future<Output = Vec<Result<()>>> + Send {
+    ) -> impl Future<Output = Vec<Result<()>>> + Send;
+}
+
+/// Runs a provider's single-contact write for each item, in order, and stops at the first
+/// failure that is not one contact's (its batch methods, for a provider without batch
+/// endpoints).
+pub async fn one_by_one<I, T, F>(items: I, mut each: impl FnMut(I::Item) -> F) -> Vec<Result<T>>
+where
+    I: IntoIterator,
+    F: Future<Output = Result<T>>,
+{
+    let mut out = vec![];
+    for item in items {
+        let r = each(item).await;
+        let stop = r.as_ref().is_err_and(|e| !e.is_contact_level());
+        out.push(r);
+        if stop {
+            break;
+        }
+    }
+    out
+}
+
+/// What `expand_set` answers at a provider without a directory of users.
+pub fn no_directory(kind: &str, set: &str) -> BackendError {
+    BackendError::Invalid(format!(
+        "dynamic destination {set:?}: the {kind} backend has no directory of users (dynamic sets need kind = \"google\")"
+    ))
+}
+
+/// Single-contact helpers over a provider's batch methods, and a plain read of a group.
+pub trait BackendExt: Backend {
+    /// Reads a group whole, handing each contact to `sink`.
+    fn scan_group(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Contact) + Send),
+    ) -> impl Future<Output = Result<()>> + Send {
         async move {
-            let mut out = Vec::with_capacity(items.len());
-            for (id, etag) in items {
-                let r = self.move_to_default(user, group, id, etag).await;
-                let failed = r.as_ref().is_err_and(|e| !e.is_contact_level());
-                out.push(r);
-                if failed {
-                    break;
+            let mut each = |r| {
+                if let Read::Contact(c) = r {
+                    sink(c)
                 }
-            }
-            out
+            };
+            self.read_group(user, Some(group), GroupRead::WHOLE, &mut each)
+                .await
+                .map(|_| ())
         }
     }
 
-    /// Moves a contact out of `group` into the user's default collection ("My Contacts"), if
-    /// its etag is still `etag` where the provider can tell (`Conflict` otherwise). A move cut
-    /// short and made again never leaves the contact twice.
-    fn move_to_default(
+    /// Creates one contact.
+    fn create_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        card: &VCard,
+    ) -> impl Future<Output = Result<Written>> + Send {
+        async move { only(self.create_contacts(user, group, &[card]).await) }
+    }
+
+    /// Updates one contact (see `update_contacts`).
+    fn update_contact(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        (id, etag): (&str, &str),
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> impl Future<Output = Result<String>> + Send {
+        async move {
+            only(
+                self.update_contacts(user, group, &[(id, etag, card)], fields)
+                    .await,
+            )
+        }
+    }
+
+    /// Deletes one contact (see `delete_contacts`).
+    fn delete_contact(
         &self,
         user: &User,
         group: &GroupRef,
         id: &str,
         etag: &str,
-    ) -> impl Future<Output = Result<()>> + Send;
+    ) -> impl Future<Output = Result<()>> + Send {
+        async move { only(self.delete_contacts(user, group, &[(id, etag)]).await) }
+    }
+}
+
+impl<B: Backend> BackendExt for B {}
+
+/// The one result of a batch of one.
+fn only<T>(mut results: Vec<Result<T>>) -> Result<T> {
+    results
+        .pop()
+        .unwrap_or_else(|| Err(BackendError::Invalid("the provider gave no result".into())))
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use super::{Ctx, exit, usage};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendExt};
 use crate::card;
 
 #[derive(Debug, clap::Args)]

@@ -9,7 +9,7 @@ use super::finish::{Deferred, Finish, FinishOutcome, Settle};
 use super::record::{ApplyError, Recorder, overlapped};
 use super::shared::DestCtx;
 use super::trash::{Doomed, Trashing, lcm, read_for_trash, write_trash};
-use crate::backend::{Backend, BackendError, GroupRef, Written};
+use crate::backend::{Backend, BackendError, GroupRead, GroupRef, Read, Written};
 use crate::card;
 use crate::mutex::lock;
 use crate::plan::{self, Op, Plan, SourceItem, SourceSet, UpdateOp};
@@ -105,7 +105,7 @@ impl<B: Backend> Applier<'_, '_, B> {
     /// Applies the operations in order: consecutive operations of one kind go to the provider
     /// in batches (one call per batch on a provider with batch endpoints).
     async fn run(&mut self, ops: &[Op]) -> Result<(), ApplyError> {
-        let batch = self.ctx.backend.batch_size().clamp(1, 200);
+        let batch = self.ctx.backend.capabilities().batch_size.clamp(1, 200);
         let mut i = 0;
         while i < ops.len() {
             // Deletes are taken in one run (read for the trash, then deleted, chunk by chunk).
@@ -342,12 +342,15 @@ impl<B: Backend> Applier<'_, '_, B> {
             Err(e) => return Err(e.into()),
         };
         let mut copies = 0usize;
+        let mut count = |r| {
+            if let Read::Contact(c) = r
+                && c.card.as_ref().ok().and_then(card::tag_of).as_deref() == Some(&spec.tag)
+            {
+                copies += 1;
+            }
+        };
         backend
-            .scan_group_tags(user, &g, &mut |c| {
-                if c.card.as_ref().ok().and_then(card::tag_of).as_deref() == Some(&spec.tag) {
-                    copies += 1;
-                }
-            })
+            .read_group(user, Some(&g), GroupRead::TAGS, &mut count)
             .await?;
         if copies > 0 {
             return Err(ApplyError::Backend(BackendError::Conflict {
@@ -374,7 +377,7 @@ pub(super) async fn delete_with_trash<B: Backend>(
     let ctx = a.ctx;
     let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let g = a.group()?;
-    let delete_batch = backend.delete_batch_size().clamp(1, 1000);
+    let delete_batch = backend.capabilities().delete_batch_size.clamp(1, 1000);
     let mut trashed: Option<Trashing> = None;
     // One step more than there are chunks: the last deletes the last chunk's.
     let chunks = ops.chunks(lcm(200, delete_batch).min(1000));

@@ -87,7 +87,8 @@ async fn get_ready<B: Backend>(
     }
     ctx.backend.prepare_access(user).await;
     // With change tokens: read only what changed since this destination last converged.
-    let saved_token = if ctx.backend.change_tokens() && !opts.force && ctx.active().is_some() {
+    let tokens = ctx.backend.capabilities().change_tokens;
+    let saved_token = if tokens && !opts.force && ctx.active().is_some() {
         lock(ctx.reader)
             .change_token(ctx.job_name(), &user.id)
             .ok()
@@ -383,7 +384,7 @@ async fn converged_to<B: Backend, E>(
     let mark = match (result, wrote) {
         _ if tokened.is_some() => Some(TOKEN_VERSION.to_string()),
         (Ok(_), false) => group.and_then(|g| g.version.clone()),
-        (Ok(_), true) if ctx.backend.group_versions() => ctx
+        (Ok(_), true) if ctx.backend.capabilities().group_versions => ctx
             .backend
             .find_group(ctx.user, ctx.target_group)
             .await

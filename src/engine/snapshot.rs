@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
 use super::shared::{ActiveInputs, DestCtx};
-use crate::backend::{Backend, BackendError, GroupRef};
+use crate::backend::{Backend, BackendError, Depth, GroupRead, GroupRef, Read};
 use crate::plan;
 use crate::plan::{DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scope, SourceSet};
 
@@ -42,20 +42,26 @@ pub(super) async fn snapshot<B: Backend>(
     let mut entries = Vec::with_capacity(expected);
     let mut taken = vec![];
     let mut hits = vec![];
-    let mut sink = |c: crate::backend::Contact| {
-        taken.extend(plan::taken_uid(spec, &c.card));
-        entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
+    let mut sink = |r| match r {
+        Read::Contact(c) => {
+            taken.extend(plan::taken_uid(spec, &c.card));
+            entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))
+        }
+        Read::Known { id, etag } => hits.push((id, etag)),
     };
-    let mut known_sink = |id: String, etag: String| hits.push((id, etag));
-    let token = if backend.change_tokens() {
+    // With change tokens the read takes one, even of a group not there yet; a provider without
+    // them is read only when the group exists (no call otherwise).
+    let tokens = backend.capabilities().change_tokens;
+    let how = GroupRead {
+        depth: Depth::Whole,
+        token: tokens,
+        known: tokens.then_some(&known),
+    };
+    let token = if tokens || group.is_some() {
         backend
-            .scan_group_known(user, group.as_ref(), &known, &mut sink, &mut known_sink)
+            .read_group(user, group.as_ref(), how, &mut sink)
             .await?
     } else {
-        // A provider without tokens is read only when the group exists (no call otherwise).
-        if let Some(g) = &group {
-            backend.scan_group(user, g, &mut sink).await?;
-        }
         None
     };
     for (id, etag) in hits {
@@ -110,19 +116,21 @@ pub(super) async fn removal_snapshot<B: Backend>(
     let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let mut entries = Vec::with_capacity(expected);
     if let Some(g) = &group {
-        if whole {
-            backend
-                .scan_group(user, g, &mut |c| {
-                    entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
-                })
-                .await?;
+        let how = if whole {
+            GroupRead::WHOLE
         } else {
-            backend
-                .scan_group_tags(user, g, &mut |c| {
-                    entries.push(DestEntry::classify_tags(spec, c.id, c.etag, &c.card))
+            GroupRead::TAGS
+        };
+        let mut sink = |r| {
+            if let Read::Contact(c) = r {
+                let (id, etag) = (c.id, c.etag);
+                entries.push(match whole {
+                    true => DestEntry::classify(spec, id, etag, &c.card, None),
+                    false => DestEntry::classify_tags(spec, id, etag, &c.card),
                 })
-                .await?;
-        }
+            }
+        };
+        backend.read_group(user, Some(g), how, &mut sink).await?;
     }
     Ok((snapshot_of(ctx, group, (entries, vec![]), None), None))
 }
@@ -134,7 +142,7 @@ pub(super) async fn removal_snapshot<B: Backend>(
 /// the ledger: as in sync if it was written from the source as it is now, or field by field
 /// from `previous` (what the last run read of its source) if it was written from that. The
 /// others — written from a source the last run did not see, without an etag in the ledger, or
-/// carrying a property the backend must read before an update (`read_before_update`) — are
+/// carrying a property the backend must read before an update (`Capabilities::read_before_update`) — are
 /// read by id. `None` when that would take more calls than reading the group whole. The user's
 /// own contacts in the group that did not change are not read, so `untouched` counts only
 /// those that did.
@@ -147,6 +155,7 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
 ) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
     let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let (source, previous) = (&active.source, &active.previous);
+    let caps = backend.capabilities();
     let ReadDelta {
         token,
         changed,
@@ -180,7 +189,7 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
                         .fields
                         .iter()
                         .chain(item.iter().flat_map(|i| i.fields(&spec.fields)))
-                        .any(|(name, _)| backend.read_before_update(name)) =>
+                        .any(|(name, _)| caps.read_before_update.contains(&&**name)) =>
             {
                 (
                     item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
@@ -204,9 +213,9 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
         });
     }
     drop(read);
-    let fetch_calls = fetch.len().div_ceil(backend.batch_size().max(1));
+    let fetch_calls = fetch.len().div_ceil(caps.batch_size.max(1));
     let copies = ledger.len() + scope.as_ref().map_or(0, |s| s.outside);
-    let read_calls = copies.div_ceil(backend.page_size().max(1)).max(1);
+    let read_calls = copies.div_ceil(caps.page_size.max(1)).max(1);
     if fetch_calls > read_calls {
         return Ok(None);
     }

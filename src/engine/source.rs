@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 
-use crate::backend::{Backend, User};
+use crate::backend::{Backend, BackendExt, User};
 use crate::card;
 use crate::mutex::lock;
 use crate::plan::SourceSet;
@@ -56,7 +56,8 @@ pub(super) async fn read_source<B: Backend>(
             lock(ctx.store).set_source_count(&spec.name, source.items.len())?;
         }
     }
-    let (previous, since) = if resolved.active.is_empty() || !ctx.backend.change_tokens() {
+    let tokens = ctx.backend.capabilities().change_tokens;
+    let (previous, since) = if resolved.active.is_empty() || !tokens {
         (HashMap::new(), None)
     } else {
         previous_source(&lock(ctx.store), &spec.name, &source)
@@ -146,7 +147,7 @@ pub(super) fn save_source<B: Backend>(
     report: &JobReport,
 ) {
     let spec = &ctx.job.spec;
-    if ctx.opts.dry_run || !report.source_read || !ctx.backend.change_tokens() {
+    if ctx.opts.dry_run || !report.source_read || !ctx.backend.capabilities().change_tokens {
         return;
     }
     let source = &inputs.source;

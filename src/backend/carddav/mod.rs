@@ -16,7 +16,11 @@ use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode};
 use std::time::Duration;
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use super::counting::CallCounts;
+use super::{
+    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, KnownCopies, Read,
+    Result, User, Written, no_directory,
+};
 use crate::card::{self, FieldSelection};
 
 /// Connection settings.
@@ -493,9 +497,157 @@ impl CarddavBackend {
     }
 }
 
+/// The single-contact writes the batch writes are made of (see `one_by_one_writes`).
+impl CarddavBackend {
+    async fn create_one(&self, _user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
+        self.create_in(group, card).await
+    }
+
+    async fn update_one(
+        &self,
+        _user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<String> {
+        let existing = self
+            .get(group, id)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: Self::href(group, id),
+            })?;
+        if existing.etag != etag {
+            return Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            });
+        }
+        let existing = existing
+            .card
+            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
+        let merged = card::merge_copy(&existing, card, fields);
+        match self
+            .put(
+                &Self::href(group, id),
+                &merged,
+                ("If-Match", etag.to_string()),
+            )
+            .await?
+        {
+            Ok(new_etag) => Ok(new_etag),
+            Err(_) => Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            }),
+        }
+    }
+
+    async fn delete_one(&self, _user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        let href = Self::href(group, id);
+        let (status, _, text) = self
+            .send("DELETE", &href, &[("If-Match", etag.to_string())], None)
+            .await?;
+        match status.as_u16() {
+            200..=299 | 404 => Ok(()),
+            412 => Err(BackendError::Conflict { what: href }),
+            _ => Err(Self::unexpected(&format!("DELETE {href}"), status, &text)),
+        }
+    }
+
+    async fn move_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        let default = match self.find_default(user).await? {
+            Some(g) => g,
+            None => {
+                self.create_group(user, &self.cfg.default_collection)
+                    .await?
+            }
+        };
+        if default.id == group.id {
+            return Ok(());
+        }
+        let contact = self
+            .get(group, id)
+            .await?
+            .ok_or_else(|| BackendError::NotFound {
+                what: Self::href(group, id),
+            })?;
+        if contact.etag != etag {
+            return Err(BackendError::Conflict {
+                what: Self::href(group, id),
+            });
+        }
+        let card = contact
+            .card
+            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
+        // Copy first, then delete: a failure in between leaves the contact in both books, and
+        // the move made again finds its copy there.
+        match self.create_in(&default, &card).await {
+            Ok(_) => {}
+            // Its UID is in the default book: this card, if a previous attempt got this far;
+            // else another card of the user's, and this one stays where it is.
+            Err(BackendError::AlreadyExists { what }) => {
+                if !self.holds_same(&default, &card).await? {
+                    return Err(BackendError::Refused(format!(
+                        "{} cannot move to {:?}: {what} is another card there; it is left in {:?}",
+                        Self::href(group, id),
+                        default.name,
+                        group.name
+                    )));
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.delete_one(user, group, id, &contact.etag).await
+    }
+}
+
 impl Backend for CarddavBackend {
     fn kind(&self) -> &'static str {
         "carddav"
+    }
+
+    /// A book's collection etag (getctag) changes with every change in it.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            group_versions: true,
+            ..Capabilities::PLAIN
+        }
+    }
+
+    fn call_counts(&self) -> Option<CallCounts> {
+        None
+    }
+
+    async fn prepare_users(&self, _names: &[String]) {}
+
+    async fn prepare_access(&self, _user: &User) {}
+
+    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
+        Err(no_directory(self.kind(), set))
+    }
+
+    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
+        vec![]
+    }
+
+    async fn check_access(&self, _user: &User) -> Result<()> {
+        Ok(())
+    }
+
+    fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    async fn read_changes(
+        &self,
+        _user: &User,
+        _token: &str,
+        _group_id: &str,
+        _known: &dyn KnownCopies,
+        _sink: &mut (dyn FnMut(Contact) + Send),
+        _gone: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Delta> {
+        Ok(Delta::Expired)
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -619,12 +771,18 @@ impl Backend for CarddavBackend {
         }
     }
 
-    async fn scan_group(
+    /// Lists the book's etags (PROPFIND), then reads the cards 200 at a time (multiget); whole
+    /// cards either way. No change tokens (yet).
+    async fn read_group(
         &self,
         _user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
+        group: Option<&GroupRef>,
+        _how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        let Some(group) = group else {
+            return Ok(None);
+        };
         let members = self
             .propfind(&group.id, "1", xml::PROPFIND_ETAGS)
             .await?
@@ -640,10 +798,10 @@ impl Backend for CarddavBackend {
             .collect();
         for chunk in hrefs.chunks(200) {
             for c in self.multiget(group, chunk).await? {
-                sink(c);
+                sink(Read::Contact(c));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn fetch_contacts(
@@ -661,121 +819,5 @@ impl Backend for CarddavBackend {
         Ok(())
     }
 
-    async fn create_contact(
-        &self,
-        _user: &User,
-        group: &GroupRef,
-        card: &VCard,
-    ) -> Result<Written> {
-        self.create_in(group, card).await
-    }
-
-    async fn update_contact(
-        &self,
-        _user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> Result<String> {
-        let existing = self
-            .get(group, id)
-            .await?
-            .ok_or_else(|| BackendError::NotFound {
-                what: Self::href(group, id),
-            })?;
-        if existing.etag != etag {
-            return Err(BackendError::Conflict {
-                what: Self::href(group, id),
-            });
-        }
-        let existing = existing
-            .card
-            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
-        let merged = card::merge_copy(&existing, card, fields);
-        match self
-            .put(
-                &Self::href(group, id),
-                &merged,
-                ("If-Match", etag.to_string()),
-            )
-            .await?
-        {
-            Ok(new_etag) => Ok(new_etag),
-            Err(_) => Err(BackendError::Conflict {
-                what: Self::href(group, id),
-            }),
-        }
-    }
-
-    async fn delete_contact(
-        &self,
-        _user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        let href = Self::href(group, id);
-        let (status, _, text) = self
-            .send("DELETE", &href, &[("If-Match", etag.to_string())], None)
-            .await?;
-        match status.as_u16() {
-            200..=299 | 404 => Ok(()),
-            412 => Err(BackendError::Conflict { what: href }),
-            _ => Err(Self::unexpected(&format!("DELETE {href}"), status, &text)),
-        }
-    }
-
-    async fn move_to_default(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        let default = match self.find_default(user).await? {
-            Some(g) => g,
-            None => {
-                self.create_group(user, &self.cfg.default_collection)
-                    .await?
-            }
-        };
-        if default.id == group.id {
-            return Ok(());
-        }
-        let contact = self
-            .get(group, id)
-            .await?
-            .ok_or_else(|| BackendError::NotFound {
-                what: Self::href(group, id),
-            })?;
-        if contact.etag != etag {
-            return Err(BackendError::Conflict {
-                what: Self::href(group, id),
-            });
-        }
-        let card = contact
-            .card
-            .map_err(|e| BackendError::Invalid(format!("{}: {e}", Self::href(group, id))))?;
-        // Copy first, then delete: a failure in between leaves the contact in both books, and
-        // the move made again finds its copy there.
-        match self.create_in(&default, &card).await {
-            Ok(_) => {}
-            // Its UID is in the default book: this card, if a previous attempt got this far;
-            // else another card of the user's, and this one stays where it is.
-            Err(BackendError::AlreadyExists { what }) => {
-                if !self.holds_same(&default, &card).await? {
-                    return Err(BackendError::Refused(format!(
-                        "{} cannot move to {:?}: {what} is another card there; it is left in {:?}",
-                        Self::href(group, id),
-                        default.name,
-                        group.name
-                    )));
-                }
-            }
-            Err(e) => return Err(e),
-        }
-        self.delete_contact(user, group, id, &contact.etag).await
-    }
+    one_by_one_writes!();
 }

@@ -26,8 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use super::counting::CallCounts;
 use super::{
-    Backend, BackendError, Contact, Delta, GroupRef, Known, KnownCopies, Result, User, Written,
+    Backend, BackendError, Capabilities, Contact, Delta, Depth, GroupRead, GroupRef, Known,
+    KnownAsWritten, KnownCopies, Read, Result, User, Written,
 };
 use crate::card::FieldSelection;
 pub use crate::config::GoogleConfig;
@@ -881,21 +883,144 @@ fn status_error(status: &Value, what: &str) -> BackendError {
     }
 }
 
+/// The two ways Google reads a group (`Backend::read_group`).
+impl GoogleBackend {
+    /// The group's contacts read whole, those `known` as written handed by id and etag, with a
+    /// sync token valid from the read's start (a listing always asks for one).
+    async fn read_whole_group(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        known: &KnownAsWritten<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        self.forget_repairs(user);
+        let fields = read_fields();
+        let mut bad = None;
+        let token = self
+            .list_connections_synced(user, &fields, None, true, None, &mut |head, whole| {
+                if let Some(g) = group
+                    && head.member_of(&g.id)
+                {
+                    // A copy as the engine wrote it: no need to read it whole.
+                    if known(&head.resource_name, &head.etag) {
+                        sink(Read::Known {
+                            id: head.resource_name.into_owned(),
+                            etag: head.etag.into_owned(),
+                        });
+                        return Then::Next;
+                    }
+                    if let Err(why) =
+                        self.read_whole(user, &head, whole, &mut |c| sink(Read::Contact(c)))
+                    {
+                        bad = Some(why);
+                        return Then::Stop;
+                    }
+                }
+                Then::Next
+            })
+            .await
+            .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+        if let Some(why) = bad {
+            return Err(BackendError::Invalid(format!(
+                "contacts of {}: unreadable contact {why}",
+                user.name
+            )));
+        }
+        Ok(token)
+    }
+
+    /// The group's contacts read for their tags only (clientData), a few dozen bytes each
+    /// instead of the whole contact.
+    async fn read_tags(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<()> {
+        let mut bad = None;
+        self.list_connections_synced(
+            user,
+            "clientData,memberships,metadata",
+            None,
+            false,
+            None,
+            &mut |head, whole| {
+                if !head.member_of(&group.id) {
+                    return Then::Next;
+                }
+                let p = whole
+                    .raw()
+                    .and_then(|raw| person::Doc::parse(raw.get()).ok());
+                match p {
+                    Some(p) => {
+                        sink(Read::Contact(Contact {
+                            id: head.resource_name.into_owned(),
+                            etag: head.etag.into_owned(),
+                            card: Ok(person::doc_to_card(&p, &p.tag_info(), None)),
+                        }));
+                        Then::Next
+                    }
+                    None => {
+                        bad = Some(head.resource_name.into_owned());
+                        Then::Stop
+                    }
+                }
+            },
+        )
+        .await
+        .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
+        match bad {
+            Some(id) => Err(BackendError::Invalid(format!(
+                "contacts of {}: unreadable contact {id}",
+                user.name
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 impl Backend for GoogleBackend {
     fn kind(&self) -> &'static str {
         "google"
     }
 
-    fn batch_size(&self) -> usize {
-        200
+    /// Batches of 200 (500 for deletes), sync tokens, pages of 1,000; no group versions; what
+    /// photo a copy has now is known only from reading it (its gSyncPhoto clientData).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            group_versions: false,
+            change_tokens: true,
+            page_size: 1000,
+            batch_size: 200,
+            delete_batch_size: 500,
+            read_before_update: &[person::PHOTO_PROPERTY],
+        }
     }
 
-    fn delete_batch_size(&self) -> usize {
-        500
+    fn call_counts(&self) -> Option<CallCounts> {
+        None
     }
 
-    fn group_versions(&self) -> bool {
-        false
+    fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    async fn read_group(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        match (how.depth, group) {
+            (Depth::TagsOnly, Some(g)) => self.read_tags(user, g, sink).await.map(|_| None),
+            _ => {
+                let known = how.known.unwrap_or(&|_, _| false);
+                let token = self.read_whole_group(user, group, known, sink).await?;
+                Ok(token.filter(|_| how.token))
+            }
+        }
     }
 
     async fn prepare_users(&self, names: &[String]) {
@@ -1022,124 +1147,6 @@ impl Backend for GoogleBackend {
         .await
         .map_err(|e| api(e, &what))?;
         Ok(())
-    }
-
-    async fn scan_group(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.scan_group_with_token(user, Some(group), sink)
-            .await
-            .map(|_| ())
-    }
-
-    /// The group's contacts read for their tags only (clientData), a few dozen bytes each
-    /// instead of the whole contact.
-    async fn scan_group_tags(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        let mut bad = None;
-        self.list_connections_synced(
-            user,
-            "clientData,memberships,metadata",
-            None,
-            false,
-            None,
-            &mut |head, whole| {
-                if !head.member_of(&group.id) {
-                    return Then::Next;
-                }
-                let p = whole
-                    .raw()
-                    .and_then(|raw| person::Doc::parse(raw.get()).ok());
-                match p {
-                    Some(p) => {
-                        sink(Contact {
-                            id: head.resource_name.into_owned(),
-                            etag: head.etag.into_owned(),
-                            card: Ok(person::doc_to_card(&p, &p.tag_info(), None)),
-                        });
-                        Then::Next
-                    }
-                    None => {
-                        bad = Some(head.resource_name.into_owned());
-                        Then::Stop
-                    }
-                }
-            },
-        )
-        .await
-        .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
-        match bad {
-            Some(id) => Err(BackendError::Invalid(format!(
-                "contacts of {}: unreadable contact {id}",
-                user.name
-            ))),
-            None => Ok(()),
-        }
-    }
-
-    fn change_tokens(&self) -> bool {
-        true
-    }
-
-    fn read_before_update(&self, property: &str) -> bool {
-        // What photo a copy has now is known only from reading it (its gSyncPhoto clientData).
-        property == person::PHOTO_PROPERTY
-    }
-
-    async fn scan_group_with_token(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<Option<String>> {
-        self.scan_group_known(user, group, &|_, _| false, sink, &mut |_, _| {})
-            .await
-    }
-
-    async fn scan_group_known(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        known: &(dyn Fn(&str, &str) -> bool + Send + Sync),
-        sink: &mut (dyn FnMut(Contact) + Send),
-        known_sink: &mut (dyn FnMut(String, String) + Send),
-    ) -> Result<Option<String>> {
-        self.forget_repairs(user);
-        let fields = read_fields();
-        let mut bad = None;
-        let token = self
-            .list_connections_synced(user, &fields, None, true, None, &mut |head, whole| {
-                if let Some(g) = group
-                    && head.member_of(&g.id)
-                {
-                    // A copy as the engine wrote it: no need to read it whole.
-                    if known(&head.resource_name, &head.etag) {
-                        known_sink(head.resource_name.into_owned(), head.etag.into_owned());
-                        return Then::Next;
-                    }
-                    if let Err(why) = self.read_whole(user, &head, whole, sink) {
-                        bad = Some(why);
-                        return Then::Stop;
-                    }
-                }
-                Then::Next
-            })
-            .await
-            .map_err(|e| api(e, &format!("contacts of {}", user.name)))?;
-        if let Some(why) = bad {
-            return Err(BackendError::Invalid(format!(
-                "contacts of {}: unreadable contact {why}",
-                user.name
-            )));
-        }
-        Ok(token)
     }
 
     async fn read_changes(
@@ -1276,54 +1283,6 @@ impl Backend for GoogleBackend {
             }
         }
         Ok(())
-    }
-
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
-        self.create_contacts(user, group, &[card])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
-    }
-
-    async fn update_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> Result<String> {
-        self.update_contacts(user, group, &[(id, etag, card)], fields)
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
-    }
-
-    async fn delete_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        self.delete_contacts(user, group, &[(id, etag)])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
-    }
-
-    async fn move_to_default(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        self.move_contacts_to_default(user, group, &[(id, etag)])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(BackendError::Invalid("empty batch".into())))
     }
 
     async fn create_contacts(

@@ -26,7 +26,11 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
-use super::{Backend, BackendError, Contact, GroupRef, Result, User, Written};
+use super::counting::CallCounts;
+use super::{
+    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, KnownCopies, Read,
+    Result, User, Written, no_directory,
+};
 use crate::card::{self, FieldSelection};
 use files::{Files, Found, folder_at, same_file};
 use parts::{CardFile, Loc, Target};
@@ -237,9 +241,159 @@ fn sweep_stale_temp(entry: &fs::DirEntry) {
     }
 }
 
+/// The single-contact writes the batch writes are made of (see `one_by_one_writes`).
+impl VdirBackend {
+    async fn create_one(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
+        let dir = self.group_dir(user, group);
+        folder_at(&dir)?;
+        let text = card::to_text(card);
+        let tmp = self.files.write_temp(&dir, text.as_bytes(), None)?;
+        let id = self
+            .files
+            .link_new(&dir, &stem_for(card), &tmp, &|_| false)?;
+        Ok(Written {
+            id,
+            etag: card::hex_digest(text.as_bytes()),
+        })
+    }
+
+    async fn update_one(
+        &self,
+        user: &User,
+        group: &GroupRef,
+        id: &str,
+        etag: &str,
+        card: &VCard,
+        fields: &FieldSelection,
+    ) -> Result<String> {
+        folder_at(&self.group_dir(user, group))?;
+        let (path, loc) = self.locate(user, group, id)?;
+        let shown = path.display().to_string();
+        let l = self.load(path)?.ok_or_else(|| BackendError::NotFound {
+            what: shown.clone(),
+        })?;
+        let file = CardFile::new(&l.text);
+        let target = file.find(loc, etag).ok_or_else(|| BackendError::Conflict {
+            what: shown.clone(),
+        })?;
+        let range = match &target {
+            Target::Whole => 0..l.text.len(),
+            Target::Part(r) => r.clone(),
+        };
+        let existing = card::parse(&l.text[range.clone()])
+            .map_err(|e| BackendError::Invalid(format!("{shown}: {e}")))?;
+        let merged = card::to_text(&card::merge_copy(&existing, card, fields));
+        match target {
+            Target::Whole => {
+                let dir = l.path.parent().unwrap_or(Path::new("."));
+                let tmp = self.files.write_temp(dir, merged.as_bytes(), None)?;
+                self.files.replace(&tmp, &l.path)?;
+            }
+            // Only this card's bytes change; every other card of the file stays as it is.
+            Target::Part(r) => {
+                let text = file.splice(&r, &merged).expect("the card is kept");
+                self.rewrite(&l, &text)?;
+            }
+        }
+        Ok(card::hex_digest(merged.as_bytes()))
+    }
+
+    async fn delete_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        folder_at(&self.group_dir(user, group))?;
+        let (path, loc) = self.locate(user, group, id)?;
+        let Some(l) = self.load(path)? else {
+            return Ok(());
+        };
+        let file = CardFile::new(&l.text);
+        let remove = |l: &Loaded| match fs::remove_file(&l.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::io(l.path.display(), e)),
+        };
+        match file.find(loc, etag) {
+            None => Err(BackendError::Conflict {
+                what: l.path.display().to_string(),
+            }),
+            Some(Target::Whole) => remove(&l),
+            // The other cards of the file stay, byte for byte; a file left with none goes.
+            Some(Target::Part(r)) => match file.splice(&r, "") {
+                Some(text) => self.rewrite(&l, &text),
+                None => remove(&l),
+            },
+        }
+    }
+
+    async fn move_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
+        if group.id == DEFAULT_COLLECTION {
+            return Ok(());
+        }
+        folder_at(&self.group_dir(user, group))?;
+        let (path, loc) = self.locate(user, group, id)?;
+        let to_dir = self.default_dir(user)?;
+        let shown = path.display().to_string();
+        let l = self.load(path)?.ok_or_else(|| BackendError::NotFound {
+            what: shown.clone(),
+        })?;
+        let file = CardFile::new(&l.text);
+        match file.find(loc, etag) {
+            None => Err(BackendError::Conflict { what: shown }),
+            Some(Target::Whole) => self.move_file(&l.path, &to_dir, loc.stem),
+            // One card of several: written to a file of its own there first (one a killed move
+            // already wrote, with the same bytes, is used), then taken out of its file.
+            Some(Target::Part(r)) => {
+                let text = &l.text[r.clone()];
+                let tmp = self.files.write_temp(&to_dir, text.as_bytes(), None)?;
+                let same = |p: &Path| matches!(self.files.read(p), Ok(Found::Bytes(b)) if b == text.as_bytes());
+                let stem = format!("{}-{}", loc.stem, loc.part.unwrap_or(1));
+                self.files.link_new(&to_dir, &stem, &tmp, &same)?;
+                match file.splice(&r, "") {
+                    Some(rest) => self.rewrite(&l, &rest),
+                    None => fs::remove_file(&l.path).map_err(|e| BackendError::io(shown, e)),
+                }
+            }
+        }
+    }
+}
+
 impl Backend for VdirBackend {
     fn kind(&self) -> &'static str {
         "vdir"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::PLAIN
+    }
+
+    fn call_counts(&self) -> Option<CallCounts> {
+        None
+    }
+
+    async fn prepare_users(&self, _names: &[String]) {}
+
+    async fn prepare_access(&self, _user: &User) {}
+
+    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
+        Err(no_directory(self.kind(), set))
+    }
+
+    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
+        vec![]
+    }
+
+    async fn check_access(&self, _user: &User) -> Result<()> {
+        Ok(())
+    }
+
+    async fn read_changes(
+        &self,
+        _user: &User,
+        _token: &str,
+        _group_id: &str,
+        _known: &dyn KnownCopies,
+        _sink: &mut (dyn FnMut(Contact) + Send),
+        _gone: &mut (dyn FnMut(String) + Send),
+    ) -> Result<Delta> {
+        Ok(Delta::Expired)
     }
 
     fn check_group_name(&self, name: &str) -> std::result::Result<(), String> {
@@ -303,12 +457,17 @@ impl Backend for VdirBackend {
         }
     }
 
-    async fn scan_group(
+    /// Reads every card file (tags only or whole: the file is read either way); no tokens.
+    async fn read_group(
         &self,
         user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
+        group: Option<&GroupRef>,
+        _how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        let Some(group) = group else {
+            return Ok(None);
+        };
         let dir = self.group_dir(user, group);
         // Refused before it is listed: a linked group could be another user's, or the source.
         folder_at(&dir)?;
@@ -332,10 +491,10 @@ impl Backend for VdirBackend {
         names.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, listed) in names {
             for c in self.read_file(&dir.join(&name), listed, &name[..name.len() - 4])? {
-                sink(c);
+                sink(Read::Contact(c));
             }
         }
-        Ok(())
+        Ok(None)
     }
 
     async fn fetch_contacts(
@@ -364,128 +523,7 @@ impl Backend for VdirBackend {
         Ok(())
     }
 
-    async fn create_contact(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
-        let dir = self.group_dir(user, group);
-        folder_at(&dir)?;
-        let text = card::to_text(card);
-        let tmp = self.files.write_temp(&dir, text.as_bytes(), None)?;
-        let id = self
-            .files
-            .link_new(&dir, &stem_for(card), &tmp, &|_| false)?;
-        Ok(Written {
-            id,
-            etag: card::hex_digest(text.as_bytes()),
-        })
-    }
-
-    async fn update_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> Result<String> {
-        folder_at(&self.group_dir(user, group))?;
-        let (path, loc) = self.locate(user, group, id)?;
-        let shown = path.display().to_string();
-        let l = self.load(path)?.ok_or_else(|| BackendError::NotFound {
-            what: shown.clone(),
-        })?;
-        let file = CardFile::new(&l.text);
-        let target = file.find(loc, etag).ok_or_else(|| BackendError::Conflict {
-            what: shown.clone(),
-        })?;
-        let range = match &target {
-            Target::Whole => 0..l.text.len(),
-            Target::Part(r) => r.clone(),
-        };
-        let existing = card::parse(&l.text[range.clone()])
-            .map_err(|e| BackendError::Invalid(format!("{shown}: {e}")))?;
-        let merged = card::to_text(&card::merge_copy(&existing, card, fields));
-        match target {
-            Target::Whole => {
-                let dir = l.path.parent().unwrap_or(Path::new("."));
-                let tmp = self.files.write_temp(dir, merged.as_bytes(), None)?;
-                self.files.replace(&tmp, &l.path)?;
-            }
-            // Only this card's bytes change; every other card of the file stays as it is.
-            Target::Part(r) => {
-                let text = file.splice(&r, &merged).expect("the card is kept");
-                self.rewrite(&l, &text)?;
-            }
-        }
-        Ok(card::hex_digest(merged.as_bytes()))
-    }
-
-    async fn delete_contact(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        folder_at(&self.group_dir(user, group))?;
-        let (path, loc) = self.locate(user, group, id)?;
-        let Some(l) = self.load(path)? else {
-            return Ok(());
-        };
-        let file = CardFile::new(&l.text);
-        let remove = |l: &Loaded| match fs::remove_file(&l.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::io(l.path.display(), e)),
-        };
-        match file.find(loc, etag) {
-            None => Err(BackendError::Conflict {
-                what: l.path.display().to_string(),
-            }),
-            Some(Target::Whole) => remove(&l),
-            // The other cards of the file stay, byte for byte; a file left with none goes.
-            Some(Target::Part(r)) => match file.splice(&r, "") {
-                Some(text) => self.rewrite(&l, &text),
-                None => remove(&l),
-            },
-        }
-    }
-
-    async fn move_to_default(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-    ) -> Result<()> {
-        if group.id == DEFAULT_COLLECTION {
-            return Ok(());
-        }
-        folder_at(&self.group_dir(user, group))?;
-        let (path, loc) = self.locate(user, group, id)?;
-        let to_dir = self.default_dir(user)?;
-        let shown = path.display().to_string();
-        let l = self.load(path)?.ok_or_else(|| BackendError::NotFound {
-            what: shown.clone(),
-        })?;
-        let file = CardFile::new(&l.text);
-        match file.find(loc, etag) {
-            None => Err(BackendError::Conflict { what: shown }),
-            Some(Target::Whole) => self.move_file(&l.path, &to_dir, loc.stem),
-            // One card of several: written to a file of its own there first (one a killed move
-            // already wrote, with the same bytes, is used), then taken out of its file.
-            Some(Target::Part(r)) => {
-                let text = &l.text[r.clone()];
-                let tmp = self.files.write_temp(&to_dir, text.as_bytes(), None)?;
-                let same = |p: &Path| matches!(self.files.read(p), Ok(Found::Bytes(b)) if b == text.as_bytes());
-                let stem = format!("{}-{}", loc.stem, loc.part.unwrap_or(1));
-                self.files.link_new(&to_dir, &stem, &tmp, &same)?;
-                match file.splice(&r, "") {
-                    Some(rest) => self.rewrite(&l, &rest),
-                    None => fs::remove_file(&l.path).map_err(|e| BackendError::io(shown, e)),
-                }
-            }
-        }
-    }
+    one_by_one_writes!();
 }
 
 #[cfg(test)]
