@@ -738,6 +738,36 @@ fn groups_are_found_by_display_name_only_xandikos() {
     groups_are_found_by_display_name_only(Kind::Xandikos);
 }
 
+/// The backend contract (`common::contract`), against the real server.
+fn keeps_the_contract(kind: Kind) {
+    let (s, _t) = setup(kind, 0, &[]);
+    let b = s.backend();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sample = |i: usize| card::parse(&vcard(&format!("c{i}"), &format!("Person {i}"))).unwrap();
+    let subject = common::contract::Subject {
+        user: User {
+            id: "bob".into(),
+            name: "bob".into(),
+        },
+        default_group: "contacts",
+        sample: &sample,
+    };
+    rt.block_on(common::contract::check(&b, &subject));
+}
+
+#[test]
+fn radicale_keeps_the_contract() {
+    keeps_the_contract(Kind::Radicale);
+}
+
+#[test]
+fn xandikos_keeps_the_contract() {
+    keeps_the_contract(Kind::Xandikos);
+}
+
 #[test]
 fn every_semantic_radicale() {
     every_semantic(Kind::Radicale);

@@ -2,6 +2,8 @@
 //! server (`fake-google`), which checks every request against Google's discovery documents and
 //! the People API's rules. Every test ends by asserting the fake saw no violation.
 
+mod common;
+
 use fake_google::{FakeGoogle, Fault, FaultKind, Options};
 use serde_json::{Value, json};
 use std::fs;
@@ -1641,4 +1643,35 @@ fn destinations_at_the_provider_never_exceed_the_concurrency() {
     for u in &users {
         assert_eq!(r.copies(u), r.source_ids(), "{u}");
     }
+}
+
+/// The backend contract (`common::contract`), on the fake: every step's requests follow
+/// Google's rules.
+#[test]
+fn google_keeps_the_contract() {
+    use groupsync::backend::Backend;
+    use groupsync::backend::google::{GoogleBackend, GoogleConfig, person};
+    let r = Rig::new(0);
+    let mut cfg =
+        GoogleConfig::with_defaults(r.path().join("key.json"), "admin@example.com".into());
+    cfg.people_url = r.fake.url.clone();
+    cfg.directory_url = r.fake.url.clone();
+    let b = GoogleBackend::new(cfg).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let user = rt
+        .block_on(b.resolve_user("bob@example.com"))
+        .unwrap()
+        .expect("bob is in the directory");
+    let sample = |i: usize| person::to_card(&person(i), None);
+    let subject = common::contract::Subject {
+        user,
+        default_group: "My Contacts",
+        sample: &sample,
+    };
+    rt.block_on(common::contract::check(&b, &subject));
+    r.assert_no_violations();
 }

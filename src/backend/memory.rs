@@ -516,6 +516,7 @@ impl Backend for MemoryBackend {
             batch_size: batch,
             delete_batch_size: batch,
             read_before_update: &[],
+            conditional_deletes: true,
         }
     }
 

@@ -237,6 +237,10 @@ pub struct Capabilities {
     /// carrying one is read before it is updated; others may be updated from what the engine
     /// remembers (see `read_changes`).
     pub read_before_update: &'static [&'static str],
+    /// Deletes and moves are conditional on the etag given (Google's batch delete and group
+    /// memberships take none: the engine reads what it deletes just before, for the trash, and
+    /// refuses a contact changed since).
+    pub conditional_deletes: bool,
 }
 
 impl Capabilities {
@@ -248,6 +252,7 @@ impl Capabilities {
         batch_size: 1,
         delete_batch_size: 1,
         read_before_update: &[],
+        conditional_deletes: true,
     };
 }
 
@@ -354,7 +359,8 @@ pub trait Backend: Send + Sync {
         name: &str,
     ) -> impl Future<Output = Result<Option<GroupRef>>> + Send;
 
-    /// Creates a contact group; `AlreadyExists` if one of that name exists.
+    /// Creates a contact group. If one of that name exists: `AlreadyExists`, or that group
+    /// (a provider that finds the group a lost answer hid); never a second group of that name.
     fn create_group(
         &self,
         user: &User,

@@ -1,6 +1,8 @@
 //! Shared helpers for the CLI tests: a temporary vdir tree with a config file.
 #![allow(dead_code)]
 
+pub mod contract;
+
 use assert_cmd::Command;
 use std::fs;
 use std::path::{Path, PathBuf};

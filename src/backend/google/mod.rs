@@ -995,6 +995,7 @@ impl Backend for GoogleBackend {
             batch_size: 200,
             delete_batch_size: 500,
             read_before_update: &[person::PHOTO_PROPERTY],
+            conditional_deletes: false,
         }
     }
 
