@@ -249,7 +249,7 @@ impl DestEntry {
 }
 
 impl DestEntry {
-    /// [`DestEntry::classify`] of a contact read for its tags only (`Backend::scan_group_tags`,
+    /// [`DestEntry::classify`] of a contact read for its tags only (`Depth::TagsOnly`,
     /// a removal's run): a copy carries no name or digest, the read has neither to give.
     pub fn classify_tags(
         job: &JobSpec,

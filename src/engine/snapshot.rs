@@ -12,7 +12,7 @@ use crate::plan::{DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scop
 /// Reads the destination group and summarises it for the planner, with the provider's change
 /// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written
 /// from the source's current content, and that still has the etag of that write, is summarised
-/// from the ledger without being read whole (see `Backend::scan_group_known`).
+/// from the ledger without being read whole (see `GroupRead::known`).
 pub(super) async fn snapshot<B: Backend>(
     ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
@@ -106,7 +106,7 @@ pub(super) fn snapshot_of<B>(
 
 /// Reads a destination leaving the job. Each contact is read only for its tags, unless `whole`
 /// (a dry run, whose plan names what it would delete): a real removal reads what it deletes
-/// whole for the trash, and names it from that (see `apply_ops`).
+/// whole for the trash, and names it from that (see `Applier::run`).
 pub(super) async fn removal_snapshot<B: Backend>(
     ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
