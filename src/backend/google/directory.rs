@@ -10,9 +10,10 @@ use serde_json::Value;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+use super::GoogleBackend;
 use super::auth::DIRECTORY_SCOPES;
+use super::calls::api;
 use super::http::ApiError;
-use super::{GoogleBackend, api, domain_of};
 use crate::backend::{BackendError, Result, User};
 
 /// Below this many names in one domain, users.get one by one is cheaper than listing.
@@ -327,5 +328,58 @@ impl GoogleBackend {
         } else {
             api(e, what)
         }
+    }
+}
+
+pub(super) fn domain_of(email: &str) -> &str {
+    email.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
+}
+
+impl GoogleBackend {
+    /// The domains users may belong to: `allowed_domains`, or every verified domain of the
+    /// customer (domains.list, primary and secondary alike).
+    pub async fn allowed_domains(&self) -> Result<Vec<String>> {
+        if let Some(d) = &self.cfg.allowed_domains {
+            return Ok(d.iter().map(|d| d.to_ascii_lowercase()).collect());
+        }
+        self.domains
+            .get_or_try_init(|| async {
+                let v = self
+                    .as_admin(
+                        "directory.domains.list",
+                        self.directory("customer/my_customer/domains"),
+                        vec![],
+                    )
+                    .await
+                    .map_err(|e| api(e, "listing the customer's domains"))?;
+                let mut out = vec![];
+                for d in v
+                    .get("domains")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    if d.get("verified").and_then(Value::as_bool) == Some(true)
+                        && let Some(n) = d.get("domainName").and_then(Value::as_str)
+                    {
+                        out.push(n.to_ascii_lowercase());
+                        for a in d
+                            .get("domainAliases")
+                            .and_then(Value::as_array)
+                            .into_iter()
+                            .flatten()
+                        {
+                            if a.get("verified").and_then(Value::as_bool) == Some(true)
+                                && let Some(n) = a.get("domainAliasName").and_then(Value::as_str)
+                            {
+                                out.push(n.to_ascii_lowercase());
+                            }
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+            .cloned()
     }
 }

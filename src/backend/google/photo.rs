@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{CONTACT_SOURCES, GoogleBackend, api};
+use super::calls::{Ask, api};
+use super::{CONTACT_SOURCES, GoogleBackend};
 use crate::backend::{BackendError, Result, User};
 
 /// Photos kept in memory at most (the cache is emptied when it is full).
@@ -84,30 +85,14 @@ impl GoogleBackend {
                     "personFields": "metadata",
                     "sources": [CONTACT_SOURCES],
                 });
-                self.as_user(
-                    user,
-                    "people.updateContactPhoto",
-                    Method::PATCH,
-                    self.people(&format!("{rn}:updateContactPhoto")),
-                    vec![],
-                    Some(&body),
-                    true,
-                )
+                self.as_user(user, Ask::new("people.updateContactPhoto", Method::PATCH, format!("{rn}:updateContactPhoto")).body(&body))
                 .await
             }
             None => {
-                self.as_user(
-                    user,
-                    "people.deleteContactPhoto",
-                    Method::DELETE,
-                    self.people(&format!("{rn}:deleteContactPhoto")),
-                    vec![
+                self.as_user(user, Ask::new("people.deleteContactPhoto", Method::DELETE, format!("{rn}:deleteContactPhoto")).query(vec![
                         ("personFields", "metadata".into()),
                         ("sources", CONTACT_SOURCES.into()),
-                    ],
-                    None,
-                    true,
-                )
+                    ]))
                 .await
             }
         }
