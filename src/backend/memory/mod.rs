@@ -4,6 +4,10 @@
 //! engine can tell: etags change on every write, ids are never reused, a group with contacts in it
 //! cannot be deleted, two contacts of one group never share a UID (as on a CardDAV server).
 
+mod groups;
+mod read;
+mod write;
+
 use calcard::vcard::VCard;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -11,8 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::counting::CallCounts;
 use super::{
-    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, Known, KnownCopies,
-    Read, Result, User, Written, no_directory,
+    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, KnownCopies, Read,
+    Result, User, Written, no_directory,
 };
 use crate::card::{self, FieldSelection};
 
@@ -330,173 +334,6 @@ impl MemoryBackend {
             .map(|u| u.groups.values().map(|g| g.name.clone()).collect())
             .unwrap_or_default()
     }
-
-    fn with_group<T>(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        f: impl FnOnce(&mut MemGroup) -> Result<T>,
-    ) -> Result<T> {
-        let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
-        let g = u
-            .groups
-            .get_mut(&group.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("group {:?} of {}", group.name, user.name),
-            })?;
-        f(g)
-    }
-}
-
-/// The single-contact writes the batch writes are made of (see `one_by_one_writes`), and a
-/// group read whole.
-impl MemoryBackend {
-    /// Every contact of a group, after the configured latency.
-    async fn scan(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.check_read()?;
-        let latency = *self.latency.lock().unwrap();
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        let contacts: Vec<Contact> = self.with_group(user, group, |g| {
-            Ok(g.contacts
-                .iter()
-                .map(|(id, (etag, card))| Contact {
-                    id: id.clone(),
-                    etag: etag.clone(),
-                    card: Ok(card.clone()),
-                })
-                .collect())
-        })?;
-        contacts.into_iter().for_each(sink);
-        Ok(())
-    }
-
-    async fn create_one(&self, user: &User, group: &GroupRef, card: &VCard) -> Result<Written> {
-        self.check_write()?;
-        self.check_refused(card)?;
-        let id = self.fresh("c");
-        let etag = self.fresh("e");
-        let stored = self.stored_form(card.clone());
-        self.with_group(user, group, |g| {
-            // As a CardDAV server (RFC 6352 no-uid-conflict): one UID per address book.
-            if let Some(uid) = card.uid()
-                && g.contacts.values().any(|(_, c)| c.uid() == Some(uid))
-            {
-                return Err(BackendError::AlreadyExists {
-                    what: format!("a contact with UID {uid}"),
-                });
-            }
-            g.contacts.insert(id.clone(), (etag.clone(), stored));
-            Ok(Written { id, etag })
-        })
-    }
-
-    async fn update_one(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        id: &str,
-        etag: &str,
-        card: &VCard,
-        fields: &FieldSelection,
-    ) -> Result<String> {
-        self.check_write()?;
-        self.check_refused(card)?;
-        let new_etag = self.fresh("e");
-        self.with_group(user, group, |g| {
-            let slot = g
-                .contacts
-                .get_mut(id)
-                .ok_or_else(|| BackendError::NotFound {
-                    what: format!("contact {id}"),
-                })?;
-            if slot.0 != etag {
-                return Err(BackendError::Conflict {
-                    what: format!("contact {id}"),
-                });
-            }
-            let merged = self.stored_form(card::merge_copy(&slot.1, card, fields));
-            *slot = (new_etag.clone(), merged);
-            Ok(new_etag)
-        })
-    }
-
-    async fn delete_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
-        self.check_write()?;
-        self.with_group(user, group, |g| {
-            match g.contacts.get(id) {
-                None => return Ok(()),
-                Some((e, _)) if e != etag => {
-                    return Err(BackendError::Conflict {
-                        what: format!("contact {id}"),
-                    });
-                }
-                _ => {}
-            }
-            g.contacts.remove(id);
-            Ok(())
-        })?;
-        self.tombstone(&user.id, id);
-        Ok(())
-    }
-
-    async fn move_one(&self, user: &User, group: &GroupRef, id: &str, etag: &str) -> Result<()> {
-        self.check_write()?;
-        let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
-        let default_id = match u.groups.iter().find(|(_, g)| g.name == DEFAULT_GROUP) {
-            Some((id, _)) => id.clone(),
-            None => {
-                let gid = self.fresh("g");
-                u.groups.insert(
-                    gid.clone(),
-                    MemGroup {
-                        name: DEFAULT_GROUP.into(),
-                        ..Default::default()
-                    },
-                );
-                gid
-            }
-        };
-        if default_id == group.id {
-            return Ok(());
-        }
-        let Some(entry) = u.groups.get_mut(&group.id).and_then(|g| {
-            let (current, _) = g.contacts.get(id)?;
-            if current != etag {
-                return Some(Err(BackendError::Conflict {
-                    what: format!("contact {id}"),
-                }));
-            }
-            g.contacts.remove(id).map(Ok)
-        }) else {
-            return Err(BackendError::NotFound {
-                what: format!("contact {id}"),
-            });
-        };
-        let entry = entry?;
-        u.groups
-            .get_mut(&default_id)
-            .unwrap()
-            .contacts
-            .insert(id.to_string(), entry);
-        Ok(())
-    }
 }
 
 impl Backend for MemoryBackend {
@@ -544,8 +381,6 @@ impl Backend for MemoryBackend {
         Ok(())
     }
 
-    /// With change tokens, known copies are handed by id and etag (the memory store sees
-    /// etags first, as Google's listing does).
     async fn read_group(
         &self,
         user: &User,
@@ -553,21 +388,7 @@ impl Backend for MemoryBackend {
         how: GroupRead<'_>,
         sink: &mut (dyn FnMut(Read) + Send),
     ) -> Result<Option<String>> {
-        self.check_read()?;
-        let tokens = self.tokens_on.load(Ordering::Relaxed);
-        let token = (tokens && how.token).then(|| self.take_token(&user.id));
-        let known = how.known.filter(|_| tokens);
-        if let Some(g) = group {
-            self.scan(user, g, &mut |c: Contact| match known {
-                Some(k) if k(&c.id, &c.etag) => sink(Read::Known {
-                    id: c.id,
-                    etag: c.etag,
-                }),
-                _ => sink(Read::Contact(c)),
-            })
-            .await?;
-        }
-        Ok(token)
+        self.read_members(user, group, how, sink).await
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -580,70 +401,15 @@ impl Backend for MemoryBackend {
     }
 
     async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        self.check_read()?;
-        if self.panic_user.lock().unwrap().as_deref() == Some(user.id.as_str()) {
-            panic!("injected panic looking up a group of {}", user.name);
-        }
-        let users = self.users.lock().unwrap();
-        let u = users.get(&user.id).ok_or_else(|| BackendError::NotFound {
-            what: format!("user {}", user.name),
-        })?;
-        Ok(u.groups
-            .iter()
-            .find(|(_, g)| g.name == name)
-            .map(|(id, g)| GroupRef {
-                id: id.clone(),
-                name: g.name.clone(),
-                version: (!self.tokens_on.load(Ordering::Relaxed)).then(|| g.version()),
-            }))
+        self.group_named(user, name).await
     }
 
     async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
-        self.check_write()?;
-        let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
-        if u.groups.values().any(|g| g.name == name) {
-            return Err(BackendError::AlreadyExists {
-                what: format!("group {name:?} of {}", user.name),
-            });
-        }
-        let id = self.fresh("g");
-        u.groups.insert(
-            id.clone(),
-            MemGroup {
-                name: name.into(),
-                ..Default::default()
-            },
-        );
-        Ok(GroupRef {
-            id,
-            name: name.into(),
-            version: None,
-        })
+        self.make_group(user, name).await
     }
 
     async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
-        self.check_write()?;
-        let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
-        match u.groups.get(&group.id) {
-            None => Ok(()),
-            Some(g) if !g.contacts.is_empty() => Err(BackendError::NotEmpty {
-                what: format!("group {:?} of {}", group.name, user.name),
-            }),
-            Some(_) => {
-                u.groups.remove(&group.id);
-                Ok(())
-            }
-        }
+        self.remove_group(user, group).await
     }
 
     async fn read_changes(
@@ -655,53 +421,8 @@ impl Backend for MemoryBackend {
         sink: &mut (dyn FnMut(Contact) + Send),
         gone: &mut (dyn FnMut(String) + Send),
     ) -> Result<Delta> {
-        self.check_read()?;
-        let Some((deleted_then, then)) = self.tokens.lock().unwrap().get(token).cloned() else {
-            return Ok(Delta::Expired);
-        };
-        let next = self.take_token(&user.id);
-        let now = self.positions(&user.id);
-        let changed: Vec<(&String, &(String, String))> = now
-            .iter()
-            .filter(|(id, at)| then.get(*id) != Some(*at))
-            .collect();
-        let deleted: Vec<String> = self.deleted.lock().unwrap()[deleted_then..]
-            .iter()
-            .filter(|(u, id)| u == &user.id && !now.contains_key(id))
-            .map(|(_, id)| id.clone())
-            .collect();
-        // One page: the whole delta.
-        known.page(changed.len() + deleted.len());
-        for (id, (gid, etag)) in changed {
-            let k = known.known(id, etag);
-            if gid != group_id {
-                if k != Known::No {
-                    gone(id.clone());
-                }
-            } else if k != Known::AsWritten {
-                let card = self.with_group(
-                    user,
-                    &GroupRef {
-                        id: gid.clone(),
-                        ..Default::default()
-                    },
-                    |g| Ok(g.contacts.get(id).map(|(_, c)| c.clone())),
-                )?;
-                if let Some(card) = card {
-                    sink(Contact {
-                        id: id.clone(),
-                        etag: etag.clone(),
-                        card: Ok(card),
-                    });
-                }
-            }
-        }
-        for id in deleted {
-            if known.known(&id, "") != Known::No {
-                gone(id);
-            }
-        }
-        Ok(Delta::Read { token: next })
+        self.read_delta(user, token, group_id, known, sink, gone)
+            .await
     }
 
     async fn fetch_contacts(
@@ -711,19 +432,7 @@ impl Backend for MemoryBackend {
         ids: &[String],
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<()> {
-        self.check_read()?;
-        self.with_group(user, group, |g| {
-            for id in ids {
-                if let Some((etag, card)) = g.contacts.get(id) {
-                    sink(Contact {
-                        id: id.clone(),
-                        etag: etag.clone(),
-                        card: Ok(card.clone()),
-                    });
-                }
-            }
-            Ok(())
-        })
+        self.fetch_by_ids(user, group, ids, sink).await
     }
 
     one_by_one_writes!();
