@@ -1,0 +1,175 @@
+//! The source group as the planner sees it: each contact's copy (built once, shared by every
+//! destination), its managed content's digest and per-property digests, the contacts that could
+//! not be read, and the UIDs copies get.
+//!
+//! It must not read the provider: the engine fills it.
+
+use calcard::vcard::VCard;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+
+use super::JobSpec;
+use crate::card::{self};
+
+/// One contact of the source group, ready to be copied.
+#[derive(Debug, Clone)]
+pub struct SourceItem {
+    pub id: String,
+    /// The etag the source contact was read with.
+    pub etag: Box<str>,
+    pub name: String,
+    /// Digest of the managed part (see `card::managed_digest`).
+    pub digest: String,
+    /// Digest of each managed property (see `card::field_digests`), worked out the first time
+    /// an update needs them: most source contacts are never updated anywhere in a run.
+    fields: OnceLock<Vec<(std::sync::Arc<str>, u64)>>,
+    /// The copy a destination must hold (its UID is used only when creating), as vCard text: one
+    /// allocation instead of a few dozen. A run holds one per source contact for its whole
+    /// length, and on most runs few of them are written anywhere.
+    copy_text: Box<str>,
+    /// The copy read back from `copy_text`, kept once a write or a comparison needed it: a
+    /// first fan-out creates every copy at every destination, and an edited source contact is
+    /// updated at every destination. It never holds more than a fan-out does. Destinations
+    /// that need it at the same time wait for the one reading it.
+    copy: OnceLock<Result<VCard, String>>,
+}
+
+impl SourceItem {
+    /// Digest of each managed property of the copy (see `card::field_digests`).
+    pub fn fields(&self, selection: &card::FieldSelection) -> &[(std::sync::Arc<str>, u64)] {
+        self.fields.get_or_init(|| match self.copy() {
+            Ok(c) => card::field_digests(c, selection),
+            Err(_) => vec![],
+        })
+    }
+
+    /// Reads the copy back from its text.
+    fn read_copy(&self) -> Result<VCard, String> {
+        card::read_copy(&self.copy_text)
+            .map_err(|e| format!("the copy of source contact {}: {e}", self.id))
+    }
+
+    /// The copy, read once and kept for the rest of the run (every destination written needs
+    /// the same one).
+    pub fn copy(&self) -> Result<&VCard, String> {
+        self.copy
+            .get_or_init(|| {
+                // A clone is sized exactly; the parser's vectors and strings carry spare room,
+                // and this one is held for the rest of the run.
+                self.read_copy().map(|read| {
+                    let exact = read.clone();
+                    drop(read);
+                    exact
+                })
+            })
+            .as_ref()
+            .map_err(String::clone)
+    }
+}
+
+/// The source group as read in this run.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSet {
+    pub items: BTreeMap<String, SourceItem>,
+    /// Ids of source contacts that exist but could not be read, with the reason.
+    pub unreadable: BTreeMap<String, String>,
+    /// Source contacts the job's filter left out.
+    pub filtered_out: usize,
+    /// Contacts in the source group that came through this job (its own copies, or copies of
+    /// them made by other jobs): never copied again, so jobs that feed each other never grow.
+    pub came_back: usize,
+}
+
+impl SourceSet {
+    /// A digest of everything a run copies for this job: the tag, the target group, and each
+    /// source contact's id and managed content. Equal fingerprints mean equal desired copies.
+    pub fn fingerprint(&self, job: &JobSpec) -> String {
+        let mut text = format!("{}|{}|", job.tag, job.target_group);
+        for (id, item) in &self.items {
+            text.push_str(id);
+            text.push('=');
+            text.push_str(&item.digest);
+            text.push(';');
+        }
+        for id in self.unreadable.keys() {
+            text.push_str(id);
+            text.push_str("=?;");
+        }
+        card::hex_digest(text.as_bytes())
+    }
+}
+
+/// The UID a new copy gets: derived from the tag and source id, so it is the same at every
+/// destination and on every retry.
+pub fn copy_uid(tag: &str, source_id: &str) -> String {
+    format!("{}-{}", tag, &card::hex_digest(source_id.as_bytes())[..16])
+}
+
+/// The UID of a contact read from a destination, if it has the form of this job's copy UIDs
+/// (`<tag>-…`, see `copy_uid`) and is not this job's copy of a source contact (whose own UID no
+/// fresh copy of another source can get): a fresh copy must not get it. Thousands of copies
+/// are read per destination; none of their UIDs is kept.
+pub fn taken_uid(job: &JobSpec, card: &Result<VCard, String>) -> Option<String> {
+    let card = card.as_ref().ok()?;
+    if card::tag_of(card).is_some_and(|t| t == job.tag) && card::source_of(card).is_some() {
+        return None;
+    }
+    let uid = card.uid()?.trim();
+    (uid.len() > job.tag.len()
+        && uid.starts_with(job.tag.as_str())
+        && uid.as_bytes()[job.tag.len()] == b'-')
+        .then(|| uid.to_string())
+}
+
+/// A UID for a copy of `source_id` that none of `taken` has: `copy_uid`, else it with `-1`,
+/// `-2`, … (the same at every retry, as long as what is taken is the same).
+pub fn free_uid(tag: &str, source_id: &str, taken: &dyn Fn(&str) -> bool) -> Option<String> {
+    let base = copy_uid(tag, source_id);
+    if !taken(&base) {
+        return None;
+    }
+    (1..).map(|n| format!("{base}-{n}")).find(|u| !taken(u))
+}
+
+impl SourceSet {
+    /// Adds one contact read from the source group, with the etag it was read with (what a
+    /// write back to the source would be conditional on).
+    pub fn add(&mut self, job: &JobSpec, id: String, etag: String, card: Result<VCard, String>) {
+        match card {
+            Err(reason) => {
+                self.unreadable.insert(id, reason);
+            }
+            Ok(card) => {
+                if card::came_through(&card).contains(&job.tag) {
+                    self.came_back += 1;
+                    return;
+                }
+                if !job.filter.keeps(&card) {
+                    self.filtered_out += 1;
+                    return;
+                }
+                let uid = copy_uid(&job.tag, &id);
+                let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
+                // A copy read back from its text equals it (`to_text` writes every property
+                // `read_copy` reads; tests/vcards.rs checks it on realistic cards), so the
+                // digest is taken here, without reading it back.
+                let (copy_text, digest) = card::text_and_digest(&copy, &job.fields);
+                let copy_text = copy_text.into_boxed_str();
+                drop(copy);
+                let name = card::display_name(&card);
+                self.items.insert(
+                    id.clone(),
+                    SourceItem {
+                        id,
+                        etag: etag.into_boxed_str(),
+                        name,
+                        digest,
+                        fields: Default::default(),
+                        copy_text,
+                        copy: Default::default(),
+                    },
+                );
+            }
+        }
+    }
+}
