@@ -120,8 +120,6 @@ impl GoogleBackend {
 }
 
 /// The two ways Google reads a group (`Backend::read_group`).
-impl GoogleBackend {}
-
 impl Backend for GoogleBackend {
     fn kind(&self) -> &'static str {
         "google"
