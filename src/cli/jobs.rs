@@ -2,7 +2,7 @@
 //! `toml_edit` (comments and layout kept) and are checked before they are written: an unknown
 //! user, a missing source group or a duplicate leaves the file exactly as it was.
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
@@ -16,25 +16,7 @@ use crate::job::{self, Job};
 #[derive(Debug, Subcommand)]
 pub enum JobCommand {
     /// Create a job file with a fresh tag, and run it at once (unless --no-run)
-    New {
-        /// Job name (the file is <jobs_dir>/NAME.toml)
-        name: String,
-        /// The user whose group is copied
-        #[arg(long)]
-        source: String,
-        /// The source user's contact group to copy
-        #[arg(long)]
-        group: String,
-        /// A destination user (repeat for several)
-        #[arg(long = "dest", required = true)]
-        dest: Vec<String>,
-        /// Name of the group at the destinations (default: same as --group)
-        #[arg(long)]
-        target_group: Option<String>,
-        /// Only write the job file; the first run happens with the next `groupsync run`
-        #[arg(long)]
-        no_run: bool,
-    },
+    New(NewJob),
     /// Add destination users to a job (synced at the next run, or at once with --now)
     AddDest {
         name: String,
@@ -67,6 +49,28 @@ pub enum JobCommand {
     },
 }
 
+/// What `job new` is given.
+#[derive(Debug, Args)]
+pub struct NewJob {
+    /// Job name (the file is <jobs_dir>/NAME.toml)
+    name: String,
+    /// The user whose group is copied
+    #[arg(long)]
+    source: String,
+    /// The source user's contact group to copy
+    #[arg(long)]
+    group: String,
+    /// A destination user (repeat for several)
+    #[arg(long = "dest", required = true)]
+    dest: Vec<String>,
+    /// Name of the group at the destinations (default: same as --group)
+    #[arg(long)]
+    target_group: Option<String>,
+    /// Only write the job file; the first run happens with the next `groupsync run`
+    #[arg(long)]
+    no_run: bool,
+}
+
 pub async fn job<B: Backend + 'static>(
     ctx: &Ctx,
     backend: &Arc<B>,
@@ -74,27 +78,7 @@ pub async fn job<B: Backend + 'static>(
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
     match cmd {
-        JobCommand::New {
-            name,
-            source,
-            group,
-            dest,
-            target_group,
-            no_run,
-        } => {
-            new(
-                ctx,
-                backend,
-                name,
-                source,
-                group,
-                dest,
-                target_group.as_deref(),
-                *no_run,
-                out,
-            )
-            .await
-        }
+        JobCommand::New(args) => new(ctx, backend, args, out).await,
         JobCommand::AddDest { name, users, now } => {
             add_dest(ctx, backend, name, users, *now, out).await
         }
@@ -142,18 +126,21 @@ fn check_unique(users: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn new<B: Backend + 'static>(
     ctx: &Ctx,
     backend: &Arc<B>,
-    name: &str,
-    source: &str,
-    group: &str,
-    dests: &[String],
-    target_group: Option<&str>,
-    no_run: bool,
+    args: &NewJob,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    let NewJob {
+        name,
+        source,
+        group,
+        dest: dests,
+        target_group,
+        no_run,
+    } = args;
+    let target_group = target_group.as_deref();
     job::check_name(name).map_err(usage)?;
     let path = job::job_path(&ctx.config.jobs_dir, name);
     if path.exists() {
@@ -203,7 +190,7 @@ async fn new<B: Backend + 'static>(
     job::write_atomic(&path, &text)
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     eprintln!("created job {name} ({tag}) in {}", path.display());
-    if no_run {
+    if *no_run {
         return Ok(exit::OK);
     }
     let _lock = ctx.lock()?;

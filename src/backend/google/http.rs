@@ -12,6 +12,7 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::auth::TokenSource;
 
@@ -137,7 +138,7 @@ const LARGE_ANSWERS: usize = 2;
 pub struct LargeAnswer {
     text: String,
     pool: Arc<Mutex<Vec<Vec<u8>>>>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _permit: OwnedSemaphorePermit,
 }
 
 impl std::ops::Deref for LargeAnswer {
@@ -225,122 +226,12 @@ impl Client {
         &self,
         call: &Call<'_>,
         large: bool,
-    ) -> Result<(String, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
-        let attempt = || async {
-            let token = self
-                .tokens
-                .token(call.user, call.scopes)
-                .await
-                .map_err(|e| {
-                    let retry = e.is_retryable();
-                    (
-                        None,
-                        ApiError {
-                            status: if retry { 0 } else { 401 },
-                            code: "UNAUTHENTICATED".into(),
-                            reasons: vec![if retry { "token" } else { "auth" }.into()],
-                            message: e.to_string(),
-                            body: Value::Null,
-                            ambiguous: false,
-                        },
-                    )
-                })?;
-            self.limiter.until_ready().await;
-            self.counts.bump(call.name);
-            let mut req = self
-                .http
-                .request(call.method.clone(), &call.url)
-                .header("authorization", token.bearer())
-                .query(&call.query);
-            if let Some(b) = call.body {
-                req = req.json(b);
-            } else if let Some(b) = call.raw_body {
-                req = req
-                    .header("content-type", "application/json")
-                    .body(b.clone());
-            }
-            let sent = std::time::Instant::now();
-            let resp = match req.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    let connect = e.is_connect();
-                    return Err((
-                        None,
-                        ApiError {
-                            status: 0,
-                            code: String::new(),
-                            reasons: vec![],
-                            message: format!("{} {}: {}", call.name, call.url, e.without_url()),
-                            body: Value::Null,
-                            // A connection that was never made sent nothing.
-                            ambiguous: !connect,
-                        },
-                    ));
-                }
-            };
-            let to_answer = sent.elapsed();
-            let status = resp.status();
-            let after = resp
-                .headers()
-                .get("retry-after")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let permit = match large {
-                true => Some(
-                    self.large_answers
-                        .clone()
-                        .acquire_owned()
-                        .await
-                        .expect("the semaphore is never closed"),
-                ),
-                false => None,
-            };
-            let buf = match &permit {
-                Some(_) => crate::mutex::lock(&self.large_bodies)
-                    .pop()
-                    .unwrap_or_default(),
-                None => vec![],
-            };
-            let reading = std::time::Instant::now();
-            let text = read_text(resp, buf).await;
-            if let Ok(t) = &text {
-                tracing::debug!(
-                    user = call.user,
-                    status = status.as_u16(),
-                    answer_ms = to_answer.as_secs_f64() * 1e3,
-                    body_ms = reading.elapsed().as_secs_f64() * 1e3,
-                    bytes = t.len(),
-                    "{}",
-                    call.name
-                );
-            }
-            let text = text.map_err(|e| {
-                (
-                    None,
-                    ApiError {
-                        status: 0,
-                        code: String::new(),
-                        reasons: vec![],
-                        message: format!("{} {}: {}", call.name, call.url, e.without_url()),
-                        body: Value::Null,
-                        ambiguous: true,
-                    },
-                )
-            })?;
-            if status.is_success() {
-                return Ok((text, permit));
-            }
-            if status == StatusCode::UNAUTHORIZED {
-                self.tokens.forget(call.user).await;
-            }
-            Err((after, ApiError::parse(status, &text)))
-        };
-        let retryable = |(_, e): &(Option<Duration>, ApiError)| {
+    ) -> Result<(String, Option<OwnedSemaphorePermit>), ApiError> {
+        let retryable = |(_, e): &Failed| {
             (e.is_retryable() || e.status == 401 && e.reasons.is_empty())
                 && (call.idempotent || !e.ambiguous)
         };
-        attempt
+        (|| self.attempt(call, large))
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(250))
@@ -349,15 +240,134 @@ impl Client {
                     .with_jitter(),
             )
             .when(retryable)
-            .adjust(|(after, _): &(Option<Duration>, ApiError), d| {
-                after.map(|a| a.min(Duration::from_secs(120))).or(d)
-            })
+            .adjust(|(after, _): &Failed, d| after.map(|a| a.min(Duration::from_secs(120))).or(d))
             .notify(|(_, e), after| {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("{}: {e}; retrying in {after:?}", call.name)
             })
             .await
             .map_err(|(_, e)| e)
+    }
+
+    /// One attempt at a call: the user's token, a place under the rate limit, the request, and
+    /// its answer read whole (a large one once a permit is free).
+    async fn attempt(
+        &self,
+        call: &Call<'_>,
+        large: bool,
+    ) -> Result<(String, Option<OwnedSemaphorePermit>), Failed> {
+        let token = self
+            .tokens
+            .token(call.user, call.scopes)
+            .await
+            .map_err(|e| (None, token_error(&e)))?;
+        self.limiter.until_ready().await;
+        self.counts.bump(call.name);
+        let mut req = self
+            .http
+            .request(call.method.clone(), &call.url)
+            .header("authorization", token.bearer())
+            .query(&call.query);
+        if let Some(b) = call.body {
+            req = req.json(b);
+        } else if let Some(b) = call.raw_body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.clone());
+        }
+        let sent = std::time::Instant::now();
+        // A connection that was never made sent nothing.
+        let resp = req.send().await.map_err(|e| {
+            let ambiguous = !e.is_connect();
+            (None, transport_error(call, e, ambiguous))
+        })?;
+        let to_answer = sent.elapsed();
+        let status = resp.status();
+        let after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let (text, permit) = self.answer_of(call, resp, large, to_answer).await?;
+        if status.is_success() {
+            return Ok((text, permit));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.tokens.forget(call.user).await;
+        }
+        Err((after, ApiError::parse(status, &text)))
+    }
+
+    /// An answer's body as text; a large one waits for a permit and reuses a buffer.
+    async fn answer_of(
+        &self,
+        call: &Call<'_>,
+        resp: reqwest::Response,
+        large: bool,
+        to_answer: Duration,
+    ) -> Result<(String, Option<OwnedSemaphorePermit>), Failed> {
+        let status = resp.status();
+        let permit = match large {
+            true => Some(
+                self.large_answers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed"),
+            ),
+            false => None,
+        };
+        let buf = match &permit {
+            Some(_) => crate::mutex::lock(&self.large_bodies)
+                .pop()
+                .unwrap_or_default(),
+            None => vec![],
+        };
+        let reading = std::time::Instant::now();
+        let text = read_text(resp, buf)
+            .await
+            .map_err(|e| (None, transport_error(call, e, true)))?;
+        tracing::debug!(
+            user = call.user,
+            status = status.as_u16(),
+            answer_ms = to_answer.as_secs_f64() * 1e3,
+            body_ms = reading.elapsed().as_secs_f64() * 1e3,
+            bytes = text.len(),
+            "{}",
+            call.name
+        );
+        Ok((text, permit))
+    }
+}
+
+/// A failed attempt: the wait the server asked for (Retry-After), and the error.
+type Failed = (Option<Duration>, ApiError);
+
+/// A token that could not be had, as a call's error (retried if the token endpoint may answer
+/// next time).
+fn token_error(e: &crate::backend::BackendError) -> ApiError {
+    let retry = e.is_retryable();
+    ApiError {
+        status: if retry { 0 } else { 401 },
+        code: "UNAUTHENTICATED".into(),
+        reasons: vec![if retry { "token" } else { "auth" }.into()],
+        message: e.to_string(),
+        body: Value::Null,
+        ambiguous: false,
+    }
+}
+
+/// A request that failed on the way or whose answer could not be read. `ambiguous`: the
+/// request may have reached Google.
+fn transport_error(call: &Call<'_>, e: reqwest::Error, ambiguous: bool) -> ApiError {
+    ApiError {
+        status: 0,
+        code: String::new(),
+        reasons: vec![],
+        message: format!("{} {}: {}", call.name, call.url, e.without_url()),
+        body: Value::Null,
+        ambiguous,
     }
 }
 
