@@ -193,57 +193,10 @@ impl<B: Backend + 'static> Daemon<'_, B> {
                     at: started,
                 });
                 tracing::info!(job = %job.name, "scheduled run starting");
-                let opts = RunOptions {
-                    cancel: Some(cancel.clone()),
-                    ..self.opts.clone()
-                };
-                let job_run = job.to_run();
-                // A job in a cycle of jobs feeding each other is refused, as `run` refuses it.
-                let (nodes, cycles) =
-                    crate::feeds::job_cycles(&**self.backend, jobs.iter().cloned(), &[]).await;
-                let refused = cycles
-                    .iter()
-                    .find(|c| c.contains(&job.name))
-                    .map(|c| c.describe(&nodes));
-                let mut shutting_down = false;
-                let report = match refused {
-                    Some(why) => {
-                        tracing::error!(job = %job.name, "{why}");
-                        engine::refuse_job(self.store, &job_run, false, why)
-                    }
-                    None => {
-                        let run = engine::run_job(self.backend, self.store, &job_run, &opts);
-                        tokio::pin!(run);
-                        tokio::select! {
-                            r = &mut run => r,
-                            _ = &mut shutdown => {
-                                tracing::info!(job = %job.name, "shutdown requested: finishing the destination in progress");
-                                cancel.store(true, Ordering::SeqCst);
-                                shutting_down = true;
-                                run.await
-                            }
-                        }
-                    }
-                };
+                let (report, shutting_down) =
+                    self.run_due(job, &jobs, &cancel, &mut shutdown).await;
                 drop(held);
-                let next = job.schedule().due(Some(started), clock.now());
-                {
-                    let store = crate::mutex::lock(self.store);
-                    let _ = store.schedule_set(
-                        &job.name,
-                        Some(&started.to_rfc3339()),
-                        Some(&next.to_rfc3339()),
-                    );
-                }
-                tracing::info!(job = %job.name, outcome = report.outcome.as_str(), next = %next, "scheduled run finished");
-                self.emit(Event::Finished {
-                    job: job.name.clone(),
-                    at: clock.now(),
-                    outcome: report.outcome,
-                });
-                if let Some(hooks) = self.after_run {
-                    hooks.after_run(&report).await;
-                }
+                let next = self.record(clock, job, started, &report).await;
                 if shutting_down {
                     tracing::info!("groupsync serve stopped");
                     return Ok(());
@@ -262,5 +215,72 @@ impl<B: Backend + 'static> Daemon<'_, B> {
                 }
             }
         }
+    }
+
+    /// Runs one due job to its end, or refuses it when it is in a cycle of jobs feeding each
+    /// other (as `run` refuses it). A shutdown asked meanwhile stops the run between
+    /// destinations; the second value says it was asked.
+    async fn run_due<S: Future<Output = ()>>(
+        &self,
+        job: &Job,
+        jobs: &[Job],
+        cancel: &Arc<AtomicBool>,
+        shutdown: &mut std::pin::Pin<&mut S>,
+    ) -> (JobReport, bool) {
+        let opts = RunOptions {
+            cancel: Some(cancel.clone()),
+            ..self.opts.clone()
+        };
+        let job_run = job.to_run();
+        let (nodes, cycles) =
+            crate::feeds::job_cycles(&**self.backend, jobs.iter().cloned(), &[]).await;
+        let refused = cycles
+            .iter()
+            .find(|c| c.contains(&job.name))
+            .map(|c| c.describe(&nodes));
+        if let Some(why) = refused {
+            tracing::error!(job = %job.name, "{why}");
+            return (engine::refuse_job(self.store, &job_run, false, why), false);
+        }
+        let run = engine::run_job(self.backend, self.store, &job_run, &opts);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => (r, false),
+            _ = shutdown => {
+                tracing::info!(job = %job.name, "shutdown requested: finishing the destination in progress");
+                cancel.store(true, Ordering::SeqCst);
+                (run.await, true)
+            }
+        }
+    }
+
+    /// After a scheduled run: its start and the next run in the schedule table, the event, the
+    /// after-run hooks. Returns when the job is due next.
+    async fn record(
+        &self,
+        clock: &dyn Clock,
+        job: &Job,
+        started: DateTime<Utc>,
+        report: &JobReport,
+    ) -> DateTime<Utc> {
+        let next = job.schedule().due(Some(started), clock.now());
+        {
+            let store = crate::mutex::lock(self.store);
+            let _ = store.schedule_set(
+                &job.name,
+                Some(&started.to_rfc3339()),
+                Some(&next.to_rfc3339()),
+            );
+        }
+        tracing::info!(job = %job.name, outcome = report.outcome.as_str(), next = %next, "scheduled run finished");
+        self.emit(Event::Finished {
+            job: job.name.clone(),
+            at: clock.now(),
+            outcome: report.outcome,
+        });
+        if let Some(hooks) = self.after_run {
+            hooks.after_run(report).await;
+        }
+        next
     }
 }

@@ -44,103 +44,134 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
         problems += 1;
     }
     for j in job::load_all(&ctx.config.jobs_dir)? {
-        let j = match j {
-            Ok(j) => j,
+        match j {
+            Ok(j) => problems += check_job(ctx, backend, &j, out).await?,
             Err(e) => {
                 writeln!(out, "error\t{e}")?;
                 problems += 1;
-                continue;
             }
-        };
-        let path = j.path.display().to_string();
-        let mut bad: Vec<String> = vec![];
-        let mut notes: Vec<String> = vec![];
-        if let Err(why) = backend.check_group_name(&j.target_group) {
-            bad.push(format!("target_group {:?}: {why}", j.target_group));
-        }
-        match backend.resolve_user(&j.source).await {
-            Ok(None) => bad.push(format!("source user {:?} not found", j.source)),
-            Err(e) => bad.push(format!("source user {}: {}", j.source, describe(&e))),
-            Ok(Some(u)) => {
-                if let Err(e) = backend.check_access(&u).await {
-                    bad.push(format!("source user {}: {e}", j.source));
-                } else {
-                    match backend.find_group(&u, &j.group).await {
-                        Ok(Some(_)) => {}
-                        Ok(None) => bad.push(format!(
-                            "source group {:?} not found for user {} (the name must match exactly)",
-                            j.group, j.source
-                        )),
-                        Err(e) => {
-                            bad.push(format!("source group {:?} of {}: {e}", j.group, j.source))
-                        }
-                    }
-                }
-            }
-        }
-        // Destinations as a run sees them: plain names, and the members of dynamic sets as
-        // they are now, exclusions applied.
-        let names = match engine::destination_names(backend, &j.to_run()).await {
-            Ok((names, sets)) => {
-                for (set, n) in sets {
-                    notes.push(format!("{set}: {n} users"));
-                }
-                names
-            }
-            Err(JobError::Destinations { source, .. }) => {
-                bad.push(source.to_string());
-                vec![]
-            }
-            Err(e) => {
-                bad.push(e.to_string());
-                vec![]
-            }
-        };
-        backend.prepare_users(&names).await;
-        let results: Vec<(String, Result<(), BackendError>, bool)> =
-            futures::stream::iter(names.iter())
-                .map(|d| async move {
-                    match backend.resolve_user(d).await {
-                        Ok(Some(u)) => (d.clone(), backend.check_access(&u).await, true),
-                        Ok(None) => (
-                            d.clone(),
-                            Err(BackendError::Invalid(format!(
-                                "invalid destination user: {d} (no such user)"
-                            ))),
-                            false,
-                        ),
-                        Err(e) => (d.clone(), Err(e), false),
-                    }
-                })
-                .buffered(CONCURRENCY)
-                .collect()
-                .await;
-        let mut usable = 0;
-        for (d, r, found) in results {
-            match r {
-                Ok(()) => usable += 1,
-                Err(BackendError::Skipped(why)) => notes.push(format!("{d}: skipped, {why}")),
-                Err(e) if found => bad.push(format!("destination {d}: {e}")),
-                Err(e) => bad.push(describe(&e)),
-            }
-        }
-        if let Some(tag) = ctx.store.lock().unwrap().job_tag(&j.name)?
-            && tag != j.tag
-        {
-            bad.push(format!("tag {} differs from the tag {tag} the job was created with; tags must never be edited", j.tag));
-        }
-        for n in notes {
-            writeln!(out, "note\t{path}: {n}")?;
-        }
-        if bad.is_empty() {
-            writeln!(out, "ok\tjob {} ({usable} destinations)", j.name)?;
-        }
-        for b in bad {
-            writeln!(out, "error\t{path}: {b}")?;
-            problems += 1;
         }
     }
     Ok(if problems > 0 { exit::USAGE } else { exit::OK })
+}
+
+/// What is wrong with a job, and what is worth knowing about it.
+#[derive(Default)]
+struct Findings {
+    bad: Vec<String>,
+    notes: Vec<String>,
+}
+
+/// Checks one job and writes its findings; returns how many problems it has.
+async fn check_job<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    j: &job::Job,
+    out: &mut dyn Write,
+) -> anyhow::Result<usize> {
+    let mut f = Findings::default();
+    if let Err(why) = backend.check_group_name(&j.target_group) {
+        f.bad
+            .push(format!("target_group {:?}: {why}", j.target_group));
+    }
+    check_source(backend, j, &mut f).await;
+    let names = destinations(backend, j, &mut f).await;
+    let usable = check_destinations(backend, &names, &mut f).await;
+    if let Some(tag) = ctx.store.lock().unwrap().job_tag(&j.name)?
+        && tag != j.tag
+    {
+        f.bad.push(format!(
+            "tag {} differs from the tag {tag} the job was created with; tags must never be edited",
+            j.tag
+        ));
+    }
+    let path = j.path.display().to_string();
+    for n in &f.notes {
+        writeln!(out, "note\t{path}: {n}")?;
+    }
+    if f.bad.is_empty() {
+        writeln!(out, "ok\tjob {} ({usable} destinations)", j.name)?;
+    }
+    for b in &f.bad {
+        writeln!(out, "error\t{path}: {b}")?;
+    }
+    Ok(f.bad.len())
+}
+
+/// The source user exists, may be read, and has the group (by its exact name).
+async fn check_source<B: Backend>(backend: &B, j: &job::Job, f: &mut Findings) {
+    let bad = &mut f.bad;
+    match backend.resolve_user(&j.source).await {
+        Ok(None) => bad.push(format!("source user {:?} not found", j.source)),
+        Err(e) => bad.push(format!("source user {}: {}", j.source, describe(&e))),
+        Ok(Some(u)) => {
+            if let Err(e) = backend.check_access(&u).await {
+                bad.push(format!("source user {}: {e}", j.source));
+                return;
+            }
+            match backend.find_group(&u, &j.group).await {
+                Ok(Some(_)) => {}
+                Ok(None) => bad.push(format!(
+                    "source group {:?} not found for user {} (the name must match exactly)",
+                    j.group, j.source
+                )),
+                Err(e) => bad.push(format!("source group {:?} of {}: {e}", j.group, j.source)),
+            }
+        }
+    }
+}
+
+/// Destinations as a run sees them: plain names, and the members of dynamic sets as they are
+/// now, exclusions applied.
+async fn destinations<B: Backend>(backend: &B, j: &job::Job, f: &mut Findings) -> Vec<String> {
+    match engine::destination_names(backend, &j.to_run()).await {
+        Ok((names, sets)) => {
+            for (set, n) in sets {
+                f.notes.push(format!("{set}: {n} users"));
+            }
+            names
+        }
+        Err(JobError::Destinations { source, .. }) => {
+            f.bad.push(source.to_string());
+            vec![]
+        }
+        Err(e) => {
+            f.bad.push(e.to_string());
+            vec![]
+        }
+    }
+}
+
+/// Each destination exists and may be written (`CONCURRENCY` at once); returns how many may.
+async fn check_destinations<B: Backend>(backend: &B, names: &[String], f: &mut Findings) -> usize {
+    backend.prepare_users(names).await;
+    let results: Vec<(String, Result<(), BackendError>, bool)> = futures::stream::iter(names)
+        .map(|d| async move {
+            match backend.resolve_user(d).await {
+                Ok(Some(u)) => (d.clone(), backend.check_access(&u).await, true),
+                Ok(None) => (
+                    d.clone(),
+                    Err(BackendError::Invalid(format!(
+                        "invalid destination user: {d} (no such user)"
+                    ))),
+                    false,
+                ),
+                Err(e) => (d.clone(), Err(e), false),
+            }
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut usable = 0;
+    for (d, r, found) in results {
+        match r {
+            Ok(()) => usable += 1,
+            Err(BackendError::Skipped(why)) => f.notes.push(format!("{d}: skipped, {why}")),
+            Err(e) if found => f.bad.push(format!("destination {d}: {e}")),
+            Err(e) => f.bad.push(describe(&e)),
+        }
+    }
+    usable
 }
 
 fn describe(e: &BackendError) -> String {

@@ -3,7 +3,9 @@
 use std::io::Write;
 
 use super::{Ctx, exit};
-use crate::job;
+use crate::job::{self, Job};
+use crate::schedule::Schedule;
+use crate::store::{DestRecord, RunRecord, Store};
 
 pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
     let store = ctx.store.lock().unwrap();
@@ -18,13 +20,40 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
                 continue;
             }
         };
+        let st = JobStatus::of(&store, &j)?;
+        if ctx.json {
+            all.push(st.json());
+        } else {
+            st.write(out)?;
+        }
+    }
+    if ctx.json {
+        serde_json::to_writer_pretty(&mut *out, &all)?;
+        writeln!(out)?;
+    }
+    Ok(code)
+}
+
+/// One job as `status` shows it.
+struct JobStatus<'j> {
+    job: &'j Job,
+    last: Option<RunRecord>,
+    last_ok: Option<RunRecord>,
+    dests: Vec<DestRecord>,
+    sched: Schedule,
+    /// When `groupsync serve` runs the job next: from its last run and its schedule.
+    next: String,
+    active: Vec<String>,
+}
+
+impl<'j> JobStatus<'j> {
+    fn of(store: &Store, j: &'j Job) -> anyhow::Result<Self> {
         let last = store.runs(Some(&j.name), 1)?.into_iter().next();
         let last_ok = store
             .runs(Some(&j.name), 50)?
             .into_iter()
             .find(|r| r.outcome == "ok");
         let dests = store.destinations(&j.name)?;
-        // When `groupsync serve` runs the job next: from its last run and its schedule.
         let last_start = match store.schedule_get(&j.name)? {
             (Some(t), _) => Some(t),
             _ => last.as_ref().map(|r| r.started_at.clone()),
@@ -36,35 +65,52 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
         let next = sched
             .due(last_start, chrono::Utc::now())
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-        let active = j.effective_destinations();
-        let never: Vec<&String> = active
+        Ok(JobStatus {
+            job: j,
+            last,
+            last_ok,
+            dests,
+            sched,
+            next,
+            active: j.effective_destinations(),
+        })
+    }
+
+    /// Destinations of the job that no run has reached yet.
+    fn never(&self) -> Vec<&String> {
+        self.active
             .iter()
-            .filter(|u| !dests.iter().any(|d| &d.user == *u))
-            .collect();
-        if ctx.json {
-            all.push(serde_json::json!({
-                "job": j.name,
-                "tag": j.tag,
-                "enabled": j.enabled,
-                "last_run": last,
-                "last_success_at": last_ok.as_ref().and_then(|r| r.finished_at.clone()),
-                "next_run_at": next,
-                "schedule": sched.pattern,
-                "timezone": sched.tz.name(),
-                "destinations": dests.iter().map(|d| serde_json::json!({
-                    "user": d.user,
-                    "copies": d.copies,
-                    "last_outcome": d.last_outcome,
-                    "last_success_at": d.last_success_at,
-                    "last_error": d.last_error,
-                    "pending_removal": !active.contains(&d.user),
-                })).collect::<Vec<_>>(),
-                "never_synced": never,
-            }));
-            continue;
-        }
+            .filter(|u| !self.dests.iter().any(|d| &d.user == *u))
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let j = self.job;
+        serde_json::json!({
+            "job": j.name,
+            "tag": j.tag,
+            "enabled": j.enabled,
+            "last_run": self.last,
+            "last_success_at": self.last_ok.as_ref().and_then(|r| r.finished_at.clone()),
+            "next_run_at": self.next,
+            "schedule": self.sched.pattern,
+            "timezone": self.sched.tz.name(),
+            "destinations": self.dests.iter().map(|d| serde_json::json!({
+                "user": d.user,
+                "copies": d.copies,
+                "last_outcome": d.last_outcome,
+                "last_success_at": d.last_success_at,
+                "last_error": d.last_error,
+                "pending_removal": !self.active.contains(&d.user),
+            })).collect::<Vec<_>>(),
+            "never_synced": self.never(),
+        })
+    }
+
+    fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let j = self.job;
         let state = if j.enabled { "" } else { " [disabled]" };
-        match &last {
+        match &self.last {
             Some(r) => writeln!(
                 out,
                 "{} ({}){state}: last run #{} at {}: {} (created {}, updated {}, deleted {}, moved {}, {} of {} destinations failed)",
@@ -82,19 +128,20 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
             )?,
             None => writeln!(out, "{} ({}){state}: never run", j.name, j.tag)?,
         }
-        if let Some(m) = last.as_ref().and_then(|r| r.message.as_ref()) {
+        if let Some(m) = self.last.as_ref().and_then(|r| r.message.as_ref()) {
             writeln!(out, "  {m}")?;
         }
         if j.enabled {
             writeln!(
                 out,
-                "  next run (groupsync serve): {next} ({} {})",
-                sched.pattern,
-                sched.tz.name()
+                "  next run (groupsync serve): {} ({} {})",
+                self.next,
+                self.sched.pattern,
+                self.sched.tz.name()
             )?;
         }
-        for d in &dests {
-            let pending = if active.contains(&d.user) {
+        for d in &self.dests {
+            let pending = if self.active.contains(&d.user) {
                 ""
             } else {
                 " (removed from job; cleaned up at the next run)"
@@ -112,13 +159,9 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
                 d.last_outcome.as_deref().unwrap_or("not finished")
             )?;
         }
-        for u in never {
+        for u in self.never() {
             writeln!(out, "  {u}: not synced yet")?;
         }
+        Ok(())
     }
-    if ctx.json {
-        serde_json::to_writer_pretty(&mut *out, &all)?;
-        writeln!(out)?;
-    }
-    Ok(code)
 }

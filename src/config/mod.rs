@@ -199,80 +199,14 @@ impl Config {
         }
         .backend()?;
         let at = |sp: std::ops::Range<usize>, m: String| ConfigError::at(path, text, sp.start, m);
-        let mut metrics = MetricsConfig::default();
-        if let Some(m) = &raw.metrics {
-            metrics.textfile = m.textfile.as_deref().map(resolve);
-            if let Some(l) = &m.listen {
-                metrics.listen = Some(l.get_ref().parse().map_err(|_| {
-                    at(
-                        l.span(),
-                        format!(
-                            "metrics.listen {:?} is not an address:port such as \"127.0.0.1:9477\"",
-                            l.get_ref()
-                        ),
-                    )
-                })?);
-            }
-        }
-        let mut notify = NotifyConfig::default();
-        if let Some(n) = &raw.notify {
-            if let Some(on) = &n.on {
-                notify.on = match on.get_ref().as_str() {
-                    "failure" => NotifyOn::Failure,
-                    "always" => NotifyOn::Always,
-                    other => {
-                        return Err(at(
-                            on.span(),
-                            format!("notify.on {other:?} must be \"failure\" or \"always\""),
-                        ));
-                    }
-                };
-            }
-            if let Some(w) = &n.webhook {
-                let u = w.get_ref();
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(at(
-                        w.span(),
-                        format!("notify.webhook {u:?} must be an http:// or https:// URL"),
-                    ));
-                }
-                notify.webhook = Some(u.clone());
-            }
-            for to in n.email_to.iter().flatten() {
-                if !to.get_ref().contains('@') {
-                    return Err(at(
-                        to.span(),
-                        format!("notify.email_to {:?} is not an email address", to.get_ref()),
-                    ));
-                }
-                notify.email_to.push(to.get_ref().clone());
-            }
-            notify.email_from = n.email_from.as_ref().map(|f| f.get_ref().clone());
-            if let Some(smtp) = &n.smtp {
-                let u = smtp.get_ref();
-                if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
-                    return Err(at(
-                        smtp.span(),
-                        format!(
-                            "notify.smtp {u:?} must look like smtp://host:25 or smtps://host:465"
-                        ),
-                    ));
-                }
-                notify.smtp = Some(u.clone());
-            }
-            notify.sendmail = n.sendmail.as_deref().map(PathBuf::from);
-            if !notify.email_to.is_empty() {
-                if notify.email_from.is_none() {
-                    return Err(ConfigError::file(
-                        path,
-                        "[notify] email_to needs email_from (the sender address)",
-                    ));
-                }
-                if notify.smtp.is_none() && notify.sendmail.is_none() {
-                    notify.sendmail = Some(PathBuf::from("/usr/sbin/sendmail"));
-                }
-            }
-        }
+        let metrics = match &raw.metrics {
+            Some(m) => metrics_config(m, &at, &resolve)?,
+            None => MetricsConfig::default(),
+        };
+        let notify = match &raw.notify {
+            Some(n) => notify_config(n, &at, path)?,
+            None => NotifyConfig::default(),
+        };
         Ok(Config {
             path: path.to_path_buf(),
             state: resolve(raw.state.as_deref().unwrap_or("state.db")),
@@ -282,6 +216,93 @@ impl Config {
             notify,
         })
     }
+}
+
+/// Where a value of the configuration is: an error names its line.
+type At<'a> = dyn Fn(std::ops::Range<usize>, String) -> ConfigError + 'a;
+
+/// The `[metrics]` table.
+fn metrics_config(
+    m: &RawMetrics,
+    at: &At<'_>,
+    resolve: &dyn Fn(&str) -> PathBuf,
+) -> Result<MetricsConfig, ConfigError> {
+    let listen = match &m.listen {
+        None => None,
+        Some(l) => Some(l.get_ref().parse().map_err(|_| {
+            at(
+                l.span(),
+                format!(
+                    "metrics.listen {:?} is not an address:port such as \"127.0.0.1:9477\"",
+                    l.get_ref()
+                ),
+            )
+        })?),
+    };
+    Ok(MetricsConfig {
+        textfile: m.textfile.as_deref().map(resolve),
+        listen,
+    })
+}
+
+/// The `[notify]` table: a webhook, email through SMTP or sendmail, on failure or always.
+fn notify_config(n: &RawNotify, at: &At<'_>, path: &Path) -> Result<NotifyConfig, ConfigError> {
+    let mut notify = NotifyConfig::default();
+    if let Some(on) = &n.on {
+        notify.on = match on.get_ref().as_str() {
+            "failure" => NotifyOn::Failure,
+            "always" => NotifyOn::Always,
+            other => {
+                return Err(at(
+                    on.span(),
+                    format!("notify.on {other:?} must be \"failure\" or \"always\""),
+                ));
+            }
+        };
+    }
+    if let Some(w) = &n.webhook {
+        let u = w.get_ref();
+        if !(u.starts_with("http://") || u.starts_with("https://")) {
+            return Err(at(
+                w.span(),
+                format!("notify.webhook {u:?} must be an http:// or https:// URL"),
+            ));
+        }
+        notify.webhook = Some(u.clone());
+    }
+    for to in n.email_to.iter().flatten() {
+        if !to.get_ref().contains('@') {
+            return Err(at(
+                to.span(),
+                format!("notify.email_to {:?} is not an email address", to.get_ref()),
+            ));
+        }
+        notify.email_to.push(to.get_ref().clone());
+    }
+    notify.email_from = n.email_from.as_ref().map(|f| f.get_ref().clone());
+    if let Some(smtp) = &n.smtp {
+        let u = smtp.get_ref();
+        if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
+            return Err(at(
+                smtp.span(),
+                format!("notify.smtp {u:?} must look like smtp://host:25 or smtps://host:465"),
+            ));
+        }
+        notify.smtp = Some(u.clone());
+    }
+    notify.sendmail = n.sendmail.as_deref().map(PathBuf::from);
+    if !notify.email_to.is_empty() {
+        if notify.email_from.is_none() {
+            return Err(ConfigError::file(
+                path,
+                "[notify] email_to needs email_from (the sender address)",
+            ));
+        }
+        if notify.smtp.is_none() && notify.sendmail.is_none() {
+            notify.sendmail = Some(PathBuf::from("/usr/sbin/sendmail"));
+        }
+    }
+    Ok(notify)
 }
 
 #[cfg(test)]

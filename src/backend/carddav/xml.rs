@@ -101,52 +101,25 @@ fn tag(ns: &ResolveResult<'_>, local: &str) -> Tag {
 /// Parses a `207 Multi-Status` body.
 pub fn parse_multistatus(body: &str) -> Result<Vec<Response>, String> {
     let mut reader = NsReader::from_str(body);
-    let mut out = vec![];
-    let mut stack: Vec<Tag> = vec![];
-    let mut cur: Option<Response> = None;
-    // Properties of the propstat being read, and its status.
-    let mut ps = Response::default();
-    let mut ps_status: Option<u16> = None;
-    let mut text = String::new();
+    let mut p = Parser::default();
     loop {
         let (ns, ev) = reader
             .read_resolved_event()
             .map_err(|e| format!("bad XML: {e}"))?;
         match ev {
-            Event::Start(e) => {
-                let t = tag(&ns, e.local_name().as_ref());
-                if t == Tag::Response {
-                    cur = Some(Response::default());
-                }
-                if t == Tag::Propstat {
-                    ps = Response::default();
-                    ps_status = None;
-                }
-                text.clear();
-                stack.push(t);
-            }
+            Event::Start(e) => p.start(tag(&ns, e.local_name().as_ref())),
             Event::Empty(e) => {
-                let ns_str = match &ns {
-                    ResolveResult::Bound(n) => n.as_ref().to_string(),
-                    _ => String::new(),
-                };
-                let local = e.local_name().as_ref().to_string();
-                if stack.last() == Some(&Tag::Resourcetype) {
-                    match (ns_str.as_str(), local.as_str()) {
-                        (DAV, "collection") => ps.is_collection = true,
-                        (CARDDAV, "addressbook") => ps.is_addressbook = true,
-                        _ => {}
-                    }
+                if p.stack.last() == Some(&Tag::Resourcetype) {
+                    p.resource_type(&ns, e.local_name().as_ref());
                 }
             }
-            Event::Text(t) => text.push_str(&t.xml10_content()),
-            Event::CData(t) => text.push_str(&t.into_inner()),
+            Event::Text(t) => p.text.push_str(&t.xml10_content()),
+            Event::CData(t) => p.text.push_str(&t.into_inner()),
             Event::GeneralRef(r) => {
                 if let Ok(Some(c)) = r.resolve_char_ref() {
-                    text.push(c);
+                    p.text.push(c);
                 } else {
-                    let name = r.xml10_content();
-                    text.push_str(match name.as_ref() {
+                    p.text.push_str(match r.xml10_content().as_ref() {
                         "amp" => "&",
                         "lt" => "<",
                         "gt" => ">",
@@ -156,51 +129,95 @@ pub fn parse_multistatus(body: &str) -> Result<Vec<Response>, String> {
                     });
                 }
             }
-            Event::End(_) => {
-                let t = stack.pop().unwrap_or(Tag::Other);
-                let in_propstat = stack.contains(&Tag::Propstat);
-                match t {
-                    Tag::Href if stack.last() == Some(&Tag::Response) => {
-                        if let Some(r) = cur.as_mut() {
-                            r.href = text.trim().to_string();
-                        }
-                    }
-                    Tag::Status if stack.last() == Some(&Tag::Propstat) => {
-                        ps_status = status_code(&text)
-                    }
-                    Tag::Status if stack.last() == Some(&Tag::Response) => {
-                        if let Some(r) = cur.as_mut() {
-                            r.status = status_code(&text);
-                        }
-                    }
-                    Tag::Getetag if in_propstat => ps.etag = Some(text.trim().to_string()),
-                    Tag::Displayname if in_propstat => ps.displayname = Some(text.clone()),
-                    Tag::AddressData if in_propstat => ps.address_data = Some(text.clone()),
-                    Tag::Propstat => {
-                        if ps_status.is_none_or(|s| (200..300).contains(&s))
-                            && let Some(r) = cur.as_mut()
-                        {
-                            r.etag = r.etag.take().or(ps.etag.take());
-                            r.displayname = r.displayname.take().or(ps.displayname.take());
-                            r.address_data = r.address_data.take().or(ps.address_data.take());
-                            r.is_collection |= ps.is_collection;
-                            r.is_addressbook |= ps.is_addressbook;
-                        }
-                    }
-                    Tag::Response => {
-                        if let Some(r) = cur.take() {
-                            out.push(r);
-                        }
-                    }
-                    _ => {}
-                }
-                text.clear();
-            }
+            Event::End(_) => p.end(),
             Event::Eof => break,
             _ => {}
         }
     }
-    Ok(out)
+    Ok(p.out)
+}
+
+/// A multistatus body as it is being read.
+#[derive(Default)]
+struct Parser {
+    out: Vec<Response>,
+    stack: Vec<Tag>,
+    cur: Option<Response>,
+    /// Properties of the propstat being read, and its status.
+    ps: Response,
+    ps_status: Option<u16>,
+    text: String,
+}
+
+impl Parser {
+    fn start(&mut self, t: Tag) {
+        if t == Tag::Response {
+            self.cur = Some(Response::default());
+        }
+        if t == Tag::Propstat {
+            self.ps = Response::default();
+            self.ps_status = None;
+        }
+        self.text.clear();
+        self.stack.push(t);
+    }
+
+    /// An empty element inside `resourcetype`: a collection, an address book.
+    fn resource_type(&mut self, ns: &ResolveResult<'_>, local: &str) {
+        let ns = match ns {
+            ResolveResult::Bound(n) => n.as_ref(),
+            _ => "",
+        };
+        match (ns, local) {
+            (DAV, "collection") => self.ps.is_collection = true,
+            (CARDDAV, "addressbook") => self.ps.is_addressbook = true,
+            _ => {}
+        }
+    }
+
+    fn end(&mut self) {
+        let t = self.stack.pop().unwrap_or(Tag::Other);
+        let parent = self.stack.last().copied();
+        let in_propstat = self.stack.contains(&Tag::Propstat);
+        let text = std::mem::take(&mut self.text);
+        match t {
+            Tag::Href if parent == Some(Tag::Response) => {
+                if let Some(r) = self.cur.as_mut() {
+                    r.href = text.trim().to_string();
+                }
+            }
+            Tag::Status if parent == Some(Tag::Propstat) => self.ps_status = status_code(&text),
+            Tag::Status if parent == Some(Tag::Response) => {
+                if let Some(r) = self.cur.as_mut() {
+                    r.status = status_code(&text);
+                }
+            }
+            Tag::Getetag if in_propstat => self.ps.etag = Some(text.trim().to_string()),
+            Tag::Displayname if in_propstat => self.ps.displayname = Some(text),
+            Tag::AddressData if in_propstat => self.ps.address_data = Some(text),
+            Tag::Propstat => self.end_propstat(),
+            Tag::Response => {
+                if let Some(r) = self.cur.take() {
+                    self.out.push(r);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A propstat's properties count only when its status is a success.
+    fn end_propstat(&mut self) {
+        let ps = &mut self.ps;
+        if self.ps_status.is_none_or(|s| (200..300).contains(&s))
+            && let Some(r) = self.cur.as_mut()
+        {
+            r.etag = r.etag.take().or(ps.etag.take());
+            r.displayname = r.displayname.take().or(ps.displayname.take());
+            r.address_data = r.address_data.take().or(ps.address_data.take());
+            r.is_collection |= ps.is_collection;
+            r.is_addressbook |= ps.is_addressbook;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -190,64 +190,12 @@ impl TokenSource {
         user: &str,
         scopes: &str,
     ) -> Result<(AccessToken, Duration), BackendError> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        // An RSA signature costs about a millisecond of CPU: it is made on the blocking pool, so
-        // that the first calls of many users are signed on every core, not on the thread that
-        // drives the run.
-        let (key, iss, sub, scope, aud) = (
-            self.account.key.clone(),
-            self.account.client_email.clone(),
-            user.to_string(),
-            scopes.to_string(),
-            self.account.token_uri.clone(),
-        );
-        let assertion = tokio::task::spawn_blocking(move || {
-            let claims = Claims {
-                iss: &iss,
-                sub: &sub,
-                scope: &scope,
-                aud: &aud,
-                iat: now,
-                exp: now + 3600,
-            };
-            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|signed| signed.map_err(|e| e.to_string()))
-        .map_err(|e| BackendError::Invalid(format!("signing the token request failed: {e}")))?;
+        let assertion = self.sign(user, scopes).await?;
         let form = [
             ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
             ("assertion", assertion.as_str()),
         ];
-        let mut attempt = 0;
-        let resp = loop {
-            attempt += 1;
-            match self
-                .http
-                .post(&self.account.token_uri)
-                .form(&form)
-                .send()
-                .await
-            {
-                Ok(r) if r.status().is_server_error() && attempt < 4 => {}
-                Ok(r) => break r,
-                Err(e) if attempt < 4 => {
-                    tracing::debug!("token endpoint: {}", e.without_url());
-                }
-                Err(e) => {
-                    return Err(BackendError::Transient(format!(
-                        "token endpoint {}: {}",
-                        self.account.token_uri,
-                        e.without_url()
-                    )));
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-        };
+        let resp = self.post(&form).await?;
         self.fetched
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let status = resp.status();
@@ -262,7 +210,75 @@ impl TokenSource {
             let lifetime = Duration::from_secs(t.expires_in.unwrap_or(3600).clamp(60, 3600));
             return Ok((AccessToken(t.access_token.into()), lifetime));
         }
-        let err: Option<TokenError> = serde_json::from_slice(&body).ok();
+        Err(self.refused(user, status, &body))
+    }
+
+    /// The signed assertion (RS256) that asks for `user`'s token for `scopes`, valid an hour.
+    async fn sign(&self, user: &str, scopes: &str) -> Result<String, BackendError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        // An RSA signature costs about a millisecond of CPU: it is made on the blocking pool, so
+        // that the first calls of many users are signed on every core, not on the thread that
+        // drives the run.
+        let (key, iss, sub, scope, aud) = (
+            self.account.key.clone(),
+            self.account.client_email.clone(),
+            user.to_string(),
+            scopes.to_string(),
+            self.account.token_uri.clone(),
+        );
+        tokio::task::spawn_blocking(move || {
+            let claims = Claims {
+                iss: &iss,
+                sub: &sub,
+                scope: &scope,
+                aud: &aud,
+                iat: now,
+                exp: now + 3600,
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|signed| signed.map_err(|e| e.to_string()))
+        .map_err(|e| BackendError::Invalid(format!("signing the token request failed: {e}")))
+    }
+
+    /// Posts the token request, again after a 5xx or a connection error (four tries).
+    async fn post(&self, form: &[(&str, &str)]) -> Result<reqwest::Response, BackendError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .http
+                .post(&self.account.token_uri)
+                .form(form)
+                .send()
+                .await
+            {
+                Ok(r) if r.status().is_server_error() && attempt < 4 => {}
+                Ok(r) => return Ok(r),
+                Err(e) if attempt < 4 => {
+                    tracing::debug!("token endpoint: {}", e.without_url());
+                }
+                Err(e) => {
+                    return Err(BackendError::Transient(format!(
+                        "token endpoint {}: {}",
+                        self.account.token_uri,
+                        e.without_url()
+                    )));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+        }
+    }
+
+    /// What a token endpoint's refusal means: delegation not set up, a revoked key, an unknown
+    /// or suspended user, or an outage.
+    fn refused(&self, user: &str, status: reqwest::StatusCode, body: &[u8]) -> BackendError {
+        let err: Option<TokenError> = serde_json::from_slice(body).ok();
         let (code, desc) = match &err {
             Some(e) => (
                 e.error.as_str(),
@@ -272,7 +288,7 @@ impl TokenSource {
         };
         // Google's descriptions end with a full stop; the messages below add their own.
         let desc = desc.trim_end_matches('.');
-        Err(match code {
+        match code {
             "unauthorized_client" => BackendError::Auth(format!(
                 "domain-wide delegation is not set up for {user}: {code}: {desc}. In the Admin console (Security → Access and data control → API controls → Domain-wide delegation) authorise client id {} for the scopes {}",
                 self.account.client_id,
@@ -295,6 +311,6 @@ impl TokenSource {
             _ => BackendError::Invalid(format!(
                 "token endpoint answered {status} for {user}: {code} {desc}"
             )),
-        })
+        }
     }
 }
