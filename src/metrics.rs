@@ -8,6 +8,7 @@
 //! `GET /metrics` and nothing else; it is a few lines on tokio's TcpListener, because one
 //! read-only endpoint does not justify an HTTP server framework in the binary.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -24,78 +25,58 @@ pub fn render(store: &Store) -> Result<String, StoreError> {
     let totals = store.run_totals()?;
     let calls = store.call_totals()?;
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "# HELP groupsync_runs_total Runs of each job, by outcome (ok, failed, stopped, error, invalid, interrupted)."
+    family(
+        &mut s,
+        "groupsync_runs_total counter",
+        "Runs of each job, by outcome (ok, failed, stopped, error, invalid, interrupted).",
+        totals.iter().map(|t| {
+            let labels = format!("job=\"{}\",outcome=\"{}\"", esc(&t.job), esc(&t.outcome));
+            (labels, t.runs)
+        }),
     );
-    let _ = writeln!(s, "# TYPE groupsync_runs_total counter");
-    for t in &totals {
-        let _ = writeln!(
-            s,
-            "groupsync_runs_total{{job=\"{}\",outcome=\"{}\"}} {}",
-            esc(&t.job),
-            esc(&t.outcome),
-            t.runs
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP groupsync_destination_failures_total Destinations that failed in a run, by job."
-    );
-    let _ = writeln!(s, "# TYPE groupsync_destination_failures_total counter");
-    let mut jobs: std::collections::BTreeMap<&str, [i64; 5]> = Default::default();
+    // Per job: failed destinations, then contacts created, updated, deleted, moved.
+    let mut jobs: BTreeMap<&str, [i64; 5]> = Default::default();
     for t in &totals {
         let e = jobs.entry(t.job.as_str()).or_default();
-        e[0] += t.failed;
-        e[1] += t.created;
-        e[2] += t.updated;
-        e[3] += t.deleted;
-        e[4] += t.moved;
-    }
-    for (job, v) in &jobs {
-        let _ = writeln!(
-            s,
-            "groupsync_destination_failures_total{{job=\"{}\"}} {}",
-            esc(job),
-            v[0]
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP groupsync_contacts_changed_total Contacts changed at destinations, by job and action."
-    );
-    let _ = writeln!(s, "# TYPE groupsync_contacts_changed_total counter");
-    for (job, v) in &jobs {
-        for (i, action) in ["created", "updated", "deleted", "moved"]
-            .iter()
-            .enumerate()
+        for (sum, n) in e
+            .iter_mut()
+            .zip([t.failed, t.created, t.updated, t.deleted, t.moved])
         {
-            let _ = writeln!(
-                s,
-                "groupsync_contacts_changed_total{{job=\"{}\",action=\"{action}\"}} {}",
-                esc(job),
-                v[i + 1]
-            );
+            *sum += n;
         }
     }
-    let _ = writeln!(
-        s,
-        "# HELP groupsync_api_calls_total Provider calls, by method."
+    family(
+        &mut s,
+        "groupsync_destination_failures_total counter",
+        "Destinations that failed in a run, by job.",
+        jobs.iter()
+            .map(|(job, v)| (format!("job=\"{}\"", esc(job)), v[0])),
     );
-    let _ = writeln!(s, "# TYPE groupsync_api_calls_total counter");
-    for (method, n) in &calls {
-        let _ = writeln!(
-            s,
-            "groupsync_api_calls_total{{method=\"{}\"}} {n}",
-            esc(method)
-        );
-    }
-    let _ = writeln!(
-        s,
-        "# HELP groupsync_last_success_timestamp_seconds Unix time of the end of the last successful run, by job."
+    family(
+        &mut s,
+        "groupsync_contacts_changed_total counter",
+        "Contacts changed at destinations, by job and action.",
+        jobs.iter().flat_map(|(job, v)| {
+            ["created", "updated", "deleted", "moved"]
+                .iter()
+                .enumerate()
+                .map(move |(i, action)| {
+                    (
+                        format!("job=\"{}\",action=\"{action}\"", esc(job)),
+                        v[i + 1],
+                    )
+                })
+        }),
     );
-    let _ = writeln!(s, "# TYPE groupsync_last_success_timestamp_seconds gauge");
-    let mut last: std::collections::BTreeMap<&str, i64> = Default::default();
+    family(
+        &mut s,
+        "groupsync_api_calls_total counter",
+        "Provider calls, by method.",
+        calls
+            .iter()
+            .map(|(method, n)| (format!("method=\"{}\"", esc(method)), *n)),
+    );
+    let mut last: BTreeMap<&str, i64> = Default::default();
     for t in &totals {
         if let Some(ts) = t
             .last_finished_at
@@ -106,14 +87,30 @@ pub fn render(store: &Store) -> Result<String, StoreError> {
             *e = (*e).max(ts.timestamp());
         }
     }
-    for (job, ts) in &last {
-        let _ = writeln!(
-            s,
-            "groupsync_last_success_timestamp_seconds{{job=\"{}\"}} {ts}",
-            esc(job)
-        );
-    }
+    family(
+        &mut s,
+        "groupsync_last_success_timestamp_seconds gauge",
+        "Unix time of the end of the last successful run, by job.",
+        last.iter()
+            .map(|(job, ts)| (format!("job=\"{}\"", esc(job)), *ts)),
+    );
     Ok(s)
+}
+
+/// One metric family: `name_and_type` is "<name> <counter|gauge>"; each sample is its labels
+/// (escaped) and value.
+fn family(
+    s: &mut String,
+    name_and_type: &str,
+    help: &str,
+    samples: impl Iterator<Item = (String, i64)>,
+) {
+    let name = name_and_type.split(' ').next().unwrap_or_default();
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name_and_type}");
+    for (labels, value) in samples {
+        let _ = writeln!(s, "{name}{{{labels}}} {value}");
+    }
 }
 
 /// Writes the textfile atomically, so node_exporter never reads half a file.

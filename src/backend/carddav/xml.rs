@@ -108,10 +108,8 @@ pub fn parse_multistatus(body: &str) -> Result<Vec<Response>, String> {
             .map_err(|e| format!("bad XML: {e}"))?;
         match ev {
             Event::Start(e) => p.start(tag(&ns, e.local_name().as_ref())),
-            Event::Empty(e) => {
-                if p.stack.last() == Some(&Tag::Resourcetype) {
-                    p.resource_type(&ns, e.local_name().as_ref());
-                }
+            Event::Empty(e) if p.stack.last() == Some(&Tag::Resourcetype) => {
+                p.resource_type(&ns, e.local_name().as_ref())
             }
             Event::Text(t) => p.text.push_str(&t.xml10_content()),
             Event::CData(t) => p.text.push_str(&t.into_inner()),
