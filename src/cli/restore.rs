@@ -6,6 +6,7 @@ use std::io::Write;
 use super::{Ctx, exit, usage};
 use crate::backend::{Backend, BackendExt};
 use crate::card;
+use crate::store::TrashRecord;
 
 #[derive(Debug, clap::Args)]
 pub struct RestoreArgs {
@@ -79,25 +80,7 @@ pub async fn restore<B: Backend>(
     let _lock = ctx.lock()?;
     let mut code = exit::OK;
     for t in chosen {
-        let result: anyhow::Result<String> = async {
-            let mut c = card::parse(&t.payload).map_err(|e| {
-                anyhow::anyhow!("trash entry {} is not a readable vCard: {e}", t.id)
-            })?;
-            if args.untag {
-                c = card::untag(&c);
-            }
-            let user = backend
-                .resolve_user(&t.user)
-                .await?
-                .ok_or_else(|| anyhow::anyhow!("user {} no longer exists", t.user))?;
-            let group = match backend.find_group(&user, &t.group).await? {
-                Some(g) => g,
-                None => backend.create_group(&user, &t.group).await?,
-            };
-            Ok(backend.create_contact(&user, &group, &c).await?.id)
-        }
-        .await;
-        match result {
+        match put_back(backend, &t, args.untag).await {
             Ok(id) => {
                 ctx.store.lock().unwrap().mark_restored(t.id)?;
                 writeln!(
@@ -116,4 +99,23 @@ pub async fn restore<B: Backend>(
         }
     }
     Ok(code)
+}
+
+/// Creates a trash entry's card again in the group it was deleted from (made again if gone);
+/// returns the new contact's id.
+async fn put_back<B: Backend>(backend: &B, t: &TrashRecord, untag: bool) -> anyhow::Result<String> {
+    let mut c = card::parse(&t.payload)
+        .map_err(|e| anyhow::anyhow!("trash entry {} is not a readable vCard: {e}", t.id))?;
+    if untag {
+        c = card::untag(&c);
+    }
+    let user = backend
+        .resolve_user(&t.user)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("user {} no longer exists", t.user))?;
+    let group = match backend.find_group(&user, &t.group).await? {
+        Some(g) => g,
+        None => backend.create_group(&user, &t.group).await?,
+    };
+    Ok(backend.create_contact(&user, &group, &c).await?.id)
 }

@@ -177,19 +177,48 @@ impl JobReport {
     /// read or written. Recorded in the history like any run, unless a dry run.
     pub fn refused(job: &JobRun, dry_run: bool, message: String) -> JobReport {
         JobReport {
+            outcome: Outcome::Invalid,
+            message: Some(message),
+            ..JobReport::new(job, dry_run)
+        }
+    }
+
+    /// The report of a job about to run: nothing done yet.
+    fn new(job: &JobRun, dry_run: bool) -> JobReport {
+        JobReport {
             job: job.spec.name.clone(),
             tag: job.spec.tag.clone(),
             run_id: None,
             dry_run,
-            outcome: Outcome::Invalid,
+            outcome: Outcome::Ok,
             source_read: false,
             source_contacts: 0,
             source_filtered_out: 0,
             source_came_back: 0,
             source_unreadable: vec![],
             destinations: vec![],
-            message: Some(message),
+            message: None,
             counts: Counts::default(),
+        }
+    }
+
+    /// Adds up what the destinations did; a run whose destinations failed has failed.
+    fn tally(&mut self) {
+        for d in &self.destinations {
+            let a = d.applied;
+            self.counts.created += a.created;
+            self.counts.updated += a.updated;
+            self.counts.deleted += a.deleted;
+            self.counts.moved += a.moved;
+        }
+        self.counts.destinations = self.destinations.len() as i64;
+        self.counts.failed = self
+            .destinations
+            .iter()
+            .filter(|d| d.error.is_some())
+            .count() as i64;
+        if self.outcome == Outcome::Ok && self.counts.failed > 0 {
+            self.outcome = Outcome::Failed;
         }
     }
 }
@@ -204,21 +233,7 @@ pub async fn run_job<B: Backend + 'static>(
     job: &JobRun,
     opts: &RunOptions,
 ) -> JobReport {
-    let mut report = JobReport {
-        job: job.spec.name.clone(),
-        tag: job.spec.tag.clone(),
-        run_id: None,
-        dry_run: opts.dry_run,
-        outcome: Outcome::Ok,
-        source_read: false,
-        source_contacts: 0,
-        source_filtered_out: 0,
-        source_came_back: 0,
-        source_unreadable: vec![],
-        destinations: vec![],
-        message: None,
-        counts: Counts::default(),
-    };
+    let mut report = JobReport::new(job, opts.dry_run);
     if !opts.dry_run {
         match lock(store).start_run(&job.spec.name, false) {
             Ok(id) => report.run_id = Some(id),
@@ -245,22 +260,7 @@ pub async fn run_job<B: Backend + 'static>(
         };
         report.message = Some(e.to_string());
     }
-    for d in &report.destinations {
-        let a = d.applied;
-        report.counts.created += a.created;
-        report.counts.updated += a.updated;
-        report.counts.deleted += a.deleted;
-        report.counts.moved += a.moved;
-    }
-    report.counts.destinations = report.destinations.len() as i64;
-    report.counts.failed = report
-        .destinations
-        .iter()
-        .filter(|d| d.error.is_some())
-        .count() as i64;
-    if report.outcome == Outcome::Ok && report.counts.failed > 0 {
-        report.outcome = Outcome::Failed;
-    }
+    report.tally();
     if let (Some(run_id), Some(before), Some(after)) =
         (report.run_id, calls_before, backend.call_counts())
     {

@@ -31,57 +31,15 @@ pub(super) async fn run_destinations<B: Backend + 'static>(
     let mut running: HashMap<tokio::task::Id, (usize, String)> = HashMap::new();
     let mut reports: Vec<Option<DestReport>> = vec![];
     let mut dests = dests.enumerate();
-    // `concurrency` destinations at the provider, and as many recording their state after their
-    // last call (see `Slot`). Tasks are started ahead of their slot: each gets ready
-    // (`Backend::prepare_access`, its state read) before it waits for one, so a slot
-    // handed on goes to a destination ready to make its first call.
-    let slots = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let finishing = Arc::new(tokio::sync::Semaphore::new(concurrency));
-    let entry = Arc::new(tokio::sync::Mutex::new(()));
+    let places = Places::new(concurrency);
     loop {
         while tasks.len() < STARTED_AHEAD * concurrency
             && let Some((i, (user, target_group))) = dests.next()
         {
-            let slot = Slot {
-                provider: Mutex::new(None),
-                entry: entry.clone(),
-                slots: slots.clone(),
-                finishing: finishing.clone(),
-            };
             reports.push(None);
             let name = user.name.clone();
-            let span = if removal {
-                tracing::info_span!("dest", dest = %user.name, removal = true)
-            } else {
-                tracing::info_span!("dest", dest = %user.name)
-            };
-            let backend = shared.backend.clone();
-            let store = shared.store.clone();
-            let reader = shared.reader.clone();
-            let job = shared.job.clone();
-            let opts = shared.opts.clone();
-            let run_id = shared.run_id;
-            let inputs = inputs.cloned();
-            let task = async move {
-                let mode = match &inputs {
-                    Some(a) => Mode::Active(a),
-                    None => Mode::Removal,
-                };
-                let ctx = DestCtx {
-                    backend: &*backend,
-                    store: &store,
-                    reader: &reader,
-                    job: &job,
-                    opts: &opts,
-                    user: &user,
-                    target_group: &target_group,
-                    run_id,
-                    mode,
-                    slot: &slot,
-                };
-                process_destination(&ctx).await
-            };
-            let handle = tasks.spawn(task.instrument(span));
+            let task = destination_task(shared, user, target_group, places.slot(), inputs);
+            let handle = tasks.spawn(task);
             running.insert(handle.id(), (i, name));
         }
         let Some(done) = tasks.join_next_with_id().await else {
@@ -105,4 +63,76 @@ pub(super) async fn run_destinations<B: Backend + 'static>(
         }
     }
     reports.into_iter().flatten().collect()
+}
+
+/// `concurrency` destinations at the provider, and as many recording their state after their
+/// last call (see `Slot`). Tasks are started ahead of their slot: each gets ready
+/// (`Backend::prepare_access`, its state read) before it waits for one, so a slot handed on
+/// goes to a destination ready to make its first call.
+struct Places {
+    slots: Arc<tokio::sync::Semaphore>,
+    finishing: Arc<tokio::sync::Semaphore>,
+    entry: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Places {
+    fn new(concurrency: usize) -> Self {
+        Places {
+            slots: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            finishing: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            entry: Arc::new(tokio::sync::Mutex::new(())),
+        }
+    }
+
+    /// One destination's way to the places.
+    fn slot(&self) -> Slot {
+        Slot {
+            provider: Mutex::new(None),
+            entry: self.entry.clone(),
+            slots: self.slots.clone(),
+            finishing: self.finishing.clone(),
+        }
+    }
+}
+
+/// One destination's pass as a task of its own (owning what it uses), in its tracing span.
+fn destination_task<B: Backend + 'static>(
+    shared: &DestShared<B>,
+    user: User,
+    target_group: String,
+    slot: Slot,
+    inputs: Option<&Arc<ActiveInputs>>,
+) -> impl Future<Output = DestReport> + Send + 'static {
+    let span = if inputs.is_none() {
+        tracing::info_span!("dest", dest = %user.name, removal = true)
+    } else {
+        tracing::info_span!("dest", dest = %user.name)
+    };
+    let backend = shared.backend.clone();
+    let store = shared.store.clone();
+    let reader = shared.reader.clone();
+    let job = shared.job.clone();
+    let opts = shared.opts.clone();
+    let run_id = shared.run_id;
+    let inputs = inputs.cloned();
+    async move {
+        let mode = match &inputs {
+            Some(a) => Mode::Active(a),
+            None => Mode::Removal,
+        };
+        let ctx = DestCtx {
+            backend: &*backend,
+            store: &store,
+            reader: &reader,
+            job: &job,
+            opts: &opts,
+            user: &user,
+            target_group: &target_group,
+            run_id,
+            mode,
+            slot: &slot,
+        };
+        process_destination(&ctx).await
+    }
+    .instrument(span)
 }

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
 use super::shared::{ActiveInputs, DestCtx};
-use crate::backend::{Backend, BackendError, Depth, GroupRead, GroupRef, Read};
+use crate::backend::{Backend, BackendError, Capabilities, Depth, GroupRead, GroupRef, Read};
 use crate::plan;
 use crate::plan::{DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scope, SourceSet};
 
@@ -154,7 +154,7 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
     delta: ReadDelta,
 ) -> Result<Option<(DestSnapshot, Option<String>)>, BackendError> {
     let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
-    let (source, previous) = (&active.source, &active.previous);
+    let source = &active.source;
     let caps = backend.capabilities();
     let ReadDelta {
         token,
@@ -172,35 +172,11 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
         if gone.contains(id) || read.contains(id) {
             continue;
         }
-        let sid = l.source_id();
-        let item = source.items.get(sid);
-        // Written from the source as it is now (or held: its source cannot be read), or from
-        // the source as the last run read it: known without reading it.
-        let (name, fields) = match (item, previous.get(sid)) {
-            _ if l.etag().is_empty() => {
-                fetch.push(id.to_string());
-                continue;
-            }
-            (Some(i), _) if i.digest == l.digest() => (i.name.clone(), vec![]),
-            _ if source.unreadable.contains_key(sid) => (String::new(), vec![]),
-            (item, Some(p))
-                if p.digest == l.digest()
-                    && !p
-                        .fields
-                        .iter()
-                        .chain(item.iter().flat_map(|i| i.fields(&spec.fields)))
-                        .any(|(name, _)| caps.read_before_update.contains(&&**name)) =>
-            {
-                (
-                    item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
-                    p.fields.clone(),
-                )
-            }
-            _ => {
-                fetch.push(id.to_string());
-                continue;
-            }
+        let Some((name, fields)) = known_copy(l, active, spec, &caps) else {
+            fetch.push(id.to_string());
+            continue;
         };
+        let sid = l.source_id();
         entries.push(DestEntry {
             id: id.to_string(),
             etag: l.etag().to_string(),
@@ -238,4 +214,38 @@ pub(super) async fn snapshot_from_changes<B: Backend>(
         snapshot_of(ctx, Some(group.clone()), (entries, taken_uids), scope),
         Some(token),
     )))
+}
+
+/// What a remembered copy that did not change holds, known without reading it: written from
+/// the source as it is now (or held: its source cannot be read), or from the source as the
+/// last run read it. `None`: it must be read (no etag remembered, written from a source the
+/// last run did not see, or carrying a property the backend must read before an update).
+fn known_copy(
+    l: &LedgerRow,
+    active: &ActiveInputs,
+    spec: &plan::JobSpec,
+    caps: &Capabilities,
+) -> Option<(String, Vec<(std::sync::Arc<str>, u64)>)> {
+    let (source, previous) = (&active.source, &active.previous);
+    let sid = l.source_id();
+    let item = source.items.get(sid);
+    match (item, previous.get(sid)) {
+        _ if l.etag().is_empty() => None,
+        (Some(i), _) if i.digest == l.digest() => Some((i.name.clone(), vec![])),
+        _ if source.unreadable.contains_key(sid) => Some((String::new(), vec![])),
+        (item, Some(p))
+            if p.digest == l.digest()
+                && !p
+                    .fields
+                    .iter()
+                    .chain(item.iter().flat_map(|i| i.fields(&spec.fields)))
+                    .any(|(name, _)| caps.read_before_update.contains(&&**name)) =>
+        {
+            Some((
+                item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
+                p.fields.clone(),
+            ))
+        }
+        _ => None,
+    }
 }

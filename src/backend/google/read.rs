@@ -129,20 +129,7 @@ impl GoogleBackend {
         // Every parameter but the page and sync tokens must be the same on the call that took
         // the token and the calls that use it.
         let fetch = |page: Option<String>| {
-            let mut q = vec![
-                ("pageSize", "1000".to_string()),
-                ("personFields", fields.to_string()),
-                ("sources", CONTACT_SOURCES.to_string()),
-            ];
-            if request_token {
-                q.push(("requestSyncToken", "true".to_string()));
-            }
-            if let Some(t) = since {
-                q.push(("syncToken", t.to_string()));
-            }
-            if let Some(p) = page {
-                q.push(("pageToken", p));
-            }
+            let q = connections_query(fields, since, request_token, page);
             let call = self.people_call(
                 &email,
                 Ask::new(
@@ -477,6 +464,31 @@ impl GoogleBackend {
         }
         Ok(())
     }
+}
+
+/// A connections.list query: 1,000 a page, the fields asked for, the sync token to list from
+/// and whether to ask for the next one, and the page.
+fn connections_query(
+    fields: &str,
+    since: Option<&str>,
+    request_token: bool,
+    page: Option<String>,
+) -> Vec<(&'static str, String)> {
+    let mut q = vec![
+        ("pageSize", "1000".to_string()),
+        ("personFields", fields.to_string()),
+        ("sources", CONTACT_SOURCES.to_string()),
+    ];
+    if request_token {
+        q.push(("requestSyncToken", "true".to_string()));
+    }
+    if let Some(t) = since {
+        q.push(("syncToken", t.to_string()));
+    }
+    if let Some(p) = page {
+        q.push(("pageToken", p));
+    }
+    q
 }
 
 #[cfg(test)]
