@@ -326,9 +326,12 @@ pub fn managed_digest(card: &VCard, fields: &FieldSelection) -> String {
     hex_digest(text.as_bytes())
 }
 
+/// The digest of each managed property of a card, by property name, sorted by name.
+pub type FieldDigests = Vec<(Arc<str>, u64)>;
+
 /// A short digest of each managed property (all entries of one name together), sorted by name,
 /// to tell which properties differ between two cards (the change log's "fields").
-pub fn field_digests(card: &VCard, fields: &FieldSelection) -> Vec<(Arc<str>, u64)> {
+pub fn field_digests(card: &VCard, fields: &FieldSelection) -> FieldDigests {
     use std::hash::{Hash, Hasher};
     let is_v4 = version(card) == VCardVersion::V4_0;
     let mut by_name: std::collections::BTreeMap<String, std::collections::hash_map::DefaultHasher> =
@@ -357,7 +360,7 @@ pub fn field_digests_text(fields: &[(Arc<str>, u64)]) -> String {
 }
 
 /// Reads `field_digests_text` back; `None` if the text is not one it wrote.
-pub fn field_digests_from_text(text: &str) -> Option<Vec<(Arc<str>, u64)>> {
+pub fn field_digests_from_text(text: &str) -> Option<FieldDigests> {
     text.lines()
         .map(|l| {
             let (name, digest) = l.rsplit_once('=')?;

@@ -82,6 +82,15 @@ fn main() -> anyhow::Result<()> {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         rows.push(v);
     }
+    print!("{}", table(&args, &rows)?);
+    if args.dir.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(())
+}
+
+/// The phases' measurements as a table.
+fn table(args: &Args, rows: &[serde_json::Value]) -> anyhow::Result<String> {
     let mut table = String::new();
     writeln!(
         table,
@@ -102,7 +111,7 @@ fn main() -> anyhow::Result<()> {
         "ops/dest",
         "peak MB"
     )?;
-    for r in &rows {
+    for r in rows {
         let c: CallCounts = serde_json::from_value(r["calls"].clone()).unwrap_or_default();
         let calls = c.reads() + c.writes();
         writeln!(
@@ -124,11 +133,7 @@ fn main() -> anyhow::Result<()> {
         table,
         "lists = group scans (source + one per destination); read = contacts read; writes = creates+updates+deletes+group changes; ops/dest = provider calls per destination"
     )?;
-    print!("{table}");
-    if args.dir.is_none() {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    Ok(())
+    Ok(table)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {

@@ -217,20 +217,59 @@ fn main() -> anyhow::Result<()> {
     let server = start_radicale(&venv)?;
     let work = server.dir.join("work");
     fs::create_dir_all(&work)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let http = reqwest::Client::new();
-    let base = server.url();
-    let dests: Vec<String> = (1..=args.destinations)
-        .map(|i| format!("d{i:02}"))
-        .collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gen_vcards.py");
-    let gen_dir = work.join("cards");
-    let generate = |dir: &Path, extra: &[&str]| -> anyhow::Result<Vec<(String, String)>> {
+    let mut b = Bench {
+        rt: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        http: reqwest::Client::new(),
+        base: server.url(),
+        dests: (1..=args.destinations)
+            .map(|i| format!("d{i:02}"))
+            .collect(),
+        cards: vec![],
+        edit_round: 0,
+        args,
+        venv,
+        groupsync,
+        server,
+        work,
+    };
+    b.cards = b.generate(&b.work.join("cards"), &[])?;
+    let floor = b.load_floor()?;
+    let mut rows: Vec<(String, Measured)> = vec![("floor: N sequential PUTs".into(), floor)];
+    for n in [1usize, b.args.destinations] {
+        b.groupsync_runs(n, &mut rows)?;
+        if !b.args.no_vdirsyncer {
+            b.vdirsyncer_runs(n, &mut rows)?;
+        }
+    }
+    print!("{}", table(&b.args, &rows));
+    Ok(())
+}
+
+/// Everything the runs share: the server, the generated cards, the clients' paths.
+struct Bench {
+    args: Args,
+    venv: PathBuf,
+    groupsync: PathBuf,
+    server: Radicale,
+    work: PathBuf,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    base: String,
+    dests: Vec<String>,
+    /// The source book's cards (file name, text), as loaded.
+    cards: Vec<(String, String)>,
+    edit_round: usize,
+}
+
+impl Bench {
+    /// The contacts `gen_vcards.py` writes into `dir` (same seed every time), sorted by name.
+    fn generate(&self, dir: &Path, extra: &[&str]) -> anyhow::Result<Vec<(String, String)>> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/gen_vcards.py");
         let out = Command::new("python3")
             .arg(&script)
-            .args(["-n", &args.contacts.to_string(), "--seed", "42"])
+            .args(["-n", &self.args.contacts.to_string(), "--seed", "42"])
             .args(extra)
             .arg(dir)
             .output()?;
@@ -249,85 +288,82 @@ fn main() -> anyhow::Result<()> {
         }
         v.sort();
         Ok(v)
-    };
-    let cards = generate(&gen_dir, &[])?;
-    // Principals, the source book, and vdirsyncer's destination books (it cannot create them).
-    let floor = rt.block_on(async {
-        for u in std::iter::once("alice".to_string()).chain(dests.iter().cloned()) {
-            dav(&http, &format!("{base}/{u}/"), "MKCOL", None, "").await?;
-        }
+    }
+
+    /// PUTs a card into alice's source book.
+    async fn put_source(&self, name: &str, text: &str) -> anyhow::Result<u16> {
+        let url = format!("{}/alice/team/{name}", self.base);
         dav(
-            &http,
-            &format!("{base}/alice/team/"),
-            "MKCOL",
-            Some(mkcol_book("Team")),
-            "application/xml",
+            &self.http,
+            &url,
+            "PUT",
+            Some(text.to_string()),
+            "text/vcard",
         )
-        .await?;
-        for d in &dests {
-            for n in [1, dests.len()] {
-                dav(
-                    &http,
-                    &format!("{base}/{d}/vds{n}/"),
-                    "MKCOL",
-                    Some(mkcol_book(&format!("vds{n}"))),
-                    "application/xml",
-                )
-                .await?;
+        .await
+    }
+
+    /// Makes the principals, the source book and vdirsyncer's destination books (it cannot
+    /// create them), then loads the source with N sequential PUTs: the server's floor.
+    fn load_floor(&self) -> anyhow::Result<Measured> {
+        let (http, base) = (&self.http, &self.base);
+        self.rt.block_on(async {
+            for u in std::iter::once("alice").chain(self.dests.iter().map(String::as_str)) {
+                dav(http, &format!("{base}/{u}/"), "MKCOL", None, "").await?;
             }
-        }
-        let from = server.log_len();
-        let start = Instant::now();
-        for (name, text) in &cards {
-            dav(
-                &http,
-                &format!("{base}/alice/team/{name}"),
-                "PUT",
-                Some(text.clone()),
-                "text/vcard",
-            )
-            .await?;
-        }
-        anyhow::Ok(Measured {
-            wall: start.elapsed().as_secs_f64(),
-            rss_mb: 0.0,
-            requests: server.requests_since(from),
-        })
-    })?;
-    let mut edit_round = 0;
-    let mut edit_source = |rt: &tokio::runtime::Runtime| -> anyhow::Result<()> {
-        edit_round += 1;
-        let dir = work.join(format!("edit{edit_round}"));
-        let edited = generate(
-            &dir,
-            &[
-                "--edit",
-                &args.edits.to_string(),
-                "--edit-round",
-                &edit_round.to_string(),
-            ],
-        )?;
-        rt.block_on(async {
-            for ((name, new), (_, old)) in edited.iter().zip(cards.iter()) {
-                if new != old {
+            let book = |name: &str| Some(mkcol_book(name));
+            let url = format!("{base}/alice/team/");
+            dav(http, &url, "MKCOL", book("Team"), "application/xml").await?;
+            for d in &self.dests {
+                for n in [1, self.dests.len()] {
+                    let url = format!("{base}/{d}/vds{n}/");
                     dav(
-                        &http,
-                        &format!("{base}/alice/team/{name}"),
-                        "PUT",
-                        Some(new.clone()),
-                        "text/vcard",
+                        http,
+                        &url,
+                        "MKCOL",
+                        book(&format!("vds{n}")),
+                        "application/xml",
                     )
                     .await?;
                 }
             }
+            let from = self.server.log_len();
+            let start = Instant::now();
+            for (name, text) in &self.cards {
+                self.put_source(name, text).await?;
+            }
+            anyhow::Ok(Measured {
+                wall: start.elapsed().as_secs_f64(),
+                rss_mb: 0.0,
+                requests: self.server.requests_since(from),
+            })
+        })
+    }
+
+    /// Edits `--edits` source contacts (a new round of edits each time).
+    fn edit_source(&mut self) -> anyhow::Result<()> {
+        self.edit_round += 1;
+        let dir = self.work.join(format!("edit{}", self.edit_round));
+        let (edits, round) = (self.args.edits.to_string(), self.edit_round.to_string());
+        let edited = self.generate(&dir, &["--edit", &edits, "--edit-round", &round])?;
+        self.rt.block_on(async {
+            for ((name, new), (_, old)) in edited.iter().zip(self.cards.iter()) {
+                if new != old {
+                    self.put_source(name, new).await?;
+                }
+            }
             anyhow::Ok(())
         })
-    };
-    let mut rows: Vec<(String, Measured)> = vec![("floor: N sequential PUTs".into(), floor)];
-    for n in [1usize, args.destinations] {
-        let set = &dests[..n];
-        // groupsync
-        let gdir = work.join(format!("gs{n}"));
+    }
+
+    /// The three runs of groupsync for the first `n` destinations, into a "gs<n>" group.
+    fn groupsync_runs(
+        &mut self,
+        n: usize,
+        rows: &mut Vec<(String, Measured)>,
+    ) -> anyhow::Result<()> {
+        let base = &self.base;
+        let gdir = self.work.join(format!("gs{n}"));
         fs::create_dir_all(gdir.join("jobs"))?;
         fs::write(gdir.join("pw"), "adminpw\n")?;
         #[cfg(unix)]
@@ -341,7 +377,7 @@ fn main() -> anyhow::Result<()> {
                 "state = \"state.db\"\n[backend]\nkind = \"carddav\"\nurl = \"{base}\"\nusername = \"admin\"\npassword_file = \"pw\"\n"
             ),
         )?;
-        let list: Vec<String> = set.iter().map(|d| format!("\"{d}\"")).collect();
+        let list: Vec<String> = self.dests[..n].iter().map(|d| format!("\"{d}\"")).collect();
         fs::write(
             gdir.join("jobs/team.toml"),
             format!(
@@ -349,45 +385,40 @@ fn main() -> anyhow::Result<()> {
                 list.join(", ")
             ),
         )?;
-        let gs_cmd = || {
-            let mut c = Command::new(&groupsync);
-            c.arg("run")
-                .env("GROUPSYNC_CONFIG", gdir.join("groupsync.toml"));
+        let (exe, cfg) = (self.groupsync.clone(), gdir.join("groupsync.toml"));
+        let cmd = move || {
+            let mut c = Command::new(&exe);
+            c.arg("run").env("GROUPSYNC_CONFIG", &cfg);
             c
         };
-        rows.push((
-            format!("groupsync first sync -> {n}"),
-            timed(&server, gs_cmd(), &work)?,
-        ));
-        rows.push((
-            format!("groupsync no-change rerun, {n}"),
-            timed(&server, gs_cmd(), &work)?,
-        ));
-        edit_source(&rt)?;
-        rows.push((
-            format!("groupsync after {} edits, {n}", args.edits),
-            timed(&server, gs_cmd(), &work)?,
-        ));
-        if args.no_vdirsyncer {
-            continue;
-        }
-        // vdirsyncer: one pair per destination, into pre-created empty "vds<n>" books.
-        let vdir = work.join(format!("vds{n}"));
+        self.three_runs("groupsync", n, &cmd, rows)
+    }
+
+    /// The three runs of vdirsyncer: one pair per destination, into pre-created empty
+    /// "vds<n>" books.
+    fn vdirsyncer_runs(
+        &mut self,
+        n: usize,
+        rows: &mut Vec<(String, Measured)>,
+    ) -> anyhow::Result<()> {
+        let base = &self.base;
+        let vdir = self.work.join(format!("vds{n}"));
         fs::create_dir_all(&vdir)?;
         let mut cfg = format!(
             "[general]\nstatus_path = \"{}/status/\"\n\n[storage src]\ntype = \"carddav\"\nurl = \"{base}/alice/team/\"\nusername = \"admin\"\npassword = \"adminpw\"\nread_only = true\n",
             vdir.display()
         );
-        for d in set {
+        for d in &self.dests[..n] {
             let _ = write!(
                 cfg,
                 "\n[storage {d}]\ntype = \"carddav\"\nurl = \"{base}/{d}/vds{n}/\"\nusername = \"admin\"\npassword = \"adminpw\"\n\n[pair src_to_{d}]\na = \"src\"\nb = \"{d}\"\ncollections = null\nconflict_resolution = \"a wins\"\npartial_sync = \"revert\"\n"
             );
         }
         fs::write(vdir.join("config"), cfg)?;
-        let vds = |sub: &str| {
-            let mut c = Command::new(venv.join("bin/vdirsyncer"));
-            c.arg("-c").arg(vdir.join("config")).arg(sub);
+        let (exe, cfg) = (self.venv.join("bin/vdirsyncer"), vdir.join("config"));
+        let vds = move |sub: &str| {
+            let mut c = Command::new(&exe);
+            c.arg("-c").arg(&cfg).arg(sub);
             c
         };
         let out = vds("discover").stdin(Stdio::null()).output()?;
@@ -396,20 +427,36 @@ fn main() -> anyhow::Result<()> {
             "vdirsyncer discover: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        rows.push((
-            format!("vdirsyncer first sync -> {n}"),
-            timed(&server, vds("sync"), &work)?,
-        ));
-        rows.push((
-            format!("vdirsyncer no-change rerun, {n}"),
-            timed(&server, vds("sync"), &work)?,
-        ));
-        edit_source(&rt)?;
-        rows.push((
-            format!("vdirsyncer after {} edits, {n}", args.edits),
-            timed(&server, vds("sync"), &work)?,
-        ));
+        self.three_runs("vdirsyncer", n, &|| vds("sync"), rows)
     }
+
+    /// A client's first sync, no-change rerun, and rerun after the source was edited.
+    fn three_runs(
+        &mut self,
+        client: &str,
+        n: usize,
+        cmd: &dyn Fn() -> Command,
+        rows: &mut Vec<(String, Measured)>,
+    ) -> anyhow::Result<()> {
+        let (server, work) = (&self.server, &self.work);
+        rows.push((
+            format!("{client} first sync -> {n}"),
+            timed(server, cmd(), work)?,
+        ));
+        rows.push((
+            format!("{client} no-change rerun, {n}"),
+            timed(server, cmd(), work)?,
+        ));
+        self.edit_source()?;
+        let label = format!("{client} after {} edits, {n}", self.args.edits);
+        rows.push((label, timed(&self.server, cmd(), &self.work)?));
+        Ok(())
+    }
+}
+
+/// The results as a table: wall time against the floor (first syncs) and against vdirsyncer on
+/// the same run, peak RSS, and the requests Radicale logged.
+fn table(args: &Args, rows: &[(String, Measured)]) -> String {
     let floor_wall = rows[0].1.wall;
     let mut table = String::new();
     let _ = writeln!(
@@ -422,7 +469,7 @@ fn main() -> anyhow::Result<()> {
         "{:<36} {:>8} {:>9} {:>8} {:>8}  requests (Radicale log)",
         "run", "wall s", "x floor", "x vds", "RSS MB"
     );
-    for (name, m) in &rows {
+    for (name, m) in rows {
         let peer = name.replace("groupsync", "vdirsyncer");
         let vs = rows
             .iter()
@@ -454,6 +501,5 @@ fn main() -> anyhow::Result<()> {
         table,
         "x floor = wall / (floor x destinations), first syncs only; x vds = groupsync / vdirsyncer on the same run"
     );
-    print!("{table}");
-    Ok(())
+    table
 }

@@ -111,7 +111,7 @@ pub(super) struct PreviousSource {
     pub(super) digest: String,
     pub(super) name: String,
     /// Digest of each managed property (see `card::field_digests`).
-    pub(super) fields: Vec<(Arc<str>, u64)>,
+    pub(super) fields: crate::card::FieldDigests,
 }
 
 /// Which source contacts changed since the last run that saved what it read of the source

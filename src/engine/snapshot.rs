@@ -225,7 +225,7 @@ fn known_copy(
     active: &ActiveInputs,
     spec: &plan::JobSpec,
     caps: &Capabilities,
-) -> Option<(String, Vec<(std::sync::Arc<str>, u64)>)> {
+) -> Option<(String, crate::card::FieldDigests)> {
     let (source, previous) = (&active.source, &active.previous);
     let sid = l.source_id();
     let item = source.items.get(sid);

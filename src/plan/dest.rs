@@ -24,7 +24,7 @@ pub enum DestKind {
         digest: String,
         name: String,
         /// Digest of each managed property (see `card::field_digests`).
-        fields: Vec<(std::sync::Arc<str>, u64)>,
+        fields: crate::card::FieldDigests,
     },
 }
 

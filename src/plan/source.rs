@@ -22,7 +22,7 @@ pub struct SourceItem {
     pub digest: String,
     /// Digest of each managed property (see `card::field_digests`), worked out the first time
     /// an update needs them: most source contacts are never updated anywhere in a run.
-    fields: OnceLock<Vec<(std::sync::Arc<str>, u64)>>,
+    fields: OnceLock<crate::card::FieldDigests>,
     /// The copy a destination must hold (its UID is used only when creating), as vCard text: one
     /// allocation instead of a few dozen. A run holds one per source contact for its whole
     /// length, and on most runs few of them are written anywhere.
