@@ -5,54 +5,8 @@
 //! Every write is conditional on the etag the engine saw when it read the contact, so a contact
 //! that changed under the engine is never overwritten blindly (`BackendError::Conflict`).
 
-/// The batch writes of a provider without batch endpoints: each contact by the provider's own
-/// single-contact write (`create_one`, `update_one`, `delete_one`, `move_one`, inherent
-/// methods), in order, stopping as `one_by_one` does. Used inside `impl Backend for …`.
-macro_rules! one_by_one_writes {
-    () => {
-        async fn create_contacts(
-            &self,
-            user: &User,
-            group: &GroupRef,
-            cards: &[&VCard],
-        ) -> Vec<Result<Written>> {
-            $crate::backend::one_by_one(cards, |card| self.create_one(user, group, card)).await
-        }
-
-        async fn update_contacts(
-            &self,
-            user: &User,
-            group: &GroupRef,
-            items: &[(&str, &str, &VCard)],
-            fields: &FieldSelection,
-        ) -> Vec<Result<String>> {
-            $crate::backend::one_by_one(items, |&(id, etag, card)| {
-                self.update_one(user, group, id, etag, card, fields)
-            })
-            .await
-        }
-
-        async fn delete_contacts(
-            &self,
-            user: &User,
-            group: &GroupRef,
-            items: &[(&str, &str)],
-        ) -> Vec<Result<()>> {
-            $crate::backend::one_by_one(items, |&(id, etag)| self.delete_one(user, group, id, etag))
-                .await
-        }
-
-        async fn move_contacts_to_default(
-            &self,
-            user: &User,
-            group: &GroupRef,
-            items: &[(&str, &str)],
-        ) -> Vec<Result<()>> {
-            $crate::backend::one_by_one(items, |&(id, etag)| self.move_one(user, group, id, etag))
-                .await
-        }
-    };
-}
+#[macro_use]
+mod shape;
 
 pub mod carddav;
 pub mod counting;

@@ -71,27 +71,21 @@ pub async fn run_jobs<B: Backend + 'static>(
             eprintln!("interrupted: not run: {}", left.join(", "));
             break;
         }
-        if let Some(why) = refused.get(&j.name) {
-            let report = engine::refuse_job(&ctx.store, &j.to_run(), opts.dry_run, why.clone());
-            if !opts.dry_run {
-                hooks.after_run(&report).await;
+        let report = match refused.get(&j.name) {
+            Some(why) => engine::refuse_job(&ctx.store, &j.to_run(), opts.dry_run, why.clone()),
+            None => {
+                let bar = progress_bar(ctx, j);
+                let opts = &RunOptions {
+                    progress: bar.as_ref().map(|b| tick(b.clone())),
+                    ..opts.clone()
+                };
+                let report = engine::run_job(backend, &ctx.store, &j.to_run(), opts).await;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                report
             }
-            code = worst(code, report.exit_code());
-            if !ctx.json {
-                output::print_report(&report, j, out)?;
-            }
-            reports.push(report);
-            continue;
-        }
-        let bar = progress_bar(ctx, j);
-        let opts = &RunOptions {
-            progress: bar.as_ref().map(|b| tick(b.clone())),
-            ..opts.clone()
         };
-        let report = engine::run_job(backend, &ctx.store, &j.to_run(), opts).await;
-        if let Some(b) = bar {
-            b.finish_and_clear();
-        }
         if !opts.dry_run {
             hooks.after_run(&report).await;
         }

@@ -19,11 +19,7 @@ use groups::Book;
 use calcard::vcard::VCard;
 use std::time::Duration;
 
-use super::counting::CallCounts;
-use super::{
-    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, KnownCopies, Read,
-    Result, User, Written, no_directory,
-};
+use super::{Backend, BackendError, Capabilities, Contact, GroupRef, Result, User, Written};
 use crate::card::FieldSelection;
 
 /// Connection settings.
@@ -106,40 +102,8 @@ impl Backend for CarddavBackend {
         }
     }
 
-    fn call_counts(&self) -> Option<CallCounts> {
-        None
-    }
-
-    async fn prepare_users(&self, _names: &[String]) {}
-
-    async fn prepare_access(&self, _user: &User) {}
-
-    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
-        Err(no_directory(self.kind(), set))
-    }
-
-    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
-        vec![]
-    }
-
-    async fn check_access(&self, _user: &User) -> Result<()> {
-        Ok(())
-    }
-
     fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
         Ok(())
-    }
-
-    async fn read_changes(
-        &self,
-        _user: &User,
-        _token: &str,
-        _group_id: &str,
-        _known: &dyn KnownCopies,
-        _sink: &mut (dyn FnMut(Contact) + Send),
-        _gone: &mut (dyn FnMut(String) + Send),
-    ) -> Result<Delta> {
-        Ok(Delta::Expired)
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -161,37 +125,11 @@ impl Backend for CarddavBackend {
         }
     }
 
-    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        self.group_named(user, name).await
-    }
+    no_directory!();
 
-    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
-        self.make_group(user, name).await
-    }
+    no_change_tokens!();
 
-    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
-        self.remove_group(user, group).await
-    }
-
-    async fn read_group(
-        &self,
-        _user: &User,
-        group: Option<&GroupRef>,
-        _how: GroupRead<'_>,
-        sink: &mut (dyn FnMut(Read) + Send),
-    ) -> Result<Option<String>> {
-        self.read_members(_user, group, _how, sink).await
-    }
-
-    async fn fetch_contacts(
-        &self,
-        _user: &User,
-        group: &GroupRef,
-        ids: &[String],
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.fetch_by_ids(_user, group, ids, sink).await
-    }
+    delegate_to_rooms!();
 
     one_by_one_writes!();
 }

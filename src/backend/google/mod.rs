@@ -30,10 +30,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::counting::CallCounts;
-use super::{
-    Backend, Capabilities, Contact, Delta, Depth, GroupRead, GroupRef, KnownCopies, Read, Result,
-    User, Written,
-};
+use super::{Backend, Capabilities, Contact, GroupRef, Result, User, Written};
 use crate::card::FieldSelection;
 pub use crate::config::GoogleConfig;
 use auth::{CONTACTS_SCOPE, DIRECTORY_SCOPES, ServiceAccount, TokenSource};
@@ -119,8 +116,11 @@ impl GoogleBackend {
     }
 }
 
-/// The two ways Google reads a group (`Backend::read_group`).
 impl Backend for GoogleBackend {
+    delegate_to_rooms!();
+
+    delegate_read_changes!();
+
     fn kind(&self) -> &'static str {
         "google"
     }
@@ -145,23 +145,6 @@ impl Backend for GoogleBackend {
 
     fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
         Ok(())
-    }
-
-    async fn read_group(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        how: GroupRead<'_>,
-        sink: &mut (dyn FnMut(Read) + Send),
-    ) -> Result<Option<String>> {
-        match (how.depth, group) {
-            (Depth::TagsOnly, Some(g)) => self.read_tags(user, g, sink).await.map(|_| None),
-            _ => {
-                let known = how.known.unwrap_or(&|_, _| false);
-                let token = self.read_whole_group(user, group, known, sink).await?;
-                Ok(token.filter(|_| how.token))
-            }
-        }
     }
 
     async fn prepare_users(&self, names: &[String]) {
@@ -221,41 +204,6 @@ impl Backend for GoogleBackend {
             Some(d) => self.checked_user(name, d).await.map(Some),
             None => Ok(None),
         }
-    }
-
-    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        self.group_named(user, name).await
-    }
-
-    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
-        self.make_group(user, name).await
-    }
-
-    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
-        self.remove_group(user, group).await
-    }
-
-    async fn read_changes(
-        &self,
-        user: &User,
-        token: &str,
-        group_id: &str,
-        known: &dyn KnownCopies,
-        sink: &mut (dyn FnMut(Contact) + Send),
-        gone: &mut (dyn FnMut(String) + Send),
-    ) -> Result<Delta> {
-        self.read_delta(user, token, group_id, known, sink, gone)
-            .await
-    }
-
-    async fn fetch_contacts(
-        &self,
-        user: &User,
-        _group: &GroupRef,
-        ids: &[String],
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.fetch_by_ids(user, ids, sink).await
     }
 
     async fn create_contacts(

@@ -12,7 +12,8 @@ use super::calls::{Ask, api};
 use super::http::{self, ApiError};
 use super::{CONTACT_SOURCES, GoogleBackend, Repair, person};
 use crate::backend::{
-    BackendError, Contact, Delta, GroupRef, Known, KnownAsWritten, KnownCopies, Read, Result, User,
+    BackendError, Contact, Delta, Depth, GroupRead, GroupRef, Known, KnownAsWritten, KnownCopies,
+    Read, Result, User,
 };
 
 /// A read asked for ahead: its request is sent, its answer is taken later (`answer`).
@@ -83,6 +84,25 @@ pub(super) fn read_fields() -> String {
 
 /// Reads.
 impl GoogleBackend {
+    /// The two ways Google reads a group: its tags only (for a probe), or whole (with the known
+    /// copies handed by id and etag, and a sync token when asked for).
+    pub(super) async fn read_members(
+        &self,
+        user: &User,
+        group: Option<&GroupRef>,
+        how: GroupRead<'_>,
+        sink: &mut (dyn FnMut(Read) + Send),
+    ) -> Result<Option<String>> {
+        match (how.depth, group) {
+            (Depth::TagsOnly, Some(g)) => self.read_tags(user, g, sink).await.map(|_| None),
+            _ => {
+                let known = how.known.unwrap_or(&|_, _| false);
+                let token = self.read_whole_group(user, group, known, sink).await?;
+                Ok(token.filter(|_| how.token))
+            }
+        }
+    }
+
     /// Every contact of a user (connections.list, 1,000 a page), handed to `each`.
     pub(super) async fn list_connections(
         &self,
@@ -413,6 +433,7 @@ impl GoogleBackend {
     pub(super) async fn fetch_by_ids(
         &self,
         user: &User,
+        _group: &GroupRef,
         ids: &[String],
         sink: &mut (dyn FnMut(Contact) + Send),
     ) -> Result<()> {

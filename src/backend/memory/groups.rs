@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{MemGroup, MemoryBackend};
+use super::{MemGroup, MemoryBackend, user_mut};
 use crate::backend::{BackendError, GroupRef, Result, User};
 
 /// Groups.
@@ -16,11 +16,7 @@ impl MemoryBackend {
         f: impl FnOnce(&mut MemGroup) -> Result<T>,
     ) -> Result<T> {
         let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
+        let u = user_mut(&mut users, user)?;
         let g = u
             .groups
             .get_mut(&group.id)
@@ -35,10 +31,8 @@ impl MemoryBackend {
         if self.panic_user.lock().unwrap().as_deref() == Some(user.id.as_str()) {
             panic!("injected panic looking up a group of {}", user.name);
         }
-        let users = self.users.lock().unwrap();
-        let u = users.get(&user.id).ok_or_else(|| BackendError::NotFound {
-            what: format!("user {}", user.name),
-        })?;
+        let mut users = self.users.lock().unwrap();
+        let u = user_mut(&mut users, user)?;
         Ok(u.groups
             .iter()
             .find(|(_, g)| g.name == name)
@@ -52,11 +46,7 @@ impl MemoryBackend {
     pub(super) async fn make_group(&self, user: &User, name: &str) -> Result<GroupRef> {
         self.check_write()?;
         let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
+        let u = user_mut(&mut users, user)?;
         if u.groups.values().any(|g| g.name == name) {
             return Err(BackendError::AlreadyExists {
                 what: format!("group {name:?} of {}", user.name),
@@ -80,11 +70,7 @@ impl MemoryBackend {
     pub(super) async fn remove_group(&self, user: &User, group: &GroupRef) -> Result<()> {
         self.check_write()?;
         let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
+        let u = user_mut(&mut users, user)?;
         match u.groups.get(&group.id) {
             None => Ok(()),
             Some(g) if !g.contacts.is_empty() => Err(BackendError::NotEmpty {

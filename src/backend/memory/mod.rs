@@ -13,11 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::counting::CallCounts;
-use super::{
-    Backend, BackendError, Capabilities, Contact, Delta, GroupRead, GroupRef, KnownCopies, Read,
-    Result, User, Written, no_directory,
-};
+use super::{Backend, BackendError, Capabilities, Contact, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
 /// Name of every user's default collection.
@@ -336,6 +332,15 @@ impl MemoryBackend {
     }
 }
 
+/// A user of the store, or `NotFound`.
+fn user_mut<'a>(users: &'a mut BTreeMap<String, MemUser>, user: &User) -> Result<&'a mut MemUser> {
+    users
+        .get_mut(&user.id)
+        .ok_or_else(|| BackendError::NotFound {
+            what: format!("user {}", user.name),
+        })
+}
+
 impl Backend for MemoryBackend {
     fn kind(&self) -> &'static str {
         "memory"
@@ -357,38 +362,8 @@ impl Backend for MemoryBackend {
         }
     }
 
-    fn call_counts(&self) -> Option<CallCounts> {
-        None
-    }
-
-    async fn prepare_users(&self, _names: &[String]) {}
-
-    async fn prepare_access(&self, _user: &User) {}
-
-    async fn expand_set(&self, set: &str) -> Result<Vec<String>> {
-        Err(no_directory(self.kind(), set))
-    }
-
-    async fn check_setup(&self) -> Vec<std::result::Result<String, String>> {
-        vec![]
-    }
-
-    async fn check_access(&self, _user: &User) -> Result<()> {
-        Ok(())
-    }
-
     fn check_group_name(&self, _name: &str) -> std::result::Result<(), String> {
         Ok(())
-    }
-
-    async fn read_group(
-        &self,
-        user: &User,
-        group: Option<&GroupRef>,
-        how: GroupRead<'_>,
-        sink: &mut (dyn FnMut(Read) + Send),
-    ) -> Result<Option<String>> {
-        self.read_members(user, group, how, sink).await
     }
 
     async fn resolve_user(&self, name: &str) -> Result<Option<User>> {
@@ -400,40 +375,11 @@ impl Backend for MemoryBackend {
         }))
     }
 
-    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-        self.group_named(user, name).await
-    }
+    no_directory!();
 
-    async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
-        self.make_group(user, name).await
-    }
+    delegate_read_changes!();
 
-    async fn delete_group(&self, user: &User, group: &GroupRef) -> Result<()> {
-        self.remove_group(user, group).await
-    }
-
-    async fn read_changes(
-        &self,
-        user: &User,
-        token: &str,
-        group_id: &str,
-        known: &dyn KnownCopies,
-        sink: &mut (dyn FnMut(Contact) + Send),
-        gone: &mut (dyn FnMut(String) + Send),
-    ) -> Result<Delta> {
-        self.read_delta(user, token, group_id, known, sink, gone)
-            .await
-    }
-
-    async fn fetch_contacts(
-        &self,
-        user: &User,
-        group: &GroupRef,
-        ids: &[String],
-        sink: &mut (dyn FnMut(Contact) + Send),
-    ) -> Result<()> {
-        self.fetch_by_ids(user, group, ids, sink).await
-    }
+    delegate_to_rooms!();
 
     one_by_one_writes!();
 }

@@ -5,7 +5,7 @@
 
 use calcard::vcard::VCard;
 
-use super::{DEFAULT_GROUP, MemGroup, MemoryBackend};
+use super::{DEFAULT_GROUP, MemGroup, MemoryBackend, user_mut};
 use crate::backend::{BackendError, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
@@ -100,11 +100,7 @@ impl MemoryBackend {
     ) -> Result<()> {
         self.check_write()?;
         let mut users = self.users.lock().unwrap();
-        let u = users
-            .get_mut(&user.id)
-            .ok_or_else(|| BackendError::NotFound {
-                what: format!("user {}", user.name),
-            })?;
+        let u = user_mut(&mut users, user)?;
         let default_id = match u.groups.iter().find(|(_, g)| g.name == DEFAULT_GROUP) {
             Some((id, _)) => id.clone(),
             None => {
