@@ -1,6 +1,8 @@
 //! The backend trait: the only way the engine reaches contacts. A backend knows how one provider
-//! (a vdir tree, an in-memory store, later Google People, CardDAV, Microsoft Graph) stores users,
-//! contact groups and contacts; it knows nothing of jobs, plans, tags or the state database.
+//! (an in-memory store, a vdir tree, a CardDAV server, Google Workspace) stores users, contact
+//! groups and contacts; it knows nothing of jobs, plans, tags or the state database. What a
+//! provider can do is one `Capabilities` value; every provider folder has the same rooms (see
+//! `shape`), and passes the same contract tests (`tests/common/contract.rs`).
 //!
 //! Every write is conditional on the etag the engine saw when it read the contact, so a contact
 //! that changed under the engine is never overwritten blindly (`BackendError::Conflict`).
