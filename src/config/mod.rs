@@ -261,14 +261,14 @@ fn notify_config(n: &RawNotify, at: &At<'_>, path: &Path) -> Result<NotifyConfig
         };
     }
     if let Some(w) = &n.webhook {
-        let u = w.get_ref();
-        if !(u.starts_with("http://") || u.starts_with("https://")) {
-            return Err(at(
-                w.span(),
-                format!("notify.webhook {u:?} must be an http:// or https:// URL"),
-            ));
-        }
-        notify.webhook = Some(u.clone());
+        let why = "must be an http:// or https:// URL";
+        notify.webhook = Some(with_scheme(
+            w,
+            &["http://", "https://"],
+            "notify.webhook",
+            why,
+            at,
+        )?);
     }
     for to in n.email_to.iter().flatten() {
         if !to.get_ref().contains('@') {
@@ -281,14 +281,14 @@ fn notify_config(n: &RawNotify, at: &At<'_>, path: &Path) -> Result<NotifyConfig
     }
     notify.email_from = n.email_from.as_ref().map(|f| f.get_ref().clone());
     if let Some(smtp) = &n.smtp {
-        let u = smtp.get_ref();
-        if !(u.starts_with("smtp://") || u.starts_with("smtps://")) {
-            return Err(at(
-                smtp.span(),
-                format!("notify.smtp {u:?} must look like smtp://host:25 or smtps://host:465"),
-            ));
-        }
-        notify.smtp = Some(u.clone());
+        let why = "must look like smtp://host:25 or smtps://host:465";
+        notify.smtp = Some(with_scheme(
+            smtp,
+            &["smtp://", "smtps://"],
+            "notify.smtp",
+            why,
+            at,
+        )?);
     }
     notify.sendmail = n.sendmail.as_deref().map(PathBuf::from);
     if !notify.email_to.is_empty() {
@@ -303,6 +303,21 @@ fn notify_config(n: &RawNotify, at: &At<'_>, path: &Path) -> Result<NotifyConfig
         }
     }
     Ok(notify)
+}
+
+/// A URL setting, which must start with one of `schemes`; the error names the key and its line.
+fn with_scheme(
+    v: &toml::Spanned<String>,
+    schemes: &[&str],
+    key: &str,
+    why: &str,
+    at: &At<'_>,
+) -> Result<String, ConfigError> {
+    let u = v.get_ref();
+    if !schemes.iter().any(|s| u.starts_with(s)) {
+        return Err(at(v.span(), format!("{key} {u:?} {why}")));
+    }
+    Ok(u.clone())
 }
 
 #[cfg(test)]
