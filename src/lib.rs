@@ -21,6 +21,7 @@
 //! - [`feeds`]: which jobs feed which; a set of jobs that would copy in a circle is refused.
 //! - [`schedule`], [`serve`]: cron patterns and time zones; the daemon that runs jobs on them.
 //! - [`metrics`], [`notify`]: Prometheus text from the state; webhook and email after a run.
+//! - [`private`]: the state's files are the owner's alone (0600, folders 0700).
 //! - [`lock`]: the state lock that keeps two runs apart; [`mutex`]: the one way a mutex is locked.
 //! - [`procstat`]: peak memory and CPU time, and the allocator's settings.
 //! - [`cli`]: the commands, one file each; `cli::backend` builds a provider from its
@@ -38,6 +39,7 @@ pub mod metrics;
 pub mod mutex;
 pub mod notify;
 pub mod plan;
+pub mod private;
 pub mod procstat;
 pub mod schedule;
 pub mod serve;

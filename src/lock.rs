@@ -3,7 +3,7 @@
 //! a message naming the holder. The operating system releases the lock when the process dies, so
 //! a killed run never leaves a stale lock behind.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -26,6 +26,8 @@ pub enum LockError {
         holder: String,
         waited: Duration,
     },
+    #[error("lock file: {0}")]
+    Private(#[from] crate::private::NotPrivate),
     #[error("cannot open lock file {path}: {source}")]
     Io {
         path: String,
@@ -42,22 +44,12 @@ pub fn acquire(state: &Path, wait: Duration) -> Result<StateLock, LockError> {
         .unwrap_or_default();
     name.push(".lock");
     let path = state.with_file_name(name);
-    if let Some(parent) = path.parent()
-        && !parent.as_os_str().is_empty()
-    {
-        let _ = std::fs::create_dir_all(parent);
-    }
     let io = |source| LockError::Io {
         path: path.display().to_string(),
         source,
     };
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
+    // Owner-only, like the database it guards (it names the holder's pid).
+    let mut file = crate::private::open_rw(&path)?;
     let start = Instant::now();
     loop {
         match file.try_lock() {

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::store::{Store, StoreError};
@@ -113,7 +114,7 @@ fn family(
     }
 }
 
-/// Writes the textfile atomically, so node_exporter never reads half a file.
+/// Writes the textfile atomically, so node_exporter never reads half a file, mode 0644.
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     let dir = path
         .parent()
@@ -127,6 +128,9 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
         std::process::id()
     ));
     std::fs::write(&tmp, text)?;
+    // Read by node_exporter, usually another user: 0644 whatever the umask (a systemd unit's
+    // UMask=0077 would hide it). It holds job names and counts, nothing about a person.
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))?;
     std::fs::rename(&tmp, path)
 }
 

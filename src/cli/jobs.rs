@@ -43,7 +43,8 @@ pub enum JobCommand {
     /// Delete a job file; with --purge, first remove its copies and groups from every destination
     Delete {
         name: String,
-        /// Clean up every destination before deleting the job (without it, copies stay)
+        /// Clean up every destination, and forget the job's trash and change log, before deleting
+        /// the job (without it, copies stay)
         #[arg(long)]
         purge: bool,
     },
@@ -475,15 +476,18 @@ async fn delete<B: Backend + 'static>(
         }
     }
     std::fs::remove_file(&j.path)?;
-    ctx.store.lock().unwrap().forget_job(&j.name)?;
-    eprintln!(
-        "deleted job {name} ({}){}",
-        j.path.display(),
-        if purge {
-            ""
-        } else {
-            "; its copies stay at the destinations"
-        }
-    );
+    let store = ctx.store.lock().unwrap();
+    store.forget_job(&j.name)?;
+    let forgot = if purge {
+        // Its copies are gone: what the state kept about them goes too.
+        let p = store.forget_job_history(&j.name)?;
+        format!(
+            "; its trash ({} entries) and change log ({} lines) are forgotten",
+            p.trash, p.log
+        )
+    } else {
+        "; its copies stay at the destinations".to_string()
+    };
+    eprintln!("deleted job {name} ({}){forgot}", j.path.display());
     Ok(code)
 }

@@ -196,6 +196,7 @@ impl Ctx {
             BackendConfig::Google(g) => (g.concurrency, "My Contacts".to_string()),
         };
         RunOptions {
+            retention: Some(self.config.retention),
             concurrency,
             default_group,
             cancel: self.interrupt.as_ref().map(|i| i.cancel.clone()),

@@ -172,6 +172,14 @@ pub fn print_report(r: &JobReport, job: &Job, out: &mut dyn Write) -> std::io::R
     if let Some(m) = &r.message {
         writeln!(out, "  {m}")?;
     }
+    if !r.purged.is_empty() {
+        writeln!(
+            out,
+            "  state: purged {} and {} past their retention ([state] keep_trash_days, keep_log_days)",
+            plural(r.purged.trash as usize, "trash entry", "trash entries"),
+            plural(r.purged.log as usize, "change-log line", "change-log lines")
+        )?;
+    }
     for d in &r.destinations {
         writeln!(out, "{}", dest_line(d, job, r.dry_run))?;
         if r.dry_run

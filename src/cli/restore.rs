@@ -1,5 +1,6 @@
-//! `groupsync restore`: lists the trash (contacts deleted by groupsync, newest first) or puts
-//! entries back into the group they were deleted from.
+//! `groupsync restore`: lists the trash (contacts deleted by groupsync, newest first), puts
+//! entries back into the group they were deleted from, or empties it (`--purge`). The trash
+//! also empties itself: entries older than `[state] keep_trash_days` are purged at every run.
 
 use std::io::Write;
 
@@ -29,6 +30,12 @@ pub struct RestoreArgs {
     /// at the next run)
     #[arg(long)]
     pub untag: bool,
+    /// Delete the entries the filters select from the trash for good, instead of restoring them
+    #[arg(long, conflicts_with_all = ["ids", "all", "untag"])]
+    pub purge: bool,
+    /// With --purge: only entries deleted more than DAYS days ago
+    #[arg(long, value_name = "DAYS", requires = "purge")]
+    pub older_than: Option<u32>,
 }
 
 pub async fn restore<B: Backend>(
@@ -37,6 +44,9 @@ pub async fn restore<B: Backend>(
     args: &RestoreArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    if args.purge {
+        return purge(ctx, args, out);
+    }
     let list = ctx.store.lock().unwrap().trash_list(
         args.job.as_deref(),
         args.dest.as_deref(),
@@ -63,12 +73,9 @@ pub async fn restore<B: Backend>(
         chosen = list;
     }
     for id in &args.ids {
-        let t = ctx
-            .store
-            .lock()
-            .unwrap()
-            .trash_get(*id)?
-            .ok_or_else(|| usage(format!("no trash entry {id}")))?;
+        // The store's lock is let go before `missing` takes it again.
+        let found = ctx.store.lock().unwrap().trash_get(*id)?;
+        let t = found.ok_or_else(|| missing(ctx, *id))?;
         if t.restored_at.is_some() {
             return Err(usage(format!(
                 "trash entry {id} was already restored at {}",
@@ -118,4 +125,36 @@ async fn put_back<B: Backend>(backend: &B, t: &TrashRecord, untag: bool) -> anyh
         None => backend.create_group(&user, &t.group).await?,
     };
     Ok(backend.create_contact(&user, &group, &c).await?.id)
+}
+
+/// Why a trash entry is not there: purged (with how long the trash keeps entries), or never
+/// made.
+fn missing(ctx: &Ctx, id: i64) -> anyhow::Error {
+    match ctx.store.lock().unwrap().trash_was_purged(id) {
+        Ok(true) => usage(format!(
+            "trash entry {id} was purged and cannot be restored (the trash keeps entries {} days: [state] keep_trash_days; or it was emptied with restore --purge)",
+            ctx.config.retention.trash_days
+        )),
+        _ => usage(format!("no trash entry {id}")),
+    }
+}
+
+/// `restore --purge`: the entries the filters select, deleted for good.
+fn purge(ctx: &Ctx, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let _lock = ctx.lock()?;
+    let before = args
+        .older_than
+        .map(|d| chrono::Utc::now() - chrono::Duration::days(d.into()));
+    let n = ctx.store.lock().unwrap().purge_trash(
+        args.job.as_deref(),
+        args.dest.as_deref(),
+        args.run,
+        before,
+    )?;
+    if ctx.json {
+        writeln!(out, "{}", serde_json::json!({ "purged": n }))?;
+    } else {
+        writeln!(out, "purged {n} trash entries")?;
+    }
+    Ok(exit::OK)
 }

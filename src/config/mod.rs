@@ -6,11 +6,13 @@
 
 mod backend;
 mod secrets;
+mod state;
 
 pub use backend::{
     BackendConfig, DEFAULT_MAX_CARD_BYTES, DEFAULT_UMASK, GoogleConfig, VdirOptions,
 };
 pub use secrets::{read_credentials, read_secret};
+pub use state::Retention;
 
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,7 @@ pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    state: Option<String>,
+    state: Option<toml::Spanned<toml::Value>>,
     jobs_dir: Option<String>,
     backend: toml::Spanned<backend::RawBackend>,
     metrics: Option<RawMetrics>,
@@ -147,6 +149,8 @@ pub struct Config {
     /// The file it came from.
     pub path: PathBuf,
     pub state: PathBuf,
+    /// How long the state keeps trash entries and change-log lines (`[state]`).
+    pub retention: Retention,
     pub jobs_dir: PathBuf,
     pub backend: BackendConfig,
     pub metrics: MetricsConfig,
@@ -207,9 +211,11 @@ impl Config {
             Some(n) => notify_config(n, &at, path)?,
             None => NotifyConfig::default(),
         };
+        let (state_path, retention) = state::parse(raw.state.as_ref(), &at)?;
         Ok(Config {
             path: path.to_path_buf(),
-            state: resolve(raw.state.as_deref().unwrap_or("state.db")),
+            state: resolve(state_path.as_deref().unwrap_or("state.db")),
+            retention,
             jobs_dir: resolve(raw.jobs_dir.as_deref().unwrap_or("jobs")),
             backend,
             metrics,

@@ -33,9 +33,10 @@ use std::sync::{Arc, Mutex};
 use tracing::Instrument;
 
 use crate::backend::Backend;
+use crate::config::Retention;
 use crate::mutex::lock;
 use crate::plan::{JobSpec, Plan};
-use crate::store::{Counts, Store};
+use crate::store::{Counts, Purged, Store};
 use run::run_inner;
 
 /// A job as the engine runs it.
@@ -70,6 +71,9 @@ pub struct RunOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// Called as each destination finishes (the CLI's progress bar).
     pub progress: Option<Progress>,
+    /// How long the state keeps trash and change log; what is older is purged as a real run
+    /// starts. `None`: nothing is purged.
+    pub retention: Option<Retention>,
 }
 
 /// A callback for each finished destination.
@@ -159,6 +163,10 @@ pub struct JobReport {
     pub destinations: Vec<DestReport>,
     pub message: Option<String>,
     pub counts: Counts,
+    /// Trash entries and change-log lines past their retention, purged at this run's start (of
+    /// every job: the retention is the state's, not the job's).
+    #[serde(skip_serializing_if = "Purged::is_empty")]
+    pub purged: Purged,
 }
 
 impl JobReport {
@@ -199,6 +207,7 @@ impl JobReport {
             destinations: vec![],
             message: None,
             counts: Counts::default(),
+            purged: Purged::default(),
         }
     }
 
@@ -241,6 +250,17 @@ pub async fn run_job<B: Backend + 'static>(
                 report.outcome = Outcome::Error;
                 report.message = Some(e.to_string());
                 return report;
+            }
+        }
+    }
+    if !opts.dry_run
+        && let Some(keep) = opts.retention
+    {
+        match lock(store).purge_older(keep, chrono::Utc::now()) {
+            Ok(p) => report.purged = p,
+            // Kept a run longer: the sync itself does not depend on it.
+            Err(e) => {
+                tracing::warn!(job = %job.spec.name, "could not purge old trash and change log: {e}")
             }
         }
     }

@@ -1,8 +1,9 @@
 //! The state database (SQLite, WAL, append-only migrations), one file per table: the jobs and
 //! their tags (`jobs`), run history (`runs`), every destination ever synced (`destinations`),
 //! the ledger of copies (`ledger`), what the last run read of each source (`source`), the
-//! per-contact change log (`log`) and the trash of deleted payloads (`trash`); `schema` holds the
-//! migrations. The tags on the copies stay the source of truth: this database is a cache and a
+//! per-contact change log (`log`) and the trash of deleted payloads (`trash`), both kept only as
+//! long as the configuration says (`retention`); `schema` holds the migrations. The database
+//! is its owner's alone (`crate::private`). The tags on the copies stay the source of truth: this database is a cache and a
 //! history, and losing it costs a full re-read, never data. This module must not decide anything
 //! about a sync; it stores what the engine tells it and answers questions about the past.
 
@@ -10,6 +11,7 @@ mod destinations;
 mod jobs;
 mod ledger;
 mod log;
+mod retention;
 mod runs;
 mod schema;
 mod source;
@@ -17,6 +19,7 @@ mod trash;
 
 pub use destinations::DestRecord;
 pub use log::{Change, ChangeRecord};
+pub use retention::Purged;
 pub use runs::{Counts, RunRecord, RunTotals};
 pub use trash::{TrashEntry, TrashRecord};
 
@@ -35,6 +38,8 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    #[error("state database: {0}")]
+    Private(#[from] crate::private::NotPrivate),
     #[error("state database {path}: migration failed: {source}")]
     Migration {
         path: String,
@@ -71,13 +76,17 @@ fn now() -> String {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database at `path` and brings it to the latest schema.
+    /// Opens (creating if needed, mode 0600, its folder 0700) the database at `path` and brings
+    /// it to the latest schema. A database other users may read is tightened, with a warning.
     pub fn open(path: &Path) -> Result<Store> {
         let p = path.display().to_string();
-        if let Some(parent) = path.parent()
-            && !parent.as_os_str().is_empty()
-        {
-            let _ = std::fs::create_dir_all(parent);
+        // Owner-only, whatever the umask: SQLite gives its WAL and shared-memory files the
+        // database's mode; older ones left loose are tightened too.
+        crate::private::ensure_file(path)?;
+        for suffix in ["-wal", "-shm"] {
+            let mut name = path.as_os_str().to_os_string();
+            name.push(suffix);
+            crate::private::tighten(Path::new(&name))?;
         }
         let conn = Connection::open(path).map_err(|source| StoreError::Sqlite {
             path: p.clone(),

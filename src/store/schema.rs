@@ -138,6 +138,11 @@ pub(super) const MIGRATION_SLICE: &[M] = &[
             ON CONFLICT (job, user_id) DO UPDATE SET n = n + 1;
     END;",
     ),
+    // Retention: what is purged by age is found by its time.
+    M::up(
+        "CREATE INDEX trash_deleted_at ON trash(deleted_at);
+    CREATE INDEX changes_at ON changes(at);",
+    ),
 ];
 pub(super) const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 
