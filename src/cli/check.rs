@@ -15,17 +15,50 @@ use crate::job;
 /// Destination users checked at once.
 const CONCURRENCY: usize = 8;
 
-pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> anyhow::Result<u8> {
+pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, w: &mut dyn Write) -> anyhow::Result<u8> {
+    let mut findings = Report::default();
+    let code = check_all(ctx, backend, &mut findings).await?;
+    if ctx.json {
+        serde_json::to_writer_pretty(&mut *w, &findings.lines)?;
+        writeln!(w)?;
+    } else {
+        for f in &findings.lines {
+            writeln!(w, "{}\t{}", f.level, f.text)?;
+        }
+    }
+    Ok(code)
+}
+
+/// One finding: `ok`, `note` or `error`, and what it is about (with its fix).
+#[derive(Debug, serde::Serialize)]
+struct Line {
+    level: &'static str,
+    text: String,
+}
+
+/// What `check` found, in order.
+#[derive(Default)]
+struct Report {
+    lines: Vec<Line>,
+}
+
+impl Report {
+    fn add(&mut self, level: &'static str, text: String) {
+        self.lines.push(Line { level, text });
+    }
+}
+
+async fn check_all<B: Backend>(ctx: &Ctx, backend: &B, out: &mut Report) -> anyhow::Result<u8> {
     let mut problems = 0;
-    writeln!(out, "ok\tconfig {}", ctx.config.path.display())?;
-    writeln!(out, "ok\tstate {}", ctx.config.state.display())?;
+    out.add("ok", format!("config {}", ctx.config.path.display()));
+    out.add("ok", format!("state {}", ctx.config.state.display()));
     let setup = backend.check_setup().await;
     let setup_failed = setup.iter().any(|r| r.is_err());
     for r in setup {
         match r {
-            Ok(s) => writeln!(out, "ok\t{}: {s}", backend.kind())?,
+            Ok(s) => out.add("ok", format!("{}: {s}", backend.kind())),
             Err(s) => {
-                writeln!(out, "error\t{}: {s}", backend.kind())?;
+                out.add("error", format!("{}: {s}", backend.kind()));
                 problems += 1;
             }
         }
@@ -40,14 +73,14 @@ pub async fn check<B: Backend>(ctx: &Ctx, backend: &B, out: &mut dyn Write) -> a
         .collect();
     let (nodes, cycles) = crate::feeds::job_cycles(backend, all.iter().cloned(), &[]).await;
     for c in &cycles {
-        writeln!(out, "error\t{}", c.describe(&nodes))?;
+        out.add("error", c.describe(&nodes));
         problems += 1;
     }
     for j in job::load_all(&ctx.config.jobs_dir)? {
         match j {
             Ok(j) => problems += check_job(ctx, backend, &j, out).await?,
             Err(e) => {
-                writeln!(out, "error\t{e}")?;
+                out.add("error", format!("{e}"));
                 problems += 1;
             }
         }
@@ -67,7 +100,7 @@ async fn check_job<B: Backend>(
     ctx: &Ctx,
     backend: &B,
     j: &job::Job,
-    out: &mut dyn Write,
+    out: &mut Report,
 ) -> anyhow::Result<usize> {
     let mut f = Findings::default();
     if let Err(why) = backend.check_group_name(&j.target_group) {
@@ -87,13 +120,14 @@ async fn check_job<B: Backend>(
     }
     let path = j.path.display().to_string();
     for n in &f.notes {
-        writeln!(out, "note\t{path}: {n}")?;
+        out.add("note", format!("{path}: {n}"));
     }
     if f.bad.is_empty() {
-        writeln!(out, "ok\tjob {} ({usable} destinations)", j.name)?;
+        let n = super::output::plural(usable, "destination", "destinations");
+        out.add("ok", format!("job {} ({n})", j.name));
     }
     for b in &f.bad {
-        writeln!(out, "error\t{path}: {b}")?;
+        out.add("error", format!("{path}: {b}"));
     }
     Ok(f.bad.len())
 }

@@ -14,6 +14,9 @@ pub struct HistoryArgs {
 }
 
 pub fn history(ctx: &Ctx, args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    if let Some(name) = &args.name {
+        super::known_job(ctx, name)?;
+    }
     let runs = ctx
         .store
         .lock()

@@ -345,13 +345,17 @@ fn list(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
         for j in &jobs {
             writeln!(
                 out,
-                "{}\t{}\t{}\t{}/{}\t{} destinations",
+                "{}\t{}\t{}\t{}/{}\t{}",
                 j.name,
                 if j.enabled { "enabled" } else { "disabled" },
                 j.tag,
                 j.source,
                 j.group,
-                j.effective_destinations().len()
+                super::output::plural(
+                    j.effective_destinations().len(),
+                    "destination",
+                    "destinations"
+                )
             )?;
         }
     }
@@ -429,9 +433,9 @@ fn show(ctx: &Ctx, name: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
         };
         writeln!(
             out,
-            "synced:       {}: {} copies, last {}{}",
+            "synced:       {}: {}, last {}{}",
             d.user,
-            d.copies,
+            super::output::plural(d.copies as usize, "copy", "copies"),
             d.last_outcome.as_deref().unwrap_or("never"),
             pending
         )?;

@@ -5,7 +5,6 @@
 use std::io::Write;
 
 use super::{Ctx, exit};
-use crate::job;
 
 #[derive(Debug, clap::Args)]
 pub struct LogArgs {
@@ -31,7 +30,7 @@ fn short(d: &Option<String>) -> &str {
 
 pub fn log(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     // The job may have been deleted since; its history stays readable.
-    job::check_name(&args.name).map_err(super::usage)?;
+    super::known_job(ctx, &args.name)?;
     let changes = ctx.store.lock().unwrap().changes(
         &args.name,
         args.dest.as_deref(),

@@ -310,8 +310,29 @@ pub fn exit_code_for(err: &anyhow::Error) -> u8 {
 
 /// True if the error is a closed stdout (`groupsync … | head`): not an error for a CLI.
 pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    let broken = Some(std::io::ErrorKind::BrokenPipe);
     err.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        // serde_json wraps the io error and does not hand it on as its source.
+        e.downcast_ref::<std::io::Error>().map(|io| io.kind()) == broken
+            || e.downcast_ref::<serde_json::Error>()
+                .and_then(|j| j.io_error_kind())
+                == broken
     })
+}
+
+/// Fails with a usage error (exit 2) unless `name` is a job: a job file, or a job the state
+/// remembers (a deleted job's history stays readable).
+pub(crate) fn known_job(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
+    crate::job::check_name(name).map_err(usage)?;
+    if crate::job::job_path(&ctx.config.jobs_dir, name).exists() {
+        return Ok(());
+    }
+    let store = ctx.store.lock().unwrap();
+    if store.job_tag(name)?.is_some() || !store.runs(Some(name), 1)?.is_empty() {
+        return Ok(());
+    }
+    Err(usage(format!(
+        "no job named {name:?} (no file in {} and no history in the state)",
+        ctx.config.jobs_dir.display()
+    )))
 }

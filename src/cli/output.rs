@@ -6,7 +6,7 @@ use crate::engine::{DestReport, JobReport, Outcome};
 use crate::job::Job;
 use crate::plan::{DeleteReason, Op, Plan};
 
-fn plural(n: usize, one: &str, many: &str) -> String {
+pub(super) fn plural(n: usize, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 

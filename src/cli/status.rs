@@ -153,9 +153,9 @@ impl<'j> JobStatus<'j> {
                 .unwrap_or_default();
             writeln!(
                 out,
-                "  {}: {} copies, last {}{err}{pending}",
+                "  {}: {}, last {}{err}{pending}",
                 d.user,
-                d.copies,
+                super::output::plural(d.copies as usize, "copy", "copies"),
                 d.last_outcome.as_deref().unwrap_or("not finished")
             )?;
         }

@@ -1,0 +1,134 @@
+//! Small promises administrators script against: a reader that goes away early (`| head`) is not
+//! an error on any data command, text or JSON; a job name nobody knows is a usage error (exit 2)
+//! on every command that takes one; counts read as English.
+
+mod common;
+
+use common::Tree;
+use predicates::prelude::*;
+use std::process::{Command, Stdio};
+
+/// Runs `groupsync <args>` with its stdout closed before it writes: the exit code and stderr.
+fn with_stdout_closed(t: &Tree, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_groupsync"))
+        .args(args)
+        .env("GROUPSYNC_CONFIG", t.path().join("groupsync.toml"))
+        .env_remove("GROUPSYNC_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_exits_0_on_every_data_command() {
+    let t = Tree::new(3);
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
+    for args in [
+        &["status"][..],
+        &["--json", "status"],
+        &["history"],
+        &["--json", "history"],
+        &["log", "team"],
+        &["--json", "log", "team"],
+        &["plan"],
+        &["--json", "plan"],
+        &["job", "list"],
+        &["--json", "job", "list"],
+        &["job", "show", "team"],
+        &["--json", "job", "show", "team"],
+        &["restore"],
+        &["--json", "restore"],
+    ] {
+        let (code, stderr) = with_stdout_closed(&t, args);
+        assert_eq!(code, Some(0), "groupsync {}: {stderr}", args.join(" "));
+    }
+}
+
+#[test]
+fn an_unknown_job_is_a_usage_error_everywhere() {
+    let t = Tree::new(1);
+    t.write_job("team", &["bob"], "");
+    for cmd in [
+        &["history", "nosuchjob"][..],
+        &["log", "nosuchjob"],
+        &["run", "nosuchjob"],
+        &["plan", "nosuchjob"],
+        &["job", "show", "nosuchjob"],
+    ] {
+        t.cmd()
+            .args(cmd)
+            .assert()
+            .code(2)
+            .stderr(predicate::str::contains("no job named \"nosuchjob\""));
+    }
+    // A job deleted since keeps its history readable.
+    t.cmd().arg("run").assert().success();
+    t.cmd().args(["job", "delete", "team"]).assert().success();
+    t.cmd()
+        .args(["history", "team"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("team"));
+    t.cmd().args(["log", "team"]).assert().success();
+}
+
+#[test]
+fn one_is_singular() {
+    let t = Tree::new(1);
+    t.write_job("team", &["bob"], "");
+    t.cmd().arg("run").assert().success();
+    t.cmd()
+        .arg("status")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: 1 copy, last"));
+    t.cmd()
+        .args(["job", "list"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("\t1 destination\n"));
+    t.cmd()
+        .args(["job", "show", "team"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("bob: 1 copy, last"));
+    t.cmd()
+        .arg("check")
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("ok\tjob team (1 destination)"));
+}
+
+#[test]
+fn check_speaks_json_when_asked() {
+    let t = Tree::new(1);
+    t.write_job("team", &["bob", "nobody"], "");
+    let out = t.cmd().args(["--json", "check"]).assert().code(2);
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let lines = v.as_array().unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "ok" && l["text"].as_str().unwrap().starts_with("config "))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["level"] == "error" && l["text"].as_str().unwrap().contains("nobody")),
+        "{v}"
+    );
+    // And the text form is one tab-separated line a finding, as before.
+    t.cmd()
+        .arg("check")
+        .assert()
+        .code(2)
+        .stdout(predicate::str::starts_with("ok\tconfig "));
+}
