@@ -132,3 +132,36 @@ fn check_speaks_json_when_asked() {
         .code(2)
         .stdout(predicate::str::starts_with("ok\tconfig "));
 }
+
+/// An unreachable server is named as such ("Connection refused"), not only "error sending
+/// request".
+#[test]
+fn an_unreachable_server_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = Tree::new(0);
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, "secret\n").unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(
+        t.path().join("groupsync.toml"),
+        format!(
+            "state = \"state.db\"\njobs_dir = \"jobs\"\n[backend]\nkind = \"carddav\"\nurl = \"http://127.0.0.1:{port}\"\nusername = \"admin\"\npassword_file = \"pw\"\n"
+        ),
+    )
+    .unwrap();
+    t.write_job("team", &["bob"], "");
+    let out = t.cmd().arg("run").assert().failure();
+    let o = out.get_output();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(all.contains("Connection refused"), "{all}");
+}

@@ -440,6 +440,23 @@ where
     out
 }
 
+/// An error and its causes on one line, outermost first, each said once: "error sending request:
+/// client error (Connect): tcp connect error: Connection refused (os error 111)". reqwest's own
+/// message names neither the refused connection, nor DNS, TLS or a timeout; its causes do.
+pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// What `expand_set` answers at a provider without a directory of users.
 pub fn no_directory(kind: &str, set: &str) -> BackendError {
     BackendError::Invalid(format!(

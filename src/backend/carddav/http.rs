@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use std::time::Duration;
 
 use super::{CarddavBackend, xml};
-use crate::backend::{BackendError, Result};
+use crate::backend::{BackendError, Result, with_causes};
 
 pub(super) fn io_err(what: &str, e: impl std::fmt::Display) -> BackendError {
     BackendError::Transient(format!("{what}: {e}"))
@@ -71,10 +71,10 @@ impl CarddavBackend {
             if let Some(b) = &body {
                 req = req.body(b.clone());
             }
-            let resp = req
-                .send()
-                .await
-                .map_err(|e| (None, io_err(&format!("{method} {url}"), e)))?;
+            let resp = req.send().await.map_err(|e| {
+                let e = e.without_url();
+                (None, io_err(&format!("{method} {url}"), with_causes(&e)))
+            })?;
             let status = resp.status();
             // 423 Locked (a server busy with the resource) is worth retrying too.
             if status.is_server_error()
@@ -93,10 +93,10 @@ impl CarddavBackend {
                 ));
             }
             let headers = resp.headers().clone();
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| (None, io_err(&format!("{method} {url}"), e)))?;
+            let text = resp.text().await.map_err(|e| {
+                let e = e.without_url();
+                (None, io_err(&format!("{method} {url}"), with_causes(&e)))
+            })?;
             Ok((status, headers, text))
         };
         attempt

@@ -267,7 +267,7 @@ impl TokenSource {
                     return Err(BackendError::Transient(format!(
                         "token endpoint {}: {}",
                         self.account.token_uri,
-                        e.without_url()
+                        crate::backend::with_causes(&e.without_url())
                     )));
                 }
             }

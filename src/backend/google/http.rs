@@ -365,7 +365,12 @@ fn transport_error(call: &Call<'_>, e: reqwest::Error, ambiguous: bool) -> ApiEr
         status: 0,
         code: String::new(),
         reasons: vec![],
-        message: format!("{} {}: {}", call.name, call.url, e.without_url()),
+        message: format!(
+            "{} {}: {}",
+            call.name,
+            call.url,
+            crate::backend::with_causes(&e.without_url())
+        ),
         body: Value::Null,
         ambiguous,
     }

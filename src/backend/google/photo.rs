@@ -33,13 +33,13 @@ impl GoogleBackend {
             return Ok(b.clone());
         }
         let what = || format!("the source photo {url}");
-        let resp = self
-            .client
-            .http
-            .get(url)
-            .send()
-            .await
-            .map_err(|e| BackendError::Transient(format!("{}: {}", what(), e.without_url())))?;
+        let resp = self.client.http.get(url).send().await.map_err(|e| {
+            BackendError::Transient(format!(
+                "{}: {}",
+                what(),
+                crate::backend::with_causes(&e.without_url())
+            ))
+        })?;
         if !resp.status().is_success() {
             let s = resp.status();
             return Err(if s.is_server_error() || s.as_u16() == 429 {
@@ -48,10 +48,13 @@ impl GoogleBackend {
                 BackendError::Invalid(format!("{}: HTTP {s}", what()))
             });
         }
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| BackendError::Transient(format!("{}: {}", what(), e.without_url())))?;
+        let bytes = resp.bytes().await.map_err(|e| {
+            BackendError::Transient(format!(
+                "{}: {}",
+                what(),
+                crate::backend::with_causes(&e.without_url())
+            ))
+        })?;
         if bytes.len() > MAX_PHOTO {
             return Err(BackendError::Invalid(format!(
                 "{} is {} bytes, more than {MAX_PHOTO}",
