@@ -165,3 +165,36 @@ fn an_unreachable_server_says_why() {
     );
     assert!(all.contains("Connection refused"), "{all}");
 }
+
+/// `--json` on the commands that change a job: one JSON object each, saying what changed and
+/// the run's report when one ran.
+#[test]
+fn job_edits_speak_json_when_asked() {
+    let t = Tree::new(2);
+    t.write_job("team", &["bob"], "");
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = t.cmd().arg("--json").args(args).assert().success();
+        serde_json::from_slice(&out.get_output().stdout)
+            .unwrap_or_else(|e| panic!("groupsync --json {}: {e}", args.join(" ")))
+    };
+    let v = json(&["job", "add-dest", "team", "carol"]);
+    assert_eq!(v["added"], serde_json::json!(["carol"]));
+    assert!(v["run"].is_null());
+    assert_eq!(
+        v["job"]["destinations"],
+        serde_json::json!(["bob", "carol"])
+    );
+    let v = json(&["job", "add-dest", "team", "dave", "--now"]);
+    assert_eq!(v["run"]["outcome"], "ok", "{v}");
+    assert_eq!(v["run"]["destinations"][0]["user"], "dave", "{v}");
+    let v = json(&["job", "remove-dest", "team", "carol", "--defer"]);
+    assert_eq!(v["removed"], serde_json::json!(["carol"]));
+    assert!(v["run"].is_null());
+    let v = json(&["job", "remove-dest", "team", "dave"]);
+    assert_eq!(v["run"]["outcome"], "ok", "{v}");
+    let v = json(&["job", "delete", "team", "--purge"]);
+    assert_eq!(v["deleted"], true);
+    assert_eq!(v["run"]["outcome"], "ok", "{v}");
+    assert!(v["forgot"]["trash"].as_u64().is_some(), "{v}");
+    assert!(t.copies("bob", "Team").is_empty());
+}

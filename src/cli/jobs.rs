@@ -7,10 +7,10 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
-use super::run::run_one;
+use super::run::{run_one, run_quietly};
 use super::{Ctx, exit, usage};
 use crate::backend::Backend;
-use crate::engine::RunOptions;
+use crate::engine::{JobReport, RunOptions};
 use crate::job::{self, Job};
 
 #[derive(Debug, Subcommand)]
@@ -243,15 +243,17 @@ async fn add_dest<B: Backend + 'static>(
             new_users.join(", ")
         }
     );
-    if !now || new_users.is_empty() {
-        return Ok(exit::OK);
-    }
-    let _lock = ctx.lock()?;
-    let opts = RunOptions {
-        only: Some(new_users.into_iter().collect()),
-        ..ctx.run_options()
+    let report = if now && !new_users.is_empty() {
+        let _lock = ctx.lock()?;
+        let opts = RunOptions {
+            only: Some(new_users.iter().cloned().collect()),
+            ..ctx.run_options()
+        };
+        Some(run_quietly(ctx, backend, &job, &opts).await)
+    } else {
+        None
     };
-    Ok(run_one(ctx, backend, &job, &opts, out).await?.0)
+    edit_done(ctx, &job, Edit::Added(&new_users), report, out)
 }
 
 async fn remove_dest<B: Backend + 'static>(
@@ -271,26 +273,48 @@ async fn remove_dest<B: Backend + 'static>(
     let job = edit(&current, |t| job::remove_destinations(t, users))?;
     eprintln!("job {name}: removed {}", users.join(", "));
     if defer {
-        return Ok(exit::OK);
+        return edit_done(ctx, &job, Edit::Removed(users), None, out);
     }
     let _lock = ctx.lock()?;
     // The user may never have been synced (no state yet): record them so the cleanup finds them.
-    for u in users {
-        if let Some(user) = backend.resolve_user(u).await? {
-            ctx.store.lock().unwrap().touch_destination(
-                &job.name,
-                &user.id,
-                &user.name,
-                &job.target_group,
-            )?;
-        }
-    }
+    remember_destinations(ctx, backend, &job, users).await?;
     let opts = RunOptions {
         only: Some(users.iter().cloned().collect()),
         removals_only: true,
         ..ctx.run_options()
     };
-    Ok(run_one(ctx, backend, &job, &opts, out).await?.0)
+    let report = run_quietly(ctx, backend, &job, &opts).await;
+    edit_done(ctx, &job, Edit::Removed(users), Some(report), out)
+}
+
+/// What a `job` command changed in a job file.
+enum Edit<'a> {
+    Added(&'a [String]),
+    Removed(&'a [String]),
+}
+
+/// After an edit: the run's report as text, or, with `--json`, one object (the job as it is now,
+/// the users added or removed, and the run's report or null). Returns the exit code.
+fn edit_done(
+    ctx: &Ctx,
+    job: &Job,
+    edit: Edit<'_>,
+    report: Option<JobReport>,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
+    let code = report.as_ref().map_or(exit::OK, JobReport::exit_code);
+    if ctx.json {
+        let (key, users) = match edit {
+            Edit::Added(u) => ("added", u),
+            Edit::Removed(u) => ("removed", u),
+        };
+        let v = serde_json::json!({ "job": job_json(job), key: users, "run": report });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    } else if let Some(r) = &report {
+        super::output::print_report(r, job, out)?;
+    }
+    Ok(code)
 }
 
 /// Applies a text edit to a job file, checks the result, writes it atomically.
@@ -452,46 +476,92 @@ async fn delete<B: Backend + 'static>(
 ) -> anyhow::Result<u8> {
     let j = job::load_named(&ctx.config.jobs_dir, name)?;
     let _lock = ctx.lock()?;
-    let mut code = exit::OK;
+    let mut report = None;
     if purge {
-        for u in &j.destinations {
-            if let Some(user) = backend.resolve_user(u).await? {
-                ctx.store.lock().unwrap().touch_destination(
-                    &j.name,
-                    &user.id,
-                    &user.name,
-                    &j.target_group,
-                )?;
-            }
-        }
+        remember_destinations(ctx, backend, &j, &j.destinations).await?;
         let mut emptied = j.clone();
         emptied.destinations.clear();
         let opts = RunOptions {
             removals_only: true,
             ..ctx.run_options()
         };
-        let (c, report) = run_one(ctx, backend, &emptied, &opts, out).await?;
-        code = c;
-        if report.destinations.iter().any(|d| d.error.is_some()) || report.message.is_some() {
+        let r = run_quietly(ctx, backend, &emptied, &opts).await;
+        if !ctx.json {
+            super::output::print_report(&r, &emptied, out)?;
+        }
+        let kept = r.destinations.iter().any(|d| d.error.is_some()) || r.message.is_some();
+        let code = r.exit_code();
+        if kept {
             eprintln!(
                 "job {name} kept: some destinations could not be cleaned up; run `groupsync job delete {name} --purge` again"
             );
+            deleted_json(ctx, &j, false, None, Some(r), out)?;
             return Ok(super::run::worst(code, exit::FAILED));
         }
+        report = Some(r);
     }
     std::fs::remove_file(&j.path)?;
-    let store = ctx.store.lock().unwrap();
-    store.forget_job(&j.name)?;
-    let forgot = if purge {
+    let forgot = {
+        let store = ctx.store.lock().unwrap();
+        store.forget_job(&j.name)?;
         // Its copies are gone: what the state kept about them goes too.
-        let p = store.forget_job_history(&j.name)?;
-        format!(
+        purge
+            .then(|| store.forget_job_history(&j.name))
+            .transpose()?
+    };
+    let said = match forgot {
+        Some(p) => format!(
             "; its trash ({} entries) and change log ({} lines) are forgotten",
             p.trash, p.log
-        )
-    } else {
-        "; its copies stay at the destinations".to_string()
+        ),
+        None => "; its copies stay at the destinations".to_string(),
     };
-    eprintln!("deleted job {name} ({}){forgot}", j.path.display());
+    eprintln!("deleted job {name} ({}){said}", j.path.display());
+    let code = report.as_ref().map_or(exit::OK, JobReport::exit_code);
+    deleted_json(ctx, &j, true, forgot, report, out)?;
     Ok(code)
+}
+
+/// With `--json`, what `job delete` did: whether the file is gone, what the state forgot, and
+/// the cleanup run's report (or null).
+fn deleted_json(
+    ctx: &Ctx,
+    j: &Job,
+    deleted: bool,
+    forgot: Option<crate::store::Purged>,
+    report: Option<JobReport>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    if ctx.json {
+        let v = serde_json::json!({
+            "job": job_json(j),
+            "deleted": deleted,
+            "forgot": forgot,
+            "run": report,
+        });
+        serde_json::to_writer_pretty(&mut *out, &v)?;
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// Records `users` as destinations of `job` in the state (a user never synced has no row yet),
+/// so that a cleanup run finds them.
+async fn remember_destinations<B: Backend + 'static>(
+    ctx: &Ctx,
+    backend: &Arc<B>,
+    job: &Job,
+    users: &[String],
+) -> anyhow::Result<()> {
+    for u in users {
+        if let Some(user) = backend.resolve_user(u).await? {
+            ctx.store.lock().unwrap().touch_destination(
+                &job.name,
+                &user.id,
+                &user.name,
+                &job.target_group,
+            )?;
+        }
+    }
+    Ok(())
 }

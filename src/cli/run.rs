@@ -220,7 +220,8 @@ pub async fn run<B: Backend + 'static>(
     })
 }
 
-/// Runs one job with options (used by the `job` commands after an edit).
+/// Runs one job with options (used by the `job` commands after an edit) and prints its report
+/// (as JSON with `--json`).
 pub async fn run_one<B: Backend + 'static>(
     ctx: &Ctx,
     backend: &Arc<B>,
@@ -228,18 +229,29 @@ pub async fn run_one<B: Backend + 'static>(
     opts: &RunOptions,
     out: &mut dyn Write,
 ) -> anyhow::Result<(u8, JobReport)> {
-    let report = engine::run_job(backend, &ctx.store, &job.to_run(), opts).await;
-    if !opts.dry_run {
-        ctx.hooks().after_run(&report).await;
-    }
+    let report = run_quietly(ctx, backend, job, opts).await;
     if ctx.json {
         serde_json::to_writer_pretty(&mut *out, &report)?;
         writeln!(out)?;
     } else {
         output::print_report(&report, job, out)?;
     }
+    Ok((report.exit_code(), report))
+}
+
+/// Runs one job with options, its after-run hooks included; the report is the caller's to print.
+pub async fn run_quietly<B: Backend + 'static>(
+    ctx: &Ctx,
+    backend: &Arc<B>,
+    job: &Job,
+    opts: &RunOptions,
+) -> JobReport {
+    let report = engine::run_job(backend, &ctx.store, &job.to_run(), opts).await;
+    if !opts.dry_run {
+        ctx.hooks().after_run(&report).await;
+    }
     if let Some(m) = &report.message {
         eprintln!("{}: {m}", report.job);
     }
-    Ok((report.exit_code(), report))
+    report
 }
