@@ -110,7 +110,7 @@ async fn check_job<B: Backend>(
     check_source(backend, j, &mut f).await;
     let names = destinations(backend, j, &mut f).await;
     let usable = check_destinations(backend, &names, &mut f).await;
-    if let Some(tag) = ctx.store.lock().unwrap().job_tag(&j.name)?
+    if let Some(tag) = crate::mutex::lock(&ctx.store).job_tag(&j.name)?
         && tag != j.tag
     {
         f.bad.push(format!(

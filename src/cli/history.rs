@@ -17,11 +17,7 @@ pub fn history(ctx: &Ctx, args: &HistoryArgs, out: &mut dyn Write) -> anyhow::Re
     if let Some(name) = &args.name {
         super::known_job(ctx, name)?;
     }
-    let runs = ctx
-        .store
-        .lock()
-        .unwrap()
-        .runs(args.name.as_deref(), args.limit)?;
+    let runs = crate::mutex::lock(&ctx.store).runs(args.name.as_deref(), args.limit)?;
     if ctx.json {
         serde_json::to_writer_pretty(&mut *out, &runs)?;
         writeln!(out)?;

@@ -180,7 +180,7 @@ async fn new<B: Backend + 'static>(
         .collect();
     let tag = loop {
         let t = job::fresh_tag(&taken);
-        if ctx.store.lock().unwrap().job_with_tag(&t)?.is_none() {
+        if crate::mutex::lock(&ctx.store).job_with_tag(&t)?.is_none() {
             break t;
         }
         taken.insert(t);
@@ -407,7 +407,7 @@ fn job_json(j: &Job) -> serde_json::Value {
 
 fn show(ctx: &Ctx, name: &str, out: &mut dyn Write) -> anyhow::Result<u8> {
     let j = job::load_named(&ctx.config.jobs_dir, name)?;
-    let store = ctx.store.lock().unwrap();
+    let store = crate::mutex::lock(&ctx.store);
     let dests = store.destinations(&j.name)?;
     if ctx.json {
         let mut v = job_json(&j);
@@ -502,7 +502,7 @@ async fn delete<B: Backend + 'static>(
     }
     std::fs::remove_file(&j.path)?;
     let forgot = {
-        let store = ctx.store.lock().unwrap();
+        let store = crate::mutex::lock(&ctx.store);
         store.forget_job(&j.name)?;
         // Its copies are gone: what the state kept about them goes too.
         purge
@@ -555,7 +555,7 @@ async fn remember_destinations<B: Backend + 'static>(
 ) -> anyhow::Result<()> {
     for u in users {
         if let Some(user) = backend.resolve_user(u).await? {
-            ctx.store.lock().unwrap().touch_destination(
+            crate::mutex::lock(&ctx.store).touch_destination(
                 &job.name,
                 &user.id,
                 &user.name,

@@ -31,7 +31,7 @@ fn short(d: &Option<String>) -> &str {
 pub fn log(ctx: &Ctx, args: &LogArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
     // The job may have been deleted since; its history stays readable.
     super::known_job(ctx, &args.name)?;
-    let changes = ctx.store.lock().unwrap().changes(
+    let changes = crate::mutex::lock(&ctx.store).changes(
         &args.name,
         args.dest.as_deref(),
         args.contact.as_deref(),

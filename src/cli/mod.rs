@@ -327,7 +327,7 @@ pub(crate) fn known_job(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
     if crate::job::job_path(&ctx.config.jobs_dir, name).exists() {
         return Ok(());
     }
-    let store = ctx.store.lock().unwrap();
+    let store = crate::mutex::lock(&ctx.store);
     if store.job_tag(name)?.is_some() || !store.runs(Some(name), 1)?.is_empty() {
         return Ok(());
     }

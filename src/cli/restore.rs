@@ -47,7 +47,7 @@ pub async fn restore<B: Backend>(
     if args.purge {
         return purge(ctx, args, out);
     }
-    let list = ctx.store.lock().unwrap().trash_list(
+    let list = crate::mutex::lock(&ctx.store).trash_list(
         args.job.as_deref(),
         args.dest.as_deref(),
         args.run,
@@ -74,7 +74,7 @@ pub async fn restore<B: Backend>(
     }
     for id in &args.ids {
         // The store's lock is let go before `missing` takes it again.
-        let found = ctx.store.lock().unwrap().trash_get(*id)?;
+        let found = crate::mutex::lock(&ctx.store).trash_get(*id)?;
         let t = found.ok_or_else(|| missing(ctx, *id))?;
         if t.restored_at.is_some() {
             return Err(usage(format!(
@@ -89,7 +89,7 @@ pub async fn restore<B: Backend>(
     for t in chosen {
         match put_back(backend, &t, args.untag).await {
             Ok(id) => {
-                ctx.store.lock().unwrap().mark_restored(t.id)?;
+                crate::mutex::lock(&ctx.store).mark_restored(t.id)?;
                 writeln!(
                     out,
                     "restored {}\t{}\t{}/{}\t{id}",
@@ -130,7 +130,7 @@ async fn put_back<B: Backend>(backend: &B, t: &TrashRecord, untag: bool) -> anyh
 /// Why a trash entry is not there: purged (with how long the trash keeps entries), or never
 /// made.
 fn missing(ctx: &Ctx, id: i64) -> anyhow::Error {
-    match ctx.store.lock().unwrap().trash_was_purged(id) {
+    match crate::mutex::lock(&ctx.store).trash_was_purged(id) {
         Ok(true) => usage(format!(
             "trash entry {id} was purged and cannot be restored (the trash keeps entries {} days: [state] keep_trash_days; or it was emptied with restore --purge)",
             ctx.config.retention.trash_days
@@ -145,7 +145,7 @@ fn purge(ctx: &Ctx, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Result<u
     let before = args
         .older_than
         .map(|d| chrono::Utc::now() - chrono::Duration::days(d.into()));
-    let n = ctx.store.lock().unwrap().purge_trash(
+    let n = crate::mutex::lock(&ctx.store).purge_trash(
         args.job.as_deref(),
         args.dest.as_deref(),
         args.run,

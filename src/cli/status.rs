@@ -8,7 +8,7 @@ use crate::schedule::Schedule;
 use crate::store::{DestRecord, RunRecord, Store};
 
 pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let store = ctx.store.lock().unwrap();
+    let store = crate::mutex::lock(&ctx.store);
     let mut code = exit::OK;
     let mut all = vec![];
     for j in job::load_all(&ctx.config.jobs_dir)? {
