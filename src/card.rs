@@ -283,8 +283,10 @@ impl FieldSelection {
                 set.insert("N".into());
                 // Google keeps each Person field in an X-GOOGLE-* property: `TEL` or
                 // `phoneNumbers` in a job file stands for X-GOOGLE-PHONENUMBERS too.
+                // Graph keeps each contact property in an X-MSGRAPH-* property the same way.
                 for f in list.iter().chain(["names".to_string()].iter()) {
                     set.extend(crate::backend::google::fields::expand_field_names(f.trim()));
+                    set.extend(crate::backend::graph::fields::expand_field_names(f.trim()));
                 }
                 // The repair marker of a Google copy is always managed.
                 set.insert(crate::backend::google::fields::REPAIR_PROPERTY.into());

@@ -13,6 +13,7 @@ mod shape;
 pub mod carddav;
 pub mod counting;
 pub mod google;
+pub mod graph;
 pub mod memory;
 pub mod vdir;
 

@@ -61,6 +61,11 @@ pub async fn open(
                 .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
             super::dispatch(ctx, Counting::new(backend), command, out).await
         }
+        BackendConfig::Graph(g) => {
+            let backend = crate::backend::graph::GraphBackend::new(g)
+                .map_err(|m| ConfigError::file(&ctx.config.path, m))?;
+            super::dispatch(ctx, Counting::new(backend), command, out).await
+        }
     }
 }
 

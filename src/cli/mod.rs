@@ -194,6 +194,7 @@ impl Ctx {
                 ..
             } => (*concurrency, default_collection.clone()),
             BackendConfig::Google(g) => (g.concurrency, "My Contacts".to_string()),
+            BackendConfig::Graph(g) => (g.concurrency, "Contacts".to_string()),
         };
         RunOptions {
             retention: Some(self.config.retention),

@@ -34,6 +34,8 @@ pub(super) struct RawBackend {
     tenant: Option<String>,
     client_id: Option<String>,
     client_secret_file: Option<String>,
+    certificate_file: Option<String>,
+    private_key_file: Option<String>,
     graph_url: Option<String>,
     login_url: Option<String>,
     token_url: Option<String>,
@@ -63,6 +65,9 @@ pub enum BackendConfig {
     /// Google Workspace (People API + Directory) with a service account. The key is read (mode
     /// 0600) when the backend is opened.
     Google(GoogleConfig),
+    /// Microsoft 365 (Microsoft Graph) with an app registration's client credentials. The
+    /// secret or the private key is read (mode 0600) when the backend is opened.
+    Graph(GraphConfig),
 }
 
 /// How the vdir backend treats files (the vdir keys `max_card_bytes` and `umask`).
@@ -126,6 +131,69 @@ impl GoogleConfig {
     }
 }
 
+/// How a Microsoft 365 app proves who it is: a client secret, or a certificate whose private
+/// key signs each token request (the certificate itself is uploaded to the app registration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GraphCredential {
+    /// `client_secret_file`: the secret's value, alone in a file of mode 0600.
+    Secret(PathBuf),
+    /// `certificate_file` (PEM, the one uploaded) and `private_key_file` (PKCS#8 PEM, 0600).
+    Certificate {
+        certificate: PathBuf,
+        private_key: PathBuf,
+    },
+}
+
+/// Settings of the Microsoft 365 backend (`[backend] kind = "graph"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphConfig {
+    /// The directory (tenant) id or a verified domain of the tenant.
+    pub tenant: String,
+    /// The app registration's application (client) id.
+    pub client_id: String,
+    pub credential: GraphCredential,
+    /// Graph's base URL, without `/v1.0` (the client appends it).
+    pub graph_url: String,
+    /// The identity platform's base URL (the client appends `/{tenant}/oauth2/v2.0/token`).
+    pub login_url: String,
+    /// Domains whose users may be sources or destinations; `None`: the tenant's verified ones.
+    pub allowed_domains: Option<Vec<String>>,
+    /// Mailboxes worked on at once.
+    pub concurrency: usize,
+    /// Requests per minute across all mailboxes (a client-side cap under Graph's own limits).
+    pub requests_per_minute: u32,
+    /// Also put the job's tag as an Outlook category users can see.
+    pub visible_tag: bool,
+    /// Seconds one HTTP request may take before it is abandoned (and retried when safe).
+    pub request_timeout: u64,
+}
+
+impl GraphConfig {
+    pub fn with_defaults(tenant: String, client_id: String, credential: GraphCredential) -> Self {
+        GraphConfig {
+            tenant,
+            client_id,
+            credential,
+            graph_url: "https://graph.microsoft.com".into(),
+            login_url: "https://login.microsoftonline.com".into(),
+            allowed_domains: None,
+            concurrency: 16,
+            requests_per_minute: 6000,
+            visible_tag: true,
+            request_timeout: 120,
+        }
+    }
+
+    /// The token endpoint: `{login_url}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.login_url.trim_end_matches('/'),
+            self.tenant
+        )
+    }
+}
+
 /// The `[backend]` table being read: where its errors point, and how its paths resolve.
 pub(super) struct Keys<'a> {
     pub path: &'a Path,
@@ -171,9 +239,7 @@ impl Keys<'_> {
             "vdir" => self.vdir(),
             "carddav" => self.carddav(),
             "google" => self.google().map(BackendConfig::Google),
-            k @ "graph" => Err(self.error(format!(
-                "backend kind {k:?} is not available in this version yet (available: \"vdir\", \"carddav\", \"google\")"
-            ))),
+            "graph" => self.graph().map(BackendConfig::Graph),
             other => Err(self.error(format!(
                 "unknown backend kind {other:?} (expected one of \"vdir\", \"google\", \"carddav\", \"graph\")"
             ))),
@@ -266,6 +332,58 @@ impl Keys<'_> {
             g.directory_url = self.url("directory_url", u)?;
         }
         g.token_url = b.token_url.clone();
+        g.allowed_domains = b.allowed_domains.clone();
+        g.concurrency = self.concurrency(g.concurrency);
+        if let Some(r) = b.requests_per_minute {
+            g.requests_per_minute = r.max(1);
+        }
+        if let Some(v) = b.visible_tag {
+            g.visible_tag = v;
+        }
+        if let Some(t) = b.request_timeout {
+            g.request_timeout = t.max(1);
+        }
+        Ok(g)
+    }
+
+    fn graph(&self) -> Result<GraphConfig, ConfigError> {
+        let b = self.raw;
+        let tenant = self.need(&b.tenant, "tenant", "the directory (tenant) id")?;
+        let client_id = self.need(&b.client_id, "client_id", "the app registration's id")?;
+        let credential = match (
+            &b.client_secret_file,
+            &b.certificate_file,
+            &b.private_key_file,
+        ) {
+            (Some(s), None, None) => GraphCredential::Secret((self.resolve)(s)),
+            (None, Some(c), Some(k)) => GraphCredential::Certificate {
+                certificate: (self.resolve)(c),
+                private_key: (self.resolve)(k),
+            },
+            (None, None, None) => {
+                return Err(self.error(
+                    "backend kind \"graph\" needs `client_secret_file`, or `certificate_file` + `private_key_file`",
+                ));
+            }
+            (Some(_), _, _) => {
+                return Err(self.error(
+                    "backend kind \"graph\": give `client_secret_file` or `certificate_file` + `private_key_file`, not both",
+                ));
+            }
+            (None, Some(_), None) => {
+                return Err(self.error("backend `certificate_file` needs `private_key_file`"));
+            }
+            (None, None, Some(_)) => {
+                return Err(self.error("backend `private_key_file` needs `certificate_file`"));
+            }
+        };
+        let mut g = GraphConfig::with_defaults(tenant, client_id, credential);
+        if let Some(u) = &b.graph_url {
+            g.graph_url = self.url("graph_url", u)?.trim_end_matches('/').to_string();
+        }
+        if let Some(u) = &b.login_url {
+            g.login_url = self.url("login_url", u)?.trim_end_matches('/').to_string();
+        }
         g.allowed_domains = b.allowed_domains.clone();
         g.concurrency = self.concurrency(g.concurrency);
         if let Some(r) = b.requests_per_minute {

@@ -9,7 +9,8 @@ mod secrets;
 mod state;
 
 pub use backend::{
-    BackendConfig, DEFAULT_MAX_CARD_BYTES, DEFAULT_UMASK, GoogleConfig, VdirOptions,
+    BackendConfig, DEFAULT_MAX_CARD_BYTES, DEFAULT_UMASK, GoogleConfig, GraphConfig,
+    GraphCredential, VdirOptions,
 };
 pub use secrets::{read_credentials, read_secret};
 pub use state::Retention;

@@ -154,6 +154,12 @@ async fn observe<B: Backend>(
     };
     let group = match read {
         Ok(g) => g,
+        // The user's account is there but their contacts cannot be reached now (a mailbox
+        // not in the cloud): a note, as for a suspended user, not a failure.
+        Err(BackendError::Skipped(why)) => {
+            report.stopped = Some(format!("skipped: {why}"));
+            return None;
+        }
         Err(e) => {
             report.error = Some(format!("reading {}: {e}", ctx.user.name));
             return None;

@@ -1,0 +1,522 @@
+//! Graph contacts and the engine's vCards, both ways.
+//!
+//! A contact read from Graph becomes a card that carries every copied contact property whole,
+//! as the JSON of its value in an `X-MSGRAPH-<PROPERTY>` entry (so a copy from one mailbox to
+//! another loses nothing), plus `FN`, `EMAIL` and `ORG` derived from them (what job filters and
+//! reports read). A card written to Graph takes those entries back; a card from elsewhere (a
+//! vCard) is mapped from its standard properties, and what a Graph contact cannot hold (a
+//! fourth email, a third business phone) is named by `cannot_hold`.
+//!
+//! The tag lives in single-value extended properties of groupsync's own property set:
+//! `gSync` = `<tag>:<source id>`, `gSyncVia` = the jobs the source came through. A visible
+//! Outlook category (the tag itself) is added when the backend's `visible_tag` is on; a copy
+//! whose category a user removed is still known by its extended property.
+//!
+//! This module does no I/O.
+
+use calcard::vcard::{VCard, VCardEntry, VCardProperty, VCardValue};
+use serde_json::{Map, Value, json};
+
+use super::fields::{COPIED, card_property};
+use crate::card;
+use crate::card::FieldSelection;
+
+/// groupsync's property set (a GUID of its own) for the named extended properties.
+const PROPERTY_SET: &str = "{6E9D2C41-7B2A-4F3C-9A51-3D7E0C9B8F12}";
+/// Holds `<tag>:<source id>` on a copy.
+pub const TAG_NAME: &str = "gSync";
+/// Holds the tags of the jobs a copy came through before (`gSync1,gSync2`).
+pub const VIA_NAME: &str = "gSyncVia";
+/// On a contact moved to the default folder: the id it had in the job's folder.
+pub const MOVED_NAME: &str = "gSyncMoved";
+/// On a folder groupsync made: `folder`.
+pub const FOLDER_NAME: &str = "gSyncFolder";
+/// Marks a copy whose visible category a user removed, so the engine rewrites it; never sent
+/// (the same marker as a Google copy's, always managed: see `FieldSelection::from_list`).
+pub use crate::backend::google::fields::REPAIR_PROPERTY;
+/// The id of one of groupsync's named extended properties.
+pub fn property_id(name: &str) -> String {
+    format!("String {PROPERTY_SET} Name {name}")
+}
+
+const LISTS: &[&str] = &[
+    "emailAddresses",
+    "imAddresses",
+    "businessPhones",
+    "homePhones",
+    "children",
+    "categories",
+];
+const ADDRESSES: &[&str] = &["businessAddress", "homeAddress", "otherAddress"];
+const ADDRESS_PARTS: &[&str] = &["street", "city", "state", "postalCode", "countryOrRegion"];
+
+/// How many of a list property Graph holds (emails 3, business and home phones 2 each).
+fn capacity(property: &str) -> usize {
+    match property {
+        "emailAddresses" | "imAddresses" => 3,
+        "businessPhones" | "homePhones" => 2,
+        _ => usize::MAX,
+    }
+}
+
+/// The `$select` of a whole read: every copied property and the change key.
+pub fn select_whole() -> String {
+    let mut s = String::from("id,changeKey");
+    for p in COPIED {
+        s.push(',');
+        s.push_str(p);
+    }
+    s
+}
+
+/// The `$select` of a tags-only read.
+pub const SELECT_TAGS: &str = "id,changeKey,displayName,categories";
+
+/// The `$expand` that brings groupsync's tag properties along.
+pub fn expand_tags() -> String {
+    format!(
+        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}')",
+        property_id(TAG_NAME),
+        property_id(VIA_NAME)
+    )
+}
+
+/// A value that holds nothing: null, "", [], or an address whose parts are all empty.
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.iter().all(is_empty),
+        Value::Object(o) => o.values().all(is_empty),
+        _ => false,
+    }
+}
+
+fn text_entry(name: &str, value: String) -> VCardEntry {
+    VCardEntry {
+        group: None,
+        name: VCardProperty::Other(name.to_string()),
+        params: vec![],
+        values: vec![VCardValue::Text(value)],
+    }
+}
+
+fn std_entry(name: VCardProperty, value: String) -> VCardEntry {
+    VCardEntry {
+        group: None,
+        name,
+        params: vec![],
+        values: vec![VCardValue::Text(value)],
+    }
+}
+
+/// The value of one of groupsync's extended properties on a contact read with `expand_tags`.
+pub fn extended(contact: &Value, name: &str) -> Option<String> {
+    let id = property_id(name);
+    contact["singleValueExtendedProperties"]
+        .as_array()?
+        .iter()
+        .find(|p| {
+            p["id"]
+                .as_str()
+                .is_some_and(|i| i.eq_ignore_ascii_case(&id))
+        })
+        .and_then(|p| p["value"].as_str())
+        .map(str::to_string)
+}
+
+/// The tag and source id of a copy (`<tag>:<source id>`).
+pub fn tag_of(contact: &Value) -> Option<(String, String)> {
+    let v = extended(contact, TAG_NAME)?;
+    let (tag, source) = v.split_once(':')?;
+    card::is_tag(tag).then(|| (tag.to_string(), source.to_string()))
+}
+
+/// The display name Outlook would show: `displayName`, else the name parts, else an address.
+fn shown_name(c: &Value) -> String {
+    if let Some(d) = c["displayName"].as_str().filter(|d| !d.is_empty()) {
+        return d.to_string();
+    }
+    let parts: Vec<&str> = ["givenName", "middleName", "surname"]
+        .iter()
+        .filter_map(|k| c[*k].as_str().filter(|s| !s.is_empty()))
+        .collect();
+    if !parts.is_empty() {
+        return parts.join(" ");
+    }
+    c["emailAddresses"][0]["address"]
+        .as_str()
+        .unwrap_or("(no name)")
+        .to_string()
+}
+
+/// A Graph contact as a card (see the module's doc). `visible_tag`: a copy without its
+/// category is marked for repair.
+pub fn to_card(c: &Value, visible_tag: bool) -> VCard {
+    let tag = tag_of(c);
+    let mut entries = Vec::with_capacity(16);
+    entries.push(std_entry(VCardProperty::Version, "4.0".into()));
+    entries.push(std_entry(VCardProperty::Fn, shown_name(c)));
+    for p in COPIED {
+        let mut v = c[*p].clone();
+        if *p == "categories"
+            && let (Some((t, _)), Some(list)) = (&tag, v.as_array_mut())
+        {
+            list.retain(|x| x.as_str() != Some(t.as_str()));
+        }
+        if is_empty(&v) {
+            continue;
+        }
+        entries.push(text_entry(&card_property(p), v.to_string()));
+    }
+    for e in c["emailAddresses"].as_array().into_iter().flatten() {
+        if let Some(a) = e["address"].as_str().filter(|a| !a.is_empty()) {
+            entries.push(std_entry(VCardProperty::Email, a.to_string()));
+        }
+    }
+    if let Some(o) = c["companyName"].as_str().filter(|o| !o.is_empty()) {
+        entries.push(std_entry(VCardProperty::Org, o.to_string()));
+    }
+    if let Some((t, source)) = tag {
+        let shown = c["categories"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|x| x.as_str() == Some(t.as_str())));
+        entries.push(text_entry(card::TAG_PROPERTY, t));
+        entries.push(text_entry(card::SOURCE_PROPERTY, source));
+        if let Some(via) = extended(c, VIA_NAME) {
+            entries.push(text_entry(card::VIA_PROPERTY, via));
+        }
+        if visible_tag && !shown {
+            entries.push(text_entry(REPAIR_PROPERTY, "category".into()));
+        }
+    }
+    VCard { entries }
+}
+
+/// The first text value of each entry of a card property.
+fn values<'a>(card: &'a VCard, name: &str) -> impl Iterator<Item = (&'a VCardEntry, String)> {
+    card.entries
+        .iter()
+        .filter(move |e| e.name.as_str().eq_ignore_ascii_case(name))
+        .filter_map(|e| Some((e, e.values.first()?.as_text()?.to_string())))
+}
+
+/// The components of a structured entry (N, ORG), however the parser held them.
+fn parts(e: &VCardEntry) -> Vec<String> {
+    match e.values.as_slice() {
+        [VCardValue::Component(c)] => c.clone(),
+        vs => vs
+            .iter()
+            .map(|v| match v {
+                VCardValue::Component(c) => c.join(" "),
+                v => v.as_text().unwrap_or("").to_string(),
+            })
+            .collect(),
+    }
+}
+
+fn has_type(e: &VCardEntry, t: &str) -> bool {
+    let text = format!("{:?}", e.params).to_ascii_lowercase();
+    text.contains(t)
+}
+
+/// The contact properties of a card, as Graph holds them: the `X-MSGRAPH-*` entries whole,
+/// the rest mapped from standard vCard properties (each list cut to what Graph holds).
+pub fn properties_of(card: &VCard) -> Map<String, Value> {
+    let mut out = Map::new();
+    for p in COPIED {
+        if let Some((_, text)) = values(card, &card_property(p)).next()
+            && let Ok(v) = serde_json::from_str::<Value>(&text)
+        {
+            out.insert((*p).to_string(), v);
+        }
+    }
+    from_vcard(card, &mut out);
+    for p in LISTS {
+        if let Some(list) = out.get_mut(*p).and_then(Value::as_array_mut) {
+            list.truncate(capacity(p));
+        }
+    }
+    out
+}
+
+/// Fills what `out` lacks from the card's standard properties.
+fn from_vcard(card: &VCard, out: &mut Map<String, Value>) {
+    let mut put = |k: &str, v: Value| {
+        if !out.contains_key(k) && !is_empty(&v) {
+            out.insert(k.to_string(), v);
+        }
+    };
+    put("displayName", json!(card::display_name(card)));
+    if let Some(e) = card.entries.iter().find(|e| e.name == VCardProperty::N) {
+        let p = parts(e);
+        let part = |i: usize| p.get(i).map_or("", String::as_str);
+        put("surname", json!(part(0)));
+        put("givenName", json!(part(1)));
+        put("middleName", json!(part(2)));
+        put("title", json!(part(3)));
+        put("generation", json!(part(4)));
+    }
+    let emails: Vec<Value> = values(card, "EMAIL")
+        .map(|(_, a)| json!({"address": a, "name": a}))
+        .collect();
+    put("emailAddresses", Value::Array(emails));
+    let (mut work, mut home, mut mobile) = (vec![], vec![], None);
+    for (e, number) in values(card, "TEL") {
+        if has_type(e, "cell") && mobile.is_none() {
+            mobile = Some(number);
+        } else if has_type(e, "home") {
+            home.push(json!(number));
+        } else {
+            work.push(json!(number));
+        }
+    }
+    put("businessPhones", Value::Array(work));
+    put("homePhones", Value::Array(home));
+    put("mobilePhone", json!(mobile));
+    if let Some(e) = card.entries.iter().find(|e| e.name == VCardProperty::Org) {
+        let p = parts(e);
+        let part = |i: usize| p.get(i).map_or("", String::as_str);
+        put("companyName", json!(part(0)));
+        put("department", json!(part(1)));
+    }
+    for (k, prop) in [
+        ("jobTitle", "TITLE"),
+        ("personalNotes", "NOTE"),
+        ("nickName", "NICKNAME"),
+        ("businessHomePage", "URL"),
+        ("profession", "ROLE"),
+    ] {
+        put(k, json!(values(card, prop).next().map(|(_, v)| v)));
+    }
+    let bday = card
+        .entries
+        .iter()
+        .find(|e| e.name == VCardProperty::Bday)
+        .and_then(|e| e.values.first())
+        .and_then(birthday_of);
+    put("birthday", json!(bday));
+    let cats: Vec<Value> = values(card, "CATEGORIES")
+        .flat_map(|(_, v)| {
+            v.split([',', ';'])
+                .map(|s| json!(s.trim()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    put("categories", Value::Array(cats));
+}
+
+/// A vCard BDAY value (a date, or text such as `1980-01-02`) as Graph's birthday; one without
+/// a year cannot be held.
+fn birthday_of(v: &VCardValue) -> Option<String> {
+    match v {
+        VCardValue::PartialDateTime(d) => Some(format!(
+            "{:04}-{:02}-{:02}T00:00:00Z",
+            d.year?, d.month?, d.day?
+        )),
+        v => birthday(v.as_text()?),
+    }
+}
+
+/// A text BDAY (`1980-01-02`, `19800102`, with or without a time) as Graph's birthday.
+fn birthday(v: &str) -> Option<String> {
+    let digits: String = v
+        .chars()
+        .take_while(|c| *c != 'T')
+        .filter(char::is_ascii_digit)
+        .collect();
+    (digits.len() == 8).then(|| {
+        format!(
+            "{}-{}-{}T00:00:00Z",
+            &digits[..4],
+            &digits[4..6],
+            &digits[6..8]
+        )
+    })
+}
+
+/// What of a card a Graph contact cannot hold (for `plan` and the run report): lists longer
+/// than Graph's, named by property.
+pub fn cannot_hold(card: &VCard) -> Vec<String> {
+    let mut whole = Map::new();
+    from_vcard(card, &mut whole);
+    let mut lost = vec![];
+    for p in LISTS {
+        let n = whole.get(*p).and_then(Value::as_array).map_or(0, Vec::len);
+        if n > capacity(p) {
+            lost.push(format!("{p}: {} of {n} kept", capacity(p)));
+        }
+    }
+    lost
+}
+
+/// The tag properties and category of a copy, into a contact body.
+fn put_tag(card: &VCard, visible_tag: bool, body: &mut Map<String, Value>) {
+    let (Some(tag), Some(source)) = (card::tag_of(card), card::source_of(card)) else {
+        return;
+    };
+    let mut props = vec![json!({"id": property_id(TAG_NAME), "value": format!("{tag}:{source}")})];
+    if let Some(via) = card::first_text_ref(card, card::VIA_PROPERTY).filter(|v| !v.is_empty()) {
+        props.push(json!({"id": property_id(VIA_NAME), "value": via}));
+    }
+    body.insert("singleValueExtendedProperties".into(), Value::Array(props));
+    let cats = body
+        .entry("categories")
+        .or_insert_with(|| Value::Array(vec![]));
+    if let Some(list) = cats.as_array_mut() {
+        list.retain(|x| x.as_str() != Some(tag.as_str()));
+        if visible_tag {
+            list.push(json!(tag));
+        }
+    }
+}
+
+/// The body of a new contact made from a card.
+pub fn new_contact(card: &VCard, visible_tag: bool) -> Value {
+    let mut body = properties_of(card);
+    put_tag(card, visible_tag, &mut body);
+    Value::Object(body)
+}
+
+/// The body of an update that makes a copy's managed properties those of `desired`: every
+/// managed property the card lacks is cleared, `displayName` is always sent (Graph may
+/// otherwise make one up), and the tag and category are set again.
+pub fn update_body(desired: &VCard, fields: &FieldSelection, visible_tag: bool) -> Value {
+    let have = properties_of(desired);
+    let mut body = Map::new();
+    for p in COPIED {
+        let managed = *p == "displayName" || fields.manages(&card_property(p));
+        if !managed {
+            continue;
+        }
+        let v = have.get(*p).cloned().unwrap_or_else(|| cleared(p));
+        body.insert((*p).to_string(), v);
+    }
+    put_tag(desired, visible_tag, &mut body);
+    Value::Object(body)
+}
+
+/// The value that clears a property.
+fn cleared(p: &str) -> Value {
+    if LISTS.contains(&p) {
+        json!([])
+    } else if ADDRESSES.contains(&p) {
+        Value::Object(
+            ADDRESS_PARTS
+                .iter()
+                .map(|k| ((*k).to_string(), Value::Null))
+                .collect(),
+        )
+    } else {
+        Value::Null
+    }
+}
+
+/// The body of a user's own contact copied into the default folder (there is no move in
+/// Graph): every writable property it has, and a mark of the contact it came from, so a move
+/// cut short is found and not made twice.
+pub fn moved_copy(c: &Value, from_id: &str) -> Value {
+    let mut body = Map::new();
+    for p in COPIED {
+        if let Some(v) = c.get(*p).filter(|v| !is_empty(v)) {
+            body.insert((*p).to_string(), v.clone());
+        }
+    }
+    body.insert(
+        "singleValueExtendedProperties".into(),
+        json!([{ "id": property_id(MOVED_NAME), "value": from_id }]),
+    );
+    Value::Object(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn graph_contact() -> Value {
+        json!({
+            "id": "AAMk1", "changeKey": "ck1",
+            "displayName": "Ada Lovelace", "givenName": "Ada", "surname": "Lovelace",
+            "emailAddresses": [{"address": "ada@example.com", "name": "Ada"}],
+            "businessPhones": ["+44 1"], "mobilePhone": null, "homePhones": [],
+            "businessAddress": {"street": "1 St", "city": "London", "state": null, "postalCode": null, "countryOrRegion": null},
+            "homeAddress": {"street": null, "city": null, "state": null, "postalCode": null, "countryOrRegion": null},
+            "companyName": "Engines", "categories": ["gSync9", "Friends"],
+            "singleValueExtendedProperties": [
+                {"id": property_id(TAG_NAME), "value": "gSync9:SRC1"},
+                {"id": property_id(VIA_NAME), "value": "gSync3"},
+            ],
+        })
+    }
+
+    #[test]
+    fn a_copy_reads_with_its_tag_and_every_property_whole() {
+        let c = to_card(&graph_contact(), true);
+        assert_eq!(card::tag_of(&c).as_deref(), Some("gSync9"));
+        assert_eq!(card::source_of(&c).as_deref(), Some("SRC1"));
+        assert_eq!(card::came_through(&c), ["gSync3", "gSync9"]);
+        assert_eq!(card::display_name(&c), "Ada Lovelace");
+        let text = card::to_text(&c);
+        assert!(
+            text.contains("X-MSGRAPH-CATEGORIES:[\"Friends\"]"),
+            "{text}"
+        );
+        assert!(text.contains("EMAIL:ada@example.com"));
+        assert!(
+            !text.contains("X-MSGRAPH-HOMEADDRESS"),
+            "empty address left out"
+        );
+        assert!(!text.contains(REPAIR_PROPERTY));
+        // Written back, nothing is lost and the tag is put back.
+        let back = new_contact(&c, true);
+        for k in [
+            "displayName",
+            "givenName",
+            "emailAddresses",
+            "businessPhones",
+            "businessAddress",
+            "companyName",
+        ] {
+            assert_eq!(back[k], graph_contact()[k], "{k}");
+        }
+        assert_eq!(back["categories"], json!(["Friends", "gSync9"]));
+        assert_eq!(tag_of(&back), Some(("gSync9".into(), "SRC1".into())));
+    }
+
+    #[test]
+    fn a_copy_without_its_category_is_marked_for_repair() {
+        let mut g = graph_contact();
+        g["categories"] = json!(["Friends"]);
+        let text = card::to_text(&to_card(&g, true));
+        assert!(text.contains(REPAIR_PROPERTY), "{text}");
+        assert!(!card::to_text(&to_card(&g, false)).contains(REPAIR_PROPERTY));
+    }
+
+    #[test]
+    fn a_vcard_maps_to_graph_and_what_graph_cannot_hold_is_named() {
+        let c = card::parse(
+            "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Bo Ek\r\nN:Ek;Bo;;;\r\nEMAIL:a@x.se\r\nEMAIL:b@x.se\r\nEMAIL:c@x.se\r\nEMAIL:d@x.se\r\nTEL;TYPE=cell:+46 70\r\nTEL;TYPE=work:+46 8\r\nORG:Acme;Sales\r\nBDAY:19800102\r\nEND:VCARD\r\n",
+        )
+        .unwrap();
+        let body = new_contact(&c, true);
+        assert_eq!(body["givenName"], "Bo");
+        assert_eq!(body["surname"], "Ek");
+        assert_eq!(body["emailAddresses"].as_array().unwrap().len(), 3);
+        assert_eq!(body["mobilePhone"], "+46 70");
+        assert_eq!(body["businessPhones"], json!(["+46 8"]));
+        assert_eq!(body["department"], "Sales");
+        assert_eq!(body["birthday"], "1980-01-02T00:00:00Z");
+        assert_eq!(cannot_hold(&c), ["emailAddresses: 3 of 4 kept"]);
+    }
+
+    #[test]
+    fn an_update_clears_what_the_desired_card_lacks() {
+        let desired = to_card(&graph_contact(), true);
+        let body = update_body(&desired, &FieldSelection::All, false);
+        assert_eq!(body["homePhones"], json!([]));
+        assert_eq!(body["mobilePhone"], Value::Null);
+        assert_eq!(body["homeAddress"]["street"], Value::Null);
+        assert_eq!(body["categories"], json!(["Friends"]));
+        assert_eq!(body["displayName"], "Ada Lovelace");
+    }
+}

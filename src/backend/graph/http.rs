@@ -1,0 +1,563 @@
+//! One Microsoft Graph call, and JSON batches of them: the app's bearer token, a client-side
+//! rate limit, at most four requests in flight per mailbox (Outlook's limit per app and
+//! mailbox), retries honouring Retry-After on 429 and backing off on 500/502/503/504, and
+//! Graph's error body (`{"error":{"code","message"}}`) read into `ApiError`.
+//!
+//! A `$batch` is sent as a chain (each request `dependsOn` the one before), so Outlook runs it
+//! one request at a time and it holds one of the mailbox's four places. Requests a batch did
+//! not run (424 after an earlier failure, 429 with their own Retry-After) go in the next batch.
+//!
+//! It must not send again a request that may have changed something unless the caller says it
+//! is safe to repeat: a create whose answer was lost is settled by the caller (a read by tag).
+
+use backon::{ExponentialBuilder, Retryable};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::auth::TokenSource;
+use crate::backend::BackendError;
+
+/// Outlook's concurrent requests per app and mailbox.
+pub const PER_MAILBOX: usize = 4;
+/// Requests in one `$batch`.
+pub const BATCH_MAX: usize = 20;
+/// Asks for ids that survive a contact's move between folders.
+const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
+/// Rounds of a batch before the requests it still could not run are given up (for this run).
+const BATCH_ROUNDS: usize = 8;
+
+/// A call that did not succeed.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// HTTP status, 0 when no answer came.
+    pub status: u16,
+    /// `error.code` (`ErrorItemNotFound`, `MailboxNotEnabledForRESTAPI`, …) or empty.
+    pub code: String,
+    pub message: String,
+    /// True when the request may have reached Graph and been applied.
+    pub ambiguous: bool,
+    /// The wait Graph asked for (Retry-After).
+    pub retry_after: Option<Duration>,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.status {
+            0 => write!(f, "{}", self.message),
+            s => write!(f, "HTTP {s} {}: {}", self.code, self.message),
+        }
+    }
+}
+
+impl ApiError {
+    /// Worth trying again later without changing anything.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.status, 0 | 429 | 500 | 502 | 503 | 504)
+    }
+
+    /// The error code, compared without case (Graph spells some codes both ways).
+    pub fn is(&self, code: &str) -> bool {
+        self.code.eq_ignore_ascii_case(code)
+    }
+
+    /// Reads Graph's error body.
+    pub fn parse(status: u16, body: &Value, retry_after: Option<Duration>) -> Self {
+        let e = body.get("error").unwrap_or(&Value::Null);
+        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        ApiError {
+            status,
+            code: text("code"),
+            message: text("message"),
+            ambiguous: status >= 500 || status == 429,
+            retry_after,
+        }
+    }
+
+    /// The backend error this is, for `what` (a contact, a folder, a user).
+    pub fn to_backend(&self, what: &str) -> BackendError {
+        let what = what.to_string();
+        match self.status {
+            _ if self.is("MailboxNotEnabledForRESTAPI") => BackendError::Skipped(
+                "no Exchange Online mailbox (MailboxNotEnabledForRESTAPI: unlicensed, on-premises or inactive)".into(),
+            ),
+            404 => BackendError::NotFound { what },
+            409 => BackendError::AlreadyExists { what },
+            412 => BackendError::Conflict { what },
+            401 | 403 => BackendError::Auth(format!(
+                "{what}: {self}. Grant the app the application permission Contacts.ReadWrite (with admin consent); if an application access policy or an Exchange RBAC scope limits the app, include this mailbox"
+            )),
+            400 | 413 | 422 => BackendError::Refused(format!("{what}: {self}")),
+            _ if self.is_retryable() => BackendError::Transient(format!("{what}: {self}")),
+            _ => BackendError::Invalid(format!("{what}: {self}")),
+        }
+    }
+}
+
+/// A request body.
+#[derive(Debug, Clone)]
+pub enum Body {
+    Json(Value),
+    /// Bytes with their content type (a photo).
+    Bytes(bytes::Bytes, &'static str),
+}
+
+/// One request: to Graph directly (`Client::send`) or inside a batch (`Client::batch`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The operation's name, for counts and logs (`contacts.create`, …).
+    pub op: &'static str,
+    pub method: Method,
+    /// The path after `/v1.0`, query included (`/users/{id}/contactFolders?$top=1`).
+    pub path: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Option<Body>,
+    /// Safe to send again after an answer that may have been lost.
+    pub idempotent: bool,
+}
+
+impl Request {
+    pub fn get(op: &'static str, path: String) -> Self {
+        Request {
+            op,
+            method: Method::GET,
+            path,
+            headers: vec![],
+            body: None,
+            idempotent: true,
+        }
+    }
+
+    pub fn with_body(op: &'static str, method: Method, path: String, body: Value) -> Self {
+        Request {
+            op,
+            idempotent: method != Method::POST,
+            method,
+            path,
+            headers: vec![],
+            body: Some(Body::Json(body)),
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+}
+
+/// A successful answer: its status and body (JSON, `Null` when empty or not JSON), and its raw
+/// bytes for a photo.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub bytes: bytes::Bytes,
+}
+
+/// Calls made, by operation (batch items counted under their own operation too).
+#[derive(Debug, Default)]
+pub struct OpCounts(Mutex<BTreeMap<&'static str, u64>>);
+
+impl OpCounts {
+    fn bump(&self, op: &'static str, n: u64) {
+        *crate::mutex::lock(&self.0).entry(op).or_default() += n;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        crate::mutex::lock(&self.0).clone()
+    }
+}
+
+/// The HTTP client shared by every call.
+pub struct Client {
+    http: reqwest::Client,
+    pub tokens: TokenSource,
+    /// `{graph_url}/v1.0`.
+    base: String,
+    limiter: governor::DefaultDirectRateLimiter,
+    /// One semaphore of `PER_MAILBOX` places per mailbox (user id).
+    mailboxes: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
+    pub counts: OpCounts,
+    pub retries: AtomicU64,
+}
+
+/// A failed attempt.
+type Failed = ApiError;
+
+impl Client {
+    pub fn new(
+        http: reqwest::Client,
+        tokens: TokenSource,
+        graph_url: &str,
+        requests_per_minute: u32,
+    ) -> Self {
+        let rpm = std::num::NonZeroU32::new(requests_per_minute.max(1)).expect("non-zero");
+        let burst = std::num::NonZeroU32::new((requests_per_minute / 60).max(BATCH_MAX as u32))
+            .expect("non-zero");
+        Client {
+            http,
+            tokens,
+            base: format!("{}/v1.0", graph_url.trim_end_matches('/')),
+            limiter: governor::RateLimiter::direct(
+                governor::Quota::per_minute(rpm).allow_burst(burst),
+            ),
+            mailboxes: Default::default(),
+            counts: Default::default(),
+            retries: Default::default(),
+        }
+    }
+
+    /// The absolute URL of a path after `/v1.0`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// The path after `/v1.0` of an absolute URL Graph handed out (a nextLink, a deltaLink);
+    /// `None` for one that points elsewhere (the token is never sent to another host).
+    pub fn path_of(&self, url: &str) -> Option<String> {
+        url.strip_prefix(&self.base)
+            .filter(|p| p.starts_with('/'))
+            .map(str::to_string)
+    }
+
+    /// A place among the mailbox's `PER_MAILBOX`, held while a request to it runs.
+    async fn place(&self, mailbox: Option<&str>) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let m = mailbox?;
+        let sem = crate::mutex::lock(&self.mailboxes)
+            .entry(m.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(PER_MAILBOX)))
+            .clone();
+        sem.acquire_owned().await.ok()
+    }
+
+    /// Sends a request (to the mailbox `mailbox`, if it is a mailbox call), retrying what is
+    /// safe to retry.
+    pub async fn send(&self, mailbox: Option<&str>, req: &Request) -> Result<Answer, ApiError> {
+        let retryable =
+            |e: &Failed| (e.is_retryable() || e.status == 401) && (req.idempotent || !e.ambiguous);
+        (|| self.attempt(mailbox, req))
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(250))
+                    .with_max_delay(Duration::from_secs(32))
+                    .with_max_times(6)
+                    .with_jitter(),
+            )
+            .when(retryable)
+            .adjust(|e: &Failed, d| e.retry_after.map(|a| a.min(Duration::from_secs(120))).or(d))
+            .notify(|e, after| {
+                self.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{}: {e}; retrying in {after:?}", req.op)
+            })
+            .await
+    }
+
+    /// One attempt: the token, a place in the mailbox and under the rate limit, the request.
+    async fn attempt(&self, mailbox: Option<&str>, req: &Request) -> Result<Answer, Failed> {
+        let token = self.tokens.token().await.map_err(token_error)?;
+        let _place = self.place(mailbox).await;
+        self.limiter.until_ready().await;
+        self.counts.bump(req.op, 1);
+        let mut r = self
+            .http
+            .request(req.method.clone(), self.url(&req.path))
+            .header("authorization", token.bearer());
+        if mailbox.is_some() {
+            r = r.header("Prefer", IMMUTABLE_IDS);
+        }
+        for (k, v) in &req.headers {
+            r = r.header(*k, v);
+        }
+        r = match &req.body {
+            Some(Body::Json(v)) => r.json(v),
+            Some(Body::Bytes(b, kind)) => r.header("content-type", *kind).body(b.clone()),
+            None => r,
+        };
+        let resp = r.send().await.map_err(|e| {
+            let ambiguous = !e.is_connect();
+            transport_error(req, e, ambiguous)
+        })?;
+        let status = resp.status();
+        let after = retry_after(
+            resp.headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()),
+        );
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| transport_error(req, e, true))?;
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(Answer {
+                status: status.as_u16(),
+                body,
+                bytes,
+            });
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.tokens.forget().await;
+        }
+        Err(ApiError::parse(status.as_u16(), &body, after))
+    }
+
+    /// Sends requests to one mailbox in `$batch` chains of at most `BATCH_MAX`, and returns
+    /// each one's result, in order. Requests a batch did not run (424, 429, or a 5xx of a
+    /// request safe to repeat) are sent again in the next round, after the longest wait asked;
+    /// a request that may have been applied and is not safe to repeat comes back as an
+    /// `ambiguous` error for the caller to settle.
+    pub async fn batch(&self, mailbox: &str, reqs: &[Request]) -> Vec<Result<Answer, ApiError>> {
+        let mut out: Vec<Option<Result<Answer, ApiError>>> = vec![None; reqs.len()];
+        let mut todo: Vec<usize> = (0..reqs.len()).collect();
+        for round in 0..BATCH_ROUNDS {
+            if todo.is_empty() {
+                break;
+            }
+            let mut again = vec![];
+            let mut wait: Option<Duration> = None;
+            for chunk in todo.chunks(BATCH_MAX) {
+                let answers = self.chain(mailbox, reqs, chunk).await;
+                for (&i, a) in chunk.iter().zip(answers) {
+                    match a {
+                        Err(e) if runs_again(&reqs[i], &e) && round + 1 < BATCH_ROUNDS => {
+                            wait = wait.max(e.retry_after);
+                            again.push(i);
+                        }
+                        other => out[i] = Some(other),
+                    }
+                }
+            }
+            if !again.is_empty() {
+                self.retries
+                    .fetch_add(again.len() as u64, Ordering::Relaxed);
+                let pause = wait.unwrap_or(Duration::from_millis(250 << round.min(7)));
+                tokio::time::sleep(pause.min(Duration::from_secs(120))).await;
+            }
+            todo = again;
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(not_run())))
+            .collect()
+    }
+
+    /// One `$batch` chain of `idx` (at most `BATCH_MAX` of `reqs`), each result in order. A
+    /// failure of the whole envelope is every request's.
+    async fn chain(
+        &self,
+        mailbox: &str,
+        reqs: &[Request],
+        idx: &[usize],
+    ) -> Vec<Result<Answer, ApiError>> {
+        let items: Vec<Value> = idx
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| item_json(n, &reqs[i]))
+            .collect();
+        for &i in idx {
+            self.counts.bump(reqs[i].op, 1);
+        }
+        self.counts.bump("batch.items", idx.len() as u64);
+        let all_idempotent = idx.iter().all(|&i| reqs[i].idempotent);
+        let mut envelope = Request::with_body(
+            "batch",
+            Method::POST,
+            "/$batch".into(),
+            json!({ "requests": items }),
+        );
+        envelope.idempotent = all_idempotent;
+        match self.send(Some(mailbox), &envelope).await {
+            Ok(a) => answers_in_order(&a.body, idx.len()),
+            Err(e) => idx.iter().map(|_| Err(e.clone())).collect(),
+        }
+    }
+
+    pub fn op_counts(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.snapshot()
+    }
+}
+
+/// True when a request a batch answered with `e` is sent again in the next round.
+fn runs_again(req: &Request, e: &ApiError) -> bool {
+    match e.status {
+        424 => true,
+        429 | 500 | 502 | 503 | 504 | 0 => req.idempotent || !e.ambiguous,
+        _ => false,
+    }
+}
+
+/// The error of a request no batch round ran.
+fn not_run() -> ApiError {
+    ApiError {
+        status: 0,
+        code: String::new(),
+        message: "Graph did not run the request in any batch round".into(),
+        ambiguous: false,
+        retry_after: None,
+    }
+}
+
+/// A request as a `$batch` item: id `n+1`, depending on the item before it.
+fn item_json(n: usize, req: &Request) -> Value {
+    let mut headers = serde_json::Map::new();
+    let mut prefer = vec![IMMUTABLE_IDS.to_string()];
+    for (k, v) in &req.headers {
+        if k.eq_ignore_ascii_case("prefer") {
+            prefer.push(v.clone());
+        } else {
+            headers.insert((*k).to_string(), Value::String(v.clone()));
+        }
+    }
+    headers.insert("Prefer".into(), Value::String(prefer.join(", ")));
+    let mut item = json!({
+        "id": (n + 1).to_string(),
+        "method": req.method.as_str(),
+        "url": req.path,
+    });
+    match &req.body {
+        Some(Body::Json(v)) => {
+            headers.insert("Content-Type".into(), "application/json".into());
+            item["body"] = v.clone();
+        }
+        Some(Body::Bytes(b, kind)) => {
+            use base64::Engine as _;
+            headers.insert("Content-Type".into(), (*kind).into());
+            item["body"] = base64::engine::general_purpose::STANDARD.encode(b).into();
+        }
+        None => {}
+    }
+    if !headers.is_empty() {
+        item["headers"] = Value::Object(headers);
+    }
+    if n > 0 {
+        item["dependsOn"] = json!([n.to_string()]);
+    }
+    item
+}
+
+/// A batch answer's items (in any order) as results in request order.
+fn answers_in_order(body: &Value, n: usize) -> Vec<Result<Answer, ApiError>> {
+    let mut out: Vec<Option<Result<Answer, ApiError>>> = vec![None; n];
+    for r in body["responses"].as_array().into_iter().flatten() {
+        let Some(i) = r["id"]
+            .as_str()
+            .and_then(|s| s.parse::<usize>().ok())
+            .filter(|i| (1..=n).contains(i))
+        else {
+            continue;
+        };
+        let status = r["status"].as_u64().unwrap_or(0) as u16;
+        let item_body = r.get("body").cloned().unwrap_or(Value::Null);
+        out[i - 1] = Some(if (200..300).contains(&status) {
+            Ok(Answer {
+                status,
+                body: item_body,
+                bytes: Default::default(),
+            })
+        } else {
+            let headers = &r["headers"];
+            let after = headers
+                .as_object()
+                .and_then(|h| {
+                    h.iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+                })
+                .and_then(|(_, v)| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .or(v.as_u64().map(|n| n.to_string()))
+                });
+            Err(ApiError::parse(
+                status,
+                &item_body,
+                retry_after(after.as_deref()),
+            ))
+        });
+    }
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(ApiError {
+                    ambiguous: true,
+                    ..not_run()
+                })
+            })
+        })
+        .collect()
+}
+
+fn retry_after(v: Option<&str>) -> Option<Duration> {
+    v.and_then(|s| s.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// A token that could not be had, as a call's error (retried if the token endpoint may answer
+/// next time; an `Auth` refusal is kept whole so its fix reaches the administrator).
+fn token_error(e: BackendError) -> ApiError {
+    let retry = e.is_retryable();
+    ApiError {
+        status: if retry { 0 } else { 401 },
+        code: if retry {
+            String::new()
+        } else {
+            "TokenRefused".into()
+        },
+        message: e.to_string(),
+        ambiguous: false,
+        retry_after: None,
+    }
+}
+
+/// A request that failed on the way or whose answer could not be read. `ambiguous`: it may
+/// have reached Graph.
+fn transport_error(req: &Request, e: reqwest::Error, ambiguous: bool) -> ApiError {
+    ApiError {
+        status: 0,
+        code: String::new(),
+        message: format!(
+            "{} {}: {}",
+            req.op,
+            req.path.split('?').next().unwrap_or(""),
+            crate::backend::with_causes(&e.without_url())
+        ),
+        ambiguous,
+        retry_after: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_items_form_one_chain_and_answers_come_back_in_order() {
+        let a = Request::get("contacts.get", "/users/u/contacts/1".into());
+        let b = Request::with_body(
+            "contacts.create",
+            Method::POST,
+            "/users/u/contacts".into(),
+            json!({"givenName": "A"}),
+        );
+        let first = item_json(0, &a);
+        let second = item_json(1, &b);
+        assert!(first.get("dependsOn").is_none());
+        assert_eq!(second["dependsOn"], json!(["1"]));
+        assert_eq!(second["headers"]["Content-Type"], "application/json");
+        let body = json!({"responses": [
+            {"id": "2", "status": 429, "headers": {"Retry-After": "7"}, "body": {"error": {"code": "TooManyRequests", "message": "slow"}}},
+            {"id": "1", "status": 200, "body": {"id": "x"}},
+        ]});
+        let r = answers_in_order(&body, 2);
+        assert_eq!(r[0].as_ref().unwrap().body["id"], "x");
+        let e = r[1].as_ref().unwrap_err();
+        assert_eq!(
+            (e.status, e.retry_after),
+            (429, Some(Duration::from_secs(7)))
+        );
+        // A create answered 429 may have been applied: it is not sent again blindly.
+        assert!(!runs_again(&b, e));
+        assert!(runs_again(&a, e));
+    }
+}
