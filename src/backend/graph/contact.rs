@@ -29,6 +29,12 @@ pub const TAG_NAME: &str = "gSync";
 pub const VIA_NAME: &str = "gSyncVia";
 /// On a contact moved to the default folder: the id it had in the job's folder.
 pub const MOVED_NAME: &str = "gSyncMoved";
+/// On a copy with a photo: the source photo it was given (see `PHOTO_PROPERTY`).
+pub const PHOTO_NAME: &str = "gSyncPhoto";
+/// The card property that says which photo a contact has: on a source contact, where its
+/// photo is and which version (`photo <user id> <contact id> <change key>`); on a copy, the
+/// source photo it was given, while it still has a photo.
+pub const PHOTO_PROPERTY: &str = super::fields::PHOTO;
 /// On a folder groupsync made: `folder`.
 pub const FOLDER_NAME: &str = "gSyncFolder";
 /// Marks a copy whose visible category a user removed, so the engine rewrites it; never sent
@@ -72,13 +78,41 @@ pub fn select_whole() -> String {
 /// The `$select` of a tags-only read.
 pub const SELECT_TAGS: &str = "id,changeKey,displayName,categories";
 
-/// The `$expand` that brings groupsync's tag properties along.
+/// The `$expand` that brings the photo's presence and groupsync's tag properties along.
 pub fn expand_tags() -> String {
     format!(
-        "singleValueExtendedProperties($filter=id eq '{}' or id eq '{}')",
+        "photo,singleValueExtendedProperties($filter=id eq '{}' or id eq '{}' or id eq '{}')",
         property_id(TAG_NAME),
-        property_id(VIA_NAME)
+        property_id(VIA_NAME),
+        property_id(PHOTO_NAME)
     )
+}
+
+/// Where a source photo is: (user id, contact id), from a `PHOTO_PROPERTY` value.
+pub fn photo_source(marker: &str) -> Option<(&str, &str)> {
+    let mut parts = marker.strip_prefix("photo ")?.split(' ');
+    Some((parts.next()?, parts.next()?))
+}
+
+/// The photo marker a card carries.
+pub fn photo_of(card: &VCard) -> Option<String> {
+    card::first_text_ref(card, PHOTO_PROPERTY).map(str::to_string)
+}
+
+/// The photo marker of a contact read from `owner`'s mailbox: a copy's is the source photo it
+/// was given; anyone else's says where it is and which version.
+fn photo_marker(c: &Value, owner: &str, tagged: bool) -> Option<String> {
+    if c["photo"].as_object().is_none() {
+        return None;
+    }
+    if tagged {
+        return Some(extended(c, PHOTO_NAME).unwrap_or_else(|| "unknown".into()));
+    }
+    Some(format!(
+        "photo {owner} {} {}",
+        c["id"].as_str()?,
+        c["changeKey"].as_str()?
+    ))
 }
 
 /// A value that holds nothing: null, "", [], or an address whose parts are all empty.
@@ -150,9 +184,9 @@ fn shown_name(c: &Value) -> String {
         .to_string()
 }
 
-/// A Graph contact as a card (see the module's doc). `visible_tag`: a copy without its
-/// category is marked for repair.
-pub fn to_card(c: &Value, visible_tag: bool) -> VCard {
+/// A Graph contact of `owner`'s mailbox as a card (see the module's doc). `visible_tag`: a
+/// copy without its category is marked for repair.
+pub fn to_card(c: &Value, visible_tag: bool, owner: &str) -> VCard {
     let tag = tag_of(c);
     let mut entries = Vec::with_capacity(16);
     entries.push(std_entry(VCardProperty::Version, "4.0".into()));
@@ -176,6 +210,9 @@ pub fn to_card(c: &Value, visible_tag: bool) -> VCard {
     }
     if let Some(o) = c["companyName"].as_str().filter(|o| !o.is_empty()) {
         entries.push(std_entry(VCardProperty::Org, o.to_string()));
+    }
+    if let Some(p) = photo_marker(c, owner, tag.is_some()) {
+        entries.push(text_entry(PHOTO_PROPERTY, p));
     }
     if let Some((t, source)) = tag {
         let shown = c["categories"]
@@ -359,6 +396,9 @@ fn put_tag(card: &VCard, visible_tag: bool, body: &mut Map<String, Value>) {
     if let Some(via) = card::first_text_ref(card, card::VIA_PROPERTY).filter(|v| !v.is_empty()) {
         props.push(json!({"id": property_id(VIA_NAME), "value": via}));
     }
+    if let Some(p) = photo_of(card) {
+        props.push(json!({"id": property_id(PHOTO_NAME), "value": p}));
+    }
     body.insert("singleValueExtendedProperties".into(), Value::Array(props));
     let cats = body
         .entry("categories")
@@ -451,7 +491,7 @@ mod tests {
 
     #[test]
     fn a_copy_reads_with_its_tag_and_every_property_whole() {
-        let c = to_card(&graph_contact(), true);
+        let c = to_card(&graph_contact(), true, "u");
         assert_eq!(card::tag_of(&c).as_deref(), Some("gSync9"));
         assert_eq!(card::source_of(&c).as_deref(), Some("SRC1"));
         assert_eq!(card::came_through(&c), ["gSync3", "gSync9"]);
@@ -487,9 +527,9 @@ mod tests {
     fn a_copy_without_its_category_is_marked_for_repair() {
         let mut g = graph_contact();
         g["categories"] = json!(["Friends"]);
-        let text = card::to_text(&to_card(&g, true));
+        let text = card::to_text(&to_card(&g, true, "u"));
         assert!(text.contains(REPAIR_PROPERTY), "{text}");
-        assert!(!card::to_text(&to_card(&g, false)).contains(REPAIR_PROPERTY));
+        assert!(!card::to_text(&to_card(&g, false, "u")).contains(REPAIR_PROPERTY));
     }
 
     #[test]
@@ -511,7 +551,7 @@ mod tests {
 
     #[test]
     fn an_update_clears_what_the_desired_card_lacks() {
-        let desired = to_card(&graph_contact(), true);
+        let desired = to_card(&graph_contact(), true, "u");
         let body = update_body(&desired, &FieldSelection::All, false);
         assert_eq!(body["homePhones"], json!([]));
         assert_eq!(body["mobilePhone"], Value::Null);

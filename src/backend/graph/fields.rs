@@ -88,6 +88,9 @@ const ALIASES: &[(&str, &[&str])] = &[
     ("CATEGORIES", &["categories"]),
 ];
 
+/// The card property that says which photo a contact has (see `contact::PHOTO_PROPERTY`).
+pub const PHOTO: &str = "X-MSGRAPH-PHOTO";
+
 /// The card property that carries a contact property.
 pub fn card_property(p: &str) -> String {
     format!("{PREFIX}{}", p.to_ascii_uppercase())
@@ -110,6 +113,9 @@ pub fn expand_field_names(name: &str) -> Vec<String> {
     }
     if let Some(p) = COPIED.iter().find(|p| p.eq_ignore_ascii_case(name)) {
         out.push(card_property(p));
+    }
+    if upper == "PHOTO" {
+        out.push(PHOTO.into());
     }
     out
 }

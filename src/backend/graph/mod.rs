@@ -21,6 +21,7 @@ mod directory;
 pub mod fields;
 mod groups;
 pub mod http;
+mod photo;
 mod read;
 mod write;
 
@@ -49,6 +50,7 @@ pub struct GraphBackend {
     domains: tokio::sync::OnceCell<Vec<String>>,
     /// Entra object id → user principal name, filled by `resolve_user`.
     names: Mutex<HashMap<String, String>>,
+    photos: photo::Photos,
 }
 
 impl GraphBackend {
@@ -73,6 +75,7 @@ impl GraphBackend {
             client,
             domains: Default::default(),
             names: Default::default(),
+            photos: Default::default(),
         })
     }
 
@@ -112,7 +115,7 @@ impl Backend for GraphBackend {
             page_size: 1000,
             batch_size: http::BATCH_MAX,
             delete_batch_size: http::BATCH_MAX,
-            read_before_update: &[],
+            read_before_update: &[contact::PHOTO_PROPERTY],
             conditional_deletes: true,
         }
     }

@@ -17,6 +17,7 @@ use crate::backend::{
     BackendError, Contact, Delta, Depth, GroupRead, GroupRef, Known, KnownCopies, Read, Result,
     User,
 };
+use crate::card;
 
 /// Contacts per page of a folder listing.
 const LIST_PAGE: usize = 1000;
@@ -24,12 +25,18 @@ const LIST_PAGE: usize = 1000;
 const DELTA_PAGE: usize = 200;
 
 impl GraphBackend {
-    /// A contact as the engine takes it.
-    fn contact_of(&self, c: &Value) -> Contact {
+    /// A contact of `user`'s as the engine takes it; the photo a copy has now is remembered
+    /// for its update.
+    fn contact_of(&self, user: &User, c: &Value) -> Contact {
+        let card = contact::to_card(c, self.cfg.visible_tag, &user.id);
+        let id = c["id"].as_str().unwrap_or_default().to_string();
+        if card::tag_of(&card).is_some() {
+            self.photos.now(&user.id, &id, contact::photo_of(&card));
+        }
         Contact {
-            id: c["id"].as_str().unwrap_or_default().to_string(),
+            id,
             etag: c["changeKey"].as_str().unwrap_or_default().to_string(),
-            card: Ok(contact::to_card(c, self.cfg.visible_tag)),
+            card: Ok(card),
         }
     }
 
@@ -84,7 +91,7 @@ impl GraphBackend {
                         id: id.to_string(),
                         etag: etag.to_string(),
                     }),
-                    _ => sink(Read::Contact(self.contact_of(c))),
+                    _ => sink(Read::Contact(self.contact_of(user, c))),
                 }
             }
             next = self.next_link(&a.body, "@odata.nextLink")?;
@@ -144,7 +151,7 @@ impl GraphBackend {
             .collect();
         for r in self.client.batch(&user.id, &reqs).await {
             match r {
-                Ok(a) => sink(self.contact_of(&a.body)),
+                Ok(a) => sink(self.contact_of(user, &a.body)),
                 Err(e) if e.status == 404 => {}
                 Err(e) => return Err(e.to_backend(&format!("contacts of {}", user.name))),
             }

@@ -18,6 +18,32 @@ use super::{DEFAULT_FOLDER_ID, GraphBackend, contacts_path, enc, literal};
 use crate::backend::{BackendError, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
 
+/// What an update does to a copy's photo.
+enum Photo {
+    Keep,
+    Put(String),
+    Remake,
+}
+
+/// The result of one update: the new change key; a copy deleted to be made anew is a
+/// `Conflict`.
+fn updated(
+    r: std::result::Result<super::http::Answer, ApiError>,
+    p: &Photo,
+    what: &str,
+) -> Result<String> {
+    match (r, p) {
+        (Ok(_), Photo::Remake) => Err(BackendError::Conflict {
+            what: format!("{what} (its source photo is gone: made anew)"),
+        }),
+        (Ok(a), _) => a.body["changeKey"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| BackendError::Invalid(format!("{what}: no change key"))),
+        (Err(e), _) => Err(e.to_backend(what)),
+    }
+}
+
 /// The `If-Match` of a change key.
 fn if_match(etag: &str) -> String {
     format!("W/\"{etag}\"")
@@ -76,7 +102,43 @@ impl GraphBackend {
                 Err(e) => Err(e.to_backend(&what(c))),
             });
         }
+        let photos: Vec<(usize, (String, String))> = out
+            .iter()
+            .zip(cards)
+            .enumerate()
+            .filter_map(|(k, (r, c))| {
+                Some((k, (r.as_ref().ok()?.id.clone(), contact::photo_of(c)?)))
+            })
+            .collect();
+        self.with_photos(user, &group.id, photos, &mut out, |w, etag| w.etag = etag)
+            .await;
         until_stop(out)
+    }
+
+    /// Puts the photos `items` (`(index in out, (contact id, marker))`) and sets each
+    /// written contact's new change key, or its error.
+    async fn with_photos<T>(
+        &self,
+        user: &User,
+        folder: &str,
+        items: Vec<(usize, (String, String))>,
+        out: &mut [Result<T>],
+        set: impl Fn(&mut T, String),
+    ) {
+        if items.is_empty() {
+            return;
+        }
+        let (at, puts): (Vec<usize>, Vec<(String, String)>) = items.into_iter().unzip();
+        for (k, r) in at
+            .into_iter()
+            .zip(self.put_photos(user, folder, &puts).await)
+        {
+            match (r, &mut out[k]) {
+                (Ok(etag), Ok(w)) => set(w, etag),
+                (Err(e), slot) => *slot = Err(e),
+                _ => {}
+            }
+        }
     }
 
     /// A create that may have been made: the copy found by its tag, else made now (once).
@@ -125,7 +187,9 @@ impl GraphBackend {
         }
     }
 
-    /// Updates copies, each only if its change key is still the one given.
+    /// Updates copies, each only if its change key is still the one given, and their photos.
+    /// Graph cannot take a photo off a contact: a copy whose source photo is gone is deleted
+    /// and answered `Conflict`, so the engine reads the folder again and makes it anew.
     pub(super) async fn update_all(
         &self,
         user: &User,
@@ -133,33 +197,49 @@ impl GraphBackend {
         items: &[(&str, &str, &VCard)],
         fields: &FieldSelection,
     ) -> Vec<Result<String>> {
+        let plan: Vec<Photo> = items
+            .iter()
+            .map(|(id, _, c)| {
+                let want = contact::photo_of(c);
+                match (want, self.photos.take(&user.id, id)) {
+                    (None, Some(Some(_))) => Photo::Remake,
+                    (Some(w), Some(Some(n))) if w == n => Photo::Keep,
+                    (None, _) => Photo::Keep,
+                    (Some(w), _) => Photo::Put(w),
+                }
+            })
+            .collect();
         let reqs: Vec<Request> = items
             .iter()
-            .map(|(id, etag, c)| {
-                Request::with_body(
+            .zip(&plan)
+            .map(|((id, etag, c), p)| match p {
+                Photo::Remake => delete_request(user, &group.id, id, etag),
+                _ => Request::with_body(
                     "contacts.update",
                     Method::PATCH,
                     contact_path(user, &group.id, id),
                     contact::update_body(c, fields, self.cfg.visible_tag),
                 )
-                .header("If-Match", if_match(etag))
+                .header("If-Match", if_match(etag)),
             })
             .collect();
         let answers = self.client.batch(&user.id, &reqs).await;
-        let out = answers
+        let mut out: Vec<Result<String>> = answers
             .into_iter()
-            .zip(items)
-            .map(|(r, (id, ..))| {
-                let what = format!("contact {id} of {}", user.name);
-                match r {
-                    Ok(a) => a.body["changeKey"]
-                        .as_str()
-                        .map(str::to_string)
-                        .ok_or_else(|| BackendError::Invalid(format!("{what}: no change key"))),
-                    Err(e) => Err(e.to_backend(&what)),
-                }
+            .zip(items.iter().zip(&plan))
+            .map(|(r, ((id, ..), p))| updated(r, p, &format!("contact {id} of {}", user.name)))
+            .collect();
+        let photos: Vec<(usize, (String, String))> = items
+            .iter()
+            .zip(&plan)
+            .enumerate()
+            .filter_map(|(k, ((id, ..), p))| match p {
+                Photo::Put(m) if out[k].is_ok() => Some((k, (id.to_string(), m.clone()))),
+                _ => None,
             })
             .collect();
+        self.with_photos(user, &group.id, photos, &mut out, |e, etag| *e = etag)
+            .await;
         until_stop(out)
     }
 
