@@ -39,15 +39,12 @@ impl GraphBackend {
                 )));
             }
         }
-        let path = format!(
-            "/users/{}?$select=id,userPrincipalName,accountEnabled",
-            enc(name)
-        );
-        let u = match self
-            .client
-            .send(None, &Request::get("users.get", path))
-            .await
-        {
+        let looked_up = crate::mutex::lock(&self.looked_up).remove(&name.to_ascii_lowercase());
+        let answer = match looked_up {
+            Some(a) => a,
+            None => self.client.send(None, &user_request(name)).await,
+        };
+        let u = match answer {
             Ok(a) => a.body,
             Err(e) if e.status == 404 => return Ok(None),
             Err(e) => return Err(directory_error(&e, &format!("looking up {name}"))),
@@ -67,6 +64,24 @@ impl GraphBackend {
             id,
             name: name.to_string(),
         }))
+    }
+
+    /// Looks up every user a run may need in `$batch` chains of 20 (instead of a request
+    /// each); `lookup_user` then takes each answer once.
+    pub(super) async fn look_up_all(&self, names: &[String]) {
+        let names: Vec<&String> = names.iter().filter(|n| !n.contains(':')).collect();
+        if names.len() < 2 {
+            return;
+        }
+        let reqs: Vec<Request> = names.iter().map(|n| user_request(n)).collect();
+        let answers = self.client.batch(DIRECTORY, &reqs).await;
+        let mut cache = crate::mutex::lock(&self.looked_up);
+        for (n, a) in names.into_iter().zip(answers) {
+            // Only answers that settle the question are kept; others are asked again alone.
+            if a.as_ref().map_or_else(|e| e.status == 404, |_| true) {
+                cache.insert(n.trim().to_ascii_lowercase(), a);
+            }
+        }
     }
 
     /// The domains users may be in: `allowed_domains`, or the tenant's verified ones.
@@ -198,6 +213,20 @@ impl GraphBackend {
         }
         out
     }
+}
+
+/// The key directory batches share their places under (they are no mailbox's).
+const DIRECTORY: &str = "";
+
+/// The lookup of one user.
+fn user_request(name: &str) -> Request {
+    Request::get(
+        "users.get",
+        format!(
+            "/users/{}?$select=id,userPrincipalName,accountEnabled",
+            enc(name.trim())
+        ),
+    )
 }
 
 /// A directory call's error: a refused permission names the one to grant.

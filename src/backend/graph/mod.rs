@@ -51,6 +51,8 @@ pub struct GraphBackend {
     /// Entra object id → user principal name, filled by `resolve_user`.
     names: Mutex<HashMap<String, String>>,
     photos: photo::Photos,
+    /// Users looked up ahead in batches (`prepare_users`), by lower-case name, each taken once.
+    looked_up: Mutex<HashMap<String, std::result::Result<http::Answer, http::ApiError>>>,
 }
 
 impl GraphBackend {
@@ -76,6 +78,7 @@ impl GraphBackend {
             domains: Default::default(),
             names: Default::default(),
             photos: Default::default(),
+            looked_up: Default::default(),
         })
     }
 
@@ -133,7 +136,9 @@ impl Backend for GraphBackend {
         Ok(())
     }
 
-    async fn prepare_users(&self, _names: &[String]) {}
+    async fn prepare_users(&self, names: &[String]) {
+        self.look_up_all(names).await
+    }
 
     /// The app's token ahead of the first call (one token serves every mailbox).
     async fn prepare_access(&self, _user: &User) {
