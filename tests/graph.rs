@@ -349,9 +349,12 @@ fn a_first_sync_writes_in_batches_of_twenty_and_a_rerun_reads_one_delta() {
     r.fake.reset_counts();
     r.run_ok();
     let c = r.fake.counts();
-    // A no-change rerun: the source read whole (one page), one delta call per destination.
+    // A no-change rerun: the source read whole (one page), the users looked up in one batch,
+    // one delta call per destination, nothing else.
     assert_eq!(c.get("contacts.delta"), Some(&2), "{c:?}");
-    assert_eq!(c.get("batch"), None, "{c:?}");
+    assert_eq!(c.get("batch"), Some(&1), "{c:?}");
+    assert_eq!(c.get("batch.items"), c.get("users.get"), "{c:?}");
+    assert_eq!(c.get("http"), Some(&7), "{c:?}");
 }
 
 #[test]
@@ -382,22 +385,19 @@ fn unknown_disabled_renamed_and_mailboxless_users() {
     let r = Rig::new(3);
     r.fake.add_user("erin@example.com");
     r.fake.set_mailbox("erin@example.com", false);
-    r.write_job(&[
-        "bob@example.com",
-        "carol@example.com",
-        "nobody@example.com",
-        "erin@example.com",
-    ]);
+    // An unknown user is a mistake in the job: nothing is done, and the user is named.
+    r.write_job(&["bob@example.com", "nobody@example.com"]);
     let (code, out, err) = r.run();
-    assert_ne!(code, 0, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert!(
         format!("{out}{err}").contains("nobody@example.com"),
         "{out}{err}"
     );
-    assert!(
-        format!("{out}{err}").contains("MailboxNotEnabledForRESTAPI"),
-        "{out}{err}"
-    );
+    assert_eq!(r.copies("bob@example.com").len(), 0, "nothing was changed");
+    // A user without an Exchange Online mailbox is skipped with a note; the others are synced.
+    r.write_job(&["bob@example.com", "carol@example.com", "erin@example.com"]);
+    let out = r.run_ok();
+    assert!(out.contains("MailboxNotEnabledForRESTAPI"), "{out}");
     assert_eq!(
         r.copies("bob@example.com").len(),
         3,
@@ -531,7 +531,7 @@ fn graph_keeps_the_contract() {
         .block_on(b.resolve_user("bob@example.com"))
         .unwrap()
         .expect("bob is in the directory");
-    let sample = |i: usize| mapping::to_card(&contact(i), false);
+    let sample = |i: usize| mapping::to_card(&contact(i), false, "source");
     let subject = common::contract::Subject {
         user,
         default_group: "Contacts",

@@ -236,8 +236,11 @@ impl Client {
     /// Sends a request (to the mailbox `mailbox`, if it is a mailbox call), retrying what is
     /// safe to retry.
     pub async fn send(&self, mailbox: Option<&str>, req: &Request) -> Result<Answer, ApiError> {
-        let retryable =
-            |e: &Failed| (e.is_retryable() || e.status == 401) && (req.idempotent || !e.ambiguous);
+        // A 401 from Graph is tried once more with a new token; a refused token is not.
+        let retryable = |e: &Failed| {
+            (e.is_retryable() || e.status == 401 && !e.is("TokenRefused"))
+                && (req.idempotent || !e.ambiguous)
+        };
         (|| self.attempt(mailbox, req))
             .retry(
                 ExponentialBuilder::default()
@@ -319,18 +322,30 @@ impl Client {
             let mut again = vec![];
             let mut wait: Option<Duration> = None;
             for chunk in todo.chunks(BATCH_MAX) {
+                // Throttled: nothing more goes to the mailbox before the wait it asked for.
+                if wait.is_some() {
+                    again.extend_from_slice(chunk);
+                    continue;
+                }
                 let answers = self.chain(mailbox, reqs, chunk).await;
                 for (&i, a) in chunk.iter().zip(answers) {
+                    if let Err(e) = &a {
+                        wait = wait.max(e.retry_after);
+                    }
                     match a {
                         Err(e) if runs_again(&reqs[i], &e) && round + 1 < BATCH_ROUNDS => {
-                            wait = wait.max(e.retry_after);
-                            again.push(i);
+                            again.push(i)
                         }
                         other => out[i] = Some(other),
                     }
                 }
             }
-            if !again.is_empty() {
+            if again.is_empty() {
+                // A request the caller settles (a create answered 429) waits its turn too.
+                if let Some(w) = wait {
+                    tokio::time::sleep(w.min(Duration::from_secs(120))).await;
+                }
+            } else {
                 self.retries
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
                 let pause = wait.unwrap_or(Duration::from_millis(250 << round.min(7)));
