@@ -94,33 +94,20 @@ impl Rig {
     }
 
     fn write_job(&self, dests: &[&str]) {
-        let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
-        fs::write(
-            self.path().join("jobs/sales.toml"),
-            format!(
-                "tag = \"{TAG}\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [{}]\n",
-                d.join(", ")
-            ),
-        )
-        .unwrap();
+        common::write_job_file(
+            self.path(),
+            "sales",
+            (TAG, "alice@example.com", "Sales"),
+            dests,
+        );
     }
 
     fn cmd(&self) -> assert_cmd::Command {
-        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_groupsync"));
-        c.env("GROUPSYNC_CONFIG", self.path().join("groupsync.toml"))
-            .env_remove("GROUPSYNC_LOG")
-            .env("GROUPSYNC_LOCK_WAIT", "1")
-            .current_dir(self.path());
-        c
+        common::groupsync_in(self.path())
     }
 
     fn run(&self) -> (i32, String, String) {
-        let out = self.cmd().args(["run", "sales"]).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::run_job(self.path(), "sales")
     }
 
     fn run_ok(&self) -> String {
@@ -1184,16 +1171,7 @@ fn killed_runs_converge_without_duplicates() {
     let r = Rig::new(450);
     let src = r.source_ids();
     r.set_latency(10);
-    let spawn = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"))
-            .args(["run", "sales"])
-            .env("GROUPSYNC_CONFIG", r.path().join("groupsync.toml"))
-            .env("GROUPSYNC_LOCK_WAIT", "5")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
+    let spawn = || common::spawn_run(r.path(), "sales");
     // Killed while bob's first batch create hangs after it was applied.
     r.fake.inject(Fault {
         method: "people.people.batchCreateContacts".into(),
@@ -1226,7 +1204,7 @@ fn killed_runs_converge_without_duplicates() {
         "the hung create was applied"
     );
     // More kills at varied points, with source edits in between.
-    for (round, ms) in [120u64, 260, 40, 500, 180].into_iter().enumerate() {
+    common::killed_runs(r.path(), "sales", &[120, 260, 40, 500, 180], |round| {
         r.fake.with_book("alice@example.com", |b| {
             for s in src.iter().skip(round).step_by(7) {
                 b.edit(s, |p| {
@@ -1234,14 +1212,7 @@ fn killed_runs_converge_without_duplicates() {
                 });
             }
         });
-        let mut child = spawn();
-        std::thread::sleep(std::time::Duration::from_millis(ms));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        // A request the killed run had sent may still be at the server; a restart (a systemd
-        // timer, a person) comes later than that.
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    });
     r.fake.set_options(Options::default());
     r.run_ok();
     for u in ["bob@example.com", "carol@example.com"] {

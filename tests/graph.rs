@@ -136,33 +136,16 @@ impl Rig {
     }
 
     fn write_job(&self, dests: &[&str]) {
-        let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
-        fs::write(
-            self.path().join("jobs/sales.toml"),
-            format!(
-                "tag = \"{TAG}\"\nsource = \"alice@example.com\"\ngroup = \"Sales\"\ndestinations = [{}]\n",
-                d.join(", ")
-            ),
-        )
-        .unwrap();
-    }
-
-    fn cmd(&self) -> assert_cmd::Command {
-        let mut c = assert_cmd::Command::new(env!("CARGO_BIN_EXE_groupsync"));
-        c.env("GROUPSYNC_CONFIG", self.path().join("groupsync.toml"))
-            .env_remove("GROUPSYNC_LOG")
-            .env("GROUPSYNC_LOCK_WAIT", "1")
-            .current_dir(self.path());
-        c
+        common::write_job_file(
+            self.path(),
+            "sales",
+            (TAG, "alice@example.com", "Sales"),
+            dests,
+        );
     }
 
     fn run(&self) -> (i32, String, String) {
-        let out = self.cmd().args(["run", "sales"]).output().unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        common::run_job(self.path(), "sales")
     }
 
     fn run_ok(&self) -> String {
@@ -538,5 +521,167 @@ fn graph_keeps_the_contract() {
         sample: &sample,
     };
     rt.block_on(common::contract::check(&b, &subject));
+    r.assert_no_violations();
+}
+
+#[test]
+fn killed_runs_converge_without_duplicates() {
+    let r = Rig::new(90);
+    let src = r.source_ids();
+    r.fake.set_options(Options {
+        latency: std::time::Duration::from_millis(10),
+        ..Options::default()
+    });
+    let spawn = || common::spawn_run(r.path(), "sales");
+    // Killed while bob's first batch of creates hangs after it was applied.
+    r.fake.inject(Fault {
+        op: "batch".into(),
+        user: Some("bob@example.com".into()),
+        kind: FaultKind::Hang {
+            secs: 3,
+            apply: true,
+        },
+        times: 1,
+    });
+    r.fake.reset_counts();
+    let mut child = spawn();
+    let start = std::time::Instant::now();
+    while r.fake.counts().get("contacts.create").copied().unwrap_or(0) < 20
+        && start.elapsed() < std::time::Duration::from_secs(20)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !r.folder("bob@example.com", "Sales").is_empty(),
+        "the hung creates were applied"
+    );
+    // More kills at varied points, with source edits in between.
+    common::killed_runs(r.path(), "sales", &[120, 260, 40, 500, 180], |round| {
+        r.fake.with_mailbox("alice@example.com", |m| {
+            for s in src.iter().skip(round).step_by(7) {
+                m.edit(s, |c| c["nickName"] = json!(format!("round {round}")));
+            }
+        });
+    });
+    r.fake.set_options(Options::default());
+    r.run_ok();
+    let source = r.source();
+    for u in ["bob@example.com", "carol@example.com"] {
+        assert_eq!(r.copies(u), src, "{u}: one copy per source contact");
+        for (s, c) in r.by_source(u) {
+            assert_eq!(c["nickName"], source[&s]["nickName"], "{u} {s}");
+        }
+    }
+}
+
+/// A JPEG-looking photo.
+fn jpeg(n: u8) -> Vec<u8> {
+    vec![
+        0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F', b'I', b'F', n, 0xFF, 0xD9,
+    ]
+}
+
+#[test]
+fn photos_follow_the_source_and_a_moved_contact_keeps_its_own() {
+    let r = Rig::new(3);
+    let src = r.source_ids();
+    let alice = "alice@example.com";
+    r.fake.with_mailbox(alice, |m| {
+        m.set_photo(&src[0], &jpeg(1));
+        m.set_photo(&src[1], &jpeg(2));
+    });
+    r.run_ok();
+    let bob = "bob@example.com";
+    let photo = |u: &str, s: &str| {
+        let id = r.by_source(u)[s]["id"].as_str().unwrap().to_string();
+        r.fake.with_mailbox(u, |m| m.photo(&id))
+    };
+    assert_eq!(photo(bob, &src[0]), Some(jpeg(1)));
+    assert_eq!(photo(bob, &src[1]), Some(jpeg(2)));
+    assert_eq!(photo(bob, &src[2]), None);
+    // A rerun puts no photo again.
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(
+        r.fake.counts().get("photo.put"),
+        None,
+        "{:?}",
+        r.fake.counts()
+    );
+    // A new source photo reaches the copies; a removed one is removed (the copy made anew).
+    r.fake.with_mailbox(alice, |m| {
+        m.set_photo(&src[0], &jpeg(9));
+        m.delete(&src[1]);
+        let f = m.folder_by_name("Sales").unwrap();
+        let mut c = contact(77);
+        c["displayName"] = json!("No Photo Now");
+        let id = m.add_contact(&f, c);
+        m.edit(&id, |c| c["jobTitle"] = json!("x"));
+    });
+    r.run_ok();
+    assert_eq!(photo(bob, &src[0]), Some(jpeg(9)));
+    // src[2] gains a photo, then loses it: its copy loses it too.
+    r.fake
+        .with_mailbox(alice, |m| m.set_photo(&src[2], &jpeg(3)));
+    r.run_ok();
+    assert_eq!(photo(bob, &src[2]), Some(jpeg(3)));
+    // The source user takes the photo off in Outlook (and edits the contact, or the delta
+    // would not tell): the copy is made anew without one.
+    r.fake.with_mailbox(alice, |m| {
+        m.remove_photo(&src[2]);
+        m.edit(&src[2], |c| c["jobTitle"] = json!("Photo gone"));
+    });
+    r.run_ok();
+    assert_eq!(r.copies(bob), r.source_ids());
+    assert_eq!(photo(bob, &src[2]), None);
+    assert_eq!(r.by_source(bob)[&src[2]]["jobTitle"], "Photo gone");
+    // A user's own contact with a photo keeps it when bob is removed from the job.
+    let own = r.fake.with_mailbox(bob, |m| {
+        let f = m.folder_by_name("Sales").unwrap();
+        let id = m.add_contact(&f, json!({"displayName": "Own With Photo"}));
+        m.set_photo(&id, &jpeg(42));
+        id
+    });
+    let _ = own;
+    r.write_job(&["carol@example.com"]);
+    r.run_ok();
+    r.fake.with_mailbox(bob, |m| {
+        let mine = m.contacts(&m.default_folder());
+        let moved = mine
+            .iter()
+            .find(|c| c["displayName"] == "Own With Photo")
+            .expect("moved to Contacts");
+        assert_eq!(m.photo(moved["id"].as_str().unwrap()), Some(jpeg(42)));
+    });
+}
+
+#[test]
+fn a_lost_state_and_safety_limits() {
+    let r = Rig::new(12);
+    r.run_ok();
+    // The state database lost: the next run finds every copy by its tag, makes none twice.
+    std::fs::remove_file(r.path().join("state.db")).unwrap();
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(
+        r.fake.counts().get("contacts.create"),
+        None,
+        "{:?}",
+        r.fake.counts()
+    );
+    assert_eq!(r.copies("bob@example.com"), r.source_ids());
+    // An emptied source stops the job (exit 3) before anything is deleted.
+    r.fake.with_mailbox("alice@example.com", |m| {
+        let f = m.folder_by_name("Sales").unwrap();
+        for c in m.contacts(&f) {
+            m.delete(c["id"].as_str().unwrap());
+        }
+    });
+    let (code, out, err) = r.run();
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(r.copies("bob@example.com").len(), 12, "nothing deleted");
     r.assert_no_violations();
 }

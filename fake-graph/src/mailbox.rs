@@ -568,6 +568,16 @@ impl Mailbox {
         self.put_photo(id, bytes, ct);
     }
 
+    /// Takes a contact's photo off, as a user can in Outlook (Graph itself cannot): its change
+    /// key changes, and the delta does not report it (a navigation property).
+    pub fn remove_photo(&mut self, id: &str) {
+        if let Some(c) = self.contacts.get_mut(id) {
+            c.photo = None;
+            c.change_key = util::change_key();
+            c.modified = util::iso_now();
+        }
+    }
+
     /// A contact's photo bytes.
     pub fn photo(&self, id: &str) -> Option<Vec<u8>> {
         self.contacts

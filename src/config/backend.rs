@@ -229,6 +229,19 @@ impl Keys<'_> {
         }
     }
 
+    /// The keys the cloud providers (Google, Graph) read alike, over their defaults.
+    fn cloud_keys(&self, requests_per_minute: &mut u32, visible_tag: &mut bool, timeout: &mut u64) {
+        if let Some(r) = self.raw.requests_per_minute {
+            *requests_per_minute = r.max(1);
+        }
+        if let Some(v) = self.raw.visible_tag {
+            *visible_tag = v;
+        }
+        if let Some(t) = self.raw.request_timeout {
+            *timeout = t.max(1);
+        }
+    }
+
     fn concurrency(&self, default: usize) -> usize {
         self.raw.concurrency.unwrap_or(default).max(1)
     }
@@ -334,15 +347,11 @@ impl Keys<'_> {
         g.token_url = b.token_url.clone();
         g.allowed_domains = b.allowed_domains.clone();
         g.concurrency = self.concurrency(g.concurrency);
-        if let Some(r) = b.requests_per_minute {
-            g.requests_per_minute = r.max(1);
-        }
-        if let Some(v) = b.visible_tag {
-            g.visible_tag = v;
-        }
-        if let Some(t) = b.request_timeout {
-            g.request_timeout = t.max(1);
-        }
+        self.cloud_keys(
+            &mut g.requests_per_minute,
+            &mut g.visible_tag,
+            &mut g.request_timeout,
+        );
         Ok(g)
     }
 
@@ -386,15 +395,11 @@ impl Keys<'_> {
         }
         g.allowed_domains = b.allowed_domains.clone();
         g.concurrency = self.concurrency(g.concurrency);
-        if let Some(r) = b.requests_per_minute {
-            g.requests_per_minute = r.max(1);
-        }
-        if let Some(v) = b.visible_tag {
-            g.visible_tag = v;
-        }
-        if let Some(t) = b.request_timeout {
-            g.request_timeout = t.max(1);
-        }
+        self.cloud_keys(
+            &mut g.requests_per_minute,
+            &mut g.visible_tag,
+            &mut g.request_timeout,
+        );
         Ok(g)
     }
 }

@@ -74,12 +74,7 @@ impl Tree {
     }
 
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_groupsync"));
-        c.env("GROUPSYNC_CONFIG", self.path().join("groupsync.toml"))
-            .env_remove("GROUPSYNC_LOG")
-            .env("GROUPSYNC_LOCK_WAIT", "1")
-            .current_dir(self.path());
-        c
+        groupsync_in(self.path())
     }
 
     /// (file name, content) of every .vcf in a folder, sorted.
@@ -132,4 +127,70 @@ pub fn redact(s: &str) -> String {
     let tmp = regex::Regex::new(r"/tmp/\.tmp[A-Za-z0-9]+").unwrap();
     tmp.replace_all(&ts.replace_all(s, "[time]"), "[tmp]")
         .to_string()
+}
+
+/// The `groupsync` binary, run in `dir` with the config `dir/groupsync.toml`, no log settings
+/// from outside, and a short wait for the lock.
+pub fn groupsync_in(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_groupsync"));
+    c.env("GROUPSYNC_CONFIG", dir.join("groupsync.toml"))
+        .env_remove("GROUPSYNC_LOG")
+        .env("GROUPSYNC_LOCK_WAIT", "1")
+        .current_dir(dir);
+    c
+}
+
+/// `groupsync run <job>` in `dir`: its exit code, stdout and stderr.
+pub fn run_job(dir: &Path, job: &str) -> (i32, String, String) {
+    let out = groupsync_in(dir).args(["run", job]).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `dir/jobs/<name>.toml`: a job with this tag, source user, group and destinations.
+pub fn write_job_file(
+    dir: &Path,
+    name: &str,
+    (tag, source, group): (&str, &str, &str),
+    dests: &[&str],
+) {
+    let d: Vec<String> = dests.iter().map(|d| format!("\"{d}\"")).collect();
+    fs::write(
+        dir.join("jobs").join(format!("{name}.toml")),
+        format!(
+            "tag = \"{tag}\"\nsource = \"{source}\"\ngroup = \"{group}\"\ndestinations = [{}]\n",
+            d.join(", ")
+        ),
+    )
+    .unwrap();
+}
+
+/// `groupsync run <job>` in `dir`, in the background, its output dropped (to be killed).
+pub fn spawn_run(dir: &Path, job: &str) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_groupsync"))
+        .args(["run", job])
+        .env("GROUPSYNC_CONFIG", dir.join("groupsync.toml"))
+        .env("GROUPSYNC_LOCK_WAIT", "5")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Runs `groupsync run <job>` and kills it, once per kill time (milliseconds after the start),
+/// calling `before(round)` ahead of each run (to change the source in between).
+pub fn killed_runs(dir: &Path, job: &str, kill_ms: &[u64], mut before: impl FnMut(usize)) {
+    for (round, ms) in kill_ms.iter().enumerate() {
+        before(round);
+        let mut child = spawn_run(dir, job);
+        std::thread::sleep(std::time::Duration::from_millis(*ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // A request the killed run had sent may still be at the server; a restart (a systemd
+        // timer, a person) comes later than that.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

@@ -102,9 +102,7 @@ pub fn photo_of(card: &VCard) -> Option<String> {
 /// The photo marker of a contact read from `owner`'s mailbox: a copy's is the source photo it
 /// was given; anyone else's says where it is and which version.
 fn photo_marker(c: &Value, owner: &str, tagged: bool) -> Option<String> {
-    if c["photo"].as_object().is_none() {
-        return None;
-    }
+    c["photo"].as_object()?;
     if tagged {
         return Some(extended(c, PHOTO_NAME).unwrap_or_else(|| "unknown".into()));
     }
