@@ -602,7 +602,8 @@ fn photos_follow_the_source_and_a_moved_contact_keeps_its_own() {
     assert_eq!(photo(bob, &src[0]), Some(jpeg(1)));
     assert_eq!(photo(bob, &src[1]), Some(jpeg(2)));
     assert_eq!(photo(bob, &src[2]), None);
-    // A rerun puts no photo again.
+    // A rerun puts no photo again; nor does an edit of a source contact that kept its photo
+    // (the copy is relabelled, not given the same bytes again).
     r.fake.reset_counts();
     r.run_ok();
     assert_eq!(
@@ -611,6 +612,21 @@ fn photos_follow_the_source_and_a_moved_contact_keeps_its_own() {
         "{:?}",
         r.fake.counts()
     );
+    r.fake.with_mailbox(alice, |m| {
+        m.edit(&src[1], |c| c["jobTitle"] = json!("Edited"))
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert_eq!(c.get("photo.put"), None, "{c:?}");
+    assert_eq!(c.get("contacts.update"), Some(&2), "{c:?}");
+    assert_eq!(
+        c.get("photo.get"),
+        Some(&1),
+        "one read of the photo for both: {c:?}"
+    );
+    assert_eq!(photo(bob, &src[1]), Some(jpeg(2)));
+    assert_eq!(r.by_source(bob)[&src[1]]["jobTitle"], "Edited");
     // A new source photo reaches the copies; a removed one is removed (the copy made anew).
     r.fake.with_mailbox(alice, |m| {
         m.set_photo(&src[0], &jpeg(9));

@@ -94,6 +94,22 @@ pub fn photo_source(marker: &str) -> Option<(&str, &str)> {
     Some((parts.next()?, parts.next()?))
 }
 
+/// On a copy: the digest of the photo bytes it was given (its `gSyncPhoto` is
+/// `<marker>|<digest>`), so a source photo that did not change is not put again.
+pub fn photo_digest(c: &Value) -> Option<String> {
+    c["photo"].as_object()?;
+    let given = extended(c, PHOTO_NAME)?;
+    given.split_once('|').map(|(_, d)| d.to_string())
+}
+
+/// Sets a copy's `gSyncPhoto` (`<marker>|<digest>`) in a contact body made by `new_contact` or
+/// `update_body`.
+pub fn set_photo_value(body: &mut Value, value: &str) {
+    if let Some(props) = body["singleValueExtendedProperties"].as_array_mut() {
+        props.push(json!({"id": property_id(PHOTO_NAME), "value": value}));
+    }
+}
+
 /// The photo marker a card carries.
 pub fn photo_of(card: &VCard) -> Option<String> {
     card::first_text_ref(card, PHOTO_PROPERTY).map(str::to_string)
@@ -104,7 +120,8 @@ pub fn photo_of(card: &VCard) -> Option<String> {
 fn photo_marker(c: &Value, owner: &str, tagged: bool) -> Option<String> {
     c["photo"].as_object()?;
     if tagged {
-        return Some(extended(c, PHOTO_NAME).unwrap_or_else(|| "unknown".into()));
+        let given = extended(c, PHOTO_NAME).unwrap_or_else(|| "unknown".into());
+        return Some(given.split('|').next().unwrap_or_default().to_string());
     }
     Some(format!(
         "photo {owner} {} {}",
@@ -393,9 +410,6 @@ fn put_tag(card: &VCard, visible_tag: bool, body: &mut Map<String, Value>) {
     let mut props = vec![json!({"id": property_id(TAG_NAME), "value": format!("{tag}:{source}")})];
     if let Some(via) = card::first_text_ref(card, card::VIA_PROPERTY).filter(|v| !v.is_empty()) {
         props.push(json!({"id": property_id(VIA_NAME), "value": via}));
-    }
-    if let Some(p) = photo_of(card) {
-        props.push(json!({"id": property_id(PHOTO_NAME), "value": p}));
     }
     body.insert("singleValueExtendedProperties".into(), Value::Array(props));
     let cats = body

@@ -69,17 +69,23 @@ impl GraphBackend {
     /// Looks up every user a run may need in `$batch` chains of 20 (instead of a request
     /// each); `lookup_user` then takes each answer once.
     pub(super) async fn look_up_all(&self, names: &[String]) {
-        let names: Vec<&String> = names.iter().filter(|n| !n.contains(':')).collect();
+        let mut names: Vec<String> = names
+            .iter()
+            .filter(|n| !n.contains(':'))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect();
+        names.sort();
+        names.dedup();
         if names.len() < 2 {
             return;
         }
         let reqs: Vec<Request> = names.iter().map(|n| user_request(n)).collect();
-        let answers = self.client.batch(DIRECTORY, &reqs).await;
+        let answers = self.client.batch(None, &reqs).await;
         let mut cache = crate::mutex::lock(&self.looked_up);
         for (n, a) in names.into_iter().zip(answers) {
             // Only answers that settle the question are kept; others are asked again alone.
             if a.as_ref().map_or_else(|e| e.status == 404, |_| true) {
-                cache.insert(n.trim().to_ascii_lowercase(), a);
+                cache.insert(n, a);
             }
         }
     }
@@ -214,9 +220,6 @@ impl GraphBackend {
         out
     }
 }
-
-/// The key directory batches share their places under (they are no mailbox's).
-const DIRECTORY: &str = "";
 
 /// The lookup of one user.
 fn user_request(name: &str) -> Request {

@@ -39,6 +39,8 @@ use http::Client;
 /// The name of a mailbox's default contacts folder, where a removed destination's own contacts
 /// go.
 pub const DEFAULT_FOLDER: &str = "Contacts";
+/// Contacts one write call takes (split into `$batch` envelopes of `http::BATCH_MAX`).
+const WRITE_CHUNK: usize = 200;
 /// The id groupsync uses for the default folder (its contacts are at `/users/{id}/contacts`).
 pub const DEFAULT_FOLDER_ID: &str = "contacts";
 
@@ -110,14 +112,16 @@ impl Backend for GraphBackend {
         "graph"
     }
 
-    /// Batches of 20, delta tokens, pages of 1,000, conditional deletes; no folder versions.
+    /// Writes 200 at a time (sent as ten `$batch` envelopes of 20, so a write's photos go in
+    /// few envelopes too), delta tokens, pages of 1,000, conditional deletes; no folder
+    /// versions.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             group_versions: false,
             change_tokens: true,
             page_size: 1000,
-            batch_size: http::BATCH_MAX,
-            delete_batch_size: http::BATCH_MAX,
+            batch_size: WRITE_CHUNK,
+            delete_batch_size: WRITE_CHUNK,
             read_before_update: &[contact::PHOTO_PROPERTY],
             conditional_deletes: true,
         }

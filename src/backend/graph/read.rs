@@ -19,6 +19,14 @@ use crate::backend::{
 };
 use crate::card;
 
+/// A page of a folder listing, each contact left as its JSON text.
+#[derive(serde::Deserialize)]
+struct Page {
+    value: Vec<Box<serde_json::value::RawValue>>,
+    #[serde(rename = "@odata.nextLink")]
+    next: Option<String>,
+}
+
 /// Contacts per page of a folder listing.
 const LIST_PAGE: usize = 1000;
 /// Contacts per page of a delta (Graph answers at most about 200 contacts a delta page).
@@ -31,7 +39,8 @@ impl GraphBackend {
         let card = contact::to_card(c, self.cfg.visible_tag, &user.id);
         let id = c["id"].as_str().unwrap_or_default().to_string();
         if card::tag_of(&card).is_some() {
-            self.photos.now(&user.id, &id, contact::photo_of(&card));
+            let now = contact::photo_of(&card).map(|m| (m, contact::photo_digest(c)));
+            self.photos.now(&user.id, &id, now);
         }
         Contact {
             id,
@@ -76,12 +85,20 @@ impl GraphBackend {
             Self::read_query(how.depth)
         ));
         while let Some(path) = next.take() {
+            let mut req = Request::get("contacts.list", path);
+            req.raw_answer = true;
             let a = self
                 .client
-                .send(Some(&user.id), &Request::get("contacts.list", path))
+                .send(Some(&user.id), &req)
                 .await
                 .map_err(|e| e.to_backend(&what))?;
-            for c in a.body["value"].as_array().into_iter().flatten() {
+            // A page of up to 1,000 contacts is read one contact at a time, never as one tree.
+            let page: Page = serde_json::from_slice(&a.bytes)
+                .map_err(|e| BackendError::Invalid(format!("{what}: a page Graph sent: {e}")))?;
+            for raw in &page.value {
+                let Ok(c) = serde_json::from_str::<Value>(raw.get()) else {
+                    continue;
+                };
                 let (id, etag) = (
                     c["id"].as_str().unwrap_or(""),
                     c["changeKey"].as_str().unwrap_or(""),
@@ -91,10 +108,15 @@ impl GraphBackend {
                         id: id.to_string(),
                         etag: etag.to_string(),
                     }),
-                    _ => sink(Read::Contact(self.contact_of(user, c))),
+                    _ => sink(Read::Contact(self.contact_of(user, &c))),
                 }
             }
-            next = self.next_link(&a.body, "@odata.nextLink")?;
+            next = match page.next {
+                Some(l) => Some(self.client.path_of(&l).ok_or_else(|| {
+                    BackendError::Invalid(format!("Graph handed a link to another host: {l}"))
+                })?),
+                None => None,
+            };
         }
         Ok(token)
     }
@@ -149,7 +171,7 @@ impl GraphBackend {
                 Request::get("contacts.get", path)
             })
             .collect();
-        for r in self.client.batch(&user.id, &reqs).await {
+        for r in self.client.batch(Some(&user.id), &reqs).await {
             match r {
                 Ok(a) => sink(self.contact_of(user, &a.body)),
                 Err(e) if e.status == 404 => {}

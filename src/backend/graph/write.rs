@@ -14,26 +14,39 @@ use serde_json::Value;
 
 use super::contact::{self, MOVED_NAME, TAG_NAME, property_id};
 use super::http::{ApiError, Body, Request};
+use super::photo::PhotoPlan;
 use super::{DEFAULT_FOLDER_ID, GraphBackend, contacts_path, enc, literal};
 use crate::backend::{BackendError, GroupRef, Result, User, Written};
 use crate::card::{self, FieldSelection};
+use bytes::Bytes;
 
-/// What an update does to a copy's photo.
-enum Photo {
-    Keep,
-    Put(String),
-    Remake,
+/// The photos to put after a write: `(index, (contact id, bytes))` of each written contact
+/// whose plan puts one.
+fn photos_to_put<T>(
+    plans: &[PhotoPlan],
+    out: &[Result<T>],
+    id_of: impl Fn(&T) -> String,
+) -> Vec<(usize, (String, Bytes))> {
+    plans
+        .iter()
+        .zip(out)
+        .enumerate()
+        .filter_map(|(k, (p, r))| match (p, r) {
+            (PhotoPlan::Put(_, b), Ok(w)) => Some((k, (id_of(w), b.clone()))),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The result of one update: the new change key; a copy deleted to be made anew is a
 /// `Conflict`.
 fn updated(
     r: std::result::Result<super::http::Answer, ApiError>,
-    p: &Photo,
+    p: &PhotoPlan,
     what: &str,
 ) -> Result<String> {
     match (r, p) {
-        (Ok(_), Photo::Remake) => Err(BackendError::Conflict {
+        (Ok(_), PhotoPlan::Remake) => Err(BackendError::Conflict {
             what: format!("{what} (its source photo is gone: made anew)"),
         }),
         (Ok(a), _) => a.body["changeKey"]
@@ -43,6 +56,9 @@ fn updated(
         (Err(e), _) => Err(e.to_backend(what)),
     }
 }
+
+/// What a write's answer is kept of.
+const WRITTEN: &[&str] = &["id", "changeKey"];
 
 /// The `If-Match` of a change key.
 fn if_match(etag: &str) -> String {
@@ -68,7 +84,8 @@ fn until_stop<T>(results: Vec<Result<T>>) -> Vec<Result<T>> {
 }
 
 impl GraphBackend {
-    /// Creates contacts; a create whose answer was lost is settled by a read by tag.
+    /// Creates contacts, with their photos; a create whose answer was lost is settled by a
+    /// read by tag.
     pub(super) async fn create_all(
         &self,
         user: &User,
@@ -76,59 +93,49 @@ impl GraphBackend {
         cards: &[&VCard],
     ) -> Vec<Result<Written>> {
         let what = |c: &VCard| format!("contact {:?} of {}", card::display_name(c), user.name);
-        let reqs: Vec<Request> = cards
-            .iter()
-            .map(|c| {
-                Request::with_body(
-                    "contacts.create",
-                    Method::POST,
-                    contacts_path(user, &group.id),
-                    contact::new_contact(c, self.cfg.visible_tag),
-                )
-            })
-            .collect();
+        let mut plans = Vec::with_capacity(cards.len());
+        let mut reqs = Vec::with_capacity(cards.len());
+        for c in cards {
+            let plan = self.photo_for_new(c).await;
+            let mut body = contact::new_contact(c, self.cfg.visible_tag);
+            if let Some(v) = plan.value() {
+                contact::set_photo_value(&mut body, v);
+            }
+            let path = contacts_path(user, &group.id);
+            let create = Request::with_body("contacts.create", Method::POST, path, body);
+            reqs.push(create.keeping(WRITTEN));
+            plans.push(plan);
+        }
+        let answers = self.client.batch(Some(&user.id), &reqs).await;
         let mut out = vec![];
-        for (r, c) in self
-            .client
-            .batch(&user.id, &reqs)
-            .await
-            .into_iter()
-            .zip(cards)
-        {
+        for ((r, c), req) in answers.into_iter().zip(cards).zip(&reqs) {
             out.push(match r {
                 Ok(a) => written(&a.body)
                     .ok_or_else(|| BackendError::Invalid(format!("{}: Graph gave no id", what(c)))),
-                Err(e) if e.ambiguous => self.settle_create(user, group, c, &e).await,
+                Err(e) if e.ambiguous => self.settle_create(user, group, c, req, &e).await,
                 Err(e) => Err(e.to_backend(&what(c))),
             });
         }
-        let photos: Vec<(usize, (String, String))> = out
-            .iter()
-            .zip(cards)
-            .enumerate()
-            .filter_map(|(k, (r, c))| {
-                Some((k, (r.as_ref().ok()?.id.clone(), contact::photo_of(c)?)))
-            })
-            .collect();
+        let photos = photos_to_put(&plans, &out, |w| w.id.clone());
         self.with_photos(user, &group.id, photos, &mut out, |w, etag| w.etag = etag)
             .await;
         until_stop(out)
     }
 
-    /// Puts the photos `items` (`(index in out, (contact id, marker))`) and sets each
+    /// Puts the photos `items` (`(index in out, (contact id, bytes))`) and sets each
     /// written contact's new change key, or its error.
     async fn with_photos<T>(
         &self,
         user: &User,
         folder: &str,
-        items: Vec<(usize, (String, String))>,
+        items: Vec<(usize, (String, Bytes))>,
         out: &mut [Result<T>],
         set: impl Fn(&mut T, String),
     ) {
         if items.is_empty() {
             return;
         }
-        let (at, puts): (Vec<usize>, Vec<(String, String)>) = items.into_iter().unzip();
+        let (at, puts): (Vec<usize>, Vec<(String, Bytes)>) = items.into_iter().unzip();
         for (k, r) in at
             .into_iter()
             .zip(self.put_photos(user, folder, &puts).await)
@@ -147,6 +154,7 @@ impl GraphBackend {
         user: &User,
         group: &GroupRef,
         c: &VCard,
+        req: &Request,
         lost: &ApiError,
     ) -> Result<Written> {
         let what = format!("contact {:?} of {}", card::display_name(c), user.name);
@@ -172,13 +180,7 @@ impl GraphBackend {
         if let Some(w) = found.body["value"].get(0).and_then(written) {
             return Ok(w);
         }
-        let req = Request::with_body(
-            "contacts.create",
-            Method::POST,
-            contacts_path(user, &group.id),
-            contact::new_contact(c, self.cfg.visible_tag),
-        );
-        match self.client.send(Some(&user.id), &req).await {
+        match self.client.send(Some(&user.id), req).await {
             Ok(a) => {
                 written(&a.body).ok_or_else(|| BackendError::Invalid(format!("{what}: no id")))
             }
@@ -197,46 +199,35 @@ impl GraphBackend {
         items: &[(&str, &str, &VCard)],
         fields: &FieldSelection,
     ) -> Vec<Result<String>> {
-        let plan: Vec<Photo> = items
-            .iter()
-            .map(|(id, _, c)| {
-                let want = contact::photo_of(c);
-                match (want, self.photos.take(&user.id, id)) {
-                    (None, Some(Some(_))) => Photo::Remake,
-                    (Some(w), Some(Some(n))) if w == n => Photo::Keep,
-                    (None, _) => Photo::Keep,
-                    (Some(w), _) => Photo::Put(w),
+        let mut plans = Vec::with_capacity(items.len());
+        let mut reqs = Vec::with_capacity(items.len());
+        for (id, etag, c) in items {
+            let plan = self.photo_for_update(user, id, c).await;
+            reqs.push(match &plan {
+                PhotoPlan::Remake => delete_request(user, &group.id, id, etag),
+                p => {
+                    let mut body = contact::update_body(c, fields, self.cfg.visible_tag);
+                    if let Some(v) = p.value() {
+                        contact::set_photo_value(&mut body, v);
+                    }
+                    let path = contact_path(user, &group.id, id);
+                    Request::with_body("contacts.update", Method::PATCH, path, body)
+                        .header("If-Match", if_match(etag))
+                        .keeping(WRITTEN)
                 }
-            })
-            .collect();
-        let reqs: Vec<Request> = items
-            .iter()
-            .zip(&plan)
-            .map(|((id, etag, c), p)| match p {
-                Photo::Remake => delete_request(user, &group.id, id, etag),
-                _ => Request::with_body(
-                    "contacts.update",
-                    Method::PATCH,
-                    contact_path(user, &group.id, id),
-                    contact::update_body(c, fields, self.cfg.visible_tag),
-                )
-                .header("If-Match", if_match(etag)),
-            })
-            .collect();
-        let answers = self.client.batch(&user.id, &reqs).await;
+            });
+            plans.push(plan);
+        }
+        let answers = self.client.batch(Some(&user.id), &reqs).await;
         let mut out: Vec<Result<String>> = answers
             .into_iter()
-            .zip(items.iter().zip(&plan))
+            .zip(items.iter().zip(&plans))
             .map(|(r, ((id, ..), p))| updated(r, p, &format!("contact {id} of {}", user.name)))
             .collect();
-        let photos: Vec<(usize, (String, String))> = items
-            .iter()
-            .zip(&plan)
-            .enumerate()
-            .filter_map(|(k, ((id, ..), p))| match p {
-                Photo::Put(m) if out[k].is_ok() => Some((k, (id.to_string(), m.clone()))),
-                _ => None,
-            })
+        let ids: Vec<String> = items.iter().map(|(id, ..)| id.to_string()).collect();
+        let photos = photos_to_put(&plans, &out, |_| String::new())
+            .into_iter()
+            .map(|(k, (_, b))| (k, (ids[k].clone(), b)))
             .collect();
         self.with_photos(user, &group.id, photos, &mut out, |e, etag| *e = etag)
             .await;
@@ -255,7 +246,7 @@ impl GraphBackend {
             .iter()
             .map(|(id, etag)| delete_request(user, &group.id, id, etag))
             .collect();
-        let answers = self.client.batch(&user.id, &reqs).await;
+        let answers = self.client.batch(Some(&user.id), &reqs).await;
         let out = answers
             .into_iter()
             .zip(items)
