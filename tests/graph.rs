@@ -701,3 +701,92 @@ fn a_lost_state_and_safety_limits() {
     assert_eq!(r.copies("bob@example.com").len(), 12, "nothing deleted");
     r.assert_no_violations();
 }
+
+#[test]
+fn check_reports_the_setup_the_users_and_the_permissions() {
+    let r = Rig::new(2);
+    r.fake.set_group("team@example.com", &["dave@example.com"]);
+    r.write_job(&["bob@example.com", "group:team@example.com"]);
+    let check = || {
+        let out = common::groupsync_in(r.path())
+            .arg("check")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    r.fake.reset_counts();
+    let (code, out) = check();
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("allowed domains: example.com"), "{out}");
+    assert!(out.contains(r.fake.client_id()), "{out}");
+    let c = r.fake.counts();
+    assert!(
+        !c.keys()
+            .any(|k| k.contains("create") || k.contains("update") || k.contains("delete")),
+        "check wrote something: {c:?}"
+    );
+    // A missing source folder and an unknown user, each named.
+    common::write_job_file(
+        r.path(),
+        "sales",
+        (TAG, "alice@example.com", "Sale"),
+        &["nobody@example.com"],
+    );
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("nobody@example.com"), "{out}");
+    assert!(out.contains("\"Sale\""), "{out}");
+    // No consent: the permissions to grant are named; no secret or token is printed.
+    r.write_job(&["bob@example.com"]);
+    r.fake.set_roles(&[]);
+    let (code, out) = check();
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("Contacts.ReadWrite") && out.contains("User.Read.All"),
+        "{out}"
+    );
+    assert!(!out.contains(r.fake.client_secret()), "{out}");
+    r.assert_no_violations();
+}
+
+#[test]
+fn a_quota_storm_is_waited_out_and_a_deletion_limit_stops_the_run() {
+    let r = Rig::new(40);
+    // 25 requests per mailbox per 2 s (Outlook: 10,000 per 10 minutes): the first run meets
+    // 429 after 429, each with its Retry-After, and still converges, breaking no rule.
+    r.fake.set_options(Options {
+        requests_per_window: 25,
+        window: std::time::Duration::from_secs(2),
+        ..Options::default()
+    });
+    r.run_ok();
+    assert_eq!(r.copies("bob@example.com"), r.source_ids());
+    assert_eq!(r.copies("carol@example.com"), r.source_ids());
+    r.fake.set_options(Options::default());
+    // The job allows max(2, 1 %) deletions a run: a source that lost 5 contacts stops the run
+    // (exit 3).
+    let job = r.path().join("jobs/sales.toml");
+    let text = fs::read_to_string(&job).unwrap();
+    fs::write(
+        &job,
+        format!("{text}\n[limits]\nmax_delete = 2\nmax_delete_percent = 1\n"),
+    )
+    .unwrap();
+    let src = r.source_ids();
+    r.fake.with_mailbox("alice@example.com", |m| {
+        for s in src.iter().take(5) {
+            m.delete(s);
+        }
+    });
+    let (code, out, err) = r.run();
+    assert_eq!(code, 3, "{out}{err}");
+    assert_eq!(r.copies("bob@example.com").len(), 40, "nothing deleted");
+    r.assert_no_violations();
+}

@@ -27,6 +27,8 @@ use crate::backend::BackendError;
 pub const PER_MAILBOX: usize = 4;
 /// Requests in one `$batch`.
 pub const BATCH_MAX: usize = 20;
+/// Large pages (folder listings of up to 1,000 contacts) held at once.
+const LARGE_PAGES: usize = 2;
 /// Asks for ids that survive a contact's move between folders.
 const IMMUTABLE_IDS: &str = "IdType=\"ImmutableId\"";
 /// Rounds of a batch before the requests it still could not run are given up (for this run).
@@ -176,6 +178,9 @@ pub struct Answer {
     pub status: u16,
     pub body: Value,
     pub bytes: bytes::Bytes,
+    /// For a large page (`Request::raw_answer`): one of a few places among the pages held at
+    /// once, given back when the caller drops the answer.
+    pub held: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 /// Calls made, by operation (batch items counted under their own operation too).
@@ -203,6 +208,8 @@ pub struct Client {
     mailboxes: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
     pub counts: OpCounts,
     pub retries: AtomicU64,
+    /// Places for large pages held at once (see `Answer::held`).
+    large: Arc<tokio::sync::Semaphore>,
 }
 
 /// A failed attempt.
@@ -228,6 +235,7 @@ impl Client {
             mailboxes: Default::default(),
             counts: Default::default(),
             retries: Default::default(),
+            large: Arc::new(tokio::sync::Semaphore::new(LARGE_PAGES)),
         }
     }
 
@@ -331,15 +339,22 @@ impl Client {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok()),
         );
+        // A large page waits in its connection for a place before it is read: memory does not
+        // grow with the number of mailboxes read at once.
+        let held = match req.raw_answer && status.is_success() {
+            true => self.large.clone().acquire_owned().await.ok().map(Arc::new),
+            false => None,
+        };
         let bytes = resp
             .bytes()
             .await
             .map_err(|e| transport_error(req, e, true))?;
-        if status.is_success() && req.raw_answer {
+        if held.is_some() {
             return Ok(Answer {
                 status: status.as_u16(),
                 body: Value::Null,
                 bytes,
+                held,
             });
         }
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -348,6 +363,7 @@ impl Client {
                 status: status.as_u16(),
                 body,
                 bytes,
+                held: None,
             });
         }
         if status == StatusCode::UNAUTHORIZED {
@@ -604,6 +620,7 @@ fn answers_in_order(body: &Value, n: usize) -> Vec<Result<Answer, ApiError>> {
                 status,
                 body: item_body,
                 bytes: Default::default(),
+                held: None,
             })
         } else {
             let headers = &r["headers"];

@@ -57,6 +57,10 @@ fn updated(
     }
 }
 
+/// Times a create whose answer was lost is read back and sent again before it is left for the
+/// next run.
+const SETTLE_ROUNDS: usize = 6;
+
 /// What a write's answer is kept of.
 const WRITTEN: &[&str] = &["id", "changeKey"];
 
@@ -172,21 +176,31 @@ impl GraphBackend {
             contacts_path(user, &group.id),
             enc(&filter)
         );
-        let found = self
-            .client
-            .send(Some(&user.id), &Request::get("contacts.list", path))
-            .await
-            .map_err(|e| e.to_backend(&what))?;
-        if let Some(w) = found.body["value"].get(0).and_then(written) {
-            return Ok(w);
-        }
-        match self.client.send(Some(&user.id), req).await {
-            Ok(a) => {
-                written(&a.body).ok_or_else(|| BackendError::Invalid(format!("{what}: no id")))
+        let find = Request::get("contacts.list", path);
+        let mut lost = lost.clone();
+        // Each round reads the folder by tag before the create is sent again: never twice.
+        for _ in 0..SETTLE_ROUNDS {
+            if let Some(after) = lost.retry_after {
+                tokio::time::sleep(after.min(std::time::Duration::from_secs(120))).await;
             }
-            Err(e) if e.ambiguous => Err(BackendError::Transient(format!("{what}: {e}"))),
-            Err(e) => Err(e.to_backend(&what)),
+            let found = self
+                .client
+                .send(Some(&user.id), &find)
+                .await
+                .map_err(|e| e.to_backend(&what))?;
+            if let Some(w) = found.body["value"].get(0).and_then(written) {
+                return Ok(w);
+            }
+            match self.client.send(Some(&user.id), req).await {
+                Ok(a) => {
+                    return written(&a.body)
+                        .ok_or_else(|| BackendError::Invalid(format!("{what}: no id")));
+                }
+                Err(e) if e.ambiguous => lost = e,
+                Err(e) => return Err(e.to_backend(&what)),
+            }
         }
+        Err(BackendError::Transient(format!("{what}: {lost}")))
     }
 
     /// Updates copies, each only if its change key is still the one given, and their photos.
