@@ -16,6 +16,7 @@
 //! This module must not decide what to write, and never logs a secret, a key or a token.
 
 pub mod auth;
+mod batch;
 pub mod contact;
 mod directory;
 pub mod fields;
