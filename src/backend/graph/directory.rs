@@ -66,7 +66,7 @@ impl GraphBackend {
         }))
     }
 
-    /// Looks up every user a run may need in `$batch` chains of 20 (instead of a request
+    /// Looks up every user a run may need in `$batch` envelopes of 20 (instead of a request
     /// each); `lookup_user` then takes each answer once.
     pub(super) async fn look_up_all(&self, names: &[String]) {
         let mut names: Vec<String> = names

@@ -9,7 +9,7 @@
 //!   Outlook category when `visible_tag` is on.
 //! - Reads list a folder 1,000 contacts a page with the tag expanded; reruns read the folder's
 //!   contacts delta (the deltaLink is the change token) and fetch only what changed.
-//! - Writes go in `$batch` chains of 20, each conditional on the contact's change key
+//! - Writes go in `$batch` envelopes of 20, each conditional on the contact's change key
 //!   (`If-Match`); never more than four requests in flight per mailbox (Outlook's limit). A
 //!   create whose answer was lost is never sent again before the folder is read by tag.
 //!

@@ -1,5 +1,5 @@
 //! Reading a folder: whole (1,000 contacts a page, the tag properties expanded), by id (in
-//! `$batch` chains), and by its contacts delta, whose deltaLink is the change token.
+//! `$batch` envelopes), and by its contacts delta, whose deltaLink is the change token.
 //!
 //! A delta names what changed, with the change key; only contacts the engine does not know as
 //! it wrote them are fetched whole (a delta cannot expand the tag). Removed contacts, and those
@@ -155,7 +155,7 @@ impl GraphBackend {
         self.client.send(Some(&user.id), &req).await.map(|a| a.body)
     }
 
-    /// Reads contacts of a folder by id, in `$batch` chains; missing ones are left out.
+    /// Reads contacts of a folder by id, in `$batch` envelopes; missing ones are left out.
     pub(super) async fn fetch_by_ids(
         &self,
         user: &User,

@@ -1,4 +1,4 @@
-//! Writing contacts: creates, updates and deletes in `$batch` chains (updates and deletes
+//! Writing contacts: creates, updates and deletes in `$batch` envelopes (updates and deletes
 //! conditional on the change key, `If-Match`), and the move of a user's own contact to the
 //! default folder (Graph has no move for contacts: copied with its photo and a mark of where it
 //! came from, then deleted; a move cut short is found by that mark and not made twice).
