@@ -790,3 +790,41 @@ fn a_quota_storm_is_waited_out_and_a_deletion_limit_stops_the_run() {
     assert_eq!(r.copies("bob@example.com").len(), 40, "nothing deleted");
     r.assert_no_violations();
 }
+
+#[test]
+fn copies_groupsync_updated_are_known_at_the_next_rerun() {
+    let r = Rig::new(10);
+    r.run_ok();
+    r.run_ok();
+    // A user edits two copies and the source one contact: the run overwrites the copies and
+    // updates every copy of the source contact.
+    let bob = "bob@example.com";
+    let copies = r.by_source(bob);
+    let src = r.source_ids();
+    r.fake.with_mailbox(bob, |m| {
+        for s in &src[..2] {
+            m.edit(copies[s]["id"].as_str().unwrap(), |c| {
+                c["jobTitle"] = json!("mine")
+            });
+        }
+    });
+    r.fake.with_mailbox("alice@example.com", |m| {
+        m.edit(&src[5], |c| c["jobTitle"] = json!("New"))
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    assert_eq!(
+        r.fake.counts().get("contacts.update"),
+        Some(&4),
+        "{:?}",
+        r.fake.counts()
+    );
+    // The next run sees groupsync's own updates in the delta and knows them by their change
+    // key: nothing is read again, nothing written.
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    assert_eq!(c.get("contacts.get"), None, "{c:?}");
+    assert_eq!(c.get("contacts.delta"), Some(&2), "{c:?}");
+    assert_eq!(c.get("contacts.update"), None, "{c:?}");
+}

@@ -131,9 +131,10 @@ impl GraphBackend {
         }
     }
 
-    /// Walks a folder's delta from the start to its deltaLink, reading ids only.
+    /// Walks a folder's delta from the start to its deltaLink, reading ids and change keys
+    /// (the change key is what later rounds of this token tell groupsync's own writes by).
     async fn delta_link(&self, user: &User, folder: &str) -> Result<String> {
-        let first = format!("{}/delta?$select=id", contacts_path(user, folder));
+        let first = format!("{}/delta?$select=id,changeKey", contacts_path(user, folder));
         let mut next = first;
         loop {
             let a = self
