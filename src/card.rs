@@ -23,6 +23,10 @@ pub const SOURCE_PROPERTY: &str = "X-GSYNC-SOURCE";
 /// copy: `gSync1,gSync2`): a job never copies a contact that came through it, so jobs that feed
 /// each other never grow.
 pub const VIA_PROPERTY: &str = "X-GSYNC-VIA";
+/// A managed-only marker a provider puts on a copy that needs repair (its visible tag, or its
+/// group membership, missing), so it differs from its source and gets rewritten. Never written
+/// to a provider.
+pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
 
 /// Properties that describe the card itself rather than the person: never copied, never compared.
 const STRUCTURAL: &[&str] = &[
@@ -288,8 +292,8 @@ impl FieldSelection {
                     set.extend(crate::backend::google::fields::expand_field_names(f.trim()));
                     set.extend(crate::backend::graph::fields::expand_field_names(f.trim()));
                 }
-                // The repair marker of a Google copy is always managed.
-                set.insert(crate::backend::google::fields::REPAIR_PROPERTY.into());
+                // The repair marker of a copy is always managed.
+                set.insert(REPAIR_PROPERTY.into());
                 FieldSelection::Only(set)
             }
         }

@@ -3,10 +3,6 @@
 //! it imports nothing, so the card module and the job files can use these tables without
 //! depending on the Google backend.
 
-/// A managed-only marker: a copy that needs repair (visible tag or group membership missing)
-/// carries it, so it differs from its source and gets rewritten. Never written to Google.
-pub const REPAIR_PROPERTY: &str = "X-GSYNC-REPAIR";
-
 /// The card property that carries a contact's photo: the source's photo URL (on a copy: the
 /// source photo it was given, read from its `gSyncPhoto` clientData, while it still has it).
 pub const PHOTO_PROPERTY: &str = "X-GOOGLE-PHOTOS";

@@ -15,11 +15,9 @@ use calcard::vcard::{VCard, VCardEntry, VCardProperty, VCardValue};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::card::{self, FieldSelection};
+use crate::card::{self, FieldSelection, REPAIR_PROPERTY};
 
-pub use super::fields::{
-    COPIED_FIELDS, PHOTO_PROPERTY, REPAIR_PROPERTY, expand_field_names, property_of,
-};
+pub use super::fields::{COPIED_FIELDS, PHOTO_PROPERTY, expand_field_names, property_of};
 use super::fields::{COPIED_PROPERTIES, field_index};
 
 /// The clientData / userDefined key of the tag.

@@ -39,7 +39,7 @@ pub const PHOTO_PROPERTY: &str = super::fields::PHOTO;
 pub const FOLDER_NAME: &str = "gSyncFolder";
 /// Marks a copy whose visible category a user removed, so the engine rewrites it; never sent
 /// (the same marker as a Google copy's, always managed: see `FieldSelection::from_list`).
-pub use crate::backend::google::fields::REPAIR_PROPERTY;
+pub use crate::card::REPAIR_PROPERTY;
 /// The id of one of groupsync's named extended properties.
 pub fn property_id(name: &str) -> String {
     format!("String {PROPERTY_SET} Name {name}")
