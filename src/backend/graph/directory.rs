@@ -58,8 +58,6 @@ impl GraphBackend {
                 "{name}: the account is disabled"
             )));
         }
-        let upn = u["userPrincipalName"].as_str().unwrap_or(name).to_string();
-        crate::mutex::lock(&self.names).insert(id.clone(), upn);
         Ok(Some(User {
             id,
             name: name.to_string(),

@@ -51,8 +51,6 @@ pub struct GraphBackend {
     client: Client,
     /// The tenant's verified domains (or `allowed_domains`), read once.
     domains: tokio::sync::OnceCell<Vec<String>>,
-    /// Entra object id → user principal name, filled by `resolve_user`.
-    names: Mutex<HashMap<String, String>>,
     photos: photo::Photos,
     /// Users looked up ahead in batches (`prepare_users`), by lower-case name, each taken once.
     looked_up: Mutex<HashMap<String, std::result::Result<http::Answer, http::ApiError>>>,
@@ -79,7 +77,6 @@ impl GraphBackend {
             cfg,
             client,
             domains: Default::default(),
-            names: Default::default(),
             photos: Default::default(),
             looked_up: Default::default(),
         })
