@@ -153,11 +153,13 @@ fn minimum(w: &str, a: &Args) -> (usize, usize, usize) {
             let n = 1 + delta_pages + pages;
             (n, n, n)
         }
-        "W2b" => (1, 1, 1),
-        // The delta, the users' edited copies read, the updates (edited source + edited copies).
+        // The delta, with the folder list that tells a folder a user deleted, in one envelope.
+        "W2b" => (1, 2, 1),
+        // The delta (and the folder list), the users' edited copies read, the updates (edited
+        // source + edited copies).
         "W3" => (
             1 + n.div_ceil(20) + (2 * n).div_ceil(20),
-            1 + 3 * n,
+            2 + 3 * n,
             1 + n.div_ceil(4) + (2 * n).div_ceil(4),
         ),
         // The folder found and read for tags, the copies read for the trash and deleted, the

@@ -41,6 +41,13 @@ const STRUCTURAL: &[&str] = &[
     VIA_PROPERTY,
 ];
 
+/// True for a property that describes the card itself or is groupsync's own bookkeeping
+/// (VERSION, UID, the tag properties, the repair marker), not the person.
+pub fn is_internal_property(name: &str) -> bool {
+    STRUCTURAL.iter().any(|s| s.eq_ignore_ascii_case(name))
+        || name.eq_ignore_ascii_case(REPAIR_PROPERTY)
+}
+
 /// Parses one vCard from text. Errors are short human sentences (the caller adds the file name).
 pub fn parse(text: &str) -> Result<VCard, String> {
     let mut parser = Parser::new(text);

@@ -233,7 +233,7 @@ impl Server {
                 id: user.into(),
                 name: user.into(),
             };
-            let Some(g) = b.find_group(&u, group).await.unwrap() else {
+            let Some(g) = b.find_group(&u, group, None).await.unwrap() else {
                 return vec![];
             };
             let mut out = vec![];
@@ -255,7 +255,9 @@ impl Server {
             id: user.into(),
             name: user.into(),
         };
-        rt.block_on(b.find_group(&u, group)).unwrap().is_some()
+        rt.block_on(b.find_group(&u, group, None))
+            .unwrap()
+            .is_some()
     }
 
     fn copies(&self, user: &str, group: &str) -> Vec<(String, String, calcard::vcard::VCard)> {

@@ -1047,3 +1047,43 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
     assert!(copies(&backend).is_empty());
     assert_eq!(trashed().into_iter().collect::<BTreeSet<_>>().len(), 450);
 }
+
+/// What the destinations' provider cannot hold of a source contact is named in the report (a
+/// dry run's plan and a real run alike), once per contact, never dropped silently.
+#[test]
+fn what_a_provider_cannot_hold_is_named_in_plan_and_report() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = source_and_u0(3);
+    let many = card::parse(
+        "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Bo Ek\r\nEMAIL:a@x.se\r\nEMAIL:b@x.se\r\nEMAIL:c@x.se\r\nEND:VCARD\r\n",
+    )
+    .unwrap();
+    backend.put(SOURCE, "G", many);
+    backend.hold_emails(2);
+    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
+    let job = fixed_job(&["u0"]);
+    for dry_run in [true, false] {
+        let opts = RunOptions {
+            dry_run,
+            default_group: DEFAULT_GROUP.into(),
+            ..Default::default()
+        };
+        let report = rt.block_on(engine::run_job(&backend, &store, &job, &opts));
+        assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+        assert_eq!(
+            report.not_held,
+            ["Bo Ek: EMAIL: 2 of 3 kept"],
+            "dry run {dry_run}"
+        );
+    }
+    backend.hold_emails(0);
+    let opts = RunOptions {
+        default_group: DEFAULT_GROUP.into(),
+        ..Default::default()
+    };
+    let report = rt.block_on(engine::run_job(&backend, &store, &job, &opts));
+    assert!(report.not_held.is_empty(), "{report:?}");
+}

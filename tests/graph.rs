@@ -332,11 +332,14 @@ fn a_first_sync_writes_in_batches_of_twenty_and_a_rerun_reads_one_delta() {
     r.fake.reset_counts();
     r.run_ok();
     let c = r.fake.counts();
-    // A no-change rerun: the source read whole (one page), the users looked up in one batch,
-    // one delta call per destination, nothing else.
+    // A no-change rerun: the source folder found and read whole (one page each), the users
+    // looked up in one batch, one envelope per destination holding its delta and its folder
+    // list, nothing else.
     assert_eq!(c.get("contacts.delta"), Some(&2), "{c:?}");
-    assert_eq!(c.get("batch"), Some(&1), "{c:?}");
-    assert_eq!(c.get("batch.items"), c.get("users.get"), "{c:?}");
+    assert_eq!(c.get("folders.list"), Some(&3), "{c:?}");
+    assert_eq!(c.get("batch"), Some(&3), "{c:?}");
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert_eq!(get("batch.items"), get("users.get") + 4, "{c:?}");
     assert_eq!(c.get("http"), Some(&7), "{c:?}");
 }
 
@@ -827,4 +830,51 @@ fn copies_groupsync_updated_are_known_at_the_next_rerun() {
     assert_eq!(c.get("contacts.get"), None, "{c:?}");
     assert_eq!(c.get("contacts.delta"), Some(&2), "{c:?}");
     assert_eq!(c.get("contacts.update"), None, "{c:?}");
+}
+
+/// The folder is found by the id the state remembers: one a user renamed keeps the user's
+/// name and the job's copies (none made twice, a source edit reaches it); one a user deleted
+/// (into Deleted Items, where its delta goes on as if nothing happened) is not the job's any
+/// more, and a new one is made at the next run.
+#[test]
+fn a_renamed_folder_is_found_by_its_id_and_a_deleted_one_is_made_again() {
+    let r = Rig::new(4);
+    r.run_ok();
+    r.run_ok();
+    let bob = "bob@example.com";
+    let folder = r
+        .fake
+        .with_mailbox(bob, |m| m.folder_by_name("Sales").unwrap());
+    let before = r.copies(bob);
+    r.fake
+        .with_mailbox(bob, |m| m.rename_folder(&folder, "Old sales"));
+    let first = r.source_ids()[0].clone();
+    r.fake.with_mailbox("alice@example.com", |m| {
+        m.edit(&first, |c| c["jobTitle"] = json!("Chief buyer"))
+    });
+    r.run_ok();
+    assert_eq!(
+        r.fake.with_mailbox(bob, |m| m.folder_names()),
+        ["Old sales"],
+        "no second folder beside the renamed one"
+    );
+    let kept: Vec<Value> = r.fake.with_mailbox(bob, |m| m.contacts(&folder));
+    assert_eq!(kept.len(), before.len(), "{kept:?}");
+    let edited = kept
+        .iter()
+        .find(|c| tag_of(c).is_some_and(|(_, s)| s == first))
+        .unwrap();
+    assert_eq!(edited["jobTitle"], "Chief buyer");
+    r.fake.with_mailbox(bob, |m| m.trash_folder(&folder));
+    r.run_ok();
+    let again = r
+        .fake
+        .with_mailbox(bob, |m| m.folder_by_name("Sales"))
+        .unwrap();
+    assert_ne!(again, folder, "the deleted folder is not the job's");
+    assert_eq!(r.copies(bob), before);
+    assert_eq!(
+        r.fake.with_mailbox(bob, |m| m.deleted_folder_names()),
+        ["Old sales"]
+    );
 }

@@ -446,6 +446,17 @@ impl Mailbox {
             .expect("no live folder of that name")
     }
 
+    /// Renames a folder, as a user in Outlook (panics if a folder beside it has the name).
+    pub fn rename_folder(&mut self, id: &str, name: &str) {
+        self.update_folder(id, Some(name), vec![])
+            .expect("a folder of that id, and no other of that name beside it");
+    }
+
+    /// Deletes a folder as a user in Outlook does: into Deleted Items, contacts and all.
+    pub fn trash_folder(&mut self, id: &str) {
+        self.delete_folder(id).expect("a folder of that id");
+    }
+
     /// A live top-level folder's id by name (case-insensitive).
     pub fn folder_by_name(&self, name: &str) -> Option<String> {
         self.live_folders()

@@ -150,6 +150,10 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.kind()
     }
 
+    fn cannot_hold(&self, card: &VCard) -> Vec<String> {
+        self.inner.cannot_hold(card)
+    }
+
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()
     }
@@ -188,9 +192,14 @@ impl<B: Backend> Backend for Counting<B> {
         self.inner.check_group_name(name)
     }
 
-    async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+    async fn find_group(
+        &self,
+        user: &User,
+        name: &str,
+        known: Option<&str>,
+    ) -> Result<Option<GroupRef>> {
         bump(&self.calls.find_group);
-        self.inner.find_group(user, name).await
+        self.inner.find_group(user, name, known).await
     }
 
     async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {

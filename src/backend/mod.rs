@@ -309,11 +309,20 @@ pub trait Backend: Send + Sync {
     /// a job naming one that cannot is refused before anything is written.
     fn check_group_name(&self, name: &str) -> std::result::Result<(), String>;
 
-    /// Finds a user's contact group by its display name.
+    /// What of `card` a contact at this provider cannot hold, one line per property ("EMAIL: 3
+    /// of 4 kept"), so `plan` and the run report name it instead of dropping it silently.
+    /// Empty where the provider keeps the card whole (every provider keeps its own cards whole).
+    fn cannot_hold(&self, card: &VCard) -> Vec<String>;
+
+    /// Finds a user's contact group by its display name. `known` is the id the state remembers
+    /// for it, if any: a provider whose groups can be renamed (Graph's folders) finds the group
+    /// by that id first, so a group a user renamed is not made a second time; others may
+    /// ignore it.
     fn find_group(
         &self,
         user: &User,
         name: &str,
+        known: Option<&str>,
     ) -> impl Future<Output = Result<Option<GroupRef>>> + Send;
 
     /// Creates a contact group. If one of that name exists: `AlreadyExists`, or that group

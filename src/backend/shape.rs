@@ -17,8 +17,13 @@
 /// `fetch_by_ids`).
 macro_rules! delegate_to_rooms {
     () => {
-        async fn find_group(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
-            self.group_named(user, name).await
+        async fn find_group(
+            &self,
+            user: &User,
+            name: &str,
+            known: Option<&str>,
+        ) -> Result<Option<GroupRef>> {
+            self.group_named(user, name, known).await
         }
 
         async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {

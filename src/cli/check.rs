@@ -143,7 +143,7 @@ async fn check_source<B: Backend>(backend: &B, j: &job::Job, f: &mut Findings) {
                 bad.push(format!("source user {}: {e}", j.source));
                 return;
             }
-            match backend.find_group(&u, &j.group).await {
+            match backend.find_group(&u, &j.group, None).await {
                 Ok(Some(_)) => {}
                 Ok(None) => bad.push(format!(
                     "source group {:?} not found for user {} (the name must match exactly)",

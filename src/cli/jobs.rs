@@ -160,7 +160,7 @@ async fn new<B: Backend + 'static>(
         .resolve_user(source)
         .await?
         .ok_or_else(|| usage(format!("invalid source user: {source} (no such user)")))?;
-    if backend.find_group(&src, group).await?.is_none() {
+    if backend.find_group(&src, group, None).await?.is_none() {
         return Err(usage(format!(
             "source group {group:?} not found for user {source}"
         )));

@@ -169,6 +169,9 @@ pub fn print_report(r: &JobReport, job: &Job, out: &mut dyn Write) -> std::io::R
             "  source contact unreadable, its copies are left as they are: {u}"
         )?;
     }
+    for n in &r.not_held {
+        writeln!(out, "  source contact not held whole, its copies lack: {n}")?;
+    }
     if let Some(m) = &r.message {
         writeln!(out, "  {m}")?;
     }

@@ -120,7 +120,7 @@ async fn put_back<B: Backend>(backend: &B, t: &TrashRecord, untag: bool) -> anyh
         .resolve_user(&t.user)
         .await?
         .ok_or_else(|| anyhow::anyhow!("user {} no longer exists", t.user))?;
-    let group = match backend.find_group(&user, &t.group).await? {
+    let group = match backend.find_group(&user, &t.group, None).await? {
         Some(g) => g,
         None => backend.create_group(&user, &t.group).await?,
     };

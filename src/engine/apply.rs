@@ -167,7 +167,7 @@ impl<B: Backend> Applier<'_, '_, B> {
         let g = match backend.create_group(user, name).await {
             Ok(g) => g,
             Err(BackendError::AlreadyExists { .. }) => {
-                backend.find_group(user, name).await?.ok_or_else(|| {
+                backend.find_group(user, name, None).await?.ok_or_else(|| {
                     ApplyError::Other(format!("group {name:?} of {} vanished", user.name))
                 })?
             }

@@ -42,6 +42,8 @@ pub(super) struct ReadDelta {
 pub(super) struct Observed {
     pub(super) delta: Option<ReadDelta>,
     pub(super) group_read: Option<Result<Option<GroupRef>, BackendError>>,
+    /// The id of the group, as the state remembers it (see `Backend::find_group`).
+    pub(super) known_group: Option<String>,
 }
 
 /// What a delta handed over.
@@ -157,7 +159,8 @@ async fn read_changes<B: Backend>(
         let mut lookup = std::pin::pin!(async {
             ask.notified().await;
             slot.take().await;
-            ctx.backend.find_group(user, ctx.target_group).await
+            let known = Some(group_id);
+            ctx.backend.find_group(user, ctx.target_group, known).await
         });
         let read = loop {
             tokio::select! {

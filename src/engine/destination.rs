@@ -47,16 +47,19 @@ pub(super) async fn process_destination<B: Backend>(ctx: &DestCtx<'_, B>) -> Des
         refused: vec![],
         stopped: None,
     };
-    let Some(saved_token) = get_ready(ctx, &mut report).await else {
+    let Some(saved) = get_ready(ctx, &mut report).await else {
         return report;
     };
+    let known_group = saved.as_ref().map(|(_, group)| group.clone());
     let mut observed = Observed::default();
+    let saved_token = saved.filter(|_| !ctx.opts.force);
     if let (Some(active), Some(token)) = (ctx.active(), saved_token) {
         match read_delta(ctx, active, token, &mut report).await {
             Some(o) => observed = o,
             None => return report,
         }
     }
+    observed.known_group = known_group;
     // Back at the provider, if the change-token read stepped aside.
     ctx.slot.take().await;
     for attempt in 0..3 {
@@ -74,7 +77,7 @@ pub(super) async fn process_destination<B: Backend>(ctx: &DestCtx<'_, B>) -> Des
 /// Gets ready (the provider's preparation, e.g. Google's token, and the change token kept in
 /// the state) before taking a place at the provider, then checks that the destination is still
 /// to be run: no shutdown, no safety stop, and a removed user still there. `None` when the
-/// report is final; else the saved change token, if any.
+/// report is final; else the saved change token and the group id it was taken for, if any.
 async fn get_ready<B: Backend>(
     ctx: &DestCtx<'_, B>,
     report: &mut DestReport,
@@ -86,9 +89,10 @@ async fn get_ready<B: Backend>(
         return None;
     }
     ctx.backend.prepare_access(user).await;
-    // With change tokens: read only what changed since this destination last converged.
+    // With change tokens: read only what changed since this destination last converged (and
+    // find its group by the id remembered with the token).
     let tokens = ctx.backend.capabilities().change_tokens;
-    let saved_token = if tokens && !opts.force && ctx.active().is_some() {
+    let saved_token = if tokens {
         lock(ctx.reader)
             .change_token(ctx.job_name(), &user.id)
             .ok()
@@ -107,7 +111,7 @@ async fn get_ready<B: Backend>(
             None
         }
         Mode::Active(_) => Some(saved_token),
-        Mode::Removal => still_there(ctx, report).await.then_some(None),
+        Mode::Removal => still_there(ctx, report).await.then_some(saved_token),
     }
 }
 
@@ -150,7 +154,12 @@ async fn observe<B: Backend>(
     let state: &Mutex<Store> = if attempt == 0 { ctx.reader } else { ctx.store };
     let read = match observed.group_read.take() {
         Some(Ok(g)) => Ok(g),
-        _ => ctx.backend.find_group(ctx.user, ctx.target_group).await,
+        _ => {
+            let known = observed.known_group.as_deref();
+            ctx.backend
+                .find_group(ctx.user, ctx.target_group, known)
+                .await
+        }
     };
     let group = match read {
         Ok(g) => g,
@@ -392,7 +401,7 @@ async fn converged_to<B: Backend, E>(
         (Ok(_), false) => group.and_then(|g| g.version.clone()),
         (Ok(_), true) if ctx.backend.capabilities().group_versions => ctx
             .backend
-            .find_group(ctx.user, ctx.target_group)
+            .find_group(ctx.user, ctx.target_group, group.map(|g| g.id.as_str()))
             .await
             .ok()
             .flatten()

@@ -160,6 +160,10 @@ pub struct JobReport {
     /// made by other jobs): not copied again.
     pub source_came_back: usize,
     pub source_unreadable: Vec<String>,
+    /// Source contacts the destinations' provider cannot hold whole, each named with what its
+    /// copies lack ("Bo Ek: EMAIL: 3 of 4 kept").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_held: Vec<String>,
     pub destinations: Vec<DestReport>,
     pub message: Option<String>,
     pub counts: Counts,
@@ -204,6 +208,7 @@ impl JobReport {
             source_filtered_out: 0,
             source_came_back: 0,
             source_unreadable: vec![],
+            not_held: vec![],
             destinations: vec![],
             message: None,
             counts: Counts::default(),

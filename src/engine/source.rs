@@ -35,7 +35,7 @@ pub(super) async fn read_source<B: Backend>(
         };
         let backend = &**ctx.backend;
         let group = backend
-            .find_group(&user, &job.group)
+            .find_group(&user, &job.group, None)
             .await
             .map_err(read_err)?
             .ok_or_else(|| JobError::SourceGroup {
@@ -44,7 +44,9 @@ pub(super) async fn read_source<B: Backend>(
             })?;
         backend
             .scan_group(&user, &group, &mut |c| {
-                source.add(spec, c.id, c.etag, c.card)
+                source.add_checked(spec, c.id, c.etag, c.card, &|copy| {
+                    backend.cannot_hold(copy)
+                })
             })
             .await
             .map_err(read_err)?;
@@ -112,6 +114,10 @@ fn note_source<B: Backend>(ctx: &JobCtx<'_, B>, source: &SourceSet, report: &mut
         .collect();
     for u in &report.source_unreadable {
         tracing::warn!(job = %job.spec.name, "source contact left as it is, it cannot be read: {u}");
+    }
+    report.not_held = source.not_held.clone();
+    for n in &report.not_held {
+        tracing::warn!(job = %job.spec.name, "{} cannot hold all of a source contact, its copies lack: {n}", ctx.backend.kind());
     }
 }
 

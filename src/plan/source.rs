@@ -78,6 +78,9 @@ pub struct SourceSet {
     /// Contacts in the source group that came through this job (its own copies, or copies of
     /// them made by other jobs): never copied again, so jobs that feed each other never grow.
     pub came_back: usize,
+    /// Source contacts whose copy the destinations' provider cannot hold whole: the contact's
+    /// name and what is lost (see `Backend::cannot_hold`).
+    pub not_held: Vec<String>,
 }
 
 impl SourceSet {
@@ -135,6 +138,19 @@ impl SourceSet {
     /// Adds one contact read from the source group, with the etag it was read with (what a
     /// write back to the source would be conditional on).
     pub fn add(&mut self, job: &JobSpec, id: String, etag: String, card: Result<VCard, String>) {
+        self.add_checked(job, id, etag, card, &|_| Vec::new());
+    }
+
+    /// `add`, noting what of the copy the destinations cannot hold (`cannot_hold`: the
+    /// provider's `Backend::cannot_hold`) in `not_held`.
+    pub fn add_checked(
+        &mut self,
+        job: &JobSpec,
+        id: String,
+        etag: String,
+        card: Result<VCard, String>,
+        cannot_hold: &dyn Fn(&VCard) -> Vec<String>,
+    ) {
         match card {
             Err(reason) => {
                 self.unreadable.insert(id, reason);
@@ -150,6 +166,11 @@ impl SourceSet {
                 }
                 let uid = copy_uid(&job.tag, &id);
                 let copy = card::make_copy(&card, &job.fields, &job.tag, &id, &uid);
+                let lost = cannot_hold(&copy);
+                if !lost.is_empty() {
+                    let name = card::display_name(&card);
+                    self.not_held.push(format!("{name}: {}", lost.join(", ")));
+                }
                 // A copy read back from its text equals it (`to_text` writes every property
                 // `read_copy` reads; tests/vcards.rs checks it on realistic cards), so the
                 // digest is taken here, without reading it back.

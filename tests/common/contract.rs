@@ -67,7 +67,7 @@ pub async fn check<B: Backend>(b: &B, s: &Subject<'_>) {
     let user = &s.user;
     // Groups: missing, made, found, not made twice.
     assert!(
-        b.find_group(user, GROUP).await.unwrap().is_none(),
+        b.find_group(user, GROUP, None).await.unwrap().is_none(),
         "no group yet"
     );
     assert!(
@@ -76,11 +76,19 @@ pub async fn check<B: Backend>(b: &B, s: &Subject<'_>) {
     );
     let g = b.create_group(user, GROUP).await.expect("create_group");
     let found = b
-        .find_group(user, GROUP)
+        .find_group(user, GROUP, None)
         .await
         .unwrap()
         .expect("find_group finds it");
     assert_eq!(found.id, g.id, "find_group finds the group made");
+    for known in [Some(g.id.as_str()), Some("no-such-group-id")] {
+        let found = b.find_group(user, GROUP, known).await.unwrap();
+        assert_eq!(
+            found.map(|f| f.id),
+            Some(g.id.clone()),
+            "find_group with a remembered id {known:?} finds the group"
+        );
+    }
     match b.create_group(user, GROUP).await {
         Err(BackendError::AlreadyExists { .. }) => {}
         Ok(again) => assert_eq!(
@@ -220,7 +228,7 @@ pub async fn check<B: Backend>(b: &B, s: &Subject<'_>) {
     );
     let (left, _) = read_all(b, user, &g, GroupRead::WHOLE).await;
     assert_eq!(left.len(), 1, "the moved contact left the group: {left:?}");
-    if let Some(d) = b.find_group(user, s.default_group).await.unwrap() {
+    if let Some(d) = b.find_group(user, s.default_group, None).await.unwrap() {
         let (mine, _) = read_all(b, user, &d, GroupRead::WHOLE).await;
         assert!(
             mine.iter()
@@ -240,7 +248,7 @@ pub async fn check<B: Backend>(b: &B, s: &Subject<'_>) {
     b.delete_contact(user, &g, id, etag).await.expect("delete");
     b.delete_group(user, &g).await.expect("delete_group");
     assert!(
-        b.find_group(user, GROUP).await.unwrap().is_none(),
+        b.find_group(user, GROUP, None).await.unwrap().is_none(),
         "the group is gone"
     );
 }

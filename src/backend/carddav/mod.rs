@@ -94,6 +94,10 @@ impl Backend for CarddavBackend {
         "carddav"
     }
 
+    fn cannot_hold(&self, _card: &VCard) -> Vec<String> {
+        Vec::new()
+    }
+
     /// A book's collection etag (getctag) changes with every change in it.
     fn capabilities(&self) -> Capabilities {
         Capabilities {

@@ -125,6 +125,10 @@ impl Backend for GoogleBackend {
         "google"
     }
 
+    fn cannot_hold(&self, _card: &VCard) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Batches of 200 (500 for deletes), sync tokens, pages of 1,000; no group versions; what
     /// photo a copy has now is known only from reading it (its gSyncPhoto clientData).
     fn capabilities(&self) -> Capabilities {

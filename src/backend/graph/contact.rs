@@ -356,6 +356,49 @@ fn from_vcard(card: &VCard, out: &mut Map<String, Value>) {
         })
         .collect();
     put("categories", Value::Array(cats));
+    let ims: Vec<Value> = values(card, "IMPP").map(|(_, v)| json!(v)).collect();
+    put("imAddresses", Value::Array(ims));
+    put_addresses(card, &mut put);
+}
+
+/// The first home, work and other ADR of a card, as Graph's three addresses.
+fn put_addresses(card: &VCard, put: &mut impl FnMut(&str, Value)) {
+    for (kind, field) in [
+        (Some("home"), "homeAddress"),
+        (Some("work"), "businessAddress"),
+        (None, "otherAddress"),
+    ] {
+        let e = card.entries.iter().find(|e| {
+            e.name == VCardProperty::Adr
+                && kind.map_or(!has_type(e, "home") && !has_type(e, "work"), |k| {
+                    has_type(e, k)
+                })
+        });
+        if let Some(e) = e {
+            put(field, address_of(&parts(e)));
+        }
+    }
+}
+
+/// A vCard ADR (post office box, extended, street, locality, region, postal code, country)
+/// as a Graph physical address.
+fn address_of(p: &[String]) -> Value {
+    let part = |i: usize| p.get(i).map_or("", String::as_str).trim();
+    let street = [part(0), part(1), part(2)]
+        .into_iter()
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut a = Map::new();
+    for (k, v) in ADDRESS_PARTS
+        .iter()
+        .zip([street.as_str(), part(3), part(4), part(5), part(6)])
+    {
+        if !v.is_empty() {
+            a.insert((*k).to_string(), json!(v));
+        }
+    }
+    Value::Object(a)
 }
 
 /// A vCard BDAY value (a date, or text such as `1980-01-02`) as Graph's birthday; one without
@@ -387,8 +430,10 @@ fn birthday(v: &str) -> Option<String> {
     })
 }
 
-/// What of a card a Graph contact cannot hold (for `plan` and the run report): lists longer
-/// than Graph's, named by property.
+/// What of a card a Graph contact cannot hold, for `plan` and the run report: one line per
+/// vCard property with more values than Graph has room for ("EMAIL: 3 of 4 kept") or with no
+/// Graph field at all ("GEO: 1 not held"). A card read from Graph carries its contact whole
+/// (`X-MSGRAPH-*`) and loses nothing.
 pub fn cannot_hold(card: &VCard) -> Vec<String> {
     let mut whole = Map::new();
     from_vcard(card, &mut whole);
@@ -399,7 +444,32 @@ pub fn cannot_hold(card: &VCard) -> Vec<String> {
             lost.push(format!("{p}: {} of {n} kept", capacity(p)));
         }
     }
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    for e in &card.entries {
+        let name = e.name.as_str().to_ascii_uppercase();
+        if !name.starts_with(super::fields::PREFIX) && !card::is_internal_property(&name) {
+            *counts.entry(name).or_default() += 1;
+        }
+    }
+    for (name, n) in counts {
+        match room(&name) {
+            Some(k) if n > k => lost.push(format!("{name}: {k} of {n} kept")),
+            Some(_) => {}
+            None => lost.push(format!("{name}: {n} not held")),
+        }
+    }
     lost
+}
+
+/// How many entries of a vCard property a Graph contact has room for (lists are counted by
+/// their Graph property in `cannot_hold`); `None`: no Graph field holds it.
+fn room(name: &str) -> Option<usize> {
+    match name {
+        "EMAIL" | "TEL" | "IMPP" | "CATEGORIES" => Some(usize::MAX),
+        "ADR" => Some(ADDRESSES.len()),
+        "FN" | "N" | "ORG" | "TITLE" | "ROLE" | "NOTE" | "NICKNAME" | "URL" | "BDAY" => Some(1),
+        _ => None,
+    }
 }
 
 /// The tag properties and category of a copy, into a contact body.
@@ -547,7 +617,7 @@ mod tests {
     #[test]
     fn a_vcard_maps_to_graph_and_what_graph_cannot_hold_is_named() {
         let c = card::parse(
-            "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Bo Ek\r\nN:Ek;Bo;;;\r\nEMAIL:a@x.se\r\nEMAIL:b@x.se\r\nEMAIL:c@x.se\r\nEMAIL:d@x.se\r\nTEL;TYPE=cell:+46 70\r\nTEL;TYPE=work:+46 8\r\nORG:Acme;Sales\r\nBDAY:19800102\r\nEND:VCARD\r\n",
+            "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Bo Ek\r\nN:Ek;Bo;;;\r\nEMAIL:a@x.se\r\nEMAIL:b@x.se\r\nEMAIL:c@x.se\r\nEMAIL:d@x.se\r\nTEL;TYPE=cell:+46 70\r\nTEL;TYPE=work:+46 8\r\nORG:Acme;Sales\r\nBDAY:19800102\r\nADR;TYPE=home:;;Storgatan 1;Lund;;22350;Sweden\r\nIMPP:xmpp:bo@x.se\r\nURL:https://a.se\r\nURL:https://b.se\r\nGEO:geo:55.7,13.2\r\nEND:VCARD\r\n",
         )
         .unwrap();
         let body = new_contact(&c, true);
@@ -558,7 +628,25 @@ mod tests {
         assert_eq!(body["businessPhones"], json!(["+46 8"]));
         assert_eq!(body["department"], "Sales");
         assert_eq!(body["birthday"], "1980-01-02T00:00:00Z");
-        assert_eq!(cannot_hold(&c), ["emailAddresses: 3 of 4 kept"]);
+        assert_eq!(body["homeAddress"]["street"], "Storgatan 1");
+        assert_eq!(body["homeAddress"]["city"], "Lund");
+        assert_eq!(body["homeAddress"]["countryOrRegion"], "Sweden");
+        assert_eq!(body["imAddresses"], json!(["xmpp:bo@x.se"]));
+        assert_eq!(body["businessHomePage"], "https://a.se");
+        assert_eq!(
+            cannot_hold(&c),
+            [
+                "emailAddresses: 3 of 4 kept",
+                "GEO: 1 not held",
+                "URL: 1 of 2 kept"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_card_read_from_graph_loses_nothing_when_written_back() {
+        let read = to_card(&graph_contact(), true, "u");
+        assert_eq!(cannot_hold(&read), Vec::<String>::new());
     }
 
     #[test]

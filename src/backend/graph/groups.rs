@@ -13,10 +13,27 @@ use super::http::Request;
 use super::{DEFAULT_FOLDER, DEFAULT_FOLDER_ID, GraphBackend, contacts_path, enc, literal};
 use crate::backend::{BackendError, GroupRef, Result, User};
 
+/// A folder found, under the job's name.
+fn folder(id: &str, name: &str) -> GroupRef {
+    GroupRef {
+        id: id.to_string(),
+        name: name.to_string(),
+        version: None,
+    }
+}
+
 impl GraphBackend {
     /// The top-level folder of that name (case as Outlook compares: without case), or the
-    /// default Contacts folder.
-    pub(super) async fn group_named(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
+    /// default Contacts folder. With the id the state remembers (`known`), the folder of that
+    /// id while it is a top-level folder, whatever it is called now: a folder a user renamed
+    /// keeps the user's name and the job's copies (none made a second time beside it). A
+    /// folder the user deleted (now in Deleted Items) is not top-level, and is not the job's.
+    pub(super) async fn group_named(
+        &self,
+        user: &User,
+        name: &str,
+        known: Option<&str>,
+    ) -> Result<Option<GroupRef>> {
         if name.eq_ignore_ascii_case(DEFAULT_FOLDER) {
             return Ok(Some(GroupRef {
                 id: DEFAULT_FOLDER_ID.into(),
@@ -24,31 +41,46 @@ impl GraphBackend {
                 version: None,
             }));
         }
-        let path = format!(
-            "/users/{}/contactFolders?$filter={}&$select=id,displayName",
-            user.id,
-            enc(&format!("displayName eq {}", literal(name)))
-        );
-        let a = self
-            .client
-            .send(Some(&user.id), &Request::get("folders.list", path))
-            .await
-            .map_err(|e| e.to_backend(&format!("contact folders of {}", user.name)))?;
-        Ok(a.body["value"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|f| {
-                f["displayName"]
-                    .as_str()
-                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
-            })
-            .and_then(|f| f["id"].as_str())
-            .map(|id| GroupRef {
-                id: id.to_string(),
-                name: name.to_string(),
-                version: None,
-            }))
+        let base = format!("/users/{}/contactFolders?$select=id,displayName", user.id);
+        let Some(known) = known else {
+            let filter = enc(&format!("displayName eq {}", literal(name)));
+            let folders = self
+                .top_folders(user, format!("{base}&$filter={filter}"))
+                .await?;
+            return Ok(folders
+                .iter()
+                .find(|(_, n)| n.eq_ignore_ascii_case(name))
+                .map(|(id, _)| folder(id, name)));
+        };
+        // One page holds every folder of all but the rarest mailboxes.
+        let folders = self.top_folders(user, format!("{base}&$top=1000")).await?;
+        if folders.iter().any(|(id, _)| id == known) {
+            return Ok(Some(folder(known, name)));
+        }
+        Ok(folders
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(id, _)| folder(id, name)))
+    }
+
+    /// A mailbox's top-level folders from a listing (every page): (id, display name).
+    async fn top_folders(&self, user: &User, first: String) -> Result<Vec<(String, String)>> {
+        let mut out = vec![];
+        let mut next = Some(first);
+        while let Some(path) = next {
+            let a = self
+                .client
+                .send(Some(&user.id), &Request::get("folders.list", path))
+                .await
+                .map_err(|e| e.to_backend(&format!("contact folders of {}", user.name)))?;
+            for f in a.body["value"].as_array().into_iter().flatten() {
+                if let (Some(id), Some(n)) = (f["id"].as_str(), f["displayName"].as_str()) {
+                    out.push((id.to_string(), n.to_string()));
+                }
+            }
+            next = self.next_link(&a.body, "@odata.nextLink")?;
+        }
+        Ok(out)
     }
 
     /// Makes a top-level folder; one of that name already there (made by a request whose
@@ -71,10 +103,12 @@ impl GraphBackend {
                     "Graph made a folder without an id".into(),
                 )),
             },
-            Err(e) if e.status == 409 || e.ambiguous => match self.group_named(user, name).await? {
-                Some(g) => Ok(g),
-                None => Err(e.to_backend(&format!("folder {name:?} of {}", user.name))),
-            },
+            Err(e) if e.status == 409 || e.ambiguous => {
+                match self.group_named(user, name, None).await? {
+                    Some(g) => Ok(g),
+                    None => Err(e.to_backend(&format!("folder {name:?} of {}", user.name))),
+                }
+            }
             Err(e) => Err(e.to_backend(&format!("folder {name:?} of {}", user.name))),
         }
     }

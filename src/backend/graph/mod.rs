@@ -110,6 +110,10 @@ impl Backend for GraphBackend {
         "graph"
     }
 
+    fn cannot_hold(&self, card: &VCard) -> Vec<String> {
+        contact::cannot_hold(card)
+    }
+
     /// Writes 200 at a time (sent as ten `$batch` envelopes of 20, so a write's photos go in
     /// few envelopes too), delta tokens, pages of 1,000, conditional deletes; no folder
     /// versions.

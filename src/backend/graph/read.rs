@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::contact::{self, SELECT_TAGS};
 use super::http::{ApiError, Request};
-use super::{GraphBackend, contacts_path, enc};
+use super::{DEFAULT_FOLDER_ID, GraphBackend, contacts_path, enc};
 use crate::backend::{
     BackendError, Contact, Delta, Depth, GroupRead, GroupRef, Known, KnownCopies, Read, Result,
     User,
@@ -122,7 +122,7 @@ impl GraphBackend {
     }
 
     /// The path of a link Graph handed out, refused if it points at another host.
-    fn next_link(&self, body: &Value, key: &str) -> Result<Option<String>> {
+    pub(super) fn next_link(&self, body: &Value, key: &str) -> Result<Option<String>> {
         match body[key].as_str() {
             None => Ok(None),
             Some(l) => self.client.path_of(l).map(Some).ok_or_else(|| {
@@ -151,9 +151,40 @@ impl GraphBackend {
     }
 
     async fn delta_page(&self, user: &User, path: &str) -> std::result::Result<Value, ApiError> {
-        let req = Request::get("contacts.delta", path.to_string())
-            .header("Prefer", format!("odata.maxpagesize={DELTA_PAGE}"));
+        let req = delta_request(path);
         self.client.send(Some(&user.id), &req).await.map(|a| a.body)
+    }
+
+    /// The first page of a rerun's delta, read with the mailbox's top-level folders in one
+    /// envelope: `None` when the folder is no longer one of them. A folder a user deleted sits
+    /// in Deleted Items, and its delta goes on as if nothing had happened: the token is void,
+    /// and the engine's full read makes the folder again.
+    async fn first_delta_page(
+        &self,
+        user: &User,
+        path: &str,
+        folder: &str,
+    ) -> std::result::Result<Option<Value>, ApiError> {
+        if folder == DEFAULT_FOLDER_ID {
+            return self.delta_page(user, path).await.map(Some);
+        }
+        let folders = Request::get(
+            "folders.list",
+            format!("/users/{}/contactFolders?$select=id&$top=1000", user.id),
+        );
+        let reqs = [delta_request(path), folders];
+        let mut answers = self.client.batch(Some(&user.id), &reqs).await.into_iter();
+        let (Some(page), Some(listed)) = (answers.next(), answers.next()) else {
+            unreachable!("a batch answers each of its requests")
+        };
+        let (page, listed) = (page?.body, listed?.body);
+        let top = listed["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|f| f["id"].as_str() == Some(folder));
+        // Past 1,000 folders (a next page), the folder is taken to be there.
+        Ok((top || listed.get("@odata.nextLink").is_some()).then_some(page))
     }
 
     /// Reads contacts of a folder by id, in `$batch` envelopes; missing ones are left out.
@@ -196,9 +227,16 @@ impl GraphBackend {
             return Ok(Delta::Expired);
         };
         let mut wanted = vec![];
+        let mut first = true;
         let link = loop {
-            let page = match self.delta_page(user, &next).await {
-                Ok(p) => p,
+            let read = if std::mem::take(&mut first) {
+                self.first_delta_page(user, &next, group_id).await
+            } else {
+                self.delta_page(user, &next).await.map(Some)
+            };
+            let page = match read {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(Delta::Expired),
                 Err(e) if expired(&e) => return Ok(Delta::Expired),
                 Err(e) => return Err(e.to_backend(&format!("contacts delta of {}", user.name))),
             };
@@ -245,6 +283,12 @@ impl GraphBackend {
         }
         Ok(Delta::Read { token: link })
     }
+}
+
+/// A delta page's request.
+fn delta_request(path: &str) -> Request {
+    Request::get("contacts.delta", path.to_string())
+        .header("Prefer", format!("odata.maxpagesize={DELTA_PAGE}"))
 }
 
 /// The delta token is no longer honoured: read the folder whole.

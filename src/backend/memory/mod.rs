@@ -81,11 +81,19 @@ pub struct MemoryBackend {
     panic_user: Mutex<Option<String>>,
     /// Creates and updates of a card holding this text are refused (see `refuse_cards_with`).
     refuse: Mutex<Option<String>>,
+    /// What `cannot_hold` says this backend has room for: so many emails a card (0: any).
+    /// Cards are still stored whole; only the report is tested with it.
+    holds_emails: std::sync::atomic::AtomicUsize,
 }
 
 impl MemoryBackend {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Makes `cannot_hold` name the emails of a card past the first `n` (see `holds_emails`).
+    pub fn hold_emails(&self, n: usize) {
+        self.holds_emails.store(n, Ordering::Relaxed);
     }
 
     /// Makes the engine apply plans in batches of `n`.
@@ -344,6 +352,20 @@ fn user_mut<'a>(users: &'a mut BTreeMap<String, MemUser>, user: &User) -> Result
 impl Backend for MemoryBackend {
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn cannot_hold(&self, card: &VCard) -> Vec<String> {
+        let room = self.holds_emails.load(Ordering::Relaxed);
+        let n = card
+            .entries
+            .iter()
+            .filter(|e| e.name.as_str().eq_ignore_ascii_case("EMAIL"))
+            .count();
+        if room > 0 && n > room {
+            vec![format!("EMAIL: {room} of {n} kept")]
+        } else {
+            vec![]
+        }
     }
 
     fn capabilities(&self) -> Capabilities {

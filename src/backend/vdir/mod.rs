@@ -100,6 +100,10 @@ impl Backend for VdirBackend {
         "vdir"
     }
 
+    fn cannot_hold(&self, _card: &VCard) -> Vec<String> {
+        Vec::new()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities::PLAIN
     }
