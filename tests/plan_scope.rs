@@ -156,7 +156,7 @@ fn check(
         let cid = format!("people/c{n:02}");
         let etag = format!("e{n}");
         rows.push(LedgerRow::new(sid, &cid, &item.digest, &etag));
-        let copy = item.copy().unwrap().clone();
+        let copy = VCard::clone(&item.copy().unwrap());
         let t = tampered.get(n).cloned().unwrap_or(Tamper::Nothing);
         match t {
             Tamper::Nothing => group.push(classify(&cid, &etag, copy)),

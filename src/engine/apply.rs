@@ -4,12 +4,13 @@
 //! the ledger rows and log lines are written while the next call is in flight.
 
 use calcard::vcard::VCard;
+use std::sync::Arc;
 
 use super::finish::{Deferred, Finish, FinishOutcome, Settle};
 use super::record::{ApplyError, Recorder, overlapped};
 use super::shared::DestCtx;
 use super::trash::{Doomed, Trashing, lcm, read_for_trash, write_trash};
-use crate::backend::{Backend, BackendError, GroupRead, GroupRef, Read, Written};
+use crate::backend::{Backend, BackendError, Depth, GroupRead, GroupRef, Read, Written};
 use crate::card;
 use crate::mutex::lock;
 use crate::plan::{self, Op, Plan, SourceItem, SourceSet, UpdateOp};
@@ -19,16 +20,22 @@ use crate::store::{Change, Counts};
 /// Returns the group as it is after the plan (created, or still the one read), and what is left
 /// to record in the state once the provider is done with (`Finish`): the state writes of a
 /// destination are batched into few transactions, and its last ones are made off its place.
+///
+/// With `take_token` (a provider with change tokens that had none to give while the group was
+/// missing: Graph's are per folder), a group the plan makes has its change token taken before
+/// anything is written to it, and returned: the next run reads only what changed since (this
+/// run's own writes, known by their etags) instead of the whole group.
 pub(super) async fn apply<B: Backend>(
     ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
     plan: &mut Plan,
     source: Option<&SourceSet>,
     (applied, refused): (&mut Counts, &mut Vec<String>),
-) -> (Result<Option<GroupRef>, ApplyError>, Finish) {
+    take_token: bool,
+) -> (Result<Option<GroupRef>, ApplyError>, Finish, Option<String>) {
     let mut finish = ctx.finish(FinishOutcome::Retry);
     if let Err(e) = lock(ctx.store).batch_begin() {
-        return (Err(e.into()), finish);
+        return (Err(e.into()), finish, None);
     }
     finish.batch = true;
     let base = Change {
@@ -53,6 +60,8 @@ pub(super) async fn apply<B: Backend>(
             refused,
         },
         base,
+        take_token,
+        new_token: None,
     };
     let result = a.run(&plan.ops).await;
     // What was written before a failure is recorded all the same.
@@ -60,9 +69,9 @@ pub(super) async fn apply<B: Backend>(
     match result {
         Ok(()) => {
             finish.settle = source.is_some().then_some(settle);
-            (Ok(a.group), finish)
+            (Ok(a.group), finish, a.new_token)
         }
-        Err(e) => (Err(e), finish),
+        Err(e) => (Err(e), finish, None),
     }
 }
 
@@ -75,6 +84,10 @@ pub(super) struct Applier<'a, 'c, B> {
     pub(super) rec: Recorder<'a>,
     /// Whose changes these are (run, job, user), for the change log.
     base: Change<'a>,
+    /// Take the change token of a group this plan makes (see `apply`).
+    take_token: bool,
+    /// The change token taken on the group this plan made, before anything was written to it.
+    new_token: Option<String>,
 }
 
 /// A copy to create, as the plan names it (`Op::Create`).
@@ -174,6 +187,20 @@ impl<B: Backend> Applier<'_, '_, B> {
             Err(e) => return Err(e.into()),
         };
         self.log_now("create-group", &g, name)?;
+        if self.take_token {
+            let how = GroupRead {
+                depth: Depth::TagsOnly,
+                token: true,
+                known: None,
+            };
+            match backend.read_group(user, Some(&g), how, &mut |_| {}).await {
+                Ok(t) => self.new_token = t,
+                Err(e) => tracing::info!(
+                    dest = %user.name,
+                    "no change token for the new group {name:?} ({e}); the next run reads it whole"
+                ),
+            }
+        }
         self.group = Some(g);
         Ok(())
     }
@@ -253,22 +280,18 @@ impl<B: Backend> Applier<'_, '_, B> {
         items: &[NewCopy<'_>],
         pending: &[usize],
     ) -> Result<Vec<Result<Written, BackendError>>, ApplyError> {
-        let renamed: Vec<Option<VCard>> = pending
+        let copies: Vec<Arc<VCard>> = pending
             .iter()
             .map(|&k| {
                 let c = &items[k];
                 let copy = c.item.copy().map_err(ApplyError::Other)?;
-                Ok(c.uid.as_deref().map(|u| card::with_uid(copy, u)))
+                Ok(match c.uid.as_deref() {
+                    Some(u) => Arc::new(card::with_uid(&copy, u)),
+                    None => copy,
+                })
             })
             .collect::<Result<_, ApplyError>>()?;
-        let cards: Vec<&VCard> = pending
-            .iter()
-            .zip(&renamed)
-            .map(|(&k, r)| match r {
-                Some(c) => Ok(c),
-                None => items[k].item.copy().map_err(ApplyError::Other),
-            })
-            .collect::<Result<_, ApplyError>>()?;
+        let cards: Vec<&VCard> = copies.iter().map(|c| &**c).collect();
         let (backend, user) = (self.ctx.backend, self.ctx.user);
         self.call(backend.create_contacts(user, g, &cards)).await
     }
@@ -288,8 +311,8 @@ impl<B: Backend> Applier<'_, '_, B> {
             .map_err(ApplyError::Other)?;
         let calls: Vec<(&str, &str, &VCard)> = items
             .iter()
-            .zip(copies)
-            .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), c))
+            .zip(&copies)
+            .map(|((u, _), c)| (u.contact_id.as_str(), u.etag.as_str(), &**c))
             .collect();
         let (backend, user, fields) = (self.ctx.backend, self.ctx.user, &self.ctx.job.spec.fields);
         let results = self

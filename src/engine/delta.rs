@@ -201,9 +201,8 @@ fn delta_for_attempt<B>(
     };
     let (ledger, scope) = match (probe, part) {
         (_, Some((part, scope))) => (Some(part), Some(scope)),
-        (Probe::Whole(Some(l)), None) => (Some(l.view), None),
-        // Loaded by the attempt.
-        (Probe::Points(_), None) => (None, None),
+        // Loaded by the attempt (a whole probe holds only contact ids and etags).
+        (Probe::Points(_) | Probe::Whole(Some(_)), None) => (None, None),
         (Probe::Whole(None), None) => return None,
     };
     Some(ReadDelta {

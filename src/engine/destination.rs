@@ -343,7 +343,10 @@ async fn apply_and_record<B: Backend>(
     report.refused.clear();
     let source = ctx.active().map(|a| &a.source);
     let applied = (&mut report.applied, &mut report.refused);
-    let (result, mut finish) = apply(ctx, group.clone(), &mut plan, source, applied).await;
+    let take_token = ctx.backend.capabilities().change_tokens && token.is_none();
+    let (result, mut finish, made_token) =
+        apply(ctx, group.clone(), &mut plan, source, applied, take_token).await;
+    let token = token.or(made_token);
     let wrote = !plan.ops.is_empty();
     report.plan = Some(plan.into_summary());
     if let Some(active) = ctx.active() {

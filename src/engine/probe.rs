@@ -9,24 +9,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::slot::Slot;
 use crate::backend::{Known, KnownCopies};
 use crate::mutex::lock;
-use crate::plan::{LedgerRow, LedgerView};
+use crate::plan::LedgerRow;
 use crate::store::Store;
 
-/// A destination's ledger with a lookup by contact id (a delta names contacts, not sources).
-pub(super) struct LedgerByContact {
-    pub(super) view: LedgerView,
-    pub(super) order: Vec<u32>,
+/// A destination's copies as a delta is told by, for a whole load: a digest of each contact id
+/// and of its etag. A few bytes a copy where a ledger row holds a few hundred (two ids of some
+/// 150 characters each at Graph); a false match of two 64-bit digests among a destination's
+/// copies is not a practical concern.
+pub(super) struct EtagsByContact(HashMap<u64, u64>);
+
+impl EtagsByContact {
+    fn load(store: &Mutex<Store>, job: &str, user_id: &str) -> Option<Self> {
+        let mut map = HashMap::new();
+        lock(store)
+            .each_copy_etag(job, user_id, &mut |id, etag| {
+                map.insert(digest(id), digest(etag));
+            })
+            .ok()?;
+        map.shrink_to_fit();
+        Some(EtagsByContact(map))
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// `Some(etag is the one remembered)` for a remembered copy.
+    fn matches(&self, contact_id: &str, etag: &str) -> Option<bool> {
+        self.0.get(&digest(contact_id)).map(|e| *e == digest(etag))
+    }
 }
 
-impl LedgerByContact {
-    pub(super) fn new(view: LedgerView) -> Self {
-        let order = view.contact_order();
-        LedgerByContact { view, order }
-    }
-
-    pub(super) fn get(&self, contact_id: &str) -> Option<&LedgerRow> {
-        self.view.find_contact(&self.order, contact_id)
-    }
+fn digest(s: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    BuildHasherDefault::<DefaultHasher>::default().hash_one(s)
 }
 
 /// How many contacts of a change token's delta are looked up in the ledger one at a time (an
@@ -44,8 +60,8 @@ pub(super) const LOOKUP_COST: usize = 8;
 pub(super) enum Probe {
     /// The rows looked up so far, by contact id (`None`: no copy the ledger knows).
     Points(HashMap<String, Option<LedgerRow>>),
-    /// The whole ledger (`None`: the state database failed).
-    Whole(Option<LedgerByContact>),
+    /// The whole ledger's contact ids and etags (`None`: the state database failed).
+    Whole(Option<EtagsByContact>),
 }
 
 /// The engine's side of `Backend::read_changes` for one destination: the `Probe`, the ledger's
@@ -83,14 +99,11 @@ impl<'a> LedgerProbe<'a> {
         self.state.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Loads the whole ledger in place of the lookups.
+    /// Loads the whole ledger's contact ids and etags in place of the lookups.
     pub(super) fn load_whole(&self, st: &mut ProbeState) {
-        let whole = lock(self.store)
-            .ledger(self.job, self.user_id)
-            .ok()
-            .map(LedgerByContact::new);
+        let whole = EtagsByContact::load(self.store, self.job, self.user_id);
         if let Some(l) = &whole {
-            st.total = Some(l.view.len());
+            st.total = Some(l.len());
         }
         st.probe = Probe::Whole(whole);
     }
@@ -147,16 +160,19 @@ impl KnownCopies for LedgerProbe<'_> {
                 self.load_whole(st);
             }
         }
-        let row = match &st.probe {
-            Probe::Points(found) => found.get(id).and_then(Option::as_ref),
-            Probe::Whole(Some(l)) => l.get(id),
+        let found = match &st.probe {
+            Probe::Points(found) => found
+                .get(id)
+                .and_then(Option::as_ref)
+                .map(|row| row.etag() == etag),
+            Probe::Whole(Some(l)) => l.matches(id, etag),
             // The state database failed: everything counts as changed (and the run below
             // reports the failure).
             Probe::Whole(None) => return Known::Changed,
         };
-        match row {
+        match found {
             None => Known::No,
-            Some(row) if !etag.is_empty() && row.etag() == etag => Known::AsWritten,
+            Some(same) if same && !etag.is_empty() => Known::AsWritten,
             Some(_) => Known::Changed,
         }
     }

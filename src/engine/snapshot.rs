@@ -79,7 +79,7 @@ pub(super) async fn snapshot<B: Backend>(
             kind: DestKind::Copy {
                 source: Some(sid.to_string()),
                 digest: l.digest().to_string(),
-                name,
+                name: name.to_string(),
                 fields: vec![],
             },
         });
@@ -231,7 +231,7 @@ fn known_copy(
     let item = source.items.get(sid);
     match (item, previous.get(sid)) {
         _ if l.etag().is_empty() => None,
-        (Some(i), _) if i.digest == l.digest() => Some((i.name.clone(), vec![])),
+        (Some(i), _) if i.digest == l.digest() => Some((i.name.to_string(), vec![])),
         _ if source.unreadable.contains_key(sid) => Some((String::new(), vec![])),
         (item, Some(p))
             if p.digest == l.digest()
@@ -242,7 +242,7 @@ fn known_copy(
                     .any(|(name, _)| caps.read_before_update.contains(&&**name)) =>
         {
             Some((
-                item.map_or_else(|| p.name.clone(), |i| i.name.clone()),
+                item.map_or_else(|| p.name.clone(), |i| i.name.to_string()),
                 p.fields.clone(),
             ))
         }

@@ -162,7 +162,7 @@ pub(super) fn save_source<B: Backend>(
         source
             .items
             .values()
-            .map(|i| (i.id.as_str(), i.digest.as_str(), i.name.as_str())),
+            .map(|i| (&*i.id, i.digest.as_str(), &*i.name)),
         |id| {
             source.items.get(id).map_or_else(String::new, |i| {
                 card::field_digests_text(i.fields(&spec.fields))

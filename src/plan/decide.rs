@@ -166,7 +166,7 @@ impl<'a> Planner<'a> {
                     return;
                 }
                 self.plan.kept.push((
-                    item.id.clone(),
+                    item.id.to_string(),
                     LedgerCopy {
                         contact_id: keeper.id.clone(),
                         digest: item.digest.clone(),
@@ -178,8 +178,8 @@ impl<'a> Planner<'a> {
                 self.updates.push(Op::Update(Box::new(UpdateOp {
                     contact_id: keeper.id.clone(),
                     etag: keeper.etag.clone(),
-                    source_id: item.id.clone(),
-                    name: item.name.clone(),
+                    source_id: item.id.to_string(),
+                    name: item.name.to_string(),
                     fields: card::changed_fields(fields, item.fields(&self.job.fields)),
                     before: digest.clone(),
                 })))
@@ -202,8 +202,8 @@ impl<'a> Planner<'a> {
         };
         let missing: Vec<&SourceItem> = in_scope
             .filter(|item| {
-                while copied.next_if(|c| *c < item.id.as_str()).is_some() {}
-                copied.peek() != Some(&item.id.as_str())
+                while copied.next_if(|c| *c < &*item.id).is_some() {}
+                copied.peek() != Some(&&*item.id)
             })
             .collect();
         let updates = std::mem::take(&mut self.updates);
@@ -235,7 +235,7 @@ impl<'a> Planner<'a> {
             .map(|(s, _)| s.as_str())
             .chain(self.remembered.iter().copied())
             .chain(self.plan.ops.iter().filter_map(|o| match o {
-                Op::Create { source_id, .. } => Some(source_id.as_str()),
+                Op::Create { source_id, .. } => Some(&**source_id),
                 Op::Update(u) => Some(u.source_id.as_str()),
                 _ => None,
             }))

@@ -147,23 +147,4 @@ impl LedgerView {
     pub fn rows(&self) -> impl Iterator<Item = &LedgerRow> {
         self.rows.iter()
     }
-
-    /// The positions of the rows sorted by contact id, for `find_contact`.
-    pub fn contact_order(&self) -> Vec<u32> {
-        let mut order: Vec<u32> = (0..self.rows.len() as u32).collect();
-        order.sort_unstable_by(|a, b| {
-            self.rows[*a as usize]
-                .contact_id()
-                .cmp(self.rows[*b as usize].contact_id())
-        });
-        order
-    }
-
-    /// The row of the copy with this contact id, found through `order` (see `contact_order`).
-    pub fn find_contact(&self, order: &[u32], contact_id: &str) -> Option<&LedgerRow> {
-        order
-            .binary_search_by(|i| self.rows[*i as usize].contact_id().cmp(contact_id))
-            .ok()
-            .map(|i| &self.rows[order[i] as usize])
-    }
 }

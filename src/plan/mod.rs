@@ -88,8 +88,8 @@ pub enum Op {
         name: String,
     },
     Create {
-        source_id: String,
-        name: String,
+        source_id: std::sync::Arc<str>,
+        name: std::sync::Arc<str>,
         recreate: bool,
         /// The copy's UID when its usual one (`copy_uid`) is taken in the destination (a copy
         /// whose tag the user removed keeps it): a fresh copy never shares a UID.

@@ -41,6 +41,27 @@ impl Store {
         Ok(LedgerView::new(rows))
     }
 
+    /// Every copy's contact id and etag at one destination, handed to `each` as read (what a
+    /// change token's delta is told by; no source ids or digests, which it does not need).
+    pub fn each_copy_etag(
+        &self,
+        job: &str,
+        user_id: &str,
+        each: &mut dyn FnMut(&str, &str),
+    ) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT contact_id, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
+            .map_err(self.err())?;
+        let mut rows = st.query(params![job, user_id]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            let id = r.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(self.err())?;
+            let etag = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(self.err())?;
+            each(id, etag);
+        }
+        Ok(())
+    }
+
     /// What the ledger remembers of the copy with this contact id at one destination (an index
     /// lookup: a change token's delta names a few contacts among thousands).
     pub fn copy_by_contact(
