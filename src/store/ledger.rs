@@ -51,12 +51,20 @@ impl Store {
     ) -> Result<()> {
         let mut st = self
             .conn
-            .prepare_cached("SELECT contact_id, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2")
+            .prepare_cached(
+                "SELECT contact_id, coalesce(etag, '') FROM copies WHERE job = ?1 AND user_id = ?2",
+            )
             .map_err(self.err())?;
         let mut rows = st.query(params![job, user_id]).map_err(self.err())?;
         while let Some(r) = rows.next().map_err(self.err())? {
-            let id = r.get_ref(0).and_then(|v| Ok(v.as_str()?)).map_err(self.err())?;
-            let etag = r.get_ref(1).and_then(|v| Ok(v.as_str()?)).map_err(self.err())?;
+            let id = r
+                .get_ref(0)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(self.err())?;
+            let etag = r
+                .get_ref(1)
+                .and_then(|v| Ok(v.as_str()?))
+                .map_err(self.err())?;
             each(id, etag);
         }
         Ok(())

@@ -16,8 +16,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::http::{
-    Answer, ApiError, BATCH_MAX, Body, Client, IMMUTABLE_IDS, PER_MAILBOX, Request, raw,
-    retry_after,
+    Answer, ApiError, BATCH_MAX, Body, Client, IMMUTABLE_IDS, PER_MAILBOX, RETRY_AFTER_MAX,
+    Request, raw, retry_after,
 };
 
 /// Rounds of a batch before the requests it still could not run are given up (for this run).
@@ -60,13 +60,13 @@ impl Client {
             if again.is_empty() {
                 // A request the caller settles (a create answered 429) waits its turn too.
                 if let Some(w) = wait {
-                    tokio::time::sleep(w.min(Duration::from_secs(120))).await;
+                    tokio::time::sleep(w.min(RETRY_AFTER_MAX)).await;
                 }
             } else {
                 self.retries
                     .fetch_add(again.len() as u64, Ordering::Relaxed);
                 let pause = wait.unwrap_or(Duration::from_millis(250 << round.min(7)));
-                tokio::time::sleep(pause.min(Duration::from_secs(120))).await;
+                tokio::time::sleep(pause.min(RETRY_AFTER_MAX)).await;
             }
             todo = again;
         }

@@ -127,6 +127,11 @@ pub struct Request {
     pub keep: Option<&'static [&'static str]>,
 }
 
+/// The longest Retry-After waited out as asked. Outlook's quota is 10,000 requests a mailbox
+/// in 10 minutes, and it asks for at most that window; a request sent before the wait is over
+/// only earns another 429 (and counts against the quota).
+pub const RETRY_AFTER_MAX: Duration = Duration::from_secs(600);
+
 impl Request {
     pub fn get(op: &'static str, path: String) -> Self {
         Request {
@@ -288,7 +293,7 @@ impl Client {
                     .with_jitter(),
             )
             .when(retryable)
-            .adjust(|e: &Failed, d| e.retry_after.map(|a| a.min(Duration::from_secs(120))).or(d))
+            .adjust(|e: &Failed, d| e.retry_after.map(|a| a.min(RETRY_AFTER_MAX)).or(d))
             .notify(|e, after| {
                 self.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("{}: {e}; retrying in {after:?}", req.op)
