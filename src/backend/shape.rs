@@ -14,9 +14,23 @@
 
 /// The trait methods every provider forwards to its rooms: groups to `groups.rs`
 /// (`group_named`, `make_group`, `remove_group`), reads to `read.rs` (`read_members`,
-/// `fetch_by_ids`).
+/// `fetch_by_ids`). A provider whose groups users can rename under the job (Graph's folders)
+/// says `delegate_to_rooms!(known_ids)`: its `group_named` takes the id the state remembers;
+/// the others find groups by name only.
 macro_rules! delegate_to_rooms {
     () => {
+        async fn find_group(
+            &self,
+            user: &User,
+            name: &str,
+            _known: Option<&str>,
+        ) -> Result<Option<GroupRef>> {
+            self.group_named(user, name).await
+        }
+
+        delegate_to_rooms!(@rest);
+    };
+    (known_ids) => {
         async fn find_group(
             &self,
             user: &User,
@@ -26,6 +40,9 @@ macro_rules! delegate_to_rooms {
             self.group_named(user, name, known).await
         }
 
+        delegate_to_rooms!(@rest);
+    };
+    (@rest) => {
         async fn create_group(&self, user: &User, name: &str) -> Result<GroupRef> {
             self.make_group(user, name).await
         }

@@ -109,13 +109,7 @@ impl CarddavBackend {
 
     /// A group is the address book whose display name is `name`: never one whose URL merely
     /// ends in it (a user's main book at `/bob/default/` is not a group "default").
-    /// Found by name only: `_known`, the id the state remembers, is not used here.
-    pub(super) async fn group_named(
-        &self,
-        user: &User,
-        name: &str,
-        _known: Option<&str>,
-    ) -> Result<Option<GroupRef>> {
+    pub(super) async fn group_named(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         let books = self.listing(user).await?;
         Ok(books
             .into_iter()

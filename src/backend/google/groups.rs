@@ -62,13 +62,7 @@ impl GoogleBackend {
         .await
     }
 
-    /// Found by name only: `_known`, the id the state remembers, is not used here.
-    pub(super) async fn group_named(
-        &self,
-        user: &User,
-        name: &str,
-        _known: Option<&str>,
-    ) -> Result<Option<GroupRef>> {
+    pub(super) async fn group_named(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         for g in self.list_groups(user).await? {
             let is_user_group =
                 g.get("groupType").and_then(Value::as_str) != Some("SYSTEM_CONTACT_GROUP");

@@ -24,6 +24,7 @@ mod groups;
 pub mod http;
 mod photo;
 mod read;
+mod vcard;
 mod write;
 
 use calcard::vcard::VCard;
@@ -102,7 +103,7 @@ impl GraphBackend {
 }
 
 impl Backend for GraphBackend {
-    delegate_to_rooms!();
+    delegate_to_rooms!(known_ids);
 
     delegate_read_changes!();
 
@@ -111,7 +112,7 @@ impl Backend for GraphBackend {
     }
 
     fn cannot_hold(&self, card: &VCard) -> Vec<String> {
-        contact::cannot_hold(card)
+        vcard::cannot_hold(card)
     }
 
     /// Writes 200 at a time (sent as ten `$batch` envelopes of 20, so a write's photos go in

@@ -26,13 +26,7 @@ impl MemoryBackend {
         f(g)
     }
 
-    /// Found by name only: `_known`, the id the state remembers, is not used here.
-    pub(super) async fn group_named(
-        &self,
-        user: &User,
-        name: &str,
-        _known: Option<&str>,
-    ) -> Result<Option<GroupRef>> {
+    pub(super) async fn group_named(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         self.check_read()?;
         if self.panic_user.lock().unwrap().as_deref() == Some(user.id.as_str()) {
             panic!("injected panic looking up a group of {}", user.name);

@@ -26,13 +26,7 @@ impl VdirBackend {
         Ok(dir)
     }
 
-    /// Found by name only: `_known`, the id the state remembers, is not used here.
-    pub(super) async fn group_named(
-        &self,
-        user: &User,
-        name: &str,
-        _known: Option<&str>,
-    ) -> Result<Option<GroupRef>> {
+    pub(super) async fn group_named(&self, user: &User, name: &str) -> Result<Option<GroupRef>> {
         if check_component("group", name).is_err() {
             return Ok(None);
         }
