@@ -977,12 +977,12 @@ fn a_panicking_destination_fails_alone() {
     }
 }
 
-/// A removed destination with more copies than one read-and-delete chunk (200 here) is cleaned
-/// up chunk by chunk: each chunk's trash written before its deletes. When a delete fails part
-/// way, the only trash entries whose contacts are still there are those of the chunk being
-/// deleted (the chunk after it was read, but not trashed), and the rerun finishes the cleanup.
+/// A removed destination's copies are trashed as its group is read, then deleted in the
+/// provider's batches. When a delete fails part way, the copies not deleted are taken back out
+/// of the trash: the trash holds exactly what was deleted (a restore never makes a second copy
+/// of a contact still there), and the rerun finishes the cleanup, trashing the rest.
 #[test]
-fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
+fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1011,8 +1011,7 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
             .collect::<BTreeSet<String>>()
     };
     assert_eq!(copies(&backend).len(), 450);
-    // The provider stops answering at the 251st contact delete: in the second chunk's second
-    // batch of 100.
+    // The provider stops answering at the 251st contact delete: in the third batch of 100.
     backend.set_faults(Faults {
         fail_write: None,
         cut_at_write: Some(250),
@@ -1035,11 +1034,9 @@ fn a_removal_trashes_chunk_by_chunk_and_only_what_it_deletes() {
     let trashed_now = trashed();
     let deleted = 450 - left.len();
     assert!((250..=300).contains(&deleted), "{deleted} deleted");
-    // Trashed: the chunks read before the failure (400), never the third.
-    assert_eq!(trashed_now.len(), 400);
-    let trashed_not_deleted = trashed_now.iter().filter(|id| left.contains(*id)).count();
-    assert!(trashed_not_deleted <= 200, "{trashed_not_deleted}");
-    assert_eq!(trashed_not_deleted, 400 - deleted);
+    // Trashed: exactly the copies deleted, none of those still there.
+    assert_eq!(trashed_now.len(), deleted);
+    assert!(trashed_now.iter().all(|id| !left.contains(id)));
     // The rerun finishes: every copy gone, each trashed before it went.
     backend.set_faults(Faults::default());
     let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));

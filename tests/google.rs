@@ -362,8 +362,8 @@ fn every_semantic_on_the_fake() {
         );
     });
     assert_eq!(r.copies("carol@example.com"), src2);
-    // The removal read bob's contacts for their tags only; what it deleted is in the trash, read
-    // whole and named, one entry per copy.
+    // The removal read bob's group whole and trashed the copies as it read them; what it
+    // deleted is in the trash, named, one entry per copy.
     let out = r
         .cmd()
         .args(["restore", "--json", "--dest", bob])

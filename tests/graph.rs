@@ -341,6 +341,22 @@ fn a_first_sync_writes_in_batches_of_twenty_and_a_rerun_reads_one_delta() {
     let get = |k: &str| c.get(k).copied().unwrap_or(0);
     assert_eq!(get("batch.items"), get("users.get") + 4, "{c:?}");
     assert_eq!(c.get("http"), Some(&7), "{c:?}");
+    // carol leaves the job: her folder is read whole once (its contacts trashed as they are
+    // read), never contact by contact, and each copy is deleted once.
+    r.write_job(&["bob@example.com"]);
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert_eq!(get("contacts.get"), 0, "{c:?}");
+    assert_eq!(get("contacts.delete"), 45, "{c:?}");
+    assert!(!r.has_folder("carol@example.com", "Sales"));
+    let out = common::groupsync_in(r.path())
+        .args(["restore", "--json", "--dest", "carol@example.com"])
+        .output()
+        .unwrap();
+    let trash: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(trash.len(), 45);
 }
 
 #[test]

@@ -394,6 +394,12 @@ impl FakeGraph {
         self.state.limits.reset_max();
     }
 
+    /// The next day: every mailbox's quota window starts empty (a window is 10 minutes, and
+    /// the runs of a daily job a day apart). Counts and violations are kept.
+    pub fn next_day(&self) {
+        self.state.limits.clear_windows();
+    }
+
     /// Every request that broke the API's rules, in words ("op for user: what").
     pub fn violations(&self) -> Vec<String> {
         lock(&self.state.violations).clone()

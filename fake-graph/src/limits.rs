@@ -102,6 +102,11 @@ impl Limits {
         self.max_in_flight.store(now, Ordering::Relaxed);
     }
 
+    /// Forgets every mailbox's quota window: the calls of a run a day ago no longer count.
+    pub fn clear_windows(&self) {
+        lock(&self.windows).clear();
+    }
+
     /// Counts a call against the mailbox's quota; `Err(seconds until there is room)` when the
     /// window is full (the call is then not counted).
     pub fn quota(&self, mailbox: &str, limit: u32, window: Duration) -> Result<(), u64> {

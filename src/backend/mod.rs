@@ -127,6 +127,10 @@ impl BackendError {
 
 pub type Result<T> = std::result::Result<T, BackendError>;
 
+/// How many contacts a group read hands over before it gives the runtime a turn (see
+/// `Backend::read_group`).
+pub const YIELD_EVERY: usize = 200;
+
 /// How the engine knows a contact a change token's delta names (see `Backend::read_changes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Known {
@@ -345,7 +349,10 @@ pub trait Backend: Send + Sync {
     /// known copies handed by id and etag without being read where the provider can. Returns a
     /// change token valid from the moment the read began when `how.token` asks for one and the
     /// provider has them (`None` otherwise). With `group` = `None` (the group does not exist
-    /// yet) no contact is handed over; only the token is taken.
+    /// yet) no contact is handed over; only the token is taken. A provider that reads without
+    /// awaiting (files), or hands over a large page, yields to the runtime every `YIELD_EVERY`
+    /// contacts: a caller acts on what it was handed between its polls (a removal writes its
+    /// trash as the read goes).
     fn read_group(
         &self,
         user: &User,

@@ -93,6 +93,10 @@ fn op_line(op: &Op) -> Option<String> {
         Op::MoveToDefault { contact_id, .. } => {
             format!("move      {contact_id} to \"My Contacts\" (the user's own contact)")
         }
+        Op::DeleteTrashed(t) => {
+            let copies = plural(t.copies, "copy", "copies");
+            format!("delete    {copies} (destination removed from job)")
+        }
     })
 }
 

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use super::finish::{Deferred, Finish, FinishOutcome, Settle};
 use super::record::{ApplyError, Recorder, overlapped};
 use super::shared::DestCtx;
-use super::trash::{Doomed, Trashing, lcm, read_for_trash, write_trash};
+use super::trash::{
+    Doomed, Trashing, lcm, read_for_trash, trashed, trashed_page, untrash, untrash_from,
+    write_trash,
+};
 use crate::backend::{Backend, BackendError, Depth, GroupRead, GroupRef, Read, Written};
 use crate::card;
 use crate::mutex::lock;
@@ -123,7 +126,7 @@ impl<B: Backend> Applier<'_, '_, B> {
         while i < ops.len() {
             // Deletes are taken in one run (read for the trash, then deleted, chunk by chunk).
             let limit = match &ops[i] {
-                Op::CreateGroup { .. } | Op::DeleteGroup { .. } => 1,
+                Op::CreateGroup { .. } | Op::DeleteGroup { .. } | Op::DeleteTrashed(_) => 1,
                 Op::Delete(_) => usize::MAX,
                 _ => batch,
             };
@@ -140,6 +143,7 @@ impl<B: Backend> Applier<'_, '_, B> {
                 Op::Create { .. } => self.create(run).await?,
                 Op::Update(_) => self.update(run).await?,
                 Op::Delete(_) => delete_with_trash(self, run).await?,
+                Op::DeleteTrashed(t) => delete_trashed(self, *t).await?,
                 Op::MoveToDefault { .. } => self.move_to_default(run).await?,
                 Op::DeleteGroup { name } => self.delete_group(name).await?,
             }
@@ -401,51 +405,150 @@ pub(super) async fn delete_with_trash<B: Backend>(
     let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let g = a.group()?;
     let delete_batch = backend.capabilities().delete_batch_size.clamp(1, 1000);
-    let mut trashed: Option<Trashing> = None;
+    let mut trashing: Option<Trashing> = None;
     // One step more than there are chunks: the last deletes the last chunk's.
     let chunks = ops.chunks(lcm(200, delete_batch).min(1000));
     for chunk in chunks.map(Some).chain([None]) {
         let read = match chunk {
-            Some(c) => Some(read_for_trash(backend, spec, user, &g, c).await),
+            Some(c) => Some(read_for_trash(backend, (spec, user, &g), c, true).await),
             None => None,
         };
-        if let Some(t) = trashed.take() {
-            delete_trashed(a, &g, delete_batch, t).await?;
+        if let Some(t) = trashing.take() {
+            let doomed = trashed(t).await?;
+            delete_doomed(a, &g, delete_batch, &doomed).await?;
         }
         if let Some(read) = read {
-            trashed = Some(write_trash(ctx.store, ctx.run_id, spec, user, &g, read?));
+            trashing = Some(write_trash(ctx.store, ctx.run_id, spec, user, &g, read?));
         }
     }
     Ok(())
 }
 
-/// Once their trash is written, deletes the contacts in the provider's batches; each delete is
-/// logged (deferred, see `Deferred`).
+/// Deletes the copies a removal wrote to the trash as it read the group (`Op::DeleteTrashed`),
+/// read back from the trash a page at a time (up to 1,000, in the provider's delete batches):
+/// a removal never holds the list. A provider whose deletes take no etag
+/// (`conditional_deletes`) has each page read again just before, only to refuse a contact
+/// changed since or that lost its tag. When it stops, the copies not deleted are taken back
+/// out of the trash.
 async fn delete_trashed<B: Backend>(
+    a: &mut Applier<'_, '_, B>,
+    t: plan::Trashed,
+) -> Result<(), ApplyError> {
+    let ctx = a.ctx;
+    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
+    let g = a.group()?;
+    let caps = backend.capabilities();
+    let delete_batch = caps.delete_batch_size.clamp(1, 1000);
+    let page = lcm(200, delete_batch).min(1000);
+    let mut after = t.after;
+    loop {
+        let (ids, doomed): (Vec<i64>, Vec<Doomed>) = match trashed_page(ctx, after, page) {
+            Ok(p) => p.into_iter().unzip(),
+            Err(e) => {
+                untrash_from(ctx, after);
+                return Err(e);
+            }
+        };
+        let Some(&last) = ids.last() else {
+            return Ok(());
+        };
+        let checked = match caps.conditional_deletes {
+            true => Ok(doomed),
+            false => check_unchanged(backend, (spec, user, &g), &doomed).await,
+        };
+        let doomed = match checked {
+            Ok(d) => d,
+            Err(e) => {
+                untrash_from(ctx, after);
+                return Err(e);
+            }
+        };
+        // The copies of this page not deleted are taken back by `delete_doomed`; those of the
+        // pages after it, here.
+        if let Err(e) = delete_doomed(a, &g, delete_batch, &doomed).await {
+            untrash_from(ctx, last);
+            return Err(e);
+        }
+        after = last;
+    }
+}
+
+/// Reads a page of contacts about to be deleted again, for a provider whose deletes take no
+/// etag: refused when one changed since it was trashed or no longer carries the job's tag
+/// (see `read_for_trash`). Returns those still there, as they are now.
+async fn check_unchanged<B: Backend>(
+    backend: &B,
+    (spec, user, g): (&plan::JobSpec, &crate::backend::User, &GroupRef),
+    doomed: &[Doomed],
+) -> Result<Vec<Doomed>, ApplyError> {
+    let ops: Vec<Op> = doomed
+        .iter()
+        .map(|d| {
+            Op::Delete(Box::new(plan::DeleteOp {
+                contact_id: d.contact_id.clone(),
+                etag: d.etag.clone(),
+                source_id: d.source_id.clone(),
+                name: d.name.clone(),
+                reason: plan::DeleteReason::DestinationRemoved,
+                before: d.before.clone(),
+            }))
+        })
+        .collect();
+    read_for_trash(backend, (spec, user, g), &ops, false).await
+}
+
+/// The contact ids of contacts about to be deleted.
+fn ids(doomed: &[Doomed]) -> Vec<&str> {
+    doomed.iter().map(|d| d.contact_id.as_str()).collect()
+}
+
+/// Deletes contacts whose trash is written, in the provider's batches; each delete is logged
+/// (deferred, see `Deferred`). A contact not deleted after all (refused, or not sent after a
+/// failure) is taken back out of the trash: the trash keeps what was deleted.
+async fn delete_doomed<B: Backend>(
     a: &mut Applier<'_, '_, B>,
     g: &GroupRef,
     delete_batch: usize,
-    trashing: Trashing,
+    doomed: &[Doomed],
 ) -> Result<(), ApplyError> {
-    let doomed = trashing
-        .await
-        .map_err(|e| ApplyError::Other(format!("writing the trash: {e}")))??;
-    let (backend, user) = (a.ctx.backend, a.ctx.user);
-    for chunk in doomed.chunks(delete_batch) {
+    let (ctx, backend, user) = (a.ctx, a.ctx.backend, a.ctx.user);
+    for (k, chunk) in doomed.chunks(delete_batch).enumerate() {
+        let rest = &doomed[((k + 1) * delete_batch).min(doomed.len())..];
         let calls: Vec<(&str, &str)> = chunk
             .iter()
             .map(|d| (d.contact_id.as_str(), d.etag.as_str()))
             .collect();
-        let results = a.call(backend.delete_contacts(user, g, &calls)).await?;
+        let results = match a.call(backend.delete_contacts(user, g, &calls)).await {
+            Ok(r) => r,
+            Err(e) => {
+                untrash(ctx, &ids(&doomed[k * delete_batch..]));
+                return Err(e);
+            }
+        };
+        // Refused, or left without an answer by a failure that is not one contact's.
+        let mut kept = ids(&chunk[results.len().min(chunk.len())..]);
+        kept.extend(
+            chunk
+                .iter()
+                .zip(&results)
+                .filter(|(_, r)| r.is_err())
+                .map(|(d, _)| d.contact_id.as_str()),
+        );
         let who = |d: &&Doomed| (d.contact_id.clone(), d.name.clone());
-        a.rec
+        let taken = a
+            .rec
             .take("delete", chunk.iter().zip(results), who, |rec, d, ()| {
                 let source = d.source_id.as_deref();
                 rec.log("delete", source, &d.contact_id, Some(&d.name))
                     .detail(d.reason.to_string())
                     .digests(Some(&d.before), None);
                 rec.applied.deleted += 1;
-            })?;
+            });
+        if taken.is_err() {
+            kept.extend(ids(rest));
+        }
+        untrash(ctx, &kept);
+        taken?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 
 use crate::backend::{Backend, BackendError, GroupRef};
 use crate::mutex::lock;
-use crate::plan::{self, DestSnapshot, LedgerView, Plan};
+use crate::plan::{self, DestSnapshot, LedgerView, Plan, Trashed};
 use crate::store::{Counts, Store};
 
 use super::DestReport;
@@ -20,11 +20,13 @@ use super::shared::{DestCtx, Mode};
 use super::snapshot::{removal_snapshot, snapshot, snapshot_from_changes};
 
 /// What one attempt read: the snapshot, the ledger it is planned against, the change token
-/// taken with the read.
+/// taken with the read, and how many copies it wrote to the trash as it read (a removal's, not
+/// among the snapshot's entries).
 struct Observation {
     snap: DestSnapshot,
     ledger: Option<LedgerView>,
     token: Option<String>,
+    trashed: Trashed,
 }
 
 /// How an attempt ended.
@@ -226,8 +228,8 @@ async fn unchanged_since_converged<B: Backend>(
 }
 
 /// The snapshot of this attempt and the ledger it is planned against: from the delta when it
-/// stands for the read (only the part of the ledger it needs), else the group read whole (for a
-/// removal, for its tags only).
+/// stands for the read (only the part of the ledger it needs), else the group read whole (a
+/// removal's copies trashed as they are read).
 async fn read_snapshot<B: Backend>(
     ctx: &DestCtx<'_, B>,
     state: &Mutex<Store>,
@@ -239,13 +241,14 @@ async fn read_snapshot<B: Backend>(
     let reading = |e: BackendError| format!("reading {}: {e}", user.name);
     let Some(active) = ctx.active() else {
         let copies = lock(state).copy_count(job, &user.id).unwrap_or(0);
-        let (snap, token) = removal_snapshot(ctx, group, copies, ctx.opts.dry_run)
+        let (snap, trashed) = removal_snapshot(ctx, group, copies)
             .await
-            .map_err(reading)?;
+            .map_err(|e| format!("reading {}: {e}", user.name))?;
         return Ok(Observation {
             snap,
             ledger: None,
-            token,
+            token: None,
+            trashed,
         });
     };
     // The ledger the changes were read against is this attempt's ledger: moved, not copied
@@ -265,6 +268,7 @@ async fn read_snapshot<B: Backend>(
             snap,
             ledger: Some(ledger),
             token,
+            trashed: Trashed::default(),
         });
     }
     // The group is read whole: so is the ledger.
@@ -276,6 +280,7 @@ async fn read_snapshot<B: Backend>(
         snap,
         ledger: Some(ledger),
         token,
+        trashed: Trashed::default(),
     })
 }
 
@@ -290,6 +295,7 @@ async fn decide_and_apply<B: Backend>(
         mut snap,
         ledger,
         token,
+        trashed,
     } = seen;
     let plan = match ctx.active() {
         Some(active) => {
@@ -311,7 +317,7 @@ async fn decide_and_apply<B: Backend>(
             }
             plan
         }
-        None => plan::plan_removal(&mut snap),
+        None => plan::plan_removal(&mut snap, trashed),
     };
     // The plan holds what the apply needs; the summary of every contact can go now.
     let group = snap.group.take();

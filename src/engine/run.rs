@@ -48,7 +48,9 @@ pub(super) async fn run_inner<B: Backend + 'static>(
     if ended_early(ctx, &inputs, report) {
         return Ok(());
     }
-    // Removed destinations: copies deleted, users' own contacts kept, group removed.
+    // Removed destinations: copies deleted, users' own contacts kept, group removed. The
+    // source is not needed for them: let go of it first.
+    drop(inputs);
     let removed = std::mem::take(&mut resolved.removed);
     let removals = run_destinations(&shared, removed.into_iter(), None).await;
     report.destinations.extend(removals);

@@ -1,13 +1,18 @@
 //! A destination's summary for the planner: its group read whole (copies known as written taken
-//! from the ledger), read for the tags only (a removal), or built from a change token's delta.
+//! from the ledger; a removal's copies trashed as they are read), or built from a change
+//! token's delta.
 
 use std::collections::{HashMap, HashSet};
 
 use super::delta::ReadDelta;
+use super::record::ApplyError;
 use super::shared::{ActiveInputs, DestCtx};
+use super::trash::read_into_trash;
 use crate::backend::{Backend, BackendError, Capabilities, Depth, GroupRead, GroupRef, Read};
 use crate::plan;
-use crate::plan::{DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scope, SourceSet};
+use crate::plan::{
+    DestEntry, DestKind, DestSnapshot, LedgerRow, LedgerView, Scope, SourceSet, Trashed,
+};
 
 /// Reads the destination group and summarises it for the planner, with the provider's change
 /// token when it has them (see `Backend::change_tokens`). A copy the ledger says was written
@@ -104,35 +109,40 @@ pub(super) fn snapshot_of<B>(
     }
 }
 
-/// Reads a destination leaving the job. Each contact is read only for its tags, unless `whole`
-/// (a dry run, whose plan names what it would delete): a real removal reads what it deletes
-/// whole for the trash, and names it from that (see `Applier::run`).
+/// Reads a destination leaving the job, whole. A real removal writes the job's copies to the
+/// trash as it reads them (`read_into_trash`: the plan deletes every one, from the trash, and
+/// none is read again for it): they are counted, not summarised. A dry run summarises them,
+/// for the plan to name. Returns the snapshot and the copies trashed.
 pub(super) async fn removal_snapshot<B: Backend>(
     ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
     expected: usize,
-    whole: bool,
-) -> Result<(DestSnapshot, Option<String>), BackendError> {
-    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
-    let mut entries = Vec::with_capacity(expected);
-    if let Some(g) = &group {
-        let how = if whole {
-            GroupRead::WHOLE
-        } else {
-            GroupRead::TAGS
-        };
-        let mut sink = |r| {
-            if let Read::Contact(c) = r {
-                let (id, etag) = (c.id, c.etag);
-                entries.push(match whole {
-                    true => DestEntry::classify(spec, id, etag, &c.card, None),
-                    false => DestEntry::classify_tags(spec, id, etag, &c.card),
-                })
-            }
-        };
-        backend.read_group(user, Some(g), how, &mut sink).await?;
-    }
-    Ok((snapshot_of(ctx, group, (entries, vec![]), None), None))
+) -> Result<(DestSnapshot, Trashed), ApplyError> {
+    let spec = &ctx.job.spec;
+    let mut trashed = Trashed::default();
+    let entries = match &group {
+        Some(g) if !ctx.opts.dry_run => {
+            let (entries, copies) = read_into_trash(ctx, g).await?;
+            trashed = copies;
+            entries
+        }
+        Some(g) => {
+            let mut entries = Vec::with_capacity(expected);
+            let mut sink = |r| {
+                if let Read::Contact(c) = r {
+                    entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
+                }
+            };
+            let how = GroupRead::WHOLE;
+            ctx.backend
+                .read_group(ctx.user, Some(g), how, &mut sink)
+                .await?;
+            entries
+        }
+        None => vec![],
+    };
+    let snap = snapshot_of(ctx, group, (entries, vec![]), None);
+    Ok((snap, trashed))
 }
 
 /// Summarises a destination from its ledger and what changed since its change token, without

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use super::{
     DeleteOp, DeleteReason, DestEntry, DestKind, DestSnapshot, JobSpec, LedgerCopy, LedgerRow,
-    LedgerView, Op, Plan, SourceItem, SourceSet, UpdateOp, free_uid,
+    LedgerView, Op, Plan, SourceItem, SourceSet, Trashed, UpdateOp, free_uid,
 };
 use crate::card;
 
@@ -315,11 +315,16 @@ fn delete_op(e: DestEntry, reason: DeleteReason) -> Op {
 /// user's own contacts in the group move to the default collection, and the group is deleted when nothing
 /// else (another job's copies) remains in it. The snapshot's entries are moved into the plan
 /// (thousands of copies per destination are not held twice); `dest.entries` is left empty.
-pub fn plan_removal(dest: &mut DestSnapshot) -> Plan {
+/// The `trashed` copies were written to the trash as the group was read and are not among the
+/// entries: one operation deletes them all.
+pub fn plan_removal(dest: &mut DestSnapshot, trashed: Trashed) -> Plan {
     let mut plan = Plan::new(&dest.user, true);
     let Some(group) = &dest.group else {
         return plan;
     };
+    if trashed.copies > 0 {
+        plan.ops.push(Op::DeleteTrashed(trashed));
+    }
     let mut moves = vec![];
     let mut deletes = Vec::with_capacity(dest.entries.len());
     let mut other_jobs = 0;

@@ -37,8 +37,8 @@ pub struct DestEntry {
 }
 
 impl DestEntry {
-    /// [`DestEntry::classify`] of a contact read for its tags only (`Depth::TagsOnly`,
-    /// a removal's run): a copy carries no name or digest, the read has neither to give.
+    /// [`DestEntry::classify`] without the work a copy's summary takes (its name and digest):
+    /// for a contact read for its tags only (`Depth::TagsOnly`), or known not to be a copy.
     pub fn classify_tags(
         job: &JobSpec,
         id: String,

@@ -98,6 +98,10 @@ pub enum Op {
     },
     Update(Box<UpdateOp>),
     Delete(Box<DeleteOp>),
+    /// Every copy of a removed destination that this run wrote to the trash as it read the
+    /// group (see `plan_removal`): deleted as the trash holds them, page by page, not listed
+    /// one by one in the plan.
+    DeleteTrashed(Trashed),
     MoveToDefault {
         contact_id: String,
         etag: String,
@@ -105,6 +109,15 @@ pub enum Op {
     DeleteGroup {
         name: String,
     },
+}
+
+/// The copies a removal wrote to the trash as it read the group (`Op::DeleteTrashed`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Trashed {
+    /// How many.
+    pub copies: usize,
+    /// The last trash entry written before them: theirs come after it.
+    pub after: i64,
 }
 
 /// A copy brought back to its source's content.
@@ -128,7 +141,7 @@ pub struct DeleteOp {
     pub source_id: Option<String>,
     /// The copy's name and the digest of its managed content, as the snapshot read them: what
     /// a plan shows. The change log and the trash take both from the copy as it is read for the
-    /// trash, just before the delete (a removal reads its group for the tags only).
+    /// trash: just before the delete, or as a removal reads its group (the same read).
     pub name: String,
     pub reason: DeleteReason,
     pub before: String,
@@ -144,7 +157,7 @@ impl Op {
             } => "create",
             Op::Create { recreate: true, .. } => "recreate",
             Op::Update(_) => "update",
-            Op::Delete(_) => "delete",
+            Op::Delete(_) | Op::DeleteTrashed(_) => "delete",
             Op::MoveToDefault { .. } => "move-to-default",
             Op::DeleteGroup { .. } => "delete-group",
         }
@@ -178,8 +191,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// How many contacts the operations of this verb touch (groups count one each).
     pub fn count(&self, verb: &str) -> usize {
-        self.ops.iter().filter(|o| o.verb() == verb).count()
+        self.ops
+            .iter()
+            .filter(|o| o.verb() == verb)
+            .map(|o| match o {
+                Op::DeleteTrashed(t) => t.copies,
+                _ => 1,
+            })
+            .sum()
     }
 
     /// A plan for `user` with nothing in it yet.

@@ -21,7 +21,7 @@ pub use destinations::DestRecord;
 pub use log::{Change, ChangeRecord};
 pub use retention::Purged;
 pub use runs::{Counts, RunRecord, RunTotals};
-pub use trash::{TrashEntry, TrashRecord};
+pub use trash::{TrashEntry, TrashRecord, TrashedCopy};
 
 use rusqlite::Connection;
 use std::path::Path;

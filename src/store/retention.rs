@@ -115,6 +115,7 @@ mod tests {
             name: "Ada",
             reason: "source-gone",
             payload: "BEGIN:VCARD\r\nVERSION:4.0\r\nFN:Ada\r\nEND:VCARD\r\n",
+            ..Default::default()
         };
         s.trash(run, "team", ("u1", "bob", "Team"), &[entry, entry])
             .unwrap();

@@ -143,6 +143,14 @@ pub(super) const MIGRATION_SLICE: &[M] = &[
         "CREATE INDEX trash_deleted_at ON trash(deleted_at);
     CREATE INDEX changes_at ON changes(at);",
     ),
+    // A trash entry keeps what its delete needs (etag) and what its change-log line says
+    // (source, digest): a removal deletes what it trashed, read back page by page.
+    M::up(
+        "ALTER TABLE trash ADD COLUMN etag TEXT;
+    ALTER TABLE trash ADD COLUMN source_id TEXT;
+    ALTER TABLE trash ADD COLUMN digest TEXT;
+    CREATE INDEX trash_run ON trash(run_id, job, user_id, id);",
+    ),
 ];
 pub(super) const MIGRATIONS: Migrations = Migrations::from_slice(MIGRATION_SLICE);
 

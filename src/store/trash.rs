@@ -25,13 +25,31 @@ pub struct TrashRecord {
 }
 
 /// A contact about to be deleted, for the trash (see `Store::trash`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct TrashEntry<'a> {
     pub contact_id: &'a str,
     pub name: &'a str,
     pub reason: &'a str,
     /// The contact as a vCard.
     pub payload: &'a str,
+    /// Its etag as read (its delete is conditional on it).
+    pub etag: &'a str,
+    /// The source contact it is a copy of.
+    pub source_id: Option<&'a str>,
+    /// The digest of its managed content.
+    pub digest: &'a str,
+}
+
+/// A copy this run trashed, read back to be deleted (see `Store::trashed_page`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrashedCopy {
+    /// The trash entry's id.
+    pub id: i64,
+    pub contact_id: String,
+    pub etag: String,
+    pub source_id: Option<String>,
+    pub name: String,
+    pub digest: String,
 }
 
 impl Store {
@@ -48,17 +66,113 @@ impl Store {
         let at = now();
         self.all_or_nothing(|| {
             let mut put = self.conn.prepare_cached(
-                "INSERT INTO trash (run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO trash (run_id, deleted_at, job, user_id, user_name, group_name, contact_id, name, reason, payload, etag, source_id, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?;
             for e in entries {
                 put.execute(params![
-                    run_id, at, job, user_id, user, group, e.contact_id, e.name, e.reason, e.payload
+                    run_id,
+                    at,
+                    job,
+                    user_id,
+                    user,
+                    group,
+                    e.contact_id,
+                    e.name,
+                    e.reason,
+                    e.payload,
+                    e.etag,
+                    e.source_id,
+                    e.digest
                 ])?;
             }
             Ok(())
         })?;
         self.batch_tick(true)
+    }
+
+    /// The id of the last trash entry written (0: none ever): what is written after it has a
+    /// larger id (ids are never reused).
+    pub fn trash_last_id(&self) -> Result<i64> {
+        self.conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM trash", [], |r| r.get(0))
+            .map_err(self.err())
+    }
+
+    /// The next `limit` entries (by id, after entry `after`) this run wrote to the trash for
+    /// one user's group under `reason`, not restored: a removal deletes what it trashed as it
+    /// read the group, page by page, never holding the whole list.
+    pub fn trashed_page(
+        &self,
+        run_id: i64,
+        (job, user_id, reason): (&str, &str, &str),
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<TrashedCopy>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, contact_id, COALESCE(etag, ''), source_id, name, COALESCE(digest, '') FROM trash
+                 WHERE run_id = ?1 AND job = ?2 AND user_id = ?3 AND reason = ?4 AND id > ?5 AND restored_at IS NULL
+                 ORDER BY id LIMIT ?6",
+            )
+            .map_err(self.err())?;
+        let rows = st
+            .query_map(
+                params![run_id, job, user_id, reason, after, limit as i64],
+                |r| {
+                    Ok(TrashedCopy {
+                        id: r.get(0)?,
+                        contact_id: r.get(1)?,
+                        etag: r.get(2)?,
+                        source_id: r.get(3)?,
+                        name: r.get(4)?,
+                        digest: r.get(5)?,
+                    })
+                },
+            )
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    /// Takes back the trash entries this run wrote for contacts of one user's group that were
+    /// not deleted after all (a delete refused or never sent): the trash keeps only what was
+    /// deleted, so a restore never makes a second copy of a contact still there.
+    pub fn untrash(
+        &self,
+        run_id: i64,
+        job: &str,
+        user_id: &str,
+        contact_ids: &[&str],
+    ) -> Result<()> {
+        self.all_or_nothing(|| {
+            let mut take = self.conn.prepare_cached(
+                "DELETE FROM trash WHERE run_id = ?1 AND job = ?2 AND user_id = ?3 AND contact_id = ?4 AND restored_at IS NULL",
+            )?;
+            for id in contact_ids {
+                take.execute(params![run_id, job, user_id, id])?;
+            }
+            Ok(())
+        })?;
+        self.batch_tick(false)
+    }
+
+    /// Takes back every entry after entry `after` that this run wrote for one user's group under
+    /// `reason` (see `trashed_page`): a removal that stopped takes back what it did not reach.
+    pub fn untrash_after(
+        &self,
+        run_id: i64,
+        (job, user_id, reason): (&str, &str, &str),
+        after: i64,
+    ) -> Result<()> {
+        self.conn
+            .execute(
+                "DELETE FROM trash WHERE run_id = ?1 AND job = ?2 AND user_id = ?3 AND reason = ?4 AND id > ?5 AND restored_at IS NULL",
+                params![run_id, job, user_id, reason, after],
+            )
+            .map_err(self.err())?;
+        self.batch_tick(false)
     }
 
     /// Trash entries not yet restored, newest first, optionally narrowed.

@@ -32,7 +32,8 @@ type Fetch = Arc<tokio::sync::OnceCell<Option<Bytes>>>;
 /// What the backend remembers of photos during a run.
 #[derive(Default)]
 pub struct Photos {
-    /// (user id, contact id) of copies read → the photo they had.
+    /// (user id, contact id) of copies read with a photo → the photo they had (a copy read
+    /// without one is not kept: an update does the same for it as for a copy not read).
     now: Mutex<HashMap<(String, String), PhotoNow>>,
     /// Source photo marker → its bytes once read (`None`: it has none now), and the bytes held.
     cache: Mutex<(HashMap<String, Fetch>, usize)>,

@@ -38,8 +38,12 @@ impl GraphBackend {
     fn contact_of(&self, user: &User, c: &Value) -> Contact {
         let card = contact::to_card(c, self.cfg.visible_tag, &user.id);
         let id = c["id"].as_str().unwrap_or_default().to_string();
-        if card::tag_of(&card).is_some() {
-            let now = contact::photo_of(&card).map(|m| (m, contact::photo_digest(c)));
+        // Only a copy with a photo is remembered: an update treats a copy read without one as
+        // one not read (both get the source's photo put), and a run reads tens of thousands.
+        if card::tag_of(&card).is_some()
+            && let Some(m) = contact::photo_of(&card)
+        {
+            let now = Some((m, contact::photo_digest(c)));
             self.photos.now(&user.id, &id, now);
         }
         Contact {
@@ -95,7 +99,12 @@ impl GraphBackend {
             // A page of up to 1,000 contacts is read one contact at a time, never as one tree.
             let page: Page = serde_json::from_slice(&a.bytes)
                 .map_err(|e| BackendError::Invalid(format!("{what}: a page Graph sent: {e}")))?;
-            for raw in &page.value {
+            for (i, raw) in page.value.iter().enumerate() {
+                // A page is handed over in parts, the runtime given a turn between them: a
+                // caller acts on what it was handed (a removal trashes it as the read goes).
+                if i > 0 && i % crate::backend::YIELD_EVERY == 0 {
+                    tokio::task::yield_now().await;
+                }
                 let Ok(c) = serde_json::from_str::<Value>(raw.get()) else {
                     continue;
                 };

@@ -105,7 +105,12 @@ impl VdirBackend {
             }
         }
         names.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, listed) in names {
+        for (i, (name, listed)) in names.into_iter().enumerate() {
+            // Read without awaiting: the runtime gets a turn now and then, and with it a caller
+            // that acts on what it was handed (a removal trashes what it reads as it goes).
+            if i > 0 && i % crate::backend::YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
             for c in self.read_file(&dir.join(&name), listed, &name[..name.len() - 4])? {
                 sink(Read::Contact(c));
             }
