@@ -1045,6 +1045,62 @@ fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
     assert_eq!(trashed().into_iter().collect::<BTreeSet<_>>().len(), 450);
 }
 
+/// A removal whose read is cut part way, after some of the copies it read were written to the
+/// trash, takes them back out: nothing was deleted, so nothing is in the trash. The rerun reads
+/// the group again and removes every copy, each trashed once.
+#[test]
+fn a_removal_cut_mid_read_leaves_nothing_in_the_trash() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend = source_and_u0(450);
+    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
+    let opts = RunOptions {
+        default_group: DEFAULT_GROUP.into(),
+        ..Default::default()
+    };
+    let report = rt.block_on(engine::run_job(
+        &backend,
+        &store,
+        &fixed_job(&["u0"]),
+        &opts,
+    ));
+    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+    let copies = || {
+        backend
+            .dump("u0")
+            .into_iter()
+            .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
+            .count()
+    };
+    let trashed = || -> Vec<String> {
+        store
+            .lock()
+            .unwrap()
+            .trash_list(Some("job"), Some("u0"), None)
+            .unwrap()
+            .into_iter()
+            .map(|t| t.contact_id)
+            .collect()
+    };
+    // Cut after two chunks of the read were trashed.
+    backend.cut_reads_of(Some(("u0", 420)));
+    let removed = fixed_job(&[]);
+    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
+    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
+    assert_eq!(copies(), 450);
+    assert_eq!(trashed(), Vec::<String>::new());
+    backend.cut_reads_of(None);
+    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
+    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+    assert_eq!(copies(), 0);
+    let t = trashed();
+    assert_eq!(t.len(), 450);
+    assert_eq!(t.iter().collect::<BTreeSet<_>>().len(), 450);
+}
+
 /// What the destinations' provider cannot hold of a source contact is named in the report (a
 /// dry run's plan and a real run alike), once per contact, never dropped silently.
 #[test]

@@ -84,6 +84,9 @@ pub struct MemoryBackend {
     /// What `cannot_hold` says this backend has room for: so many emails a card (0: any).
     /// Cards are still stored whole; only the report is tested with it.
     holds_emails: std::sync::atomic::AtomicUsize,
+    /// A group read of this user (an id) fails once it has handed over so many contacts (see
+    /// `cut_reads_of`).
+    read_cut: Mutex<Option<(String, usize)>>,
 }
 
 impl MemoryBackend {
@@ -94,6 +97,12 @@ impl MemoryBackend {
     /// Makes `cannot_hold` name the emails of a card past the first `n` (see `holds_emails`).
     pub fn hold_emails(&self, n: usize) {
         self.holds_emails.store(n, Ordering::Relaxed);
+    }
+
+    /// Makes every group read of `user` (an id) fail, as a connection lost mid-read, once it
+    /// has handed over `after` contacts; `None` lifts it.
+    pub fn cut_reads_of(&self, cut: Option<(&str, usize)>) {
+        *self.read_cut.lock().unwrap() = cut.map(|(u, n)| (u.to_string(), n));
     }
 
     /// Makes the engine apply plans in batches of `n`.

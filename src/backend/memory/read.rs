@@ -6,7 +6,9 @@
 use std::sync::atomic::Ordering;
 
 use super::MemoryBackend;
-use crate::backend::{Contact, Delta, GroupRead, GroupRef, Known, KnownCopies, Read, Result, User};
+use crate::backend::{
+    BackendError, Contact, Delta, GroupRead, GroupRef, Known, KnownCopies, Read, Result, User,
+};
 
 /// Reads.
 impl MemoryBackend {
@@ -32,7 +34,22 @@ impl MemoryBackend {
                 })
                 .collect())
         })?;
-        contacts.into_iter().for_each(sink);
+        let cut = match &*self.read_cut.lock().unwrap() {
+            Some((u, n)) if *u == user.id => *n,
+            _ => usize::MAX,
+        };
+        for (i, c) in contacts.into_iter().enumerate() {
+            // As a provider reading without awaiting does (see `Backend::read_group`).
+            if i > 0 && i % crate::backend::YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            if i == cut {
+                return Err(BackendError::Transient(
+                    "connection lost mid-read (injected)".into(),
+                ));
+            }
+            sink(c);
+        }
         Ok(())
     }
 
