@@ -362,8 +362,9 @@ fn every_semantic_on_the_fake() {
         );
     });
     assert_eq!(r.copies("carol@example.com"), src2);
-    // The removal read bob's group whole and trashed the copies as it read them; what it
-    // deleted is in the trash, named, one entry per copy.
+    // The removal read bob's contacts for their tags only (Google's deletes take no etag: each
+    // copy is read whole just before its delete, for the trash); what it deleted is in the
+    // trash, named, one entry per copy.
     let out = r
         .cmd()
         .args(["restore", "--json", "--dest", bob])

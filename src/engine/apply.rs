@@ -410,7 +410,7 @@ pub(super) async fn delete_with_trash<B: Backend>(
     let chunks = ops.chunks(lcm(200, delete_batch).min(1000));
     for chunk in chunks.map(Some).chain([None]) {
         let read = match chunk {
-            Some(c) => Some(read_for_trash(backend, (spec, user, &g), c, true).await),
+            Some(c) => Some(read_for_trash(backend, (spec, user, &g), c).await),
             None => None,
         };
         if let Some(t) = trashing.take() {
@@ -426,19 +426,16 @@ pub(super) async fn delete_with_trash<B: Backend>(
 
 /// Deletes the copies a removal wrote to the trash as it read the group (`Op::DeleteTrashed`),
 /// read back from the trash a page at a time (up to 1,000, in the provider's delete batches):
-/// a removal never holds the list. A provider whose deletes take no etag
-/// (`conditional_deletes`) has each page read again just before, only to refuse a contact
-/// changed since or that lost its tag. When it stops, the copies not deleted are taken back
-/// out of the trash.
+/// a removal never holds the list. Each delete is conditional on the etag the read saw (only a
+/// provider with `conditional_deletes` plans one). When it stops, the copies not deleted are
+/// taken back out of the trash.
 async fn delete_trashed<B: Backend>(
     a: &mut Applier<'_, '_, B>,
     t: plan::Trashed,
 ) -> Result<(), ApplyError> {
     let ctx = a.ctx;
-    let (backend, spec, user) = (ctx.backend, &ctx.job.spec, ctx.user);
     let g = a.group()?;
-    let caps = backend.capabilities();
-    let delete_batch = caps.delete_batch_size.clamp(1, 1000);
+    let delete_batch = ctx.backend.capabilities().delete_batch_size.clamp(1, 1000);
     let page = lcm(200, delete_batch).min(1000);
     let mut after = t.after;
     loop {
@@ -452,17 +449,6 @@ async fn delete_trashed<B: Backend>(
         let Some(&last) = ids.last() else {
             return Ok(());
         };
-        let checked = match caps.conditional_deletes {
-            true => Ok(doomed),
-            false => check_unchanged(backend, (spec, user, &g), &doomed).await,
-        };
-        let doomed = match checked {
-            Ok(d) => d,
-            Err(e) => {
-                untrash_from(ctx, after);
-                return Err(e);
-            }
-        };
         // The copies of this page not deleted are taken back by `delete_doomed`; those of the
         // pages after it, here.
         if let Err(e) = delete_doomed(a, &g, delete_batch, &doomed).await {
@@ -471,30 +457,6 @@ async fn delete_trashed<B: Backend>(
         }
         after = last;
     }
-}
-
-/// Reads a page of contacts about to be deleted again, for a provider whose deletes take no
-/// etag: refused when one changed since it was trashed or no longer carries the job's tag
-/// (see `read_for_trash`). Returns those still there, as they are now.
-async fn check_unchanged<B: Backend>(
-    backend: &B,
-    (spec, user, g): (&plan::JobSpec, &crate::backend::User, &GroupRef),
-    doomed: &[Doomed],
-) -> Result<Vec<Doomed>, ApplyError> {
-    let ops: Vec<Op> = doomed
-        .iter()
-        .map(|d| {
-            Op::Delete(Box::new(plan::DeleteOp {
-                contact_id: d.contact_id.clone(),
-                etag: d.etag.clone(),
-                source_id: d.source_id.clone(),
-                name: d.name.clone(),
-                reason: plan::DeleteReason::DestinationRemoved,
-                before: d.before.clone(),
-            }))
-        })
-        .collect();
-    read_for_trash(backend, (spec, user, g), &ops, false).await
 }
 
 /// The contact ids of contacts about to be deleted.

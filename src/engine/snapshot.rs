@@ -109,19 +109,23 @@ pub(super) fn snapshot_of<B>(
     }
 }
 
-/// Reads a destination leaving the job, whole. A real removal writes the job's copies to the
-/// trash as it reads them (`read_into_trash`: the plan deletes every one, from the trash, and
-/// none is read again for it): they are counted, not summarised. A dry run summarises them,
-/// for the plan to name. Returns the snapshot and the copies trashed.
+/// Reads a destination leaving the job. A real removal writes the job's copies to the trash as
+/// it reads the group whole (`read_into_trash`: the plan deletes every one, from the trash, and
+/// none is read again for it): they are counted, not summarised. A provider whose deletes take
+/// no etag (`conditional_deletes`: Google) reads each chunk of copies whole just before their
+/// delete anyway, to refuse one changed since: its removal reads the group for the tags only,
+/// and the trash is written from that read (see `delete_with_trash`). A dry run reads it whole,
+/// for the plan to name each copy. Returns the snapshot and the copies trashed.
 pub(super) async fn removal_snapshot<B: Backend>(
     ctx: &DestCtx<'_, B>,
     group: Option<GroupRef>,
     expected: usize,
 ) -> Result<(DestSnapshot, Trashed), ApplyError> {
     let spec = &ctx.job.spec;
+    let dry_run = ctx.opts.dry_run;
     let mut trashed = Trashed::default();
     let entries = match &group {
-        Some(g) if !ctx.opts.dry_run => {
+        Some(g) if !dry_run && ctx.backend.capabilities().conditional_deletes => {
             let (entries, copies) = read_into_trash(ctx, g).await?;
             trashed = copies;
             entries
@@ -130,10 +134,17 @@ pub(super) async fn removal_snapshot<B: Backend>(
             let mut entries = Vec::with_capacity(expected);
             let mut sink = |r| {
                 if let Read::Contact(c) = r {
-                    entries.push(DestEntry::classify(spec, c.id, c.etag, &c.card, None))
+                    entries.push(match dry_run {
+                        true => DestEntry::classify(spec, c.id, c.etag, &c.card, None),
+                        false => DestEntry::classify_tags(spec, c.id, c.etag, &c.card),
+                    })
                 }
             };
-            let how = GroupRead::WHOLE;
+            let how = if dry_run {
+                GroupRead::WHOLE
+            } else {
+                GroupRead::TAGS
+            };
             ctx.backend
                 .read_group(ctx.user, Some(g), how, &mut sink)
                 .await?;

@@ -36,21 +36,17 @@ pub(super) struct Doomed {
 
 impl Doomed {
     /// A copy of this job as read (`None`: not this job's copy), named and summarised as it is
-    /// now, with its text for the trash when `payload`.
+    /// now, with its text for the trash.
     fn of(
         spec: &JobSpec,
         (contact_id, etag): (&str, &str),
         c: &calcard::vcard::VCard,
         (source_id, reason): (Option<String>, DeleteReason),
-        payload: bool,
     ) -> Option<Doomed> {
         if card::tag_of(c).as_deref() != Some(spec.tag.as_str()) {
             return None;
         }
-        let (mut text, before) = match payload {
-            true => card::text_and_digest(c, &spec.fields),
-            false => (String::new(), card::managed_digest(c, &spec.fields)),
-        };
+        let (mut text, before) = card::text_and_digest(c, &spec.fields);
         // Held until the trash is written: without the slack of its growth.
         text.shrink_to_fit();
         Some(Doomed {
@@ -78,13 +74,11 @@ pub(super) fn lcm(a: usize, b: usize) -> usize {
 /// The contacts of a run of deletes, read for the trash: each turned into what the trash and
 /// the change log keep as it arrives, in the plan's order; a contact already gone is left out
 /// (nothing to delete). Refused, with nothing kept, when a contact changed since it was planned
-/// (`Conflict`: it is read and planned again) or no longer carries the job's tag. Without
-/// `payload` (their trash is written already) the contacts are only checked, not kept as text.
+/// (`Conflict`: it is read and planned again) or no longer carries the job's tag.
 pub(super) async fn read_for_trash<B: Backend>(
     backend: &B,
     (spec, user, g): (&JobSpec, &User, &GroupRef),
     ops: &[Op],
-    payload: bool,
 ) -> Result<Vec<Doomed>, ApplyError> {
     let deletes: Vec<&DeleteOp> = ops
         .iter()
@@ -124,7 +118,7 @@ pub(super) async fn read_for_trash<B: Backend>(
                 .card
                 .as_ref()
                 .ok()
-                .and_then(|c| Doomed::of(spec, (&d.contact_id, &d.etag), c, what, payload))
+                .and_then(|c| Doomed::of(spec, (&d.contact_id, &d.etag), c, what))
             {
                 Some(doomed) => read[i] = Some(doomed),
                 None => {
@@ -208,7 +202,7 @@ pub(super) async fn read_into_trash<B: Backend>(
         let Read::Contact(c) = r else { return };
         let what = (None, REMOVED);
         let copy = c.card.as_ref().ok().and_then(|card| {
-            let mut d = Doomed::of(spec, (&c.id, &c.etag), card, what, true)?;
+            let mut d = Doomed::of(spec, (&c.id, &c.etag), card, what)?;
             d.source_id = card::source_of(card);
             Some(d)
         });
