@@ -198,3 +198,84 @@ fn job_edits_speak_json_when_asked() {
     assert!(v["forgot"]["trash"].as_u64().is_some(), "{v}");
     assert!(t.copies("bob", "Team").is_empty());
 }
+
+/// `groupsync man --dir` writes a page for groupsync and one for every subcommand, each with the
+/// sections an administrator looks for; every page a page names (SUBCOMMANDS, SEE ALSO) is among
+/// those written; every example is a command line groupsync accepts; every argument of every
+/// command says what it is.
+#[test]
+fn every_man_page_is_written_and_names_only_pages_that_exist() {
+    use clap::{CommandFactory, Parser};
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_groupsync"))
+        .args(["man", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let written: std::collections::BTreeSet<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    let pages = groupsync::cli::man::pages();
+    assert_eq!(written.len(), pages.len(), "{written:?}");
+    for name in [
+        "groupsync.1",
+        "groupsync-run.1",
+        "groupsync-job-add-dest.1",
+        "groupsync-man.1",
+    ] {
+        assert!(written.contains(name), "{name} not in {written:?}");
+    }
+    for file in &written {
+        let text = std::fs::read_to_string(dir.path().join(file))
+            .unwrap()
+            .replace("\\-", "-");
+        for section in [
+            "EXIT STATUS",
+            "ENVIRONMENT",
+            "FILES",
+            "EXAMPLES",
+            "SYNOPSIS",
+        ] {
+            assert!(text.contains(section), "{file} has no {section}");
+        }
+        if file != "groupsync.1" {
+            assert!(text.contains("SEE ALSO"), "{file} has no SEE ALSO");
+        }
+        // Every "groupsync…(1)" named is a page written.
+        for (at, _) in text.match_indices("(1)") {
+            let start = text[..at]
+                .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+                .map_or(0, |i| i + 1);
+            let named = &text[start..at];
+            if named.starts_with("groupsync") {
+                assert!(
+                    written.contains(&format!("{named}.1")),
+                    "{file} names {named}(1)"
+                );
+            }
+        }
+    }
+    for page in &pages {
+        for (line, _) in groupsync::cli::man::examples_of(&page.name) {
+            let words = line.split_whitespace();
+            if let Err(e) = groupsync::cli::Cli::try_parse_from(words) {
+                panic!("{}: example {line:?} does not parse: {e}", page.name);
+            }
+        }
+    }
+    fn described(cmd: &clap::Command, path: &str) {
+        for a in cmd.get_arguments().filter(|a| !a.is_hide_set()) {
+            assert!(
+                a.get_help().is_some() || a.get_long_help().is_some(),
+                "{path}: argument {} is not described",
+                a.get_id()
+            );
+        }
+        for sub in cmd.get_subcommands() {
+            described(sub, &format!("{path} {}", sub.get_name()));
+        }
+    }
+    described(&groupsync::cli::Cli::command(), "groupsync");
+}

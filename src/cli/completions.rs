@@ -1,5 +1,5 @@
-//! `groupsync completions SHELL` and `groupsync man`: generated from the same definitions as
-//! `--help`, so they never drift.
+//! `groupsync completions SHELL`: generated from the same definitions as `--help`, so it never
+//! drifts (the manual pages are `man.rs`).
 
 use clap::CommandFactory;
 use std::io::Write;
@@ -17,10 +17,5 @@ pub fn completions(args: &CompletionsArgs, out: &mut dyn Write) -> anyhow::Resul
     let mut buf = Vec::new();
     clap_complete::generate(args.shell, &mut Cli::command(), "groupsync", &mut buf);
     out.write_all(&buf)?;
-    Ok(exit::OK)
-}
-
-pub fn man(out: &mut dyn Write) -> anyhow::Result<u8> {
-    clap_mangen::Man::new(Cli::command()).render(out)?;
     Ok(exit::OK)
 }

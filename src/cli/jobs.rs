@@ -19,7 +19,10 @@ pub enum JobCommand {
     New(NewJob),
     /// Add destination users to a job (synced at the next run, or at once with --now)
     AddDest {
+        /// The job (its file is <jobs_dir>/NAME.toml)
         name: String,
+        /// Users to add, as the provider names them (an email address; a vdir user folder), or
+        /// a set read at every run (group:NAME, ou:PATH, domain:NAME)
         #[arg(required = true)]
         users: Vec<String>,
         /// Sync the new destinations now
@@ -29,7 +32,9 @@ pub enum JobCommand {
     /// Remove destination users: their copies and group are removed at once (or at the next run
     /// with --defer); contacts they added themselves move to "My Contacts"
     RemoveDest {
+        /// The job (its file is <jobs_dir>/NAME.toml)
         name: String,
+        /// Users to remove, as the job file names them
         #[arg(required = true)]
         users: Vec<String>,
         /// Leave the cleanup to the next run
@@ -39,9 +44,13 @@ pub enum JobCommand {
     /// List jobs
     List,
     /// Show one job and what the state database knows of it
-    Show { name: String },
+    Show {
+        /// The job (its file is <jobs_dir>/NAME.toml)
+        name: String,
+    },
     /// Delete a job file; with --purge, first remove its copies and groups from every destination
     Delete {
+        /// The job (its file is <jobs_dir>/NAME.toml)
         name: String,
         /// Clean up every destination, and forget the job's trash and change log, before deleting
         /// the job (without it, copies stay)

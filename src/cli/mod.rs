@@ -12,6 +12,7 @@ mod history;
 mod interrupt;
 mod jobs;
 mod log;
+pub mod man;
 mod output;
 mod restore;
 mod run;
@@ -121,8 +122,8 @@ pub enum Command {
     Serve,
     /// Print a shell completion script
     Completions(completions::CompletionsArgs),
-    /// Print the man page (roff)
-    Man,
+    /// Print the man page, groupsync(1), or write every page with --dir
+    Man(man::ManArgs),
 }
 
 /// A mistake in how the command was called: exit code 2.
@@ -239,7 +240,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let mut out = std::io::stdout().lock();
     match &cli.command {
         Command::Completions(args) => return completions::completions(args, &mut out),
-        Command::Man => return completions::man(&mut out),
+        Command::Man(args) => return man::man(args, &mut out),
         _ => {}
     }
     let path = config_path(cli.config.as_deref());
@@ -291,7 +292,7 @@ async fn dispatch<B: Backend + 'static>(
         Command::Restore(a) => restore::restore(ctx, &**backend, a, out).await,
         Command::Check => check::check(ctx, &**backend, out).await,
         Command::Serve => serve::serve(ctx, backend).await,
-        Command::Completions(_) | Command::Man => {
+        Command::Completions(_) | Command::Man(_) => {
             unreachable!("handled before loading the configuration")
         }
     }
