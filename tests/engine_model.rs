@@ -977,51 +977,56 @@ fn a_panicking_destination_fails_alone() {
     }
 }
 
-/// A removed destination's copies are trashed as its group is read, then deleted in the
-/// provider's batches. When a delete fails part way, the copies not deleted are taken back out
-/// of the trash: the trash holds exactly what was deleted (a restore never makes a second copy
-/// of a contact still there), and the rerun finishes the cleanup, trashing the rest.
-#[test]
-fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let backend = source_and_u0(450);
-    backend.set_batch_size(100);
-    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
-    let opts = RunOptions {
-        concurrency: 1,
-        default_group: DEFAULT_GROUP.into(),
-        ..Default::default()
-    };
-    let report = rt.block_on(engine::run_job(
-        &backend,
-        &store,
-        &fixed_job(&["u0"]),
-        &opts,
-    ));
-    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
-    let copies = |b: &MemoryBackend| {
-        b.dump("u0")
+/// u0 synced with `n` copies on a two-thread runtime, for the removal tests: its copies and its
+/// trash entries as they are, and a run of the job without u0.
+struct RemovalRig {
+    rt: tokio::runtime::Runtime,
+    backend: Arc<MemoryBackend>,
+    store: Arc<Mutex<Store>>,
+    opts: RunOptions,
+}
+
+impl RemovalRig {
+    fn synced(n: u16, batch: usize) -> RemovalRig {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let backend = source_and_u0(n);
+        backend.set_batch_size(batch);
+        let rig = RemovalRig {
+            rt,
+            backend,
+            store: Arc::new(Mutex::new(Store::open_in_memory().unwrap())),
+            opts: RunOptions {
+                concurrency: 1,
+                default_group: DEFAULT_GROUP.into(),
+                ..Default::default()
+            },
+        };
+        let job = fixed_job(&["u0"]);
+        let report = rig
+            .rt
+            .block_on(engine::run_job(&rig.backend, &rig.store, &job, &rig.opts));
+        assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
+        assert_eq!(rig.copies().len(), n as usize);
+        rig
+    }
+
+    /// The ids of u0's tagged copies.
+    fn copies(&self) -> BTreeSet<String> {
+        self.backend
+            .dump("u0")
             .into_iter()
             .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
             .map(|(_, id, _)| id)
-            .collect::<BTreeSet<String>>()
-    };
-    assert_eq!(copies(&backend).len(), 450);
-    // The provider stops answering at the 251st contact delete: in the third batch of 100.
-    backend.set_faults(Faults {
-        fail_write: None,
-        cut_at_write: Some(250),
-    });
-    let removed = fixed_job(&[]);
-    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
-    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
-    // The contact ids in u0's trash entries, one per entry.
-    let trashed = || -> Vec<String> {
-        store
+            .collect()
+    }
+
+    /// The contact ids in u0's trash entries, one per entry.
+    fn trashed(&self) -> Vec<String> {
+        self.store
             .lock()
             .unwrap()
             .trash_list(Some("job"), Some("u0"), None)
@@ -1029,20 +1034,46 @@ fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
             .into_iter()
             .map(|t| t.contact_id)
             .collect()
-    };
-    let left = copies(&backend);
-    let trashed_now = trashed();
+    }
+
+    /// A run of the job with u0 removed.
+    fn remove(&self) -> Outcome {
+        let job = fixed_job(&[]);
+        let report = self.rt.block_on(engine::run_job(
+            &self.backend,
+            &self.store,
+            &job,
+            &self.opts,
+        ));
+        report.outcome
+    }
+}
+
+/// A removed destination's copies are trashed as its group is read, then deleted in the
+/// provider's batches. When a delete fails part way, the copies not deleted are taken back out
+/// of the trash: the trash holds exactly what was deleted (a restore never makes a second copy
+/// of a contact still there), and the rerun finishes the cleanup, trashing the rest.
+#[test]
+fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
+    let r = RemovalRig::synced(450, 100);
+    // The provider stops answering at the 251st contact delete: in the third batch of 100.
+    r.backend.set_faults(Faults {
+        fail_write: None,
+        cut_at_write: Some(250),
+    });
+    assert_eq!(r.remove(), Outcome::Failed);
+    let left = r.copies();
+    let trashed_now = r.trashed();
     let deleted = 450 - left.len();
     assert!((250..=300).contains(&deleted), "{deleted} deleted");
     // Trashed: exactly the copies deleted, none of those still there.
     assert_eq!(trashed_now.len(), deleted);
     assert!(trashed_now.iter().all(|id| !left.contains(id)));
     // The rerun finishes: every copy gone, each trashed before it went.
-    backend.set_faults(Faults::default());
-    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
-    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
-    assert!(copies(&backend).is_empty());
-    assert_eq!(trashed().into_iter().collect::<BTreeSet<_>>().len(), 450);
+    r.backend.set_faults(Faults::default());
+    assert_eq!(r.remove(), Outcome::Ok);
+    assert!(r.copies().is_empty());
+    assert_eq!(r.trashed().into_iter().collect::<BTreeSet<_>>().len(), 450);
 }
 
 /// A removal whose read is cut part way, after some of the copies it read were written to the
@@ -1050,53 +1081,16 @@ fn a_removal_trashes_what_it_reads_and_keeps_only_what_it_deleted() {
 /// the group again and removes every copy, each trashed once.
 #[test]
 fn a_removal_cut_mid_read_leaves_nothing_in_the_trash() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let backend = source_and_u0(450);
-    let store = Arc::new(Mutex::new(Store::open_in_memory().unwrap()));
-    let opts = RunOptions {
-        default_group: DEFAULT_GROUP.into(),
-        ..Default::default()
-    };
-    let report = rt.block_on(engine::run_job(
-        &backend,
-        &store,
-        &fixed_job(&["u0"]),
-        &opts,
-    ));
-    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
-    let copies = || {
-        backend
-            .dump("u0")
-            .into_iter()
-            .filter(|(_, _, c)| card::tag_of(c).as_deref() == Some(TAG))
-            .count()
-    };
-    let trashed = || -> Vec<String> {
-        store
-            .lock()
-            .unwrap()
-            .trash_list(Some("job"), Some("u0"), None)
-            .unwrap()
-            .into_iter()
-            .map(|t| t.contact_id)
-            .collect()
-    };
+    let r = RemovalRig::synced(450, 1);
     // Cut after two chunks of the read were trashed.
-    backend.cut_reads_of(Some(("u0", 420)));
-    let removed = fixed_job(&[]);
-    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
-    assert_eq!(report.outcome, Outcome::Failed, "{report:?}");
-    assert_eq!(copies(), 450);
-    assert_eq!(trashed(), Vec::<String>::new());
-    backend.cut_reads_of(None);
-    let report = rt.block_on(engine::run_job(&backend, &store, &removed, &opts));
-    assert_eq!(report.outcome, Outcome::Ok, "{report:?}");
-    assert_eq!(copies(), 0);
-    let t = trashed();
+    r.backend.cut_reads_of(Some(("u0", 420)));
+    assert_eq!(r.remove(), Outcome::Failed);
+    assert_eq!(r.copies().len(), 450);
+    assert_eq!(r.trashed(), Vec::<String>::new());
+    r.backend.cut_reads_of(None);
+    assert_eq!(r.remove(), Outcome::Ok);
+    assert!(r.copies().is_empty());
+    let t = r.trashed();
     assert_eq!(t.len(), 450);
     assert_eq!(t.iter().collect::<BTreeSet<_>>().len(), 450);
 }

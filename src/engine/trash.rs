@@ -200,11 +200,9 @@ pub(super) async fn read_into_trash<B: Backend>(
     let mut others = vec![];
     let mut sink = |r| {
         let Read::Contact(c) = r else { return };
-        let what = (None, REMOVED);
         let copy = c.card.as_ref().ok().and_then(|card| {
-            let mut d = Doomed::of(spec, (&c.id, &c.etag), card, what)?;
-            d.source_id = card::source_of(card);
-            Some(d)
+            let what = (card::source_of(card), REMOVED);
+            Doomed::of(spec, (&c.id, &c.etag), card, what)
         });
         match copy {
             Some(d) => lock(&pending).push(d),
