@@ -12,6 +12,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use groupsync::cli::{self, Cli};
 
 fn main() -> ExitCode {
+    cli::completions::complete_if_asked();
     groupsync::procstat::tune_allocator();
     let cli = match Cli::try_parse() {
         Ok(c) => c,

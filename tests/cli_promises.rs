@@ -279,3 +279,78 @@ fn every_man_page_is_written_and_names_only_pages_that_exist() {
     }
     described(&groupsync::cli::Cli::command(), "groupsync");
 }
+
+/// Completes `words` (the last one being typed) in a real bash, through the script `groupsync
+/// completions bash` prints, with this build of groupsync first on the PATH.
+fn bash_complete(t: &Tree, words: &[&str]) -> Vec<String> {
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_groupsync"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!(
+        "source <(groupsync completions bash)\n\
+         COMP_WORDS=({words}); COMP_CWORD={cword}; COMP_TYPE=9\n\
+         _clap_complete_groupsync groupsync '{cur}' '{prev}'\n\
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"\n",
+        words = quoted.join(" "),
+        cword = words.len() - 1,
+        cur = words[words.len() - 1],
+        prev = words[words.len() - 2],
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .env("PATH", path)
+        .env("GROUPSYNC_CONFIG", t.path().join("groupsync.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn completion_offers_subcommands_flags_and_the_job_names_of_the_config_in_use() {
+    let t = Tree::new(2);
+    t.write_job("team", &["bob"], "");
+    t.write_job("tech", &["bob"], "");
+    t.write_job("sales", &["bob"], "");
+    assert_eq!(bash_complete(&t, &["groupsync", "st"]), ["status"]);
+    assert_eq!(
+        bash_complete(&t, &["groupsync", "run", "te"]),
+        ["team", "tech"]
+    );
+    assert_eq!(
+        bash_complete(&t, &["groupsync", "job", "show", "s"]),
+        ["sales"]
+    );
+    assert_eq!(bash_complete(&t, &["groupsync", "log", "sa"]), ["sales"]);
+    assert!(bash_complete(&t, &["groupsync", "run", "--dr"]).contains(&"--dry-run".to_string()));
+    // --config on the line wins over GROUPSYNC_CONFIG: another tree, other jobs.
+    let other = Tree::new(1);
+    other.write_job("ops", &["bob"], "");
+    let config = other.path().join("groupsync.toml");
+    let config = config.to_str().unwrap();
+    let jobs = |words: &[&str]| -> Vec<String> {
+        let offered = bash_complete(&t, words);
+        offered
+            .into_iter()
+            .filter(|w| !w.starts_with('-'))
+            .collect()
+    };
+    assert_eq!(
+        jobs(&["groupsync", "--config", config, "plan", ""]),
+        ["ops"]
+    );
+    assert_eq!(jobs(&["groupsync", "plan", ""]), ["sales", "team", "tech"]);
+    // A config that cannot be read completes no job, and says nothing.
+    assert!(jobs(&["groupsync", "--config", "/nonexistent.toml", "run", ""]).is_empty());
+}

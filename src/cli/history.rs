@@ -1,5 +1,7 @@
 //! `groupsync history`: past runs, newest first.
 
+use super::completions::job_names;
+use clap_complete::engine::ArgValueCompleter;
 use std::io::Write;
 
 use super::{Ctx, exit};
@@ -7,6 +9,7 @@ use super::{Ctx, exit};
 #[derive(Debug, clap::Args)]
 pub struct HistoryArgs {
     /// Only this job's runs
+    #[arg(add = ArgValueCompleter::new(job_names))]
     pub name: Option<String>,
     /// How many runs to show
     #[arg(long, default_value_t = 20)]

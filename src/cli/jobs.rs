@@ -2,7 +2,9 @@
 //! `toml_edit` (comments and layout kept) and are checked before they are written: an unknown
 //! user, a missing source group or a duplicate leaves the file exactly as it was.
 
+use super::completions::job_names;
 use clap::{Args, Subcommand};
+use clap_complete::engine::ArgValueCompleter;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ pub enum JobCommand {
     /// Add destination users to a job (synced at the next run, or at once with --now)
     AddDest {
         /// The job (its file is <jobs_dir>/NAME.toml)
+        #[arg(add = ArgValueCompleter::new(job_names))]
         name: String,
         /// Users to add, as the provider names them (an email address; a vdir user folder), or
         /// a set read at every run (group:NAME, ou:PATH, domain:NAME)
@@ -33,6 +36,7 @@ pub enum JobCommand {
     /// with --defer); contacts they added themselves move to "My Contacts"
     RemoveDest {
         /// The job (its file is <jobs_dir>/NAME.toml)
+        #[arg(add = ArgValueCompleter::new(job_names))]
         name: String,
         /// Users to remove, as the job file names them
         #[arg(required = true)]
@@ -46,11 +50,13 @@ pub enum JobCommand {
     /// Show one job and what the state database knows of it
     Show {
         /// The job (its file is <jobs_dir>/NAME.toml)
+        #[arg(add = ArgValueCompleter::new(job_names))]
         name: String,
     },
     /// Delete a job file; with --purge, first remove its copies and groups from every destination
     Delete {
         /// The job (its file is <jobs_dir>/NAME.toml)
+        #[arg(add = ArgValueCompleter::new(job_names))]
         name: String,
         /// Clean up every destination, and forget the job's trash and change log, before deleting
         /// the job (without it, copies stay)

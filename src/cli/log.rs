@@ -2,6 +2,8 @@
 //! was done to which contact, which properties changed, and the managed-content digest before
 //! and after (equal digests mean equal copies).
 
+use super::completions::job_names;
+use clap_complete::engine::ArgValueCompleter;
 use std::io::Write;
 
 use super::{Ctx, exit};
@@ -9,6 +11,7 @@ use super::{Ctx, exit};
 #[derive(Debug, clap::Args)]
 pub struct LogArgs {
     /// The job
+    #[arg(add = ArgValueCompleter::new(job_names))]
     pub name: String,
     /// Only changes at this destination user
     #[arg(long)]

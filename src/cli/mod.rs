@@ -7,7 +7,7 @@
 
 mod backend;
 mod check;
-mod completions;
+pub mod completions;
 mod history;
 mod interrupt;
 mod jobs;

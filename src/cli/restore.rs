@@ -2,6 +2,8 @@
 //! entries back into the group they were deleted from, or empties it (`--purge`). The trash
 //! also empties itself: entries older than `[state] keep_trash_days` are purged at every run.
 
+use super::completions::job_names;
+use clap_complete::engine::ArgValueCompleter;
 use std::io::Write;
 
 use super::{Ctx, exit, usage};
@@ -14,7 +16,7 @@ pub struct RestoreArgs {
     /// Trash entries to restore (ids from the listing)
     pub ids: Vec<i64>,
     /// Only entries of this job
-    #[arg(long)]
+    #[arg(long, add = ArgValueCompleter::new(job_names))]
     pub job: Option<String>,
     /// Only entries of this destination user
     #[arg(long)]

@@ -1,6 +1,8 @@
 //! `groupsync plan` and `groupsync run`: pick the jobs, run them through the engine, print the
 //! reports. `plan` is `run --dry-run`: it reads everything and writes nothing.
 
+use super::completions::job_names;
+use clap_complete::engine::ArgValueCompleter;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -13,12 +15,14 @@ use crate::serve::AfterRun;
 #[derive(Debug, clap::Args)]
 pub struct PlanArgs {
     /// Jobs to plan (default: every enabled job)
+    #[arg(add = ArgValueCompleter::new(job_names))]
     pub names: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Jobs to run (default: every enabled job)
+    #[arg(add = ArgValueCompleter::new(job_names))]
     pub names: Vec<String>,
     /// Show what would be done, change nothing
     #[arg(long)]
