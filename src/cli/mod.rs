@@ -14,6 +14,7 @@ mod jobs;
 mod log;
 pub mod man;
 mod output;
+mod progress;
 mod restore;
 mod run;
 mod serve;

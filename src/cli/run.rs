@@ -6,7 +6,7 @@ use clap_complete::engine::ArgValueCompleter;
 use std::io::Write;
 use std::sync::Arc;
 
-use super::{Ctx, exit, output, usage};
+use super::{Ctx, exit, output, progress, usage};
 use crate::backend::Backend;
 use crate::engine::{self, JobReport, RunOptions};
 use crate::job::{self, Job};
@@ -78,9 +78,9 @@ pub async fn run_jobs<B: Backend + 'static>(
         let report = match refused.get(&j.name) {
             Some(why) => engine::refuse_job(&ctx.store, &j.to_run(), opts.dry_run, why.clone()),
             None => {
-                let bar = progress_bar(ctx, j);
+                let (bar, progress) = progress::job_bar(ctx, j).unzip();
                 let opts = &RunOptions {
-                    progress: bar.as_ref().map(|b| tick(b.clone())),
+                    progress,
                     ..opts.clone()
                 };
                 let report = engine::run_job(backend, &ctx.store, &j.to_run(), opts).await;
@@ -137,26 +137,6 @@ pub async fn feeding_cycles<B: Backend>(
         }
     }
     Ok(refused)
-}
-
-/// A bar on stderr for a job's destinations, only on a terminal and only for real work.
-fn progress_bar(ctx: &Ctx, job: &Job) -> Option<indicatif::ProgressBar> {
-    let n = job.effective_destinations().len() as u64;
-    if !ctx.progress || n < 2 {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(n);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} destinations ({eta})")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_message(job.name.clone());
-    Some(bar)
-}
-
-fn tick(bar: indicatif::ProgressBar) -> engine::Progress {
-    engine::Progress(std::sync::Arc::new(move |_| bar.inc(1)))
 }
 
 /// Combines exit codes: a safety stop (3) outranks a failure (1), which outranks success.

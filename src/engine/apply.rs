@@ -53,6 +53,7 @@ pub(super) async fn apply<B: Backend>(
         std::mem::take(&mut plan.kept),
         std::mem::take(&mut plan.forget),
     );
+    let told = Told::planned(ctx, plan.contact_writes(), applied);
     let mut a = Applier {
         ctx,
         source,
@@ -65,8 +66,10 @@ pub(super) async fn apply<B: Backend>(
         base,
         take_token,
         new_token: None,
+        told,
     };
     let result = a.run(&plan.ops).await;
+    a.told.rest_dropped(ctx, a.rec.applied);
     // What was written before a failure is recorded all the same.
     finish.deferred = Some(a.rec.deferred);
     match result {
@@ -91,6 +94,56 @@ pub(super) struct Applier<'a, 'c, B> {
     take_token: bool,
     /// The change token taken on the group this plan made, before anything was written to it.
     new_token: Option<String>,
+    /// What the run's progress sink was told of this plan.
+    told: Told,
+}
+
+/// What a plan's application told the progress sink: the writes it planned, and the count of
+/// contacts written (`Counts`) it has reported up to.
+pub(super) struct Told {
+    planned: u64,
+    start: u64,
+    reported: u64,
+}
+
+/// The contacts written, as the counts say.
+fn written(c: &Counts) -> u64 {
+    (c.created + c.updated + c.deleted + c.moved).max(0) as u64
+}
+
+impl Told {
+    /// Tells the sink of a plan's writes.
+    fn planned<B>(ctx: &DestCtx<'_, B>, planned: usize, applied: &Counts) -> Told {
+        if let Some(p) = &ctx.opts.progress {
+            p.0.planned(planned as u64);
+        }
+        let start = written(applied);
+        Told {
+            planned: planned as u64,
+            start,
+            reported: start,
+        }
+    }
+
+    /// Tells the sink of the writes counted since the last call.
+    pub(super) fn progressed<B>(&mut self, ctx: &DestCtx<'_, B>, applied: &Counts) {
+        let now = written(applied);
+        if now > self.reported {
+            if let Some(p) = &ctx.opts.progress {
+                p.0.written(now - self.reported);
+            }
+            self.reported = now;
+        }
+    }
+
+    /// Tells the sink of the last writes, and that the rest of the plan will not be made.
+    fn rest_dropped<B>(&mut self, ctx: &DestCtx<'_, B>, applied: &Counts) {
+        self.progressed(ctx, applied);
+        let made = self.reported - self.start;
+        if let (Some(p), true) = (&ctx.opts.progress, made < self.planned) {
+            p.0.dropped(self.planned - made);
+        }
+    }
 }
 
 /// A copy to create, as the plan names it (`Op::Create`).
@@ -147,6 +200,7 @@ impl<B: Backend> Applier<'_, '_, B> {
                 Op::MoveToDefault { .. } => self.move_to_default(run).await?,
                 Op::DeleteGroup { name } => self.delete_group(name).await?,
             }
+            self.told.progressed(self.ctx, self.rec.applied);
         }
         Ok(())
     }
@@ -511,6 +565,7 @@ async fn delete_doomed<B: Backend>(
         }
         untrash(ctx, &kept);
         taken?;
+        a.told.progressed(ctx, a.rec.applied);
     }
     Ok(())
 }

@@ -69,16 +69,33 @@ pub struct RunOptions {
     pub default_group: String,
     /// Set by the daemon on shutdown: the destination in progress finishes, no other starts.
     pub cancel: Option<Arc<AtomicBool>>,
-    /// Called as each destination finishes (the CLI's progress bar).
+    /// Told what is planned and written, and as each destination finishes (the CLI's
+    /// progress bar).
     pub progress: Option<Progress>,
     /// How long the state keeps trash and change log; what is older is purged as a real run
     /// starts. `None`: nothing is purged.
     pub retention: Option<Retention>,
 }
 
-/// A callback for each finished destination.
+/// What a run tells whoever shows its progress (the CLI's bar), in contacts written and
+/// destinations done. Called from the destination tasks: each call must be quick and must not
+/// block.
+pub trait ProgressSink: Send + Sync {
+    /// A destination's plan holds `n` contact writes (creates, updates, deletes, moves), about to
+    /// be made.
+    fn planned(&self, n: u64);
+    /// `n` of the planned writes were made.
+    fn written(&self, n: u64);
+    /// `n` planned writes will not be made in this run (the destination failed part way, or was
+    /// read and planned again).
+    fn dropped(&self, n: u64);
+    /// A destination is done: synced, failed or stopped.
+    fn finished(&self, report: &DestReport);
+}
+
+/// The progress sink of a run (see `ProgressSink`).
 #[derive(Clone)]
-pub struct Progress(pub Arc<dyn Fn(&DestReport) + Send + Sync>);
+pub struct Progress(pub Arc<dyn ProgressSink>);
 
 impl std::fmt::Debug for Progress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

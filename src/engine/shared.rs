@@ -89,7 +89,7 @@ pub(super) fn report_progress(opts: &RunOptions, r: &DestReport) {
         _ => {}
     }
     if let Some(p) = &opts.progress {
-        (p.0)(r);
+        p.0.finished(r);
     }
 }
 

@@ -148,6 +148,15 @@ pub struct DeleteOp {
 }
 
 impl Op {
+    /// How many contacts the operation writes.
+    pub fn contacts(&self) -> usize {
+        match self {
+            Op::CreateGroup { .. } | Op::DeleteGroup { .. } => 0,
+            Op::DeleteTrashed(t) => t.copies,
+            _ => 1,
+        }
+    }
+
     /// A short verb for reports.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -201,6 +210,12 @@ impl Plan {
                 _ => 1,
             })
             .sum()
+    }
+
+    /// How many contacts the plan writes: creates, updates, deletes and moves (a group's
+    /// creation or deletion is not a contact).
+    pub fn contact_writes(&self) -> usize {
+        self.ops.iter().map(Op::contacts).sum()
     }
 
     /// A plan for `user` with nothing in it yet.
