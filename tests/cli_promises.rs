@@ -62,6 +62,8 @@ fn an_unknown_job_is_a_usage_error_everywhere() {
         &["run", "nosuchjob"],
         &["plan", "nosuchjob"],
         &["job", "show", "nosuchjob"],
+        &["restore", "--job", "nosuchjob"],
+        &["restore", "--purge", "--job", "nosuchjob"],
     ] {
         t.cmd()
             .args(cmd)
@@ -197,6 +199,43 @@ fn job_edits_speak_json_when_asked() {
     assert_eq!(v["run"]["outcome"], "ok", "{v}");
     assert!(v["forgot"]["trash"].as_u64().is_some(), "{v}");
     assert!(t.copies("bob", "Team").is_empty());
+}
+
+/// The commands that used to print text or nothing under `--json`: `job new` (with and without
+/// its first run), `run` with no enabled job, and `restore ID…`.
+#[test]
+fn every_data_command_speaks_json_when_asked() {
+    let t = Tree::new(2);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = t.cmd().arg("--json").args(args).assert().success();
+        serde_json::from_slice(&out.get_output().stdout)
+            .unwrap_or_else(|e| panic!("groupsync --json {}: {e}", args.join(" ")))
+    };
+    assert_eq!(json(&["run"]), serde_json::json!([]));
+    let new = [
+        "job", "new", "--source", "alice", "--group", "Team", "--dest", "bob",
+    ];
+    let v = json(&[&new[..], &["quiet", "--no-run"]].concat());
+    assert_eq!(v["job"]["name"], "quiet");
+    assert!(v["run"].is_null(), "{v}");
+    let v = json(&[&new[..], &["team"]].concat());
+    assert_eq!(v["job"]["name"], "team");
+    assert_eq!(v["run"]["outcome"], "ok", "{v}");
+    assert_eq!(v["run"]["destinations"][0]["applied"]["created"], 2, "{v}");
+    // bob leaves: his two copies go to the trash; one is put back.
+    json(&["job", "remove-dest", "team", "bob"]);
+    let trash = json(&["restore", "--job", "team"]);
+    let id = trash[0]["id"].as_i64().unwrap();
+    let v = json(&["restore", &id.to_string(), "--untag"]);
+    assert_eq!(v[0]["id"], id, "{v}");
+    assert_eq!(v[0]["user"], "bob", "{v}");
+    assert!(v[0]["contact_id"].is_string(), "{v}");
+    assert!(v[0]["error"].is_null(), "{v}");
+    assert_eq!(t.cards("bob", "Team").len(), 1);
+    assert_eq!(
+        json(&["restore", "--purge"]),
+        serde_json::json!({ "purged": 2 })
+    );
 }
 
 /// `groupsync man --dir` writes a page for groupsync and one for every subcommand, each with the

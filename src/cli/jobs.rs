@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
-use super::run::{run_one, run_quietly};
+use super::run::run_quietly;
 use super::{Ctx, exit, usage};
 use crate::backend::Backend;
 use crate::engine::{JobReport, RunOptions};
@@ -207,12 +207,11 @@ async fn new<B: Backend + 'static>(
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
     eprintln!("created job {name} ({tag}) in {}", path.display());
     if *no_run {
-        return Ok(exit::OK);
+        return edit_done(ctx, &parsed, Edit::Created, None, out);
     }
     let _lock = ctx.lock()?;
-    Ok(run_one(ctx, backend, &parsed, &ctx.run_options(), out)
-        .await?
-        .0)
+    let report = run_quietly(ctx, backend, &parsed, &ctx.run_options()).await;
+    edit_done(ctx, &parsed, Edit::Created, Some(report), out)
 }
 
 async fn add_dest<B: Backend + 'static>(
@@ -304,12 +303,14 @@ async fn remove_dest<B: Backend + 'static>(
 
 /// What a `job` command changed in a job file.
 enum Edit<'a> {
+    /// `job new`: the file was written.
+    Created,
     Added(&'a [String]),
     Removed(&'a [String]),
 }
 
 /// After an edit: the run's report as text, or, with `--json`, one object (the job as it is now,
-/// the users added or removed, and the run's report or null). Returns the exit code.
+/// the users added or removed, if any, and the run's report or null). Returns the exit code.
 fn edit_done(
     ctx: &Ctx,
     job: &Job,
@@ -319,11 +320,12 @@ fn edit_done(
 ) -> anyhow::Result<u8> {
     let code = report.as_ref().map_or(exit::OK, JobReport::exit_code);
     if ctx.json {
-        let (key, users) = match edit {
-            Edit::Added(u) => ("added", u),
-            Edit::Removed(u) => ("removed", u),
-        };
-        let v = serde_json::json!({ "job": job_json(job), key: users, "run": report });
+        let mut v = serde_json::json!({ "job": job_json(job), "run": report });
+        match edit {
+            Edit::Created => {}
+            Edit::Added(u) => v["added"] = serde_json::json!(u),
+            Edit::Removed(u) => v["removed"] = serde_json::json!(u),
+        }
         serde_json::to_writer_pretty(&mut *out, &v)?;
         writeln!(out)?;
     } else if let Some(r) = &report {

@@ -46,6 +46,9 @@ pub async fn restore<B: Backend>(
     args: &RestoreArgs,
     out: &mut dyn Write,
 ) -> anyhow::Result<u8> {
+    if let Some(job) = &args.job {
+        super::known_job(ctx, job)?;
+    }
     if args.purge {
         return purge(ctx, args, out);
     }
@@ -88,26 +91,66 @@ pub async fn restore<B: Backend>(
     }
     let _lock = ctx.lock()?;
     let mut code = exit::OK;
-    for t in chosen {
-        match put_back(backend, &t, args.untag).await {
+    let mut done = vec![];
+    for t in &chosen {
+        let restored = match put_back(backend, t, args.untag).await {
             Ok(id) => {
                 crate::mutex::lock(&ctx.store).mark_restored(t.id)?;
-                writeln!(
-                    out,
-                    "restored {}\t{}\t{}/{}\t{id}",
-                    t.id, t.name, t.user, t.group
-                )?;
+                if !ctx.json {
+                    writeln!(
+                        out,
+                        "restored {}\t{}\t{}/{}\t{id}",
+                        t.id, t.name, t.user, t.group
+                    )?;
+                }
+                Ok(id)
             }
             Err(e) => {
                 eprintln!(
-                    "error: restoring trash entry {} ({} of {}): {e}",
+                    "error: restoring trash entry {} ({} of {}): {e:#}",
                     t.id, t.name, t.user
                 );
                 code = exit::FAILED;
+                Err(format!("{e:#}"))
             }
-        }
+        };
+        done.push(Restored::of(t, restored));
+    }
+    if ctx.json {
+        serde_json::to_writer_pretty(&mut *out, &done)?;
+        writeln!(out)?;
     }
     Ok(code)
+}
+
+/// One entry `restore ID…` or `restore --all` tried to put back (its `--json` output).
+#[derive(serde::Serialize)]
+struct Restored<'a> {
+    id: i64,
+    name: &'a str,
+    user: &'a str,
+    group: &'a str,
+    /// The new contact's id; null when it could not be restored.
+    contact_id: Option<String>,
+    /// Why it could not be restored; null when it was.
+    error: Option<String>,
+}
+
+impl<'a> Restored<'a> {
+    fn of(t: &'a TrashRecord, r: Result<String, String>) -> Self {
+        let (contact_id, error) = match r {
+            Ok(id) => (Some(id), None),
+            Err(e) => (None, Some(e)),
+        };
+        Restored {
+            id: t.id,
+            name: &t.name,
+            user: &t.user,
+            group: &t.group,
+            contact_id,
+            error,
+        }
+    }
 }
 
 /// Creates a trash entry's card again in the group it was deleted from (made again if gone);
@@ -154,7 +197,8 @@ fn purge(ctx: &Ctx, args: &RestoreArgs, out: &mut dyn Write) -> anyhow::Result<u
         before,
     )?;
     if ctx.json {
-        writeln!(out, "{}", serde_json::json!({ "purged": n }))?;
+        serde_json::to_writer_pretty(&mut *out, &serde_json::json!({ "purged": n }))?;
+        writeln!(out)?;
     } else {
         writeln!(out, "purged {n} trash entries")?;
     }

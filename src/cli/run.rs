@@ -184,6 +184,9 @@ pub async fn run<B: Backend + 'static>(
     let (jobs, broken) = select_jobs(ctx, &args.names)?;
     if jobs.is_empty() && !broken {
         eprintln!("no enabled jobs in {}", ctx.config.jobs_dir.display());
+        if ctx.json {
+            writeln!(out, "[]")?;
+        }
         return Ok(exit::OK);
     }
     let _lock = if args.dry_run {
@@ -202,25 +205,6 @@ pub async fn run<B: Backend + 'static>(
     } else {
         code
     })
-}
-
-/// Runs one job with options (used by the `job` commands after an edit) and prints its report
-/// (as JSON with `--json`).
-pub async fn run_one<B: Backend + 'static>(
-    ctx: &Ctx,
-    backend: &Arc<B>,
-    job: &Job,
-    opts: &RunOptions,
-    out: &mut dyn Write,
-) -> anyhow::Result<(u8, JobReport)> {
-    let report = run_quietly(ctx, backend, job, opts).await;
-    if ctx.json {
-        serde_json::to_writer_pretty(&mut *out, &report)?;
-        writeln!(out)?;
-    } else {
-        output::print_report(&report, job, out)?;
-    }
-    Ok((report.exit_code(), report))
 }
 
 /// Runs one job with options, its after-run hooks included; the report is the caller's to print.
