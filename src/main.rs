@@ -48,7 +48,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) if cli::is_broken_pipe(&e) => ExitCode::from(cli::exit::OK),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", cli::one_line(&e));
             ExitCode::from(cli::exit_code_for(&e))
         }
     }

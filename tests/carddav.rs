@@ -1,7 +1,7 @@
 //! The CardDAV backend against real servers, Radicale and Xandikos, each started on 127.0.0.1
 //! with a free port and a temporary storage folder. Radicale runs with an admin account that may
 //! write every user's address books (htpasswd + a rights file whose admin rule comes first: see
-//! the README's CardDAV section). Xandikos only authenticates behind TLS (`--autocert`), so
+//! docs/carddav.md). Xandikos only authenticates behind TLS (`--autocert`), so
 //! it runs without authentication here, on loopback; the client still sends its credentials.
 //! `.ci/run` installs both into `.venv/` under the repository; without them these tests fail
 //! (they are never skipped).

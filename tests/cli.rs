@@ -1,5 +1,5 @@
 //! End-to-end tests of the `groupsync` binary on temporary vdir trees: one test per semantic of
-//! the README's "Semantics and safety", each bad input, the safety limits, and snapshots of `plan` and `status`.
+//! the rules of docs/concepts.md, each bad input, the safety limits, and snapshots of `plan` and `status`.
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! A state-machine property test of the engine over the in-memory backend: random source edits,
 //! destination tampering, destinations added and removed, injected faults and cut runs, lost
-//! state databases. After every run it checks the rules the README states ("Semantics and safety"):
+//! state databases. After every run it checks the rules docs/concepts.md states:
 //!
 //! - nothing without the job's tag is ever modified or deleted (after every run, faulty or not);
 //! - after a successful run each active destination holds exactly one tagged copy per (filtered)

@@ -197,7 +197,12 @@ fn the_trash_is_emptied_by_hand_as_the_filters_say() {
             .stdout(format!("purged {n} trash entries\n"));
     };
     purge(&["--dest", "carol"], 0);
-    purge(&["--job", "other"], 0);
+    // A job nobody knows is a usage error, not an empty selection.
+    t.cmd()
+        .args(["restore", "--purge", "--job", "other"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("no job named \"other\""));
     purge(&["--older-than", "1"], 0);
     assert_eq!(trash_ids(&t).len(), 2);
     purge(&["--dest", "bob", "--job", "team"], 2);

@@ -323,6 +323,23 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
     })
 }
 
+/// An error and its causes on one line, each said once: many errors already carry their
+/// cause's text in their own message, which `{:#}` would print again after it.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Fails with a usage error (exit 2) unless `name` is a job: a job file, or a job the state
 /// remembers (a deleted job's history stays readable).
 pub(crate) fn known_job(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
@@ -338,4 +355,22 @@ pub(crate) fn known_job(ctx: &Ctx, name: &str) -> anyhow::Result<()> {
         "no job named {name:?} (no file in {} and no history in the state)",
         ctx.config.jobs_dir.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::other("no space left");
+        let e = anyhow::Error::new(io).context("cannot create /x: no space left");
+        let e = e.context("state database");
+        assert_eq!(
+            one_line(&e),
+            "state database: cannot create /x: no space left"
+        );
+        let e = anyhow::anyhow!("disk full").context("writing /y");
+        assert_eq!(one_line(&e), "writing /y: disk full");
+    }
 }

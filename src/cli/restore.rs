@@ -107,11 +107,14 @@ pub async fn restore<B: Backend>(
             }
             Err(e) => {
                 eprintln!(
-                    "error: restoring trash entry {} ({} of {}): {e:#}",
-                    t.id, t.name, t.user
+                    "error: restoring trash entry {} ({} of {}): {}",
+                    t.id,
+                    t.name,
+                    t.user,
+                    super::one_line(&e)
                 );
                 code = exit::FAILED;
-                Err(format!("{e:#}"))
+                Err(super::one_line(&e))
             }
         };
         done.push(Restored::of(t, restored));

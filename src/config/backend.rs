@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::ConfigError;
 
-/// Every key of every backend kind (the README lists them), so a typo is caught whatever the kind.
+/// Every key of every backend kind (docs/configuration.md lists them; tests/docs.rs keeps the
+/// two alike), so a typo is caught whatever the kind.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[allow(dead_code)]
@@ -82,7 +83,7 @@ pub struct VdirOptions {
 
 /// 4 MiB: a card with a large photo is a few hundred KiB.
 pub const DEFAULT_MAX_CARD_BYTES: u64 = 4 * 1024 * 1024;
-/// Files 0644, folders 0755: readable by the users whose folders they are in (see the README for
+/// Files 0644, folders 0755: readable by the users whose folders they are in (see docs/vdir.md for
 /// the group and ACL recipes that keep them private to each user).
 pub const DEFAULT_UMASK: u32 = 0o022;
 
