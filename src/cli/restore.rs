@@ -90,10 +90,22 @@ pub async fn restore<B: Backend>(
         chosen.push(t);
     }
     let _lock = ctx.lock()?;
+    put_back_all(ctx, backend, &chosen, args.untag, out).await
+}
+
+/// Puts the chosen entries back, one by one; prints what was restored (a line each, or one JSON
+/// array), and says on stderr what could not be. Exit 1 if any failed.
+async fn put_back_all<B: Backend>(
+    ctx: &Ctx,
+    backend: &B,
+    chosen: &[TrashRecord],
+    untag: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<u8> {
     let mut code = exit::OK;
     let mut done = vec![];
-    for t in &chosen {
-        let restored = match put_back(backend, t, args.untag).await {
+    for t in chosen {
+        let restored = match put_back(backend, t, untag).await {
             Ok(id) => {
                 crate::mutex::lock(&ctx.store).mark_restored(t.id)?;
                 if !ctx.json {
