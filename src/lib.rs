@@ -43,4 +43,5 @@ pub mod private;
 pub mod procstat;
 pub mod schedule;
 pub mod serve;
+pub mod shard;
 pub mod store;

@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::shard::Shard;
 use crate::store::{Store, StoreError};
 
 fn esc(v: &str) -> String {
@@ -134,9 +135,32 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// The metrics of one shard of several: every sample gets a `shard="I/N"` label, so the
+/// textfiles and listeners of all shards can be collected side by side and summed by job.
+pub fn for_shard(text: &str, shard: Option<Shard>) -> String {
+    let Some(shard) = shard.filter(|s| !s.is_whole()) else {
+        return text.to_string();
+    };
+    let label = format!("shard=\"{shard}\"");
+    let mut out = String::with_capacity(text.len() + text.len() / 4);
+    for line in text.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            out.push_str(line);
+        } else if let Some((name, rest)) = line.split_once('{') {
+            let _ = write!(out, "{name}{{{label},{rest}");
+        } else if let Some((name, rest)) = line.split_once(' ') {
+            let _ = write!(out, "{name}{{{label}}} {rest}");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Serves `GET /metrics` on `listener` until the task is dropped, reading a fresh state
-/// connection for each scrape.
-pub async fn serve_http(listener: tokio::net::TcpListener, state: PathBuf) {
+/// connection for each scrape; the samples of a shard carry its label (see `for_shard`).
+pub async fn serve_http(listener: tokio::net::TcpListener, state: PathBuf, shard: Option<Shard>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
         let Ok((mut sock, _)) = listener.accept().await else {
@@ -169,7 +193,7 @@ pub async fn serve_http(listener: tokio::net::TcpListener, state: PathBuf) {
                 || line == "GET /metrics"
             {
                 match tokio::task::spawn_blocking(move || {
-                    Store::open(&state).and_then(|s| render(&s))
+                    Store::open(&state).and_then(|s| render(&s).map(|t| for_shard(&t, shard)))
                 })
                 .await
                 {

@@ -92,6 +92,7 @@ async fn metrics_listener_serves_the_same_text() {
     let server = tokio::spawn(groupsync::metrics::serve_http(
         listener,
         t.path().join("state.db"),
+        None,
     ));
     let get = |path: &'static str| async move {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

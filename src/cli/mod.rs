@@ -91,6 +91,22 @@ pub struct Cli {
     )]
     pub lock_wait: u64,
 
+    /// Run as shard I of N (counted from 0): only the destinations this shard owns, with a
+    /// state database, lock and metrics file of its own and an Nth of the rate limit
+    #[arg(
+        long,
+        global = true,
+        env = "GROUPSYNC_SHARD",
+        value_name = "I/N",
+        conflicts_with = "shard_from_env"
+    )]
+    pub shard: Option<crate::shard::Shard>,
+
+    /// Take the shard from the environment: I from JOB_COMPLETION_INDEX, GROUPSYNC_SHARD_INDEX
+    /// or the -<n> ending HOSTNAME (a pod); N from GROUPSYNC_SHARDS
+    #[arg(long, global = true)]
+    pub shard_from_env: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -145,6 +161,8 @@ pub struct Ctx {
     pub progress: bool,
     pub lock_wait: Duration,
     pub store: Arc<Mutex<Store>>,
+    /// The shard this process is, if the destinations are split (see `crate::shard`).
+    pub shard: Option<crate::shard::Shard>,
     /// SIGINT and SIGTERM, for the commands that run jobs (`None` for `serve` and the others).
     pub interrupt: Option<interrupt::Interrupt>,
 }
@@ -181,6 +199,7 @@ impl Ctx {
         Hooks {
             textfile: self.config.metrics.textfile.clone(),
             state: self.config.state.clone(),
+            shard: self.shard,
             notifier: Notifier::new(&self.config.notify),
         }
     }
@@ -203,6 +222,7 @@ impl Ctx {
             concurrency,
             default_group,
             cancel: self.interrupt.as_ref().map(|i| i.cancel.clone()),
+            shard: self.shard.filter(|s| !s.is_whole()),
             ..Default::default()
         }
     }
@@ -212,6 +232,7 @@ impl Ctx {
 pub struct Hooks {
     textfile: Option<PathBuf>,
     state: PathBuf,
+    shard: Option<crate::shard::Shard>,
     notifier: Option<Notifier>,
 }
 
@@ -222,6 +243,7 @@ impl AfterRun for Hooks {
                 let written = Store::open(&self.state)
                     .map_err(|e| e.to_string())
                     .and_then(|s| crate::metrics::render(&s).map_err(|e| e.to_string()))
+                    .map(|text| crate::metrics::for_shard(&text, self.shard))
                     .and_then(|text| {
                         crate::metrics::write_textfile(path, &text).map_err(|e| e.to_string())
                     });
@@ -245,7 +267,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         _ => {}
     }
     let path = config_path(cli.config.as_deref());
-    let config = Config::load(&path)?;
+    let shard = match cli.shard_from_env {
+        true => Some(crate::shard::Shard::from_env(|k| std::env::var(k).ok()).map_err(usage)?),
+        false => cli.shard,
+    };
+    let mut config = Config::load(&path)?;
+    sharded(&mut config, shard)?;
     let store = Store::open(&config.state)?;
     let progress =
         !cli.no_progress && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -259,6 +286,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         lock_wait: Duration::from_secs(cli.lock_wait),
         store: Arc::new(Mutex::new(store)),
         config,
+        shard,
         interrupt: runs_jobs.then(interrupt::Interrupt::listen),
     };
     // A run a killed process left `running` is recorded as interrupted by any command that
@@ -321,6 +349,31 @@ pub fn is_broken_pipe(err: &anyhow::Error) -> bool {
                 .and_then(|j| j.io_error_kind())
                 == broken
     })
+}
+
+/// What a shard changes in the configuration: its own state database (and so its own lock) and
+/// metrics textfile, and an Nth of the client-side rate limit. A `{shard}` in the state path
+/// with no shard given is a usage error.
+fn sharded(config: &mut Config, shard: Option<crate::shard::Shard>) -> anyhow::Result<()> {
+    let Some(s) = shard else {
+        if config.state.to_string_lossy().contains("{shard}") {
+            return Err(usage(format!(
+                "the state path {} holds {{shard}}: give --shard I/N (or --shard-from-env)",
+                config.state.display()
+            )));
+        }
+        return Ok(());
+    };
+    config.state = s.path(&config.state);
+    if let Some(t) = &config.metrics.textfile {
+        config.metrics.textfile = Some(s.path(t));
+    }
+    match &mut config.backend {
+        BackendConfig::Google(g) => g.requests_per_minute = s.share(g.requests_per_minute),
+        BackendConfig::Graph(g) => g.requests_per_minute = s.share(g.requests_per_minute),
+        BackendConfig::Vdir { .. } | BackendConfig::Carddav { .. } => {}
+    }
+    Ok(())
 }
 
 /// An error and its causes on one line, each said once: many errors already carry their

@@ -40,6 +40,7 @@ pub async fn serve<B: Backend + 'static>(ctx: &Ctx, backend: &Arc<B>) -> anyhow:
             Some(tokio::spawn(crate::metrics::serve_http(
                 listener,
                 ctx.config.state.clone(),
+                ctx.shard,
             )))
         }
         None => None,

@@ -63,6 +63,9 @@ pub struct RunOptions {
     pub concurrency: usize,
     /// Only sync these destination users (and clean up only these removed ones); `None` = all.
     pub only: Option<BTreeSet<String>>,
+    /// This process is one shard of several: only the destinations the shard owns are synced
+    /// or cleaned up (see `crate::shard`); `None` = every destination.
+    pub shard: Option<crate::shard::Shard>,
     /// Skip destinations still in the job (used by `remove-dest` to clean up at once).
     pub removals_only: bool,
     /// Name of the default collection (removed users' own contacts go there).

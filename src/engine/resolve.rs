@@ -29,7 +29,7 @@ pub(super) struct Resolved {
     pub(super) active: Vec<User>,
     /// Destinations the state remembers that the job no longer names, with their target group.
     pub(super) removed: Vec<(User, String)>,
-    /// How many destinations the state remembered.
+    /// How many destinations the state remembered (of this shard's, when sharded).
     pub(super) stored_count: usize,
     /// The source user's lookup (and its access token), made while the destinations were
     /// looked up; `None` when the run only cleans up.
@@ -65,12 +65,17 @@ pub(super) async fn resolve_destinations<B: Backend + 'static>(
         .await;
     refuse_bad_names(ctx, &looked_up, &mut source_user).await?;
     let mut active = vec![];
+    // A shard syncs the users it owns; a name that finds no user is reported by one shard only,
+    // the one its name falls to.
+    let mine = |id: &str| opts.shard.is_none_or(|s| s.owns(id));
     for (name, r) in looked_up {
         let failed = match r {
-            Ok(Some(u)) => {
+            Ok(Some(u)) if mine(&u.id) => {
                 active.push(u);
                 continue;
             }
+            Ok(Some(_)) => continue,
+            _ if !mine(name) => continue,
             Ok(None) => failed_dest(
                 name,
                 false,
@@ -86,7 +91,7 @@ pub(super) async fn resolve_destinations<B: Backend + 'static>(
         report_progress(opts, &failed);
         report.destinations.push(failed);
     }
-    let stored_count = stored.len();
+    let stored_count = stored.iter().filter(|d| mine(&d.user_id)).count();
     let removed = removed_destinations(ctx, &names, &active, stored);
     if opts.removals_only {
         active.clear();
@@ -182,8 +187,12 @@ fn removed_destinations<B: Backend>(
 ) -> Vec<(User, String)> {
     let active_ids: BTreeSet<&str> = active.iter().map(|u| u.id.as_str()).collect();
     let named: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    // A shard cleans up only the destinations it owns: one the job still names but another
+    // shard now owns (the number of shards changed) is that shard's to sync, never removed.
+    let shard = ctx.opts.shard;
     stored
         .into_iter()
+        .filter(|d| shard.is_none_or(|s| s.owns(&d.user_id)))
         .filter(|d| !active_ids.contains(d.user_id.as_str()) && !named.contains(d.user.as_str()))
         .filter(|d| ctx.opts.only.as_ref().is_none_or(|o| o.contains(&d.user)))
         .map(|d| {
