@@ -46,14 +46,18 @@ impl fmt::Display for Shard {
 impl FromStr for Shard {
     type Err = String;
 
-    /// `I/N`, with `0 <= I < N <= 10000`.
+    /// `I/N`, or `I-of-N` (a systemd instance name cannot hold a `/`), with
+    /// `0 <= I < N <= 10000`.
     fn from_str(s: &str) -> Result<Self, String> {
         let bad = || {
             format!(
-                "shard {s:?}: write I/N, the shard's index from 0 to N-1 and the number of shards (e.g. 0/4)"
+                "shard {s:?}: write I/N, the shard's index from 0 to N-1 and the number of shards (e.g. 0/4, or 0-of-4)"
             )
         };
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (i, n) = s
+            .split_once('/')
+            .or_else(|| s.split_once("-of-"))
+            .ok_or_else(bad)?;
         let index: u32 = i.trim().parse().map_err(|_| bad())?;
         let count: u32 = n.trim().parse().map_err(|_| bad())?;
         if count == 0 || count > MAX_SHARDS {
@@ -138,6 +142,48 @@ impl Shard {
     }
 }
 
+/// The state databases of the shards of `count` found next to the configured path (see
+/// `Shard::path`), with their shards, in index order; `count` `None`: every shard file found,
+/// of any count.
+pub fn state_files(configured: &Path, count: Option<u32>) -> Vec<(Shard, PathBuf)> {
+    // The configured path with `I-of-N` where a shard's name goes, split around it.
+    let probe = Shard { index: 0, count: 2 }.path(configured);
+    let text = probe.to_string_lossy();
+    let Some((before, after)) = text.split_once("0-of-2") else {
+        return vec![];
+    };
+    let (dir, prefix) = match before.rsplit_once('/') {
+        Some((d, p)) => (
+            PathBuf::from(if d.is_empty() { "/" } else { d }),
+            p.to_string(),
+        ),
+        None => (PathBuf::from("."), before.to_string()),
+    };
+    let (suffix, rest) = match after.split_once('/') {
+        Some((s, r)) => (s.to_string(), Some(r.to_string())),
+        None => (after.to_string(), None),
+    };
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return vec![];
+    };
+    let mut found: Vec<(Shard, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let tag = name.strip_prefix(&prefix)?.strip_suffix(&suffix)?;
+            let (i, n) = tag.split_once("-of-")?;
+            let shard: Shard = format!("{i}/{n}").parse().ok()?;
+            let path = match &rest {
+                Some(r) => e.path().join(r),
+                None => e.path(),
+            };
+            (count.is_none_or(|c| c == shard.count) && path.exists()).then_some((shard, path))
+        })
+        .collect();
+    found.sort_by_key(|(s, _)| (s.count, s.index));
+    found
+}
+
 /// The shard, of `count`, that a destination with this immutable user id belongs to.
 pub fn shard_of(user_id: &str, count: u32) -> u32 {
     let digest = Sha256::digest(user_id.as_bytes());
@@ -200,6 +246,7 @@ mod tests {
     #[test]
     fn a_shard_is_written_i_slash_n() {
         assert_eq!("2/4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
+        assert_eq!("2-of-4".parse::<Shard>(), Ok(Shard { index: 2, count: 4 }));
         for bad in ["4/4", "1/0", "x/2", "2", "-1/3", "0/10001"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
@@ -225,6 +272,35 @@ mod tests {
         );
         assert_eq!(s.share(3000), 750);
         assert_eq!(Shard { index: 0, count: 7 }.share(3), 1);
+    }
+
+    #[test]
+    fn the_state_files_of_every_shard_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "state.db",
+            "state.shard-0-of-2.db",
+            "state.shard-1-of-2.db",
+            "state.shard-2-of-3.db",
+            "state.shard-x-of-2.db",
+        ] {
+            std::fs::write(dir.path().join(name), "").unwrap();
+        }
+        let configured = dir.path().join("state.db");
+        let two: Vec<String> = state_files(&configured, Some(2))
+            .iter()
+            .map(|(s, _)| s.to_string())
+            .collect();
+        assert_eq!(two, ["0/2", "1/2"]);
+        assert_eq!(state_files(&configured, None).len(), 3);
+        // `{shard}` as a folder.
+        for tag in ["0-of-3", "1-of-3"] {
+            std::fs::create_dir_all(dir.path().join(tag)).unwrap();
+            std::fs::write(dir.path().join(tag).join("s.db"), "").unwrap();
+        }
+        let found = state_files(&dir.path().join("{shard}/s.db"), None);
+        assert_eq!(found.len(), 2);
+        assert_eq!(found[1].1, dir.path().join("1-of-3/s.db"));
     }
 
     #[test]

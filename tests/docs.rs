@@ -452,7 +452,12 @@ fn the_json_page_documents_every_key_each_command_prints() {
         ("job show", vec!["job", "show", "team"]),
         ("restore", vec!["restore"]),
         ("job delete", vec!["job", "delete", "more", "--purge"]),
+        ("status --all-shards", vec!["status", "--all-shards"]),
     ];
+    // Two shards have run, for `status --all-shards`.
+    for shard in ["0/2", "1/2"] {
+        t.cmd().args(["run", "--shard", shard]).assert().success();
+    }
     let mut bad = vec![];
     for (name, args) in runs {
         let docs = table_keys(&page, &format!("`groupsync {name}`"));

@@ -113,6 +113,27 @@ fn shards_split_the_destinations_and_changing_n_never_removes_one_still_in_the_j
         "no unsharded state was made"
     );
 
+    // status --all-shards merges the three states: every destination once, with its shard.
+    let out = t
+        .cmd()
+        .args(["--json", "status", "--all-shards"])
+        .assert()
+        .success();
+    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(v[0]["shards"].as_array().unwrap().len(), 3, "{v}");
+    let dests = v[0]["destinations"].as_array().unwrap();
+    assert_eq!(dests.len(), USERS);
+    for d in dests {
+        let u = d["user"].as_str().unwrap();
+        assert_eq!(d["shard"], format!("{}/3", shard_of(u, 3)), "{u}");
+    }
+    assert_eq!(v[0]["never_synced"], serde_json::json!([]));
+    t.cmd()
+        .args(["status", "--all-shards"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("team (gSync").and(predicate::str::contains("3 shards")));
+
     // 3 -> 4: a quarter moves to the new shard, which rebuilds them from their tags. The old
     // shards, run again after, must leave the ones that moved alone.
     run_shards(&t, 4);
@@ -127,6 +148,18 @@ fn shards_split_the_destinations_and_changing_n_never_removes_one_still_in_the_j
         assert_eq!(trashed(&t, s), 0, "shard {s} deleted a copy");
     }
     assert_synced(&t, &all, 5);
+
+    // Shards of 3 and of 4 have state now: --all-shards asks which.
+    t.cmd()
+        .args(["status", "--all-shards"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--shard 0/3 or --shard 0/4"));
+    t.cmd()
+        .args(["status", "--all-shards", "--shard", "0/4"])
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("4 shards"));
 
     // A destination leaves the job: the shard of 4 that owns it cleans it up; it is left
     // alone by every other.

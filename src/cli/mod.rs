@@ -18,6 +18,7 @@ mod progress;
 mod restore;
 mod run;
 mod serve;
+mod shards;
 mod status;
 
 use clap::{Parser, Subcommand};
@@ -123,7 +124,7 @@ pub enum Command {
     /// Run jobs now (no names: every enabled job)
     Run(run::RunArgs),
     /// Last run, outcome and destinations of every job
-    Status,
+    Status(status::StatusArgs),
     /// Past runs with their counts and outcome, newest first
     History(history::HistoryArgs),
     /// The change log of a job: each change to each contact, newest first
@@ -163,6 +164,8 @@ pub struct Ctx {
     pub store: Arc<Mutex<Store>>,
     /// The shard this process is, if the destinations are split (see `crate::shard`).
     pub shard: Option<crate::shard::Shard>,
+    /// The state database as configured, before a shard's name was put in it.
+    pub configured_state: PathBuf,
     /// SIGINT and SIGTERM, for the commands that run jobs (`None` for `serve` and the others).
     pub interrupt: Option<interrupt::Interrupt>,
 }
@@ -272,8 +275,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         false => cli.shard,
     };
     let mut config = Config::load(&path)?;
-    sharded(&mut config, shard)?;
-    let store = Store::open(&config.state)?;
+    let configured_state = config.state.clone();
+    // `status --all-shards` reads the shards' databases, not one of its own.
+    let all_shards = matches!(&cli.command, Command::Status(a) if a.all_shards);
+    let store = if all_shards && shard.is_none() {
+        Store::open_in_memory()?
+    } else {
+        sharded(&mut config, shard)?;
+        Store::open(&config.state)?
+    };
     let progress =
         !cli.no_progress && !cli.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let runs_jobs = matches!(
@@ -287,6 +297,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         store: Arc::new(Mutex::new(store)),
         config,
         shard,
+        configured_state,
         interrupt: runs_jobs.then(interrupt::Interrupt::listen),
     };
     // A run a killed process left `running` is recorded as interrupted by any command that
@@ -315,7 +326,7 @@ async fn dispatch<B: Backend + 'static>(
         Command::Job(c) => jobs::job(ctx, backend, c, out).await,
         Command::Plan(a) => run::plan(ctx, backend, a, out).await,
         Command::Run(a) => run::run(ctx, backend, a, out).await,
-        Command::Status => status::status(ctx, out),
+        Command::Status(args) => status::status(ctx, args, out),
         Command::History(a) => history::history(ctx, a, out),
         Command::Log(a) => log::log(ctx, a, out),
         Command::Restore(a) => restore::restore(ctx, &**backend, a, out).await,

@@ -7,7 +7,18 @@ use crate::job::{self, Job};
 use crate::schedule::Schedule;
 use crate::store::{DestRecord, RunRecord, Store};
 
-pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Merge what the state of every shard says: the shards of --shard's N, or of the one N
+    /// whose state files are found
+    #[arg(long)]
+    pub all_shards: bool,
+}
+
+pub fn status(ctx: &Ctx, args: &StatusArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
+    if args.all_shards {
+        return super::shards::all_shards(ctx, out);
+    }
     let store = crate::mutex::lock(&ctx.store);
     let mut code = exit::OK;
     let mut all = vec![];
@@ -34,20 +45,20 @@ pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
     Ok(code)
 }
 
-/// One job as `status` shows it.
-struct JobStatus<'j> {
-    job: &'j Job,
-    last: Option<RunRecord>,
-    last_ok: Option<RunRecord>,
-    dests: Vec<DestRecord>,
-    sched: Schedule,
+/// One job as `status` shows it (from one state database).
+pub(super) struct JobStatus<'j> {
+    pub(super) job: &'j Job,
+    pub(super) last: Option<RunRecord>,
+    pub(super) last_ok: Option<RunRecord>,
+    pub(super) dests: Vec<DestRecord>,
+    pub(super) sched: Schedule,
     /// When `groupsync serve` runs the job next: from its last run and its schedule.
-    next: String,
-    active: Vec<String>,
+    pub(super) next: String,
+    pub(super) active: Vec<String>,
 }
 
 impl<'j> JobStatus<'j> {
-    fn of(store: &Store, j: &'j Job) -> anyhow::Result<Self> {
+    pub(super) fn of(store: &Store, j: &'j Job) -> anyhow::Result<Self> {
         let last = store.runs(Some(&j.name), 1)?.into_iter().next();
         let last_ok = store
             .runs(Some(&j.name), 50)?
@@ -84,7 +95,7 @@ impl<'j> JobStatus<'j> {
             .collect()
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(super) fn json(&self) -> serde_json::Value {
         let j = self.job;
         serde_json::json!({
             "job": j.name,
@@ -107,7 +118,7 @@ impl<'j> JobStatus<'j> {
         })
     }
 
-    fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
+    pub(super) fn write(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let j = self.job;
         let state = if j.enabled { "" } else { " [disabled]" };
         match &self.last {
