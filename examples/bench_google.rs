@@ -21,6 +21,9 @@
 //! Run: `cargo build --release && cargo run --release --example bench_google -- --contacts 1000
 //! --destinations 100`
 //! (`--workloads W1,W2b` runs a subset, `--concurrency N` and `--latency-ms N` change the set-up;
+//! `--shards N` runs each workload as N shards at once, `groupsync run --shard I/N` each: the
+//! wall time is the slowest shard's, the CPU time their sum, the peak RSS the largest, and the
+//! source reads are counted once per shard;
 //! `BENCH_WRAP=heaptrack` runs each workload under a profiler such as heaptrack).
 //! A measuring program, not a test: nothing here asserts.
 
@@ -47,6 +50,9 @@ struct Args {
     concurrency: usize,
     latency_ms: u64,
     workloads: Vec<String>,
+    /// Run each workload as this many shards at once (`groupsync run --shard I/N`); 0: one
+    /// process.
+    shards: u32,
 }
 
 fn args() -> Args {
@@ -56,6 +62,7 @@ fn args() -> Args {
         concurrency: 16,
         latency_ms: 25,
         workloads: ["W1", "W2", "W2b", "W3", "W4"].map(String::from).to_vec(),
+        shards: 0,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -67,6 +74,7 @@ fn args() -> Args {
             "--concurrency" => a.concurrency = next.parse().expect("--concurrency N"),
             "--latency-ms" => a.latency_ms = next.parse().expect("--latency-ms N"),
             "--workloads" => a.workloads = next.split(',').map(str::to_string).collect(),
+            "--shards" => a.shards = next.parse().expect("--shards N"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -211,10 +219,20 @@ fn main() -> anyhow::Result<()> {
     let waves = |d: usize| d.div_ceil(a.concurrency) as f64;
     let mut table = String::new();
     let mut phases = String::new();
+    let mut shard_lines = String::new();
+    // Every shard reads the source and looks the users up.
+    let shard_factor = a.shards.max(1) as usize;
     writeln!(
         table,
-        "bench_google: {} contacts x {} destinations, {} ms per call, concurrency {}",
-        a.contacts, a.destinations, a.latency_ms, a.concurrency
+        "bench_google: {} contacts x {} destinations, {} ms per call, concurrency {}{}",
+        a.contacts,
+        a.destinations,
+        a.latency_ms,
+        a.concurrency,
+        match a.shards {
+            0 => String::new(),
+            n => format!(", {n} shards at once"),
+        }
     )?;
     writeln!(
         table,
@@ -286,8 +304,30 @@ fn main() -> anyhow::Result<()> {
         fake.reset_counts();
         let fake_cpu = groupsync::procstat::cpu_seconds();
         let spawned = Instant::now();
-        let v = spawner.run(w, &dir)?;
+        let runs = spawner.run_shards(w, &dir, a.shards)?;
         let exited = Instant::now();
+        let v = spawn::Usage {
+            wall_s: runs.iter().map(|u| u.wall_s).fold(0.0, f64::max),
+            cpu_s: runs.iter().map(|u| u.cpu_s).sum(),
+            peak_rss_kb: runs.iter().map(|u| u.peak_rss_kb).max().unwrap_or(0),
+        };
+        if a.shards > 0 {
+            let peaks: Vec<String> = runs
+                .iter()
+                .map(|u| format!("{:.1}", u.peak_rss_kb as f64 / 1024.0))
+                .collect();
+            let synced = dests
+                .iter()
+                .filter(|u| fake.with_book(u, |b| b.contact_names().count()) == a.contacts)
+                .count();
+            writeln!(
+                shard_lines,
+                "{w}: peak MB per shard {}; destinations holding exactly {} copies: {synced} of {}",
+                peaks.join(" / "),
+                a.contacts,
+                dests.len() - if w == "W4" { 10 } else { 0 },
+            )?;
+        }
         // `BENCH_TIMELINE=W4:user0000@example.com` prints that user's calls in that workload.
         if let Ok(t) = std::env::var("BENCH_TIMELINE")
             && let Some((tw, tu)) = t.split_once(':')
@@ -353,7 +393,9 @@ fn main() -> anyhow::Result<()> {
             .filter(|(k, _)| k.as_str() != "token")
             .map(|(_, n)| n)
             .sum();
+        let source_calls = source_calls * shard_factor;
         let per_dest = (api_calls as f64 - source_calls as f64) / d as f64;
+        let waves = |d: usize| waves(d.div_ceil(shard_factor));
         // The source is read first; in W4 the 90 remaining destinations (one read each, in
         // waves) come before the removals.
         let bound = if w == "W4" {
@@ -400,6 +442,9 @@ fn main() -> anyhow::Result<()> {
         "", "before s", "after s", "calls", "busy ms", "idle ms", "slot ms"
     )?;
     print!("{table}");
+    if a.shards > 0 {
+        print!("\nshards\n{shard_lines}");
+    }
     let v = fake.violations();
     if !v.is_empty() {
         eprintln!(

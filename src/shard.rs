@@ -126,7 +126,8 @@ impl Shard {
         })?;
         let index = INDEX_VARS
             .iter()
-            .find_map(|v| get(v))
+            // An empty value is unset (the downward API gives "" for a label a cluster lacks).
+            .find_map(|v| get(v).filter(|i| !i.trim().is_empty()))
             .or_else(|| {
                 let host = get("HOSTNAME")?;
                 let (_, n) = host.rsplit_once('-')?;
@@ -319,7 +320,11 @@ mod tests {
             ("HOSTNAME", "x-1"),
         ]);
         assert_eq!(Shard::from_env(indexed), Ok(Shard { index: 3, count: 4 }));
-        let statefulset = env(&[("GROUPSYNC_SHARDS", "3"), ("HOSTNAME", "groupsync-2")]);
+        let statefulset = env(&[
+            ("GROUPSYNC_SHARDS", "3"),
+            ("GROUPSYNC_SHARD_INDEX", ""),
+            ("HOSTNAME", "groupsync-2"),
+        ]);
         assert_eq!(
             Shard::from_env(statefulset),
             Ok(Shard { index: 2, count: 3 })

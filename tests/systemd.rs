@@ -22,7 +22,12 @@ fn services_are_rated_2_0_or_better() {
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     let mut checked = 0;
-    for unit in ["groupsync.service", "groupsync-serve.service"] {
+    for unit in [
+        "groupsync.service",
+        "groupsync-serve.service",
+        "groupsync@.service",
+        "groupsync-serve@.service",
+    ] {
         let out = Command::new("systemd-analyze")
             .args(["security", "--offline=yes", "--no-pager"])
             .arg(dir.join(unit))
@@ -43,7 +48,7 @@ fn services_are_rated_2_0_or_better() {
         assert!(score <= 2.0, "{unit} is rated {score} (> 2.0):\n{text}");
         checked += 1;
     }
-    assert_eq!(checked, 2);
+    assert_eq!(checked, 4);
 }
 
 #[test]
@@ -65,4 +70,40 @@ fn timer_runs_daily_and_catches_up() {
     assert!(
         service.contains("Type=oneshot") && service.contains("ExecStart=/usr/bin/groupsync run")
     );
+}
+
+/// The template units run one shard each: the instance name is the shard (`I-of-N`, which
+/// `--shard` takes), and the units that can be enabled say where they go.
+#[test]
+fn shard_templates_run_the_shard_their_instance_names() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
+    let read = |u: &str| std::fs::read_to_string(dir.join(u)).unwrap();
+    assert!(read("groupsync@.service").contains("ExecStart=/usr/bin/groupsync run --shard %i"));
+    assert!(
+        read("groupsync-serve@.service").contains("ExecStart=/usr/bin/groupsync serve --shard %i")
+    );
+    let timer = read("groupsync@.timer");
+    for line in ["OnCalendar=daily", "Persistent=true", "RandomizedDelaySec="] {
+        assert!(
+            timer.lines().any(|l| l.starts_with(line)),
+            "groupsync@.timer lacks {line}"
+        );
+    }
+    // An instance name is a shard.
+    assert_eq!(
+        "2-of-4".parse::<groupsync::shard::Shard>(),
+        Ok(groupsync::shard::Shard { index: 2, count: 4 })
+    );
+    // Every unit an administrator enables has an [Install] section.
+    for unit in [
+        "groupsync-serve.service",
+        "groupsync-serve@.service",
+        "groupsync.timer",
+        "groupsync@.timer",
+    ] {
+        assert!(
+            read(unit).contains("[Install]"),
+            "{unit} cannot be enabled: no [Install]"
+        );
+    }
 }

@@ -18,6 +18,38 @@ pub struct Usage {
 /// `dir`, and measures it: wall time from spawn to exit, and the process's CPU time and peak RSS
 /// from `wait4`. `BENCH_WRAP` (a profiler such as heaptrack) runs it under that command.
 fn run_groupsync(bin: &Path, dir: &Path, w: &str) -> anyhow::Result<Usage> {
+    let child = spawn_groupsync(bin, dir, w, None)?;
+    wait_groupsync(child, dir, w)
+}
+
+/// Runs every shard of `count` at once (`groupsync run bench --shard I/N`), each its own
+/// process, and measures each.
+fn run_shards(bin: &Path, dir: &Path, w: &str, count: u32) -> anyhow::Result<Vec<Usage>> {
+    let children: Vec<(String, Started)> = (0..count)
+        .map(|i| {
+            let tag = format!("{w}-{i}-of-{count}");
+            let shard = format!("{i}/{count}");
+            Ok((tag.clone(), spawn_groupsync(bin, dir, &tag, Some(&shard))?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    children
+        .into_iter()
+        .map(|(tag, c)| wait_groupsync(c, dir, &tag))
+        .collect()
+}
+
+/// A started run and when it started.
+struct Started {
+    child: std::process::Child,
+    start: Instant,
+}
+
+fn spawn_groupsync(
+    bin: &Path,
+    dir: &Path,
+    w: &str,
+    shard: Option<&str>,
+) -> anyhow::Result<Started> {
     let mut cmd = match std::env::var("BENCH_WRAP") {
         Ok(wrap) => {
             let mut c = Command::new(wrap);
@@ -31,10 +63,22 @@ fn run_groupsync(bin: &Path, dir: &Path, w: &str) -> anyhow::Result<Usage> {
     cmd.args(["run", "bench", "--json"])
         .env("GROUPSYNC_CONFIG", dir.join("groupsync.toml"))
         .env_remove("RUST_LOG")
+        .env_remove("GROUPSYNC_SHARD")
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(std::fs::File::create(&err_path)?);
+    if let Some(s) = shard {
+        cmd.args(["--shard", s]);
+    }
     let start = Instant::now();
     let child = cmd.spawn()?;
+    Ok(Started { child, start })
+}
+
+/// Waits for a started run and measures it (see `run_groupsync`).
+fn wait_groupsync(started: Started, dir: &Path, w: &str) -> anyhow::Result<Usage> {
+    let (child, start) = (started.child, started.start);
+    let out_path = dir.join(format!("{w}.out"));
+    let err_path = dir.join(format!("{w}.err"));
     let mut status = 0;
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: wait4 writes the child's exit status and a whole `rusage` into the pointers it is
@@ -100,11 +144,23 @@ pub fn spawner(bin: &Path) -> anyhow::Result<()> {
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let line = line?;
-        let Some((w, dir)) = line.split_once(' ') else {
+        let mut words = line.split(' ');
+        let (Some(w), Some(dir)) = (words.next(), words.next()) else {
             continue;
         };
-        match run_groupsync(bin, Path::new(dir), w) {
-            Ok(u) => println!("{} {} {}", u.wall_s, u.cpu_s, u.peak_rss_kb),
+        let shards: u32 = words.next().and_then(|n| n.parse().ok()).unwrap_or(0);
+        let usage = match shards {
+            0 => run_groupsync(bin, Path::new(dir), w).map(|u| vec![u]),
+            n => run_shards(bin, Path::new(dir), w, n),
+        };
+        match usage {
+            Ok(us) => {
+                let each: Vec<String> = us
+                    .iter()
+                    .map(|u| format!("{} {} {}", u.wall_s, u.cpu_s, u.peak_rss_kb))
+                    .collect();
+                println!("{}", each.join(" "));
+            }
             Err(e) => println!("error {}", format!("{e:#}").replace('\n', " | ")),
         }
     }
@@ -130,9 +186,18 @@ impl Spawner {
         Ok(Spawner { child, to, from })
     }
 
+    #[allow(dead_code)] // each benchmark includes this file; not all of them run unsharded only
     pub fn run(&mut self, w: &str, dir: &Path) -> anyhow::Result<Usage> {
+        let mut all = self.run_shards(w, dir, 0)?;
+        anyhow::ensure!(all.len() == 1, "the spawner answered {} runs", all.len());
+        Ok(all.remove(0))
+    }
+
+    /// Runs the `count` shards of the workload at once (`count` 0: one unsharded run); the
+    /// usage of each.
+    pub fn run_shards(&mut self, w: &str, dir: &Path, count: u32) -> anyhow::Result<Vec<Usage>> {
         use std::io::{BufRead as _, Write as _};
-        writeln!(self.to, "{w} {}", dir.display())?;
+        writeln!(self.to, "{w} {} {count}", dir.display())?;
         self.to.flush()?;
         let mut line = String::new();
         self.from.read_line(&mut line)?;
@@ -140,12 +205,19 @@ impl Spawner {
             anyhow::bail!("{}", e.trim());
         }
         let v: Vec<&str> = line.split_whitespace().collect();
-        anyhow::ensure!(v.len() == 3, "the spawner answered {line:?}");
-        Ok(Usage {
-            wall_s: v[0].parse()?,
-            cpu_s: v[1].parse()?,
-            peak_rss_kb: v[2].parse()?,
-        })
+        anyhow::ensure!(
+            !v.is_empty() && v.len() % 3 == 0,
+            "the spawner answered {line:?}"
+        );
+        v.chunks(3)
+            .map(|u| {
+                Ok(Usage {
+                    wall_s: u[0].parse()?,
+                    cpu_s: u[1].parse()?,
+                    peak_rss_kb: u[2].parse()?,
+                })
+            })
+            .collect()
     }
 }
 
