@@ -206,7 +206,7 @@ impl Spawner {
         }
         let v: Vec<&str> = line.split_whitespace().collect();
         anyhow::ensure!(
-            !v.is_empty() && v.len() % 3 == 0,
+            !v.is_empty() && v.len().is_multiple_of(3),
             "the spawner answered {line:?}"
         );
         v.chunks(3)
