@@ -235,3 +235,34 @@ fn each_shard_writes_its_own_metrics_labelled_with_it() {
         prometheus_parse::Scrape::parse(prom.lines().map(|l| Ok(l.to_string()))).unwrap();
     }
 }
+
+/// A destination removed from the job after the number of shards changed, before its new shard
+/// ever ran, is known only to its old shard's state: the new shards leave it (they never knew
+/// it), and running the old shards once more cleans it up, as the docs say.
+#[test]
+fn a_destination_removed_across_a_change_of_n_is_cleaned_up_by_its_old_shards() {
+    let t = tree(3);
+    let all = users();
+    job(&t, &all);
+    run_shards(&t, 3);
+    // One that moves from 3 shards to 4.
+    let gone = all
+        .iter()
+        .find(|u| shard_of(u, 3) != shard_of(u, 4))
+        .unwrap()
+        .clone();
+    let rest: Vec<String> = all.iter().filter(|u| **u != gone).cloned().collect();
+    job(&t, &rest);
+    run_shards(&t, 4);
+    assert_eq!(
+        t.copies(&gone, "Team").len(),
+        3,
+        "the new shards never knew {gone}"
+    );
+    run_shards(&t, 3);
+    assert!(
+        t.copies(&gone, "Team").is_empty(),
+        "its old shard cleaned {gone} up"
+    );
+    assert_synced(&t, &rest, 3);
+}

@@ -15,10 +15,7 @@ pub struct StatusArgs {
     pub all_shards: bool,
 }
 
-pub fn status(ctx: &Ctx, args: &StatusArgs, out: &mut dyn Write) -> anyhow::Result<u8> {
-    if args.all_shards {
-        return super::shards::all_shards(ctx, out);
-    }
+pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
     let store = crate::mutex::lock(&ctx.store);
     let mut code = exit::OK;
     let mut all = vec![];
