@@ -408,6 +408,59 @@ fn first_sync_uses_batches_and_a_few_calls_per_destination() {
     assert_eq!(r.copies("bob@example.com").len(), 450);
 }
 
+/// On an edit day the group is the one the sync token was taken for, unless the delta names a
+/// copy leaving it: a group the user renamed keeps its copies (as on a no-change day) and gets
+/// the edit, and no second group is made; a group deleted is found out by its copies leaving it,
+/// and made again.
+#[test]
+fn the_delta_vouches_for_the_group_unless_a_copy_left_it() {
+    let r = Rig::new(4);
+    r.run_ok();
+    r.run_ok();
+    let src = r.source_ids();
+    let bob = "bob@example.com";
+    let g = r.fake.with_book(bob, |b| b.group_by_name("Sales").unwrap());
+    r.fake.with_book(bob, |b| {
+        b.groups.get_mut(&g).unwrap().name = "Suppliers".into()
+    });
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[0], |p| {
+            p["nicknames"] = json!([{"value": "renamed day"}])
+        })
+    });
+    r.fake.reset_counts();
+    r.run_ok();
+    let c = r.fake.counts();
+    let get = |k: &str| c.get(k).copied().unwrap_or(0);
+    assert_eq!(
+        get("people.contactGroups.list"),
+        1,
+        "the source only: {c:?}"
+    );
+    assert_eq!(get("people.contactGroups.create"), 0, "{c:?}");
+    assert_eq!(get("people.people.batchUpdateContacts"), 2, "{c:?}");
+    let renamed = r.group(bob, "Suppliers");
+    assert_eq!(renamed.iter().filter_map(machine_tag).count(), src.len());
+    assert!(
+        renamed
+            .iter()
+            .any(|p| p["nicknames"].to_string().contains("renamed day"))
+    );
+    assert!(!r.has_group(bob, "Sales"));
+    assert!(r.fake.violations().is_empty(), "{:?}", r.fake.violations());
+    // The group deleted: every copy leaves it, the delta says so, and the group is made again.
+    r.fake.with_book(bob, |b| b.delete_group(&g, false));
+    r.fake.with_book("alice@example.com", |b| {
+        b.edit(&src[1], |p| {
+            p["nicknames"] = json!([{"value": "deleted day"}])
+        })
+    });
+    r.run_ok();
+    assert_eq!(r.copies(bob), src);
+    assert!(r.has_group(bob, "Sales"));
+    assert!(r.fake.violations().is_empty(), "{:?}", r.fake.violations());
+}
+
 /// Reruns cost one sync-token read per destination unless something in its group changed; a
 /// change in the group, to a copy, or an expired token brings the full read back.
 #[test]
@@ -490,7 +543,8 @@ fn reruns_read_only_what_changed() {
     r.fake.reset_counts();
     r.run_ok();
     let get = counts(&r);
-    assert_eq!(get("people.contactGroups.list"), 2);
+    // No copy left the group, so the delta vouches for it: bob's group is not looked up.
+    assert_eq!(get("people.contactGroups.list"), 1, "the source only");
     assert_eq!(r.group(bob, "Sales").len(), src.len() + 1);
 
     // carol's sync token expires (Google: 7 days after the full sync): one refused read, then
@@ -518,8 +572,9 @@ fn reruns_read_only_what_changed() {
     r.run_ok();
 
     // A source edit reaches everyone, without reading their groups whole: per destination the
-    // sync-token read, its groups and one batch update. The copies are known from the ledger,
-    // and what the last run read of the source tells which fields the update changes.
+    // sync-token read and one batch update. The copies are known from the ledger, what the last
+    // run read of the source tells which fields the update changes, and the group is the one the
+    // token was taken for (the delta named no copy leaving it).
     r.fake.with_book("alice@example.com", |b| {
         b.edit(&src[0], |p| p["nicknames"] = json!([{"value": "new"}]))
     });
@@ -527,7 +582,7 @@ fn reruns_read_only_what_changed() {
     r.run_ok();
     let get = counts(&r);
     assert_eq!(get("people.people.connections.list"), 1 + 2);
-    assert_eq!(get("people.contactGroups.list"), 1 + 2);
+    assert_eq!(get("people.contactGroups.list"), 1, "the source only");
     assert_eq!(get("people.people.getBatchGet"), 0);
     assert_eq!(get("people.people.batchUpdateContacts"), 2);
     assert_eq!(

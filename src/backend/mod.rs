@@ -202,6 +202,11 @@ pub struct Capabilities {
     /// memberships take none: the engine reads what it deletes just before, for the trash, and
     /// refuses a contact changed since).
     pub conditional_deletes: bool,
+    /// A group deleted shows in its change token's delta as every member leaving it (Google:
+    /// deleting a contact group takes the membership off each member, which changes them). A
+    /// delta that names no remembered copy as gone then vouches for the group: the engine uses
+    /// the group id remembered with the token instead of looking the group up.
+    pub group_loss_in_delta: bool,
 }
 
 impl Capabilities {
@@ -214,6 +219,7 @@ impl Capabilities {
         delete_batch_size: 1,
         read_before_update: &[],
         conditional_deletes: true,
+        group_loss_in_delta: false,
     };
 }
 

@@ -137,9 +137,14 @@ async fn read_changes<B: Backend>(
         slot,
         group_asked: &asked,
     };
+    // A changed contact needs the group looked up unless the delta itself vouches for it
+    // (see `Capabilities::group_loss_in_delta`): then only a copy gone does.
+    let vouches = ctx.backend.capabilities().group_loss_in_delta;
     let read = {
         let mut each = |c: crate::backend::Contact| {
-            wanted();
+            if !vouches {
+                wanted();
+            }
             changes.taken_uids.extend(plan::taken_uid(spec, &c.card));
             let source = Some(&active.source);
             (changes.changed).push(DestEntry::classify(spec, c.id, c.etag, &c.card, source))

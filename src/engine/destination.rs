@@ -154,8 +154,13 @@ async fn observe<B: Backend>(
     // State this destination has not written to in this run: at the first attempt, read
     // without waiting for the writer.
     let state: &Mutex<Store> = if attempt == 0 { ctx.reader } else { ctx.store };
-    let read = match observed.group_read.take() {
-        Some(Ok(g)) => Ok(g),
+    let vouched = match &observed.group_read {
+        None => vouched_group(ctx, state, observed),
+        Some(_) => None,
+    };
+    let read = match (observed.group_read.take(), vouched) {
+        (Some(Ok(g)), _) => Ok(g),
+        (None, Some(g)) => Ok(Some(g)),
         _ => {
             let known = observed.known_group.as_deref();
             ctx.backend
@@ -193,6 +198,26 @@ async fn observe<B: Backend>(
             None
         }
     }
+}
+
+/// The group a change token's delta vouches for (see `Capabilities::group_loss_in_delta`): the
+/// one the token was taken for, when the delta named no remembered copy as gone and the
+/// destination holds copies (so a group deleted since would have shown as them leaving it).
+fn vouched_group<B: Backend>(
+    ctx: &DestCtx<'_, B>,
+    state: &Mutex<Store>,
+    observed: &Observed,
+) -> Option<GroupRef> {
+    let delta = observed.delta.as_ref()?;
+    if !ctx.backend.capabilities().group_loss_in_delta || !delta.gone.is_empty() {
+        return None;
+    }
+    let copies = lock(state).copy_count(ctx.job_name(), &ctx.user.id).ok()?;
+    (copies > 0).then(|| GroupRef {
+        id: delta.group_id.clone(),
+        name: ctx.target_group.to_string(),
+        version: None,
+    })
 }
 
 /// Nothing changed at the source nor in the group since this destination last converged (the

@@ -130,7 +130,8 @@ impl Backend for GoogleBackend {
     }
 
     /// Batches of 200 (500 for deletes), sync tokens, pages of 1,000; no group versions; what
-    /// photo a copy has now is known only from reading it (its gSyncPhoto clientData).
+    /// photo a copy has now is known only from reading it (its gSyncPhoto clientData); a contact
+    /// group deleted shows in the sync token's delta as its members leaving it.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             group_versions: false,
@@ -140,6 +141,7 @@ impl Backend for GoogleBackend {
             delete_batch_size: 500,
             read_before_update: &[person::PHOTO_PROPERTY],
             conditional_deletes: false,
+            group_loss_in_delta: true,
         }
     }
 

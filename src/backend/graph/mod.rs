@@ -127,6 +127,7 @@ impl Backend for GraphBackend {
             delete_batch_size: WRITE_CHUNK,
             read_before_update: &[contact::PHOTO_PROPERTY],
             conditional_deletes: true,
+            group_loss_in_delta: false,
         }
     }
 

@@ -390,6 +390,8 @@ impl Backend for MemoryBackend {
             delete_batch_size: batch,
             read_before_update: &[],
             conditional_deletes: true,
+            // Only an empty group is ever deleted here (a removal's last step).
+            group_loss_in_delta: tokens,
         }
     }
 
