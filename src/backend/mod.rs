@@ -483,7 +483,7 @@ pub fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
 /// What `expand_set` answers at a provider without a directory of users.
 pub fn no_directory(kind: &str, set: &str) -> BackendError {
     BackendError::Invalid(format!(
-        "dynamic destination {set:?}: the {kind} backend has no directory of users (dynamic sets need kind = \"google\")"
+        "dynamic destination {set:?}: the {kind} backend has no directory of users (dynamic sets need kind = \"google\" or \"graph\"; Microsoft 365 has group: and domain:)"
     ))
 }
 
