@@ -57,15 +57,15 @@ fn run_shards(t: &Tree, n: u32) {
     }
 }
 
+/// What `groupsync --json ARGS` prints; it must succeed.
+fn json(t: &Tree, args: &[&str]) -> serde_json::Value {
+    let out = t.cmd().arg("--json").args(args).assert().success();
+    serde_json::from_slice(&out.get_output().stdout).unwrap()
+}
+
 /// The destinations a shard's state knows for the job.
 fn known(t: &Tree, shard: &str) -> BTreeSet<String> {
-    let out = t
-        .cmd()
-        .args(["--json", "status", "--shard", shard])
-        .assert()
-        .success();
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    v[0]["destinations"]
+    json(t, &["status", "--shard", shard])[0]["destinations"]
         .as_array()
         .unwrap()
         .iter()
@@ -75,13 +75,10 @@ fn known(t: &Tree, shard: &str) -> BTreeSet<String> {
 
 /// Trash entries in a shard's state (a copy deleted there).
 fn trashed(t: &Tree, shard: &str) -> usize {
-    let out = t
-        .cmd()
-        .args(["--json", "restore", "--shard", shard])
-        .assert()
-        .success();
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
-    v.as_array().unwrap().len()
+    json(t, &["restore", "--shard", shard])
+        .as_array()
+        .unwrap()
+        .len()
 }
 
 fn assert_synced(t: &Tree, dests: &[String], contacts: usize) {
@@ -114,12 +111,7 @@ fn shards_split_the_destinations_and_changing_n_never_removes_one_still_in_the_j
     );
 
     // status --all-shards merges the three states: every destination once, with its shard.
-    let out = t
-        .cmd()
-        .args(["--json", "status", "--all-shards"])
-        .assert()
-        .success();
-    let v: serde_json::Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    let v = json(&t, &["status", "--all-shards"]);
     assert_eq!(v[0]["shards"].as_array().unwrap().len(), 3, "{v}");
     let dests = v[0]["destinations"].as_array().unwrap();
     assert_eq!(dests.len(), USERS);

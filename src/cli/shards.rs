@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::io::Write;
 
 use super::status::JobStatus;
-use super::{Ctx, exit, usage};
+use super::{Ctx, usage};
 use crate::job;
 use crate::shard::{self, Shard};
 use crate::store::Store;
@@ -56,25 +56,17 @@ pub fn all_shards(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
             have.join(", ")
         );
     }
-    let mut code = exit::OK;
+    let (jobs, code) = super::status::readable_jobs(ctx)?;
     let mut all = vec![];
-    for j in job::load_all(&ctx.config.jobs_dir)? {
-        let j = match j {
-            Ok(j) => j,
-            Err(e) => {
-                eprintln!("error: {e}");
-                code = exit::USAGE;
-                continue;
-            }
-        };
+    for j in &jobs {
         let per: Vec<(Shard, JobStatus<'_>)> = stores
             .iter()
-            .map(|(s, store)| Ok((*s, JobStatus::of(store, &j)?)))
+            .map(|(s, store)| Ok((*s, JobStatus::of(store, j)?)))
             .collect::<anyhow::Result<_>>()?;
         if ctx.json {
-            all.push(merged_json(&j, &per));
+            all.push(merged_json(j, &per));
         } else {
-            write_merged(&j, &per, out)?;
+            write_merged(j, &per, out)?;
         }
     }
     if ctx.json {

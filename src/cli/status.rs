@@ -15,20 +15,29 @@ pub struct StatusArgs {
     pub all_shards: bool,
 }
 
-pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
-    let store = crate::mutex::lock(&ctx.store);
+/// The job files that can be read, each one that cannot named on stderr; the exit code says
+/// whether any could not (2).
+pub(super) fn readable_jobs(ctx: &Ctx) -> anyhow::Result<(Vec<Job>, u8)> {
     let mut code = exit::OK;
-    let mut all = vec![];
+    let mut jobs = vec![];
     for j in job::load_all(&ctx.config.jobs_dir)? {
-        let j = match j {
-            Ok(j) => j,
+        match j {
+            Ok(j) => jobs.push(j),
             Err(e) => {
                 eprintln!("error: {e}");
                 code = exit::USAGE;
-                continue;
             }
-        };
-        let st = JobStatus::of(&store, &j)?;
+        }
+    }
+    Ok((jobs, code))
+}
+
+pub fn status(ctx: &Ctx, out: &mut dyn Write) -> anyhow::Result<u8> {
+    let store = crate::mutex::lock(&ctx.store);
+    let (jobs, code) = readable_jobs(ctx)?;
+    let mut all = vec![];
+    for j in &jobs {
+        let st = JobStatus::of(&store, j)?;
         if ctx.json {
             all.push(st.json());
         } else {
